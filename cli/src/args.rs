@@ -1,0 +1,95 @@
+//! What the user typed: clap types only, no logic.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use p2pnode_node::Multiaddr;
+
+/// p2pnode: a serverless peer-to-peer node.
+///
+/// Start a node with `p2pnode start`; other commands talk to that running node through its
+/// control socket in the data directory.
+#[derive(Debug, Parser)]
+#[command(name = "p2pnode", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Data directory holding the identity, database and control socket
+    /// [default: $P2PNODE_HOME, else ~/.local/share/p2pnode].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a node in the foreground until Ctrl-C or SIGTERM.
+    Start(StartArgs),
+    /// Print this node's peer id (creates the identity on first use; no daemon needed).
+    Id,
+    /// Show the running node's addresses, NAT status, relay reservations and peer count.
+    Status,
+    /// List connected peers with their path (direct or relayed), transport and round trip.
+    Peers,
+    /// Connect to a peer by multiaddr, or by peer id alone (found through the DHT).
+    Connect {
+        /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., or a peer id.
+        target: String,
+    },
+    /// Look a peer up in the DHT and print the addresses found.
+    Find {
+        /// The peer id to look up.
+        peer_id: String,
+    },
+    /// Send echo probes to a peer over an application stream and print round-trip times.
+    Ping {
+        /// The peer id.
+        peer_id: String,
+        /// How many probes.
+        #[arg(long, short = 'c', default_value_t = 3)]
+        count: u32,
+    },
+    /// Ask the running node to shut down cleanly.
+    Stop,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// Address to listen on (repeatable) [default: all interfaces, TCP and QUIC, port 4701,
+    /// or a free port when 4701 is taken].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<Multiaddr>,
+
+    /// Bootstrap peer, a multiaddr ending in /p2p/<peer-id> (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<Multiaddr>,
+
+    /// Run as a relay and bootstrap node (for a machine with a public address): relay
+    /// server, DHT server and AutoNAT server.
+    #[arg(long)]
+    pub(crate) relay: bool,
+
+    /// A public address this machine is known to have (repeatable); a relay vouches for it.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) external_address: Vec<Multiaddr>,
+
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+
+    /// Relay nodes: longest life of one relayed circuit, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) max_circuit_duration: Option<u64>,
+
+    /// Relay nodes: most bytes one relayed circuit may carry.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_circuit_bytes: Option<u64>,
+
+    /// Relay nodes: most reservations held at once.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_reservations: Option<usize>,
+}

@@ -1,0 +1,27 @@
+//! `p2pnode connect <multiaddr | peer-id>`.
+
+use anyhow::Result;
+use p2pnode_node::api::{ConnectRequest, Connected};
+use p2pnode_node::control::ControlClient;
+
+use crate::output;
+
+pub(crate) async fn run(control: &ControlClient, target: &str, json: bool) -> Result<()> {
+    // Validate here too, so a typo fails fast and the same way with or without a daemon.
+    p2pnode_node::parse_target(target)?;
+    let c: Connected = control
+        .post(
+            "connect",
+            &ConnectRequest {
+                target: target.to_string(),
+            },
+        )
+        .await?;
+    output::show(json, &c, |c| {
+        println!(
+            "connected to {} ({:?}, via {})",
+            c.peer_id, c.path, c.address
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! One module per subcommand.
+
+mod connect;
+mod find;
+mod id;
+mod peers;
+mod ping;
+mod start;
+mod status;
+mod stop;
+
+use anyhow::Result;
+use p2pnode_node::control::ControlClient;
+
+use crate::args::{Cli, Command};
+use crate::settings;
+
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let data_dir = settings::data_dir(cli.data_dir.as_deref())?;
+    let json = cli.json;
+    let control = ControlClient::new(&data_dir);
+    match cli.command {
+        Command::Start(args) => start::run(&data_dir, &args, json).await,
+        Command::Id => id::run(&data_dir, json),
+        Command::Status => status::run(&control, json).await,
+        Command::Peers => peers::run(&control, json).await,
+        Command::Connect { target } => connect::run(&control, &target, json).await,
+        Command::Find { peer_id } => find::run(&control, &peer_id, json).await,
+        Command::Ping { peer_id, count } => ping::run(&control, &peer_id, count, json).await,
+        Command::Stop => stop::run(&control, json).await,
+    }
+}

@@ -1,0 +1,39 @@
+//! `p2pnode ping <peer-id>`.
+
+use anyhow::{Result, bail};
+use p2pnode_node::api::{PingRequest, Pinged};
+use p2pnode_node::control::{ControlClient, MAX_PING_COUNT};
+
+use crate::output;
+
+pub(crate) async fn run(
+    control: &ControlClient,
+    peer_id: &str,
+    count: u32,
+    json: bool,
+) -> Result<()> {
+    p2pnode_node::parse_peer_id(peer_id)?;
+    if count == 0 || count > MAX_PING_COUNT {
+        bail!("--count must be 1 to {MAX_PING_COUNT}");
+    }
+    let p: Pinged = control
+        .post(
+            "ping",
+            &PingRequest {
+                peer_id: peer_id.to_string(),
+                count,
+            },
+        )
+        .await?;
+    output::show(json, &p, |p| {
+        for (i, r) in p.rtt_ms.iter().enumerate() {
+            println!(
+                "echo {} from {}: {r:.2} ms ({:?})",
+                i + 1,
+                p.peer_id,
+                p.path
+            );
+        }
+    });
+    Ok(())
+}

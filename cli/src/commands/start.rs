@@ -1,0 +1,62 @@
+//! `p2pnode start`: runs the daemon until Ctrl-C, SIGTERM or `p2pnode stop`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use p2pnode_node::{Node, control};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+use crate::args::StartArgs;
+use crate::output;
+use crate::settings;
+
+pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result<()> {
+    let config = settings::start_config(data_dir, args)?;
+    p2pnode_node::identity::ensure_data_dir(data_dir)?;
+    // Bind the socket first: a second daemon on the same data directory must fail before it
+    // touches the identity or the database.
+    let listener = control::bind(data_dir).await?;
+    let node = match Node::start(data_dir, config).await {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = std::fs::remove_file(data_dir.join(control::SOCKET_FILE));
+            return Err(e.into());
+        }
+    };
+    let client = node.client().clone();
+    let shutdown_requested = Arc::new(Notify::new());
+    let stop_server = Arc::new(Notify::new());
+    let server = tokio::spawn(control::serve(
+        listener,
+        client.clone(),
+        shutdown_requested.clone(),
+        stop_server.clone(),
+    ));
+
+    let status = client.status().await?;
+    output::show(json, &status, |s| {
+        println!("p2pnode {} running", s.peer_id);
+        println!("data directory: {}", data_dir.display());
+        for a in &s.listen_addrs {
+            println!("listening on {a}/p2p/{}", s.peer_id);
+        }
+        if s.relay_server {
+            println!("relay server: on");
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
+        _ = term.recv() => {}
+        () = shutdown_requested.notified() => {}
+    }
+    tracing::info!("shutting down");
+    stop_server.notify_one();
+    let _ = server.await;
+    node.shutdown().await;
+    let _ = std::fs::remove_file(data_dir.join(control::SOCKET_FILE));
+    Ok(())
+}

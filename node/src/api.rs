@@ -1,0 +1,130 @@
+//! The types the node reports, shared by the in-process [`crate::Client`] and the control
+//! socket's JSON (version [`API_VERSION`]). Field names are part of the control protocol:
+//! add fields, do not rename them.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the control protocol; it is the first segment of every request path (`/v1/...`).
+pub const API_VERSION: u32 = 1;
+
+/// `p2pnode status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Addresses we listen on, including relay circuit addresses.
+    pub listen_addrs: Vec<String>,
+    /// Addresses confirmed as reachable from outside.
+    pub external_addrs: Vec<String>,
+    /// AutoNAT's verdict: `public`, `private` or `unknown`.
+    pub nat_status: String,
+    /// Relays holding a reservation for us, as circuit addresses.
+    pub reservations: Vec<String>,
+    /// How many peers we have at least one connection to.
+    pub connected_peers: usize,
+    /// Whether this node serves as a relay.
+    pub relay_server: bool,
+}
+
+/// Whether a connection goes straight to the peer or through a relay.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// A direct connection (dialled, accepted or hole-punched).
+    Direct,
+    /// A circuit through a relay.
+    Relayed,
+}
+
+/// One connection to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionInfo {
+    /// The remote address.
+    pub address: String,
+    /// Direct or relayed.
+    pub path: Path,
+    /// `tcp`, `quic`, `relay`, `memory` or `other`.
+    pub transport: String,
+    /// Whether we dialled it.
+    pub outbound: bool,
+    /// Last ping round-trip time on this connection.
+    pub rtt_ms: Option<f64>,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    /// The peer id.
+    pub peer_id: String,
+    /// `direct` when any connection is direct.
+    pub path: Path,
+    /// Transport of the best connection.
+    pub transport: String,
+    /// Round-trip time of the best connection.
+    pub rtt_ms: Option<f64>,
+    /// Every open connection.
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// Result of `p2pnode connect`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connected {
+    /// The peer reached.
+    pub peer_id: String,
+    /// Direct or relayed.
+    pub path: Path,
+    /// The address of the connection.
+    pub address: String,
+}
+
+/// Result of `p2pnode find`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Found {
+    /// The peer looked up.
+    pub peer_id: String,
+    /// Addresses the DHT knows for it.
+    pub addresses: Vec<String>,
+}
+
+/// Result of `p2pnode ping`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pinged {
+    /// The peer.
+    pub peer_id: String,
+    /// One round-trip time per echo, in milliseconds.
+    pub rtt_ms: Vec<f64>,
+    /// The path of the peer's best connection when the echoes were sent.
+    pub path: Path,
+}
+
+/// Body of `POST /v1/connect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// A multiaddr or a peer id.
+    pub target: String,
+}
+
+/// Body of `POST /v1/find`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FindRequest {
+    /// The peer id to look up.
+    pub peer_id: String,
+}
+
+/// Body of `POST /v1/ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// The peer to ping.
+    pub peer_id: String,
+    /// How many echoes.
+    pub count: u32,
+}
+
+/// The body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// A stable machine-readable kind, e.g. `not_found`.
+    pub kind: String,
+    /// A one-line message for people.
+    pub message: String,
+}

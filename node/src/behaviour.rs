@@ -1,0 +1,140 @@
+//! The node's composed libp2p behaviour: discovery (Kademlia, identify, mDNS), NAT
+//! traversal (AutoNAT, relay client, DCUtR, and on `--relay` nodes the relay server),
+//! liveness (ping), limits, and `libp2p-stream` on which the application protocols run.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use libp2p::kad::store::MemoryStore;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, autonat, connection_limits, dcutr, identify, identity, kad, mdns,
+    memory_connection_limits, ping, relay,
+};
+
+use crate::config::Config;
+
+/// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
+pub const KAD_PROTOCOL: StreamProtocol = kad::PROTOCOL_NAME;
+
+/// The identify protocol version string nodes of this network announce.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/p2pnode/1.0.0";
+
+/// Above this much process memory the node refuses new connections.
+const MAX_PROCESS_MEMORY: usize = 1024 * 1024 * 1024;
+
+/// All behaviours of a node. Optional ones are [`Toggle`]d so ordinary and relay nodes share
+/// one type (as rust-libp2p's `misc/server` does).
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Refuses connections past the configured counts (checked first).
+    pub limits: connection_limits::Behaviour,
+    /// Refuses connections when the process uses too much memory.
+    pub memory: memory_connection_limits::Behaviour,
+    /// Relay client: reservations on relays and dialing through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Relay server, only on `--relay` nodes.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Upgrades relayed connections to direct ones by hole punching.
+    pub dcutr: dcutr::Behaviour,
+    /// Tells peers our listen addresses and learns theirs and our observed address.
+    pub identify: identify::Behaviour,
+    /// Peer routing and content discovery.
+    pub kad: kad::Behaviour<MemoryStore>,
+    /// Learns whether we are publicly reachable, and serves such probes for others.
+    pub autonat: autonat::Behaviour,
+    /// Keeps a round-trip time per connection.
+    pub ping: ping::Behaviour,
+    /// LAN discovery.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Streams for the application protocols.
+    pub stream: libp2p_stream::Behaviour,
+}
+
+impl Behaviour {
+    /// Builds the behaviour for `key` with the given configuration.
+    pub fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        cfg: &Config,
+    ) -> Result<Self, std::io::Error> {
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(cfg.max_connections))
+            .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+            .with_max_pending_incoming(Some(cfg.max_connections / 4 + 1))
+            .with_max_pending_outgoing(Some(cfg.max_connections / 4 + 1));
+
+        let relay_server = cfg.relay.then(|| relay_server(peer_id, cfg));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
+                .with_agent_version(format!("p2pnode/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        );
+
+        let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+        kad_cfg.set_query_timeout(Duration::from_secs(30));
+        let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg);
+        // Every node answers DHT queries: nodes behind NAT are reachable through their relay
+        // circuit addresses, and a relay/bootstrap node must serve from its first second
+        // (Kademlia would otherwise wait for a confirmed external address).
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                only_global_ips: !cfg.autonat_private_ips,
+                boot_delay: Duration::from_secs(5),
+                retry_interval: Duration::from_secs(30),
+                ..Default::default()
+            },
+        );
+
+        let mdns = if cfg.mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
+        } else {
+            None
+        };
+
+        Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_PROCESS_MEMORY),
+            relay_client,
+            relay_server: relay_server.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            identify,
+            kad,
+            autonat,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            mdns: mdns.into(),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+    }
+}
+
+fn relay_server(peer_id: PeerId, cfg: &Config) -> relay::Behaviour {
+    let l = &cfg.relay_limits;
+    let per_peer = NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN);
+    let config = relay::Config {
+        max_reservations: l.max_reservations,
+        max_reservations_per_peer: l.max_reservations_per_peer,
+        reservation_duration: Duration::from_secs(l.reservation_duration_secs),
+        max_circuits: l.max_circuits,
+        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuit_duration: Duration::from_secs(l.max_circuit_duration_secs),
+        max_circuit_bytes: l.max_circuit_bytes,
+        // A restarting fleet of clients behind one NAT re-reserves at once; libp2p's
+        // default per-IP limiters would refuse them, so rate-limit per peer only.
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    .reservation_rate_per_peer(per_peer, Duration::from_secs(60))
+    .circuit_src_per_peer(per_peer, Duration::from_secs(60));
+    relay::Behaviour::new(peer_id, config)
+}

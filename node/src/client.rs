@@ -1,0 +1,254 @@
+//! [`Client`]: the cheap, cloneable handle through which everything else (the control
+//! socket, the application protocols, tests) asks the event loop for work.
+
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{Connected, Found, Path, PeerInfo, Pinged, Status};
+use crate::error::NodeError;
+use crate::event_loop::Command;
+
+/// Protocol of the echo service behind `p2pnode ping`: it proves that application traffic
+/// flows over the current connection, whatever path it takes.
+pub const ECHO_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/echo/1.0.0");
+
+/// Size of one echo probe.
+pub(crate) const ECHO_SIZE: usize = 32;
+
+/// Connecting (DHT lookup plus dial) gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Handle to a running node.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+    peer_id: PeerId,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        streams: libp2p_stream::Control,
+        peer_id: PeerId,
+    ) -> Self {
+        Self {
+            commands,
+            streams,
+            peer_id,
+        }
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The stream control, for application protocols to open and accept streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask(Command::Status).await
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Starts listening on one more address.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Listen(addr, tx)).await?
+    }
+
+    /// Dials an address (with or without a `/p2p/<id>` suffix).
+    pub async fn connect_addr(&self, addr: Multiaddr) -> Result<Connected, NodeError> {
+        with_timeout("connecting", self.ask(|tx| Command::ConnectAddr(addr, tx))).await
+    }
+
+    /// Reaches a peer by id: an existing connection, else a DHT lookup and a dial.
+    pub async fn connect_peer(&self, peer: PeerId) -> Result<Connected, NodeError> {
+        with_timeout("connecting", self.ask(|tx| Command::ConnectPeer(peer, tx))).await
+    }
+
+    /// Parses `target` as a peer id or a multiaddr and connects to it.
+    pub async fn connect(&self, target: &str) -> Result<Connected, NodeError> {
+        match parse_target(target)? {
+            Target::Peer(p) => self.connect_peer(p).await,
+            Target::Addr(a) => self.connect_addr(a).await,
+        }
+    }
+
+    /// Looks a peer up in the DHT.
+    pub async fn find(&self, peer: PeerId) -> Result<Found, NodeError> {
+        with_timeout("the DHT lookup", self.ask(|tx| Command::Find(peer, tx))).await
+    }
+
+    /// Sends `count` echo probes to `peer` over one stream and times each round trip.
+    pub async fn ping(&self, peer: PeerId, count: u32) -> Result<Pinged, NodeError> {
+        self.connect_peer(peer).await?;
+        let stream_err = |reason: String| NodeError::Stream {
+            peer: peer.to_string(),
+            reason,
+        };
+        let mut stream = self
+            .streams
+            .clone()
+            .open_stream(peer, ECHO_PROTOCOL)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        let mut rtts = Vec::with_capacity(count as usize);
+        let mut probe = [0u8; ECHO_SIZE];
+        let mut back = [0u8; ECHO_SIZE];
+        for _ in 0..count {
+            rand::Rng::fill(&mut rand::thread_rng(), &mut probe[..]);
+            let start = Instant::now();
+            let exchange = async {
+                stream.write_all(&probe).await?;
+                stream.flush().await?;
+                stream.read_exact(&mut back).await
+            };
+            tokio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .map_err(|_| stream_err("no echo within 10 s".into()))?
+                .map_err(|e| stream_err(e.to_string()))?;
+            if back != probe {
+                return Err(stream_err("echo came back altered".into()));
+            }
+            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let _ = stream.close().await;
+        let path = self
+            .peers()
+            .await?
+            .into_iter()
+            .find(|p| p.peer_id == peer.to_string())
+            .map_or(Path::Relayed, |p| p.path);
+        Ok(Pinged {
+            peer_id: peer.to_string(),
+            rtt_ms: rtts,
+            path,
+        })
+    }
+}
+
+async fn with_timeout<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<Result<T, NodeError>, NodeError>>,
+) -> Result<T, NodeError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(r) => r?,
+        Err(_) => Err(NodeError::Timeout {
+            what: what.to_string(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// A peer id or an address, as a user typed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A bare peer id.
+    Peer(PeerId),
+    /// A multiaddr.
+    Addr(Multiaddr),
+}
+
+/// Reads `s` as a multiaddr (starts with `/`) or a peer id, with a clear error for either.
+pub fn parse_target(s: &str) -> Result<Target, NodeError> {
+    let s = s.trim();
+    if s.starts_with('/') {
+        s.parse::<Multiaddr>()
+            .map(Target::Addr)
+            .map_err(|e| NodeError::InvalidInput(format!("invalid multiaddr {s:?}: {e}")))
+    } else {
+        parse_peer_id(s).map(Target::Peer)
+    }
+}
+
+/// Reads a peer id, with a clear error.
+pub fn parse_peer_id(s: &str) -> Result<PeerId, NodeError> {
+    s.trim().parse::<PeerId>().map_err(|_| {
+        NodeError::InvalidInput(format!(
+            "invalid peer id {s:?} (expected a base58 id such as 12D3KooW...)"
+        ))
+    })
+}
+
+/// Serves the echo protocol: each incoming stream gets its bytes back until it closes.
+/// At most `max_streams` echo streams run at once; more are refused by dropping them.
+pub(crate) async fn serve_echo(mut incoming: libp2p_stream::IncomingStreams, max_streams: usize) {
+    use futures::StreamExt;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((peer, mut stream)) = incoming.next().await {
+        // Reap finished echo tasks so the set stays bounded by the semaphore.
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many echo streams; refusing one");
+            continue;
+        };
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut buf = [0u8; ECHO_SIZE];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    tasks.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_or_explain() {
+        let peer = PeerId::random();
+        assert_eq!(parse_target(&peer.to_string()).unwrap(), Target::Peer(peer));
+        assert!(matches!(
+            parse_target("/ip4/127.0.0.1/tcp/1").unwrap(),
+            Target::Addr(_)
+        ));
+        let e = parse_target("/ip4/999.1.1.1/tcp/1").unwrap_err();
+        assert!(e.to_string().contains("invalid multiaddr"), "{e}");
+        let e = parse_target("not-a-peer").unwrap_err();
+        assert!(e.to_string().contains("invalid peer id"), "{e}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Node configuration: built-in defaults, an optional TOML file in the data directory,
+//! and command-line flags on top (flags win).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// The TCP and UDP port a node listens on by default. When it is taken the node falls back
+/// to a free port, so several nodes can run on one machine without configuration.
+pub const DEFAULT_PORT: u16 = 4701;
+
+/// Name of the optional configuration file inside the data directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Everything a node needs to start. Built by [`Config::load`] or by hand in tests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to listen on. Empty means the defaults: every interface, IPv4 and IPv6,
+    /// TCP and QUIC, on [`DEFAULT_PORT`] (or a free port when that one is taken).
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers, each a multiaddr ending in `/p2p/<peer-id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses this node knows to be its public ones (a VPS's public IP).
+    pub external_addresses: Vec<Multiaddr>,
+    /// Run as a relay and bootstrap node: relay server, Kademlia server, AutoNAT server.
+    pub relay: bool,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Limits a relay node applies to the reservations and circuits it serves.
+    pub relay_limits: RelayLimits,
+    /// How many relays a node behind NAT keeps reservations on.
+    pub max_reservations: usize,
+    /// Connections with no open stream are closed after this many seconds.
+    pub idle_timeout_secs: u64,
+    /// Upper bound on established connections, in and out.
+    pub max_connections: u32,
+    /// Upper bound on established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
+    /// networks (loopback, TEST-NET) where no address is globally routable.
+    pub autonat_private_ips: bool,
+}
+
+/// Limits of the relay server (`p2pnode start --relay`). libp2p's defaults (120 s and
+/// 128 KiB per circuit) are enough to coordinate hole punching but not to carry files or
+/// tunnel traffic for peers that cannot punch, so a relay operator can raise them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayLimits {
+    /// Reservations held at once.
+    pub max_reservations: usize,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the client must renew it, in seconds.
+    pub reservation_duration_secs: u64,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits one peer may have relayed at once.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may live, in seconds.
+    pub max_circuit_duration_secs: u64,
+    /// How many bytes one circuit may carry (both directions).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 512,
+            max_reservations_per_peer: 4,
+            reservation_duration_secs: 3600,
+            max_circuits: 256,
+            max_circuits_per_peer: 8,
+            max_circuit_duration_secs: 600,
+            max_circuit_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            external_addresses: Vec::new(),
+            relay: false,
+            mdns: true,
+            relay_limits: RelayLimits::default(),
+            max_reservations: 2,
+            idle_timeout_secs: 300,
+            max_connections: 512,
+            max_connections_per_peer: 8,
+            autonat_private_ips: true,
+        }
+    }
+}
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Reads `config.toml` from the data directory when it exists, else the defaults.
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let path = data_dir.join(CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path,
+                source: Box::new(source),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// The idle timeout as a [`Duration`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The addresses to listen on, and whether they are the defaults (which may fall back to a
+    /// free port; explicit addresses may not).
+    pub fn listen_addrs(&self) -> (Vec<Multiaddr>, bool) {
+        if !self.listen.is_empty() {
+            return (self.listen.clone(), false);
+        }
+        (default_listen_addrs(DEFAULT_PORT), true)
+    }
+}
+
+/// All interfaces, IPv4 and IPv6, TCP and QUIC, on `port`.
+pub fn default_listen_addrs(port: u16) -> Vec<Multiaddr> {
+    [
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip6/::/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+        format!("/ip6/::/udp/{port}/quic-v1"),
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+
+/// Where a node keeps its identity, database and control socket: `--data-dir`, else
+/// `$P2PNODE_HOME`, else the platform's data directory (`~/.local/share/p2pnode` on Linux).
+pub fn resolve_data_dir(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(dir) = flag {
+        return Some(dir.to_path_buf());
+    }
+    if let Some(home) = std::env::var_os("P2PNODE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(home));
+    }
+    directories::ProjectDirs::from("", "", "p2pnode").map(|d| d.data_dir().to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "relay = true\nmdns = false\n[relay_limits]\nmax_circuit_bytes = 10\n",
+        )
+        .unwrap();
+        let cfg = Config::load(dir.path()).unwrap();
+        assert!(cfg.relay);
+        assert!(!cfg.mdns);
+        assert_eq!(cfg.relay_limits.max_circuit_bytes, 10);
+        assert_eq!(
+            cfg.relay_limits.max_circuits,
+            RelayLimits::default().max_circuits
+        );
+    }
+
+    #[test]
+    fn bad_file_is_an_error_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "relay = 3\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn default_listen_covers_tcp_and_quic_on_both_families() {
+        let addrs = default_listen_addrs(DEFAULT_PORT);
+        assert_eq!(addrs.len(), 4);
+    }
+}

@@ -1,0 +1,103 @@
+//! Errors of the node's operations. Each has a stable [`NodeError::kind`] that the control
+//! socket sends beside the message, so scripts can match on it.
+
+use libp2p::TransportError;
+
+/// Why a node operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum NodeError {
+    /// The DHT answered but does not know the peer.
+    #[error("peer {peer} was not found in the DHT (is it online and connected to the network?)")]
+    NotFound {
+        /// The peer looked for.
+        peer: String,
+    },
+    /// We know no peer to ask.
+    #[error("not connected to any peer to ask; start the node with --bootstrap <multiaddr>")]
+    NoPeers,
+    /// Dialling failed on every address.
+    #[error("cannot reach {target}: {reason}")]
+    Unreachable {
+        /// The peer or address.
+        target: String,
+        /// What each address answered.
+        reason: String,
+    },
+    /// The target is this node itself.
+    #[error("that is this node's own peer id")]
+    SelfDial,
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The operation did not finish in time.
+    #[error("{what} timed out after {secs} s")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// A stream to the peer failed.
+    #[error("stream to {peer} failed: {reason}")]
+    Stream {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The input was not valid (a malformed peer id or address).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+impl NodeError {
+    /// A stable, machine-readable name for the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::NoPeers => "no_peers",
+            Self::Unreachable { .. } => "unreachable",
+            Self::SelfDial => "self_dial",
+            Self::Listen { .. } => "listen",
+            Self::Timeout { .. } => "timeout",
+            Self::Stream { .. } => "stream",
+            Self::InvalidInput(_) => "invalid_input",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// A short reason for a transport error, naming the common cases plainly.
+pub(crate) fn transport_reason(e: &TransportError<std::io::Error>) -> String {
+    match e {
+        TransportError::MultiaddrNotSupported(addr) => {
+            format!("address {addr} is not supported by any transport")
+        }
+        TransportError::Other(io) => match io.kind() {
+            std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+            std::io::ErrorKind::AddrNotAvailable => {
+                "address not available on this machine".to_string()
+            }
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => innermost(io),
+        },
+    }
+}
+
+/// The most specific message in an error chain (libp2p wraps errors several times).
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,773 @@
+//! The one task that owns the [`Swarm`]. Everything else talks to it through
+//! [`crate::Client`], which sends [`Command`]s with a oneshot for the reply (the shape of
+//! rust-libp2p's `examples/file-sharing`). Requests that wait on the network are parked in
+//! `pending_*` maps keyed by query or connection id and answered when the event arrives.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, kad, mdns, ping, relay};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{Connected, ConnectionInfo, Found, Path, PeerInfo, Status};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::error::NodeError;
+
+/// How often unconnected bootstrap peers and relays are redialled, at most.
+const REDIAL_MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// How often the redial schedule is checked.
+const REDIAL_TICK: Duration = Duration::from_secs(1);
+
+/// A request to the event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Report the node's status.
+    Status(oneshot::Sender<Status>),
+    /// List connected peers.
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    /// Dial an address.
+    ConnectAddr(Multiaddr, oneshot::Sender<Result<Connected, NodeError>>),
+    /// Reach a peer by id, looking it up in the DHT when needed.
+    ConnectPeer(PeerId, oneshot::Sender<Result<Connected, NodeError>>),
+    /// Look a peer up in the DHT.
+    Find(PeerId, oneshot::Sender<Result<Found, NodeError>>),
+    /// Listen on one more address.
+    Listen(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+}
+
+/// What a finished DHT lookup should do.
+enum Lookup {
+    Find(oneshot::Sender<Result<Found, NodeError>>),
+    Connect(oneshot::Sender<Result<Connected, NodeError>>),
+}
+
+/// A connection as the event loop tracks it.
+struct Conn {
+    id: ConnectionId,
+    address: Multiaddr,
+    outbound: bool,
+    rtt: Option<Duration>,
+}
+
+impl Conn {
+    fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            address: self.address.to_string(),
+            path: path_of(&self.address),
+            transport: transport_of(&self.address).to_string(),
+            outbound: self.outbound,
+            rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// A relay we listen through.
+struct Reservation {
+    relay: PeerId,
+    circuit_addr: Multiaddr,
+    accepted: bool,
+}
+
+/// A peer we keep a connection to (bootstrap peers and relays), with its redial backoff.
+struct Keep {
+    addrs: Vec<Multiaddr>,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// Something the peer store should remember; written by the store thread.
+pub(crate) type StoreUpdate = (PeerId, Vec<Multiaddr>);
+
+/// Options of the event loop that do not belong to the behaviours.
+pub(crate) struct LoopConfig {
+    pub(crate) relay_server: bool,
+    pub(crate) confirm_listen_addrs: bool,
+    pub(crate) max_reservations: usize,
+}
+
+/// The event loop. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    store: Option<SyncSender<StoreUpdate>>,
+    cfg: LoopConfig,
+    conns: HashMap<PeerId, Vec<Conn>>,
+    lookups: HashMap<kad::QueryId, (PeerId, Lookup)>,
+    dials: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<Connected, NodeError>>)>,
+    addr_dials: HashMap<ConnectionId, oneshot::Sender<Result<Connected, NodeError>>>,
+    reservations: HashMap<ListenerId, Reservation>,
+    keep: HashMap<PeerId, Keep>,
+    dialing: HashSet<PeerId>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        store: Option<SyncSender<StoreUpdate>>,
+        cfg: LoopConfig,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            store,
+            cfg,
+            conns: HashMap::new(),
+            lookups: HashMap::new(),
+            dials: HashMap::new(),
+            addr_dials: HashMap::new(),
+            reservations: HashMap::new(),
+            keep: HashMap::new(),
+            dialing: HashSet::new(),
+        }
+    }
+
+    /// Keeps a connection to `peer` at `addrs`, redialling with backoff when it drops.
+    pub(crate) fn keep_connected(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        let keep = self.keep.entry(peer).or_insert(Keep {
+            addrs: Vec::new(),
+            next_attempt: Instant::now(),
+            backoff: Duration::from_millis(500),
+        });
+        for addr in addrs {
+            if !keep.addrs.contains(&addr) {
+                keep.addrs.push(addr);
+            }
+        }
+    }
+
+    /// Dials `peer` once at `addrs` (peers from the store), without keeping it connected.
+    pub(crate) fn dial_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "cannot redial known peer: {e}");
+        }
+    }
+
+    /// Runs until `shutdown` resolves or every [`crate::Client`] is dropped.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut redial = tokio::time::interval(REDIAL_TICK);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = redial.tick() => self.redial(),
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("event loop stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers());
+            }
+            Command::ConnectAddr(addr, reply) => self.connect_addr(addr, reply),
+            Command::ConnectPeer(peer, reply) => {
+                if let Some(c) = self.best_connection(&peer) {
+                    let _ = reply.send(Ok(c));
+                    return;
+                }
+                if peer == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err(NodeError::SelfDial));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, Lookup::Connect(reply)));
+            }
+            Command::Find(peer, reply) => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, Lookup::Find(reply)));
+            }
+            Command::Listen(addr, reply) => {
+                let result =
+                    self.swarm
+                        .listen_on(addr.clone())
+                        .map(|_| ())
+                        .map_err(|e| NodeError::Listen {
+                            addr: addr.to_string(),
+                            reason: crate::error::transport_reason(&e),
+                        });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn connect_addr(
+        &mut self,
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<Connected, NodeError>>,
+    ) {
+        let peer = peer_of(&addr);
+        if let Some(peer) = peer {
+            if peer == *self.swarm.local_peer_id() {
+                let _ = reply.send(Err(NodeError::SelfDial));
+                return;
+            }
+            if let Some(c) = self.best_connection(&peer) {
+                let _ = reply.send(Ok(c));
+                return;
+            }
+        }
+        let opts = match peer {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.addr_dials.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(dial_error(peer, &e)));
+            }
+        }
+    }
+
+    fn dial_found(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<Connected, NodeError>>,
+    ) {
+        if let Some(c) = self.best_connection(&peer) {
+            let _ = reply.send(Ok(c));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, (peer, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(dial_error(Some(peer), &e)));
+            }
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .keep
+            .iter_mut()
+            .filter(|(p, k)| {
+                k.next_attempt <= now && !self.conns.contains_key(p) && !self.dialing.contains(p)
+            })
+            .map(|(p, k)| {
+                k.next_attempt = now + k.backoff;
+                k.backoff = (k.backoff * 2).min(REDIAL_MAX_BACKOFF);
+                (*p, k.addrs.clone())
+            })
+            .collect();
+        for (peer, addrs) in due {
+            tracing::debug!(%peer, "dialling kept peer");
+            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.dialing.insert(peer);
+                }
+                Err(e) => tracing::debug!(%peer, "redial refused: {e}"),
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if self.cfg.confirm_listen_addrs && is_concrete(&address) {
+                    // A relay with no --external-address vouches for its own listen addresses;
+                    // libp2p's relay server refuses reservations until some address is confirmed.
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(r) = self.reservations.remove(&listener_id) {
+                    tracing::info!(relay = %r.relay, ?reason, "relay reservation ended");
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => self.on_connection(peer_id, connection_id, endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(list) = self.conns.get_mut(&peer_id) {
+                    list.retain(|c| c.id != connection_id);
+                    if list.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(peer) = peer_id {
+                    self.dialing.remove(&peer);
+                }
+                let err = || dial_error(peer_id, &error);
+                if let Some((_, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(err()));
+                } else if let Some(reply) = self.addr_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(err()));
+                } else {
+                    tracing::debug!(peer = ?peer_id, "dial failed: {error}");
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_connection(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
+        let outbound = endpoint.is_dialer();
+        let address = endpoint.get_remote_address().clone();
+        tracing::info!(%peer, %address, path = ?path_of(&address), "connected");
+        self.dialing.remove(&peer);
+        if let Some(k) = self.keep.get_mut(&peer) {
+            k.backoff = Duration::from_millis(500);
+        }
+        if outbound && path_of(&address) == Path::Direct {
+            self.remember(peer, vec![strip_p2p(&address)]);
+        }
+        self.conns.entry(peer).or_default().push(Conn {
+            id,
+            address: address.clone(),
+            outbound,
+            rtt: None,
+        });
+        let connected = Connected {
+            peer_id: peer.to_string(),
+            path: path_of(&address),
+            address: address.to_string(),
+        };
+        if let Some((_, reply)) = self.dials.remove(&id) {
+            let _ = reply.send(Ok(connected.clone()));
+        }
+        if let Some(reply) = self.addr_dials.remove(&id) {
+            let _ = reply.send(Ok(connected));
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
+                self.on_query_result(id, result)
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                tracing::trace!(%peer, "routing table updated");
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                for r in self.reservations.values_mut() {
+                    if r.relay == relay_peer_id {
+                        r.accepted = true;
+                    }
+                }
+                // A relay that gave us a slot is worth staying connected to.
+                let addrs = self
+                    .conns
+                    .get(&relay_peer_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.outbound && path_of(&c.address) == Path::Direct)
+                    .map(|c| strip_p2p(&c.address))
+                    .collect();
+                self.keep_connected(relay_peer_id, addrs);
+            }
+            BehaviourEvent::RelayClient(event) => tracing::debug!(?event, "relay client"),
+            BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
+                }
+                Err(e) => tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}"),
+            },
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => {
+                if let Ok(rtt) = result
+                    && let Some(c) = self
+                        .conns
+                        .get_mut(&peer)
+                        .and_then(|l| l.iter_mut().find(|c| c.id == connection))
+                {
+                    c.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "NAT status changed");
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if !self.conns.contains_key(&peer) {
+                        tracing::info!(%peer, "found on the LAN by mDNS");
+                        self.dial_known(peer, addrs);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .filter(|a| is_concrete(a))
+            .cloned()
+            .collect();
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            // Peers that dialled us are only routable once we know their listen addresses.
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+        }
+        if !addrs.is_empty() {
+            self.remember(peer, addrs.clone());
+        }
+        let is_relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+        if is_relay && !self.cfg.relay_server {
+            self.maybe_reserve(peer);
+        }
+    }
+
+    /// Listens through `relay` when we have fewer reservations than configured.
+    fn maybe_reserve(&mut self, relay: PeerId) {
+        if self.reservations.len() >= self.cfg.max_reservations
+            || self.reservations.values().any(|r| r.relay == relay)
+        {
+            return;
+        }
+        // Reserve over a connection we dialled: its address is one we know reaches the relay.
+        let Some(addr) = self
+            .conns
+            .get(&relay)
+            .into_iter()
+            .flatten()
+            .find(|c| c.outbound && path_of(&c.address) == Path::Direct)
+            .map(|c| strip_p2p(&c.address))
+        else {
+            return;
+        };
+        let circuit_addr = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit_addr.clone()) {
+            Ok(listener) => {
+                tracing::info!(%relay, "requesting a relay reservation");
+                self.reservations.insert(
+                    listener,
+                    Reservation {
+                        relay,
+                        circuit_addr,
+                        accepted: false,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(%relay, "cannot listen through relay: {e}"),
+        }
+    }
+
+    fn on_query_result(&mut self, id: kad::QueryId, result: kad::QueryResult) {
+        let kad::QueryResult::GetClosestPeers(result) = result else {
+            return;
+        };
+        let Some((target, lookup)) = self.lookups.remove(&id) else {
+            return;
+        };
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let mut addrs: Vec<Multiaddr> = peers
+            .into_iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs)
+            .collect();
+        // A peer we are connected to is found even if the DHT has not learned it yet.
+        for c in self.conns.get(&target).into_iter().flatten() {
+            if !addrs.contains(&c.address) && path_of(&c.address) == Path::Direct && c.outbound {
+                addrs.push(strip_p2p(&c.address));
+            }
+        }
+        let no_peers = self.swarm.connected_peers().next().is_none();
+        match lookup {
+            Lookup::Find(reply) => {
+                let result = if addrs.is_empty() {
+                    Err(not_found(target, no_peers))
+                } else {
+                    Ok(Found {
+                        peer_id: target.to_string(),
+                        addresses: addrs.iter().map(|a| a.to_string()).collect(),
+                    })
+                };
+                let _ = reply.send(result);
+            }
+            Lookup::Connect(reply) => {
+                if addrs.is_empty() {
+                    let _ = reply.send(Err(not_found(target, no_peers)));
+                } else {
+                    self.dial_found(target, addrs, reply);
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if let Some(store) = &self.store
+            && store.try_send((peer, addrs)).is_err()
+        {
+            tracing::debug!(%peer, "peer store busy; update dropped");
+        }
+    }
+
+    fn best_connection(&self, peer: &PeerId) -> Option<Connected> {
+        let list = self.conns.get(peer)?;
+        let best = list
+            .iter()
+            .find(|c| path_of(&c.address) == Path::Direct)
+            .or_else(|| list.first())?;
+        Some(Connected {
+            peer_id: peer.to_string(),
+            path: path_of(&best.address),
+            address: best.address.to_string(),
+        })
+    }
+
+    fn status(&mut self) -> Status {
+        let nat_status = match self.swarm.behaviour().autonat.nat_status() {
+            autonat::NatStatus::Public(_) => "public",
+            autonat::NatStatus::Private => "private",
+            autonat::NatStatus::Unknown => "unknown",
+        };
+        let mut reservations: Vec<String> = self
+            .reservations
+            .values()
+            .filter(|r| r.accepted)
+            .map(|r| r.circuit_addr.to_string())
+            .collect();
+        reservations.sort();
+        Status {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            external_addrs: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
+            nat_status: nat_status.to_string(),
+            reservations,
+            connected_peers: self.conns.len(),
+            relay_server: self.cfg.relay_server,
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .conns
+            .iter()
+            .map(|(peer, list)| {
+                let connections: Vec<ConnectionInfo> = list.iter().map(Conn::info).collect();
+                // Prefer a direct connection, then the one with a measured round trip.
+                let best = connections
+                    .iter()
+                    .filter(|c| c.path == Path::Direct)
+                    .max_by_key(|c| c.rtt_ms.is_some())
+                    .or_else(|| connections.first());
+                PeerInfo {
+                    peer_id: peer.to_string(),
+                    path: best.map_or(Path::Relayed, |c| c.path),
+                    transport: best.map_or_else(String::new, |c| c.transport.clone()),
+                    rtt_ms: best.and_then(|c| c.rtt_ms),
+                    connections,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+}
+
+fn not_found(peer: PeerId, no_peers: bool) -> NodeError {
+    if no_peers {
+        NodeError::NoPeers
+    } else {
+        NodeError::NotFound {
+            peer: peer.to_string(),
+        }
+    }
+}
+
+fn dial_error(peer: Option<PeerId>, error: &DialError) -> NodeError {
+    let target = peer.map_or_else(|| "the address".to_string(), |p| p.to_string());
+    let reason = match error {
+        DialError::Transport(errors) => errors
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {}", crate::error::transport_reason(e)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("the peer there is {obtained}, not the one asked for")
+        }
+        DialError::NoAddresses => "no known addresses".to_string(),
+        other => other.to_string(),
+    };
+    NodeError::Unreachable { target, reason }
+}
+
+/// The peer id an address ends in, if any.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().last().and_then(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+/// `addr` without a trailing `/p2p/<id>`.
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+/// Whether the address goes through a relay.
+pub fn path_of(addr: &Multiaddr) -> Path {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        Path::Relayed
+    } else {
+        Path::Direct
+    }
+}
+
+/// The transport an address uses, as the API names it.
+pub fn transport_of(addr: &Multiaddr) -> &'static str {
+    let mut name = "other";
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => return "relay",
+            Protocol::Tcp(_) => name = "tcp",
+            Protocol::QuicV1 => name = "quic",
+            Protocol::Memory(_) => name = "memory",
+            _ => {}
+        }
+    }
+    name
+}
+
+/// Whether an address can be dialled: not `0.0.0.0`/`::` (which listeners report).
+fn is_concrete(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_transports_are_read_from_addresses() {
+        let tcp: Multiaddr = "/ip4/1.2.3.4/tcp/1".parse().unwrap();
+        let quic: Multiaddr = "/ip4/1.2.3.4/udp/1/quic-v1".parse().unwrap();
+        let relayed: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{}/p2p-circuit", PeerId::random())
+            .parse()
+            .unwrap();
+        assert_eq!((path_of(&tcp), transport_of(&tcp)), (Path::Direct, "tcp"));
+        assert_eq!(
+            (path_of(&quic), transport_of(&quic)),
+            (Path::Direct, "quic")
+        );
+        assert_eq!(
+            (path_of(&relayed), transport_of(&relayed)),
+            (Path::Relayed, "relay")
+        );
+    }
+
+    #[test]
+    fn p2p_suffix_is_stripped_and_read() {
+        let peer = PeerId::random();
+        let addr: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{peer}").parse().unwrap();
+        assert_eq!(peer_of(&addr), Some(peer));
+        assert_eq!(strip_p2p(&addr).to_string(), "/ip4/1.2.3.4/tcp/1");
+        assert!(!is_concrete(&"/ip4/0.0.0.0/tcp/1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,260 @@
+//! Starting and stopping a node: identity, database, swarm, listeners, the event loop task,
+//! the peer-store writer and the echo service, and a clean shutdown of all of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, Swarm};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::behaviour::Behaviour;
+use crate::client::{Client, ECHO_PROTOCOL, serve_echo};
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::event_loop::{EventLoop, LoopConfig, StoreUpdate, peer_of};
+use crate::identity::{self, IdentityError};
+use crate::store::{MAX_REDIAL, Store, StoreError};
+use crate::swarm::{self, BuildError};
+
+/// Bound of the command channel into the event loop.
+const COMMAND_QUEUE: usize = 64;
+/// Bound of the queue of peer-store writes; past it updates are dropped (they recur).
+const STORE_QUEUE: usize = 256;
+/// Echo streams served at once.
+const MAX_ECHO_STREAMS: usize = 32;
+
+/// Which transports the node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// TCP, QUIC, DNS and relay: a real node.
+    #[default]
+    Real,
+    /// The in-process memory transport: tests and simulations.
+    Memory,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The identity could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The network stack could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listen address could not be bound.
+    #[error(transparent)]
+    Listen(NodeError),
+    /// A bootstrap address lacks its `/p2p/<peer-id>`.
+    #[error("bootstrap address {0} must end in /p2p/<peer-id>")]
+    Bootstrap(String),
+    /// No listener could be opened at all.
+    #[error("could not listen on any address")]
+    NoListener,
+}
+
+/// A running node. Drop it only after [`Node::shutdown`].
+pub struct Node {
+    client: Client,
+    data_dir: PathBuf,
+    stop: Arc<Notify>,
+    event_loop: JoinHandle<()>,
+    echo: JoinHandle<()>,
+    store_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.client.peer_id())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node on the real transports with its data in `data_dir`.
+    pub async fn start(data_dir: &Path, config: Config) -> Result<Self, StartError> {
+        Self::start_with(data_dir, config, TransportKind::Real).await
+    }
+
+    /// Starts a node on the chosen transports.
+    pub async fn start_with(
+        data_dir: &Path,
+        config: Config,
+        transport: TransportKind,
+    ) -> Result<Self, StartError> {
+        identity::ensure_data_dir(data_dir)?;
+        let keypair = identity::load_or_create(data_dir)?;
+        let peer_id = keypair.public().to_peer_id();
+        let store = Store::open(data_dir)?;
+
+        let mut bootstrap = Vec::new();
+        for addr in &config.bootstrap {
+            let peer = peer_of(addr).ok_or_else(|| StartError::Bootstrap(addr.to_string()))?;
+            let mut dial = addr.clone();
+            dial.pop();
+            bootstrap.push((peer, dial));
+        }
+
+        let mut swarm = match transport {
+            TransportKind::Real => swarm::build(keypair, &config)?,
+            TransportKind::Memory => swarm::build_memory(keypair, &config)?,
+        };
+        listen(&mut swarm, &config)?;
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
+
+        let mut streams = swarm.behaviour().stream.new_control();
+        let echo_incoming = streams.accept(ECHO_PROTOCOL).map_err(|e| {
+            StartError::Listen(NodeError::Stream {
+                peer: peer_id.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+
+        let (store_tx, store_rx) = std::sync::mpsc::sync_channel::<StoreUpdate>(STORE_QUEUE);
+        let writer_store = store.clone();
+        let store_writer = std::thread::Builder::new()
+            .name("peer-store".into())
+            .spawn(move || {
+                // Ends when the event loop drops its sender.
+                for (peer, addrs) in store_rx {
+                    if let Err(e) = writer_store.record_peer(&peer, &addrs) {
+                        tracing::warn!(%peer, "cannot record peer: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: data_dir.to_path_buf(),
+                source: Box::new(redb::Error::Io(e)),
+            })?;
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let mut event_loop = EventLoop::new(
+            swarm,
+            cmd_rx,
+            Some(store_tx),
+            LoopConfig {
+                relay_server: config.relay,
+                confirm_listen_addrs: config.relay && config.external_addresses.is_empty(),
+                max_reservations: config.max_reservations,
+            },
+        );
+        let bootstrap_peers: Vec<_> = bootstrap.iter().map(|(p, _)| *p).collect();
+        for (peer, addr) in bootstrap {
+            event_loop.keep_connected(peer, vec![addr]);
+        }
+        // Without a bootstrap list a restarted node finds its way back through the peers
+        // it knew: dial them once.
+        for (peer, addrs) in store.known_peers(MAX_REDIAL)? {
+            if !bootstrap_peers.contains(&peer) && peer != peer_id && !addrs.is_empty() {
+                event_loop.dial_known(peer, addrs);
+            }
+        }
+
+        let stop = Arc::new(Notify::new());
+        let span = tracing::info_span!("node", peer = %short_id(&peer_id.to_string()));
+        let loop_stop = stop.clone();
+        let event_loop = tokio::spawn(tracing::Instrument::instrument(
+            event_loop.run(async move { loop_stop.notified().await }),
+            span.clone(),
+        ));
+        let echo = tokio::spawn(tracing::Instrument::instrument(
+            serve_echo(echo_incoming, MAX_ECHO_STREAMS),
+            span,
+        ));
+        tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, "node started");
+        Ok(Self {
+            client: Client::new(cmd_tx, streams, peer_id),
+            data_dir: data_dir.to_path_buf(),
+            stop,
+            event_loop,
+            echo,
+            store_writer: Some(store_writer),
+        })
+    }
+
+    /// A handle for commands.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops the event loop, closes every connection and waits for the database writes.
+    pub async fn shutdown(mut self) {
+        self.stop.notify_one();
+        if let Err(e) = (&mut self.event_loop).await {
+            tracing::warn!("event loop ended badly: {e}");
+        }
+        // The swarm is gone with the loop, so the stream control's incoming side ends too.
+        self.echo.abort();
+        let _ = (&mut self.echo).await;
+        if let Some(writer) = self.store_writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// The first characters of a peer id, for log spans.
+pub fn short_id(peer: &str) -> &str {
+    let start = peer.len().saturating_sub(8);
+    &peer[start..]
+}
+
+/// Opens the configured listeners. Default addresses fall back to a free port when the
+/// default port is taken and are skipped when their address family is unavailable;
+/// explicit addresses must work.
+fn listen(swarm: &mut Swarm<Behaviour>, config: &Config) -> Result<(), StartError> {
+    let (addrs, defaults) = config.listen_addrs();
+    let mut opened = 0;
+    for addr in addrs {
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => opened += 1,
+            Err(e) if defaults => {
+                let reason = crate::error::transport_reason(&e);
+                let fallback = with_port_zero(&addr);
+                match swarm.listen_on(fallback.clone()) {
+                    Ok(_) => {
+                        tracing::info!(%addr, %reason, "default port unavailable; listening on a free port");
+                        opened += 1;
+                    }
+                    Err(e) => tracing::warn!(
+                        %addr, "skipping default listener: {}",
+                        crate::error::transport_reason(&e)
+                    ),
+                }
+            }
+            Err(e) => {
+                return Err(StartError::Listen(NodeError::Listen {
+                    addr: addr.to_string(),
+                    reason: crate::error::transport_reason(&e),
+                }));
+            }
+        }
+    }
+    if opened == 0 {
+        return Err(StartError::NoListener);
+    }
+    Ok(())
+}
+
+fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            Protocol::Tcp(_) => Protocol::Tcp(0),
+            Protocol::Udp(_) => Protocol::Udp(0),
+            other => other,
+        })
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! Builds the swarm: the real transports (TCP and QUIC over IPv4 and IPv6, DNS, relay
+//! client) for a running node, or the memory transport for tests and in-process
+//! simulations. Both share [`Behaviour::new`], so simulations run the node's own stack.
+
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::{Swarm, Transport, identity::Keypair, noise, tcp, yamux};
+
+use crate::behaviour::Behaviour;
+use crate::config::Config;
+
+/// The swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the network stack: {0}")]
+pub struct BuildError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+fn build_err(e: impl std::error::Error + Send + Sync + 'static) -> BuildError {
+    BuildError(Box::new(e))
+}
+
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// A swarm on the real transports.
+pub fn build(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildError> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(build_err)?
+        .with_quic()
+        .with_dns()
+        .map_err(build_err)?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(build_err)?
+        .with_behaviour(|key, relay| Behaviour::new(key, relay, cfg).map_err(boxed))
+        .map_err(build_err)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout()))
+        .build())
+}
+
+/// A swarm on the in-process memory transport (`/memory/<n>` addresses), with the relay
+/// client on top as in [`build`].
+pub fn build_memory(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildError> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok(MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key).map_err(boxed)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .map_err(build_err)?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(build_err)?
+        .with_behaviour(|key, relay| Behaviour::new(key, relay, cfg).map_err(boxed))
+        .map_err(build_err)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout()))
+        .build())
+}
