@@ -1,0 +1,200 @@
+//! Async wrappers: run the handshake and then exchange framed messages over any
+//! `futures::io::{AsyncRead, AsyncWrite}` stream, such as a libp2p substream.
+//!
+//! Every message on the wire, handshake or frame, is a 4-byte big-endian length followed
+//! by that many bytes. Lengths are checked against a cap before any buffer is allocated.
+//!
+//! Nothing here has a timeout: wrap the calls in the caller's runtime timer (e.g.
+//! `tokio::time::timeout`) so a silent peer cannot hold a stream forever.
+
+use std::io;
+use std::time::Instant;
+
+use ed25519_dalek::VerifyingKey;
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rand_core::CryptoRngCore;
+
+use crate::error::{HandshakeError, ReadError, StreamError};
+use crate::handshake::{HandshakeConfig, Initiator, Responder};
+use crate::sas::Sas;
+use crate::session::{HEADER_LEN, Session};
+
+/// Largest handshake message accepted (the largest real one, msg1, is 1314 bytes).
+pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 4096;
+/// Length of the length prefix before each message.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Reads one length-prefixed message of at most `max` bytes. A clean EOF before the
+/// prefix is [`ReadError::Closed`]; EOF anywhere later is an I/O error.
+pub async fn read_length_prefixed<R>(io: &mut R, max: usize) -> Result<Vec<u8>, ReadError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+    let mut filled = 0;
+    while filled < LENGTH_PREFIX_LEN {
+        match io.read(&mut prefix[filled..]).await {
+            Ok(0) if filled == 0 => return Err(ReadError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A u32 always fits in usize on the 32- and 64-bit targets we build for; if it did
+    // not, the length would be over any cap anyway.
+    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(ReadError::TooLarge { len, max });
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes `data` with its length prefix and flushes.
+pub async fn write_length_prefixed<W>(io: &mut W, data: &[u8]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let len =
+        u32::try_from(data.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.flush().await
+}
+
+async fn read_handshake_message<R: AsyncRead + Unpin>(
+    io: &mut R,
+) -> Result<Vec<u8>, HandshakeError> {
+    read_length_prefixed(io, MAX_HANDSHAKE_MESSAGE_LEN)
+        .await
+        .map_err(|e| match e {
+            ReadError::Closed => HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()),
+            ReadError::TooLarge { len, max } => HandshakeError::MessageTooLarge { len, max },
+            ReadError::Io(e) => HandshakeError::Io(e),
+        })
+}
+
+/// Runs the handshake as initiator (the side that opened the stream).
+///
+/// `rng` is only used before the first await; pass `rand::rngs::OsRng` to keep the
+/// future `Send`.
+pub async fn initiate<IO, R>(
+    mut io: IO,
+    config: HandshakeConfig,
+    rng: &mut R,
+) -> Result<SecureStream<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRngCore,
+{
+    let (state, msg1) = Initiator::start(config, rng);
+    write_length_prefixed(&mut io, &msg1).await?;
+    let msg2 = read_handshake_message(&mut io).await?;
+    let (session, msg3) = state.finish(&msg2)?;
+    write_length_prefixed(&mut io, &msg3).await?;
+    Ok(SecureStream::new(io, session))
+}
+
+/// Runs the handshake as responder (the side that accepted the stream).
+pub async fn respond<IO, R>(
+    mut io: IO,
+    config: HandshakeConfig,
+    rng: &mut R,
+) -> Result<SecureStream<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRngCore,
+{
+    let msg1 = read_handshake_message(&mut io).await?;
+    let (state, msg2) = Responder::accept(config, &msg1, rng)?;
+    write_length_prefixed(&mut io, &msg2).await?;
+    let msg3 = read_handshake_message(&mut io).await?;
+    let session = state.finish(&msg3)?;
+    Ok(SecureStream::new(io, session))
+}
+
+/// A stream after a successful handshake: whole messages in, whole messages out.
+///
+/// Use it with the default [`ReceiveMode::Ordered`](crate::ReceiveMode::Ordered): a
+/// reliable stream never reorders, so any gap is an attack and fails `recv`. After an
+/// error from `recv`, drop the stream.
+#[derive(Debug)]
+pub struct SecureStream<IO> {
+    io: IO,
+    session: Session,
+    write_buf: Vec<u8>,
+}
+
+impl<IO> SecureStream<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(io: IO, session: Session) -> Self {
+        Self {
+            io,
+            session,
+            write_buf: Vec::new(),
+        }
+    }
+
+    /// Seals and sends one message of at most the session's maximum payload length.
+    pub async fn send(&mut self, payload: &[u8]) -> Result<(), StreamError> {
+        self.write_buf.clear();
+        self.write_buf.extend_from_slice(&[0; LENGTH_PREFIX_LEN]);
+        self.session
+            .seal(payload, Instant::now(), &mut self.write_buf)?;
+        let frame_len = self.write_buf.len() - LENGTH_PREFIX_LEN;
+        // Frames are bounded by MAX_PAYLOAD_LEN plus a few bytes, far below u32::MAX.
+        let prefix =
+            u32::try_from(frame_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.write_buf[..LENGTH_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+        self.io.write_all(&self.write_buf).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Receives one message. [`StreamError::Closed`] means the peer closed cleanly.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, StreamError> {
+        let max = self.session.config().max_frame_len();
+        let mut frame = read_length_prefixed(&mut self.io, max)
+            .await
+            .map_err(|e| match e {
+                ReadError::Closed => StreamError::Closed,
+                ReadError::TooLarge { len, max } => StreamError::FrameTooLarge { len, max },
+                ReadError::Io(e) => StreamError::Io(e),
+            })?;
+        let payload_len = self.session.open(&mut frame)?.len();
+        // The payload sits right after the header; move it to the front in place.
+        frame.truncate(HEADER_LEN + payload_len);
+        frame.drain(..HEADER_LEN);
+        Ok(frame)
+    }
+
+    /// Closes the write half of the underlying stream.
+    pub async fn close(&mut self) -> Result<(), StreamError> {
+        self.io.close().await?;
+        Ok(())
+    }
+
+    /// The short authentication string to compare out of band.
+    pub fn sas(&self) -> &Sas {
+        self.session.sas()
+    }
+
+    /// The remote's verified Ed25519 identity key.
+    pub fn remote_key(&self) -> &VerifyingKey {
+        self.session.remote_key()
+    }
+
+    /// The underlying session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Gives back the stream and session, e.g. to hand frames to another task.
+    pub fn into_parts(self) -> (IO, Session) {
+        (self.io, self.session)
+    }
+}
