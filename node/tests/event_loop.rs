@@ -1,0 +1,244 @@
+//! The event loop's commands and their errors, on the in-process memory transport: no
+//! sockets, no sleeps (every wait is for an event, under a timeout).
+
+use std::time::Duration;
+
+use p2pnode_node::api::Path;
+use p2pnode_node::{Config, Multiaddr, Node, NodeError, PeerId, TransportKind};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct TestNode {
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn client(&self) -> &p2pnode_node::Client {
+        self.node.client()
+    }
+
+    /// The node's first memory address, with its peer id.
+    async fn addr(&self) -> Multiaddr {
+        let status = wait_for(|| async {
+            let s = self.client().status().await.ok()?;
+            s.listen_addrs.first().cloned()
+        })
+        .await;
+        format!("{status}/p2p/{}", self.client().peer_id()).parse().unwrap()
+    }
+}
+
+async fn start(bootstrap: Vec<Multiaddr>, relay: bool) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: vec!["/memory/0".parse().unwrap()],
+        bootstrap,
+        relay,
+        mdns: false,
+        ..Config::default()
+    };
+    let node = Node::start_with(dir.path(), config, TransportKind::Memory)
+        .await
+        .unwrap();
+    TestNode { node, _dir: dir }
+}
+
+/// Polls `check` until it yields a value, failing the test after [`WAIT`].
+async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("condition not reached in time")
+}
+
+async fn connected(a: &TestNode, b: PeerId) -> bool {
+    a.client()
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == b.to_string())
+}
+
+#[tokio::test]
+async fn status_reports_identity_and_listeners() {
+    let a = start(vec![], false).await;
+    let status = a.client().status().await.unwrap();
+    assert_eq!(status.peer_id, a.client().peer_id().to_string());
+    assert!(!status.relay_server);
+    assert_eq!(status.connected_peers, 0);
+    let _ = a.addr().await;
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_by_address_then_peers_lists_both_sides() {
+    let a = start(vec![], false).await;
+    let b = start(vec![], false).await;
+    let c = a.client().connect_addr(b.addr().await).await.unwrap();
+    assert_eq!(c.peer_id, b.client().peer_id().to_string());
+    assert_eq!(c.path, Path::Direct);
+    let peers = a.client().peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].transport, "memory");
+    wait_for(|| async { connected(&b, a.client().peer_id()).await.then_some(()) }).await;
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_id_alone_is_found_through_the_dht_and_connected() {
+    let relay = start(vec![], true).await;
+    let r = relay.addr().await;
+    let a = start(vec![r.clone()], false).await;
+    let b = start(vec![r], false).await;
+    let b_id = b.client().peer_id();
+    // B is findable once the relay has learned its addresses through identify.
+    let found = wait_for(|| async { a.client().find(b_id).await.ok() }).await;
+    assert_eq!(found.peer_id, b_id.to_string());
+    assert!(!found.addresses.is_empty());
+    let c = a.client().connect_peer(b_id).await.unwrap();
+    assert_eq!(c.peer_id, b_id.to_string());
+    assert!(connected(&a, b_id).await);
+    // Echo traffic flows over the new connection.
+    let pinged = a.client().ping(b_id, 3).await.unwrap();
+    assert_eq!(pinged.rtt_ms.len(), 3);
+    for n in [a, b, relay] {
+        n.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_behind_a_relay_hold_reservations() {
+    let relay = start(vec![], true).await;
+    let a = start(vec![relay.addr().await], false).await;
+    let status = wait_for(|| async {
+        let s = a.client().status().await.ok()?;
+        (!s.reservations.is_empty()).then_some(s)
+    })
+    .await;
+    assert!(status.reservations[0].contains(&relay.client().peer_id().to_string()));
+    assert!(relay.client().status().await.unwrap().relay_server);
+    a.node.shutdown().await;
+    relay.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn find_without_peers_says_to_bootstrap() {
+    let a = start(vec![], false).await;
+    let err = a.client().find(PeerId::random()).await.unwrap_err();
+    assert_eq!(err, NodeError::NoPeers);
+    assert!(err.to_string().contains("--bootstrap"));
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_peer_is_not_found() {
+    let relay = start(vec![], true).await;
+    let a = start(vec![relay.addr().await], false).await;
+    let relay_id = relay.client().peer_id();
+    wait_for(|| async { connected(&a, relay_id).await.then_some(()) }).await;
+    let missing = PeerId::random();
+    let err = a.client().connect_peer(missing).await.unwrap_err();
+    assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
+    assert_eq!(err.kind(), "not_found");
+    a.node.shutdown().await;
+    relay.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn dialling_nowhere_is_unreachable() {
+    let a = start(vec![], false).await;
+    // Nothing listens on this memory port.
+    let addr: Multiaddr = format!("/memory/{}/p2p/{}", u64::MAX - 7, PeerId::random())
+        .parse()
+        .unwrap();
+    let err = a.client().connect_addr(addr).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn dialling_ourselves_is_refused() {
+    let a = start(vec![], false).await;
+    let err = a.client().connect_peer(a.client().peer_id()).await.unwrap_err();
+    assert_eq!(err, NodeError::SelfDial);
+    let err = a.client().connect_addr(a.addr().await).await.unwrap_err();
+    assert_eq!(err, NodeError::SelfDial);
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_peer_id_at_an_address_is_an_error() {
+    let a = start(vec![], false).await;
+    let b = start(vec![], false).await;
+    let mut addr = b.addr().await;
+    addr.pop();
+    let wrong = addr.with_p2p(PeerId::random()).unwrap();
+    let err = a.client().connect_addr(wrong).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_targets_are_invalid_input() {
+    let a = start(vec![], false).await;
+    for bad in ["/ip4/300.0.0.1/tcp/1", "12D3KooWnotreal", ""] {
+        let err = a.client().connect(bad).await.unwrap_err();
+        assert_eq!(err.kind(), "invalid_input", "{bad}: {err}");
+    }
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_after_shutdown_report_stopped() {
+    let a = start(vec![], false).await;
+    let client = a.client().clone();
+    a.node.shutdown().await;
+    assert_eq!(client.status().await.unwrap_err(), NodeError::Stopped);
+}
+
+#[tokio::test]
+async fn explicit_listen_address_in_use_fails_start() {
+    let a = start(vec![], false).await;
+    let mut taken = a.addr().await;
+    taken.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: vec![taken],
+        mdns: false,
+        ..Config::default()
+    };
+    let err = Node::start_with(dir.path(), config, TransportKind::Memory)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bootstrap_without_peer_id_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: vec!["/memory/0".parse().unwrap()],
+        bootstrap: vec!["/memory/1234".parse().unwrap()],
+        mdns: false,
+        ..Config::default()
+    };
+    let err = Node::start_with(dir.path(), config, TransportKind::Memory)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/p2p/<peer-id>"), "{err}");
+}
