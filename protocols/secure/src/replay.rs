@@ -1,7 +1,7 @@
 //! Sliding replay window for sessions whose frames may arrive out of order.
 //!
-//! The window remembers which of the last [`WINDOW`] sequence numbers below the highest
-//! one seen were accepted, in a ring of 64-bit words (the layout of RFC 6479): moving the
+//! The window remembers which of the last [`WINDOW`] sequence numbers, up to the highest
+//! one accepted, were accepted, in a ring of 64-bit words (the layout of RFC 6479): moving the
 //! window forward only clears the words it passes over, so a jump costs at most one pass
 //! over the ring, never a loop over the skipped sequence numbers.
 //!
@@ -11,7 +11,7 @@
 
 use crate::error::OpenError;
 
-/// How far behind the highest accepted sequence number a frame may still arrive.
+/// Width of the window: the highest accepted sequence number and the 2047 before it.
 pub const WINDOW: u64 = 2048;
 const WORD_BITS: u64 = 64;
 // One word more than the window needs, because the highest block is only partly in use.
@@ -103,10 +103,10 @@ mod tests {
     fn window_edges() {
         let mut w = ReplayWindow::default();
         w.mark(10_000);
-        assert_eq!(w.check(10_000 - WINDOW), Ok(()));
+        assert_eq!(w.check(10_000 - WINDOW + 1), Ok(()));
         assert_eq!(
-            w.check(10_000 - WINDOW - 1),
-            Err(OpenError::TooOld(10_000 - WINDOW - 1))
+            w.check(10_000 - WINDOW),
+            Err(OpenError::TooOld(10_000 - WINDOW))
         );
         // A huge jump clears everything once, without looping over the gap.
         w.mark(u64::MAX - 1);

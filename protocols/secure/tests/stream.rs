@@ -1,0 +1,139 @@
+//! Async wrappers over an in-memory duplex stream.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Peers, rng};
+use futures::io::{AsyncWriteExt, Cursor};
+use p2pnode_secure::stream::{
+    MAX_HANDSHAKE_MESSAGE_LEN, read_length_prefixed, write_length_prefixed,
+};
+use p2pnode_secure::{HandshakeError, ReadError, SessionConfig, StreamError, initiate, respond};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+type Pipe = Compat<tokio::io::DuplexStream>;
+
+fn duplex() -> (Pipe, Pipe) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    (a.compat(), b.compat())
+}
+
+#[tokio::test]
+async fn handshake_and_messages_both_ways() {
+    let peers = Peers::default();
+    let (a_io, b_io) = duplex();
+    let (mut ra, mut rb) = (rng(1), rng(2));
+    let (a, b) = tokio::join!(
+        initiate(a_io, peers.alice_config(SessionConfig::default()), &mut ra),
+        respond(b_io, peers.bob_config(SessionConfig::default()), &mut rb),
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.sas(), b.sas());
+    assert_eq!(a.remote_key(), &peers.bob.verifying_key());
+    assert_eq!(b.remote_key(), &peers.alice.verifying_key());
+
+    for len in [0usize, 1, 1400, 65_536] {
+        let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let (sent, got) = tokio::join!(a.send(&msg), b.recv());
+        sent.unwrap();
+        assert_eq!(got.unwrap(), msg);
+        let (sent, got) = tokio::join!(b.send(&msg), a.recv());
+        sent.unwrap();
+        assert_eq!(got.unwrap(), msg);
+    }
+    a.close().await.unwrap();
+    assert!(matches!(b.recv().await, Err(StreamError::Closed)));
+}
+
+#[tokio::test]
+async fn wrong_peer_fails_on_both_sides() {
+    let peers = Peers::default();
+    let impostor = Peers {
+        alice: common::key(7),
+        bob: peers.bob.clone(),
+    };
+    let (a_io, b_io) = duplex();
+    let (mut ra, mut rb) = (rng(1), rng(2));
+    let (a, b) = tokio::join!(
+        initiate(
+            a_io,
+            impostor.alice_config(SessionConfig::default()),
+            &mut ra
+        ),
+        respond(b_io, peers.bob_config(SessionConfig::default()), &mut rb),
+    );
+    assert!(matches!(b, Err(HandshakeError::RemoteKeyMismatch)));
+    // The responder dropped its end, so the initiator sees EOF instead of msg2.
+    assert!(matches!(a, Err(HandshakeError::Io(_))));
+}
+
+#[tokio::test]
+async fn oversized_handshake_message_refused() {
+    let peers = Peers::default();
+    let (mut a_io, b_io) = duplex();
+    let len = (MAX_HANDSHAKE_MESSAGE_LEN as u32 + 1).to_be_bytes();
+    a_io.write_all(&len).await.unwrap();
+    let err = respond(
+        b_io,
+        peers.bob_config(SessionConfig::default()),
+        &mut rng(2),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        HandshakeError::MessageTooLarge {
+            len: 4097,
+            max: 4096
+        }
+    ));
+}
+
+#[tokio::test]
+async fn oversized_frame_refused_before_allocation() {
+    let peers = Peers::default();
+    let (a_io, b_io) = duplex();
+    let (mut ra, mut rb) = (rng(1), rng(2));
+    let (a, b) = tokio::join!(
+        initiate(a_io, peers.alice_config(SessionConfig::default()), &mut ra),
+        respond(b_io, peers.bob_config(SessionConfig::default()), &mut rb),
+    );
+    let (mut raw, _) = a.unwrap().into_parts();
+    let mut b = b.unwrap();
+    // Announce 4 GiB and send nothing more: if the reader allocated and tried to read the
+    // body it would wait forever; it must refuse on the prefix alone.
+    raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let err = b.recv().await.unwrap_err();
+    assert!(matches!(err, StreamError::FrameTooLarge { len, .. } if len == u32::MAX as usize));
+}
+
+#[test]
+fn length_prefix_reader() {
+    futures::executor::block_on(async {
+        let mut buf = Vec::new();
+        write_length_prefixed(&mut buf, b"hello").await.unwrap();
+        let mut io = Cursor::new(buf);
+        assert_eq!(read_length_prefixed(&mut io, 5).await.unwrap(), b"hello");
+        assert!(matches!(
+            read_length_prefixed(&mut io, 5).await,
+            Err(ReadError::Closed)
+        ));
+
+        let mut io = Cursor::new(vec![0, 0, 0, 6, 1, 2, 3, 4, 5, 6]);
+        assert!(matches!(
+            read_length_prefixed(&mut io, 5).await,
+            Err(ReadError::TooLarge { len: 6, max: 5 })
+        ));
+        // EOF inside the prefix or the body is an error, not a clean close.
+        let mut io = Cursor::new(vec![0, 0]);
+        assert!(matches!(
+            read_length_prefixed(&mut io, 5).await,
+            Err(ReadError::Io(_))
+        ));
+        let mut io = Cursor::new(vec![0, 0, 0, 3, 1]);
+        assert!(matches!(
+            read_length_prefixed(&mut io, 5).await,
+            Err(ReadError::Io(_))
+        ));
+    });
+}
