@@ -28,8 +28,7 @@ pub(crate) fn fail_error(json: bool, e: &anyhow::Error) -> ExitCode {
     } else {
         "error".to_string()
     };
-    // `{:#}` prints the context chain on one line: "cannot x: because y".
-    fail(json, &kind, &format!("{e:#}"))
+    fail(json, &kind, &one_line(e))
 }
 
 pub(crate) fn fail(json: bool, kind: &str, message: &str) -> ExitCode {
@@ -41,4 +40,18 @@ pub(crate) fn fail(json: bool, kind: &str, message: &str) -> ExitCode {
     }
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+/// The error and its causes on one line. Our library errors already name their cause in
+/// their message, so a cause whose text is already there is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }

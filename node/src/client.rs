@@ -192,13 +192,30 @@ pub fn parse_target(s: &str) -> Result<Target, NodeError> {
     }
 }
 
-/// Reads a peer id, with a clear error.
+/// Reads a peer id, with a clear error. Only ids that embed an Ed25519 public key are
+/// accepted: every p2pnode has one, and the secure layer needs the key from the id, so a
+/// truncated or hashed id is a typo, not a peer.
 pub fn parse_peer_id(s: &str) -> Result<PeerId, NodeError> {
-    s.trim().parse::<PeerId>().map_err(|_| {
+    let invalid = || {
         NodeError::InvalidInput(format!(
             "invalid peer id {s:?} (expected a base58 id such as 12D3KooW...)"
         ))
-    })
+    };
+    let peer = s.trim().parse::<PeerId>().map_err(|_| invalid())?;
+    ed25519_key_of(&peer).ok_or_else(invalid)?;
+    Ok(peer)
+}
+
+/// The Ed25519 public key a peer id embeds (identity multihash), if it does.
+pub fn ed25519_key_of(peer: &PeerId) -> Option<libp2p::identity::ed25519::PublicKey> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(hash.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()
 }
 
 /// Serves the echo protocol: each incoming stream gets its bytes back until it closes.
@@ -240,7 +257,9 @@ mod tests {
 
     #[test]
     fn targets_parse_or_explain() {
-        let peer = PeerId::random();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
         assert_eq!(parse_target(&peer.to_string()).unwrap(), Target::Peer(peer));
         assert!(matches!(
             parse_target("/ip4/127.0.0.1/tcp/1").unwrap(),
@@ -248,6 +267,8 @@ mod tests {
         ));
         let e = parse_target("/ip4/999.1.1.1/tcp/1").unwrap_err();
         assert!(e.to_string().contains("invalid multiaddr"), "{e}");
+        let e = parse_peer_id("12D3KooWnope").unwrap_err();
+        assert!(e.to_string().contains("invalid peer id"), "{e}");
         let e = parse_target("not-a-peer").unwrap_err();
         assert!(e.to_string().contains("invalid peer id"), "{e}");
     }

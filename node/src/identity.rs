@@ -67,6 +67,9 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), IdentityError> {
 
 /// Loads the identity from `dir`, creating it (and the directory) on first use.
 pub fn load_or_create(dir: &Path) -> Result<Keypair, IdentityError> {
+    if !dir.is_dir() {
+        ensure_data_dir(dir)?;
+    }
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {

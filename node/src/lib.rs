@@ -28,4 +28,5 @@ pub use config::Config;
 pub use error::NodeError;
 pub use node::{Node, StartError, TransportKind, short_id};
 
+pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};

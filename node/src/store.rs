@@ -156,7 +156,7 @@ impl Store {
                 addrs.into_iter().collect::<Vec<_>>(),
             ));
         }
-        peers.sort_by(|a, b| b.0.cmp(&a.0));
+        peers.sort_by_key(|p| std::cmp::Reverse(p.0));
         Ok(peers
             .into_iter()
             .take(limit)

@@ -1,6 +1,8 @@
 //! The event loop's commands and their errors, on the in-process memory transport: no
 //! sockets, no sleeps (every wait is for an event, under a timeout).
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use p2pnode_node::api::Path;
@@ -25,7 +27,9 @@ impl TestNode {
             s.listen_addrs.first().cloned()
         })
         .await;
-        format!("{status}/p2p/{}", self.client().peer_id()).parse().unwrap()
+        format!("{status}/p2p/{}", self.client().peer_id())
+            .parse()
+            .unwrap()
     }
 }
 
@@ -172,7 +176,11 @@ async fn dialling_nowhere_is_unreachable() {
 #[tokio::test]
 async fn dialling_ourselves_is_refused() {
     let a = start(vec![], false).await;
-    let err = a.client().connect_peer(a.client().peer_id()).await.unwrap_err();
+    let err = a
+        .client()
+        .connect_peer(a.client().peer_id())
+        .await
+        .unwrap_err();
     assert_eq!(err, NodeError::SelfDial);
     let err = a.client().connect_addr(a.addr().await).await.unwrap_err();
     assert_eq!(err, NodeError::SelfDial);

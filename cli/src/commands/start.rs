@@ -13,8 +13,8 @@ use crate::output;
 use crate::settings;
 
 pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result<()> {
-    let config = settings::start_config(data_dir, args)?;
     p2pnode_node::identity::ensure_data_dir(data_dir)?;
+    let config = settings::start_config(data_dir, args)?;
     // Bind the socket first: a second daemon on the same data directory must fail before it
     // touches the identity or the database.
     let listener = control::bind(data_dir).await?;
