@@ -26,13 +26,25 @@ const STORE_QUEUE: usize = 256;
 const MAX_ECHO_STREAMS: usize = 32;
 
 /// Which transports the node runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub enum TransportKind {
     /// TCP, QUIC, DNS and relay: a real node.
     #[default]
     Real,
     /// The in-process memory transport: tests and simulations.
     Memory,
+    /// A transport made by the caller (simulations wrap the memory transport with latency).
+    Custom(swarm::TransportFactory),
+}
+
+impl std::fmt::Debug for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Real => "Real",
+            Self::Memory => "Memory",
+            Self::Custom(_) => "Custom",
+        })
+    }
 }
 
 /// Why a node could not start.
@@ -104,6 +116,7 @@ impl Node {
         let mut swarm = match transport {
             TransportKind::Real => swarm::build(keypair, &config)?,
             TransportKind::Memory => swarm::build_memory(keypair, &config)?,
+            TransportKind::Custom(factory) => swarm::build_custom(keypair, &config, factory)?,
         };
         listen(&mut swarm, &config)?;
         for addr in &config.external_addresses {

@@ -2,9 +2,12 @@
 //! client) for a running node, or the memory transport for tests and in-process
 //! simulations. Both share [`Behaviour::new`], so simulations run the node's own stack.
 
-use libp2p::core::transport::MemoryTransport;
+use std::sync::Arc;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::upgrade::Version;
-use libp2p::{Swarm, Transport, identity::Keypair, noise, tcp, yamux};
+use libp2p::{PeerId, Swarm, Transport, identity::Keypair, noise, tcp, yamux};
 
 use crate::behaviour::Behaviour;
 use crate::config::Config;
@@ -45,17 +48,21 @@ pub fn build(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildEr
         .build())
 }
 
-/// A swarm on the in-process memory transport (`/memory/<n>` addresses), with the relay
-/// client on top as in [`build`].
-pub fn build_memory(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildError> {
+/// Makes the base transport of a node from its key: authenticated and multiplexed, as
+/// `Transport::upgrade().authenticate().multiplex()` produces. The relay client is added
+/// on top by [`build_custom`]. Simulations use it to inject link latency.
+pub type TransportFactory =
+    Arc<dyn Fn(&Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> + Send + Sync>;
+
+/// A swarm on a caller-made transport, with the relay client on top as in [`build`].
+pub fn build_custom(
+    keypair: Keypair,
+    cfg: &Config,
+    factory: TransportFactory,
+) -> Result<Swarm<Behaviour>, BuildError> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| {
-            Ok(MemoryTransport::default()
-                .upgrade(Version::V1)
-                .authenticate(noise::Config::new(key).map_err(boxed)?)
-                .multiplex(yamux::Config::default()))
-        })
+        .with_other_transport(|key| factory(key).map_err(boxed))
         .map_err(build_err)?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(build_err)?
@@ -63,4 +70,20 @@ pub fn build_memory(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, 
         .map_err(build_err)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout()))
         .build())
+}
+
+/// The memory transport, authenticated with Noise and multiplexed with yamux.
+pub fn memory_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    Ok(MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// A swarm on the in-process memory transport (`/memory/<n>` addresses), with the relay
+/// client on top as in [`build`].
+pub fn build_memory(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildError> {
+    build_custom(keypair, cfg, Arc::new(memory_transport))
 }
