@@ -74,6 +74,9 @@ pub enum SealError {
         /// Maximum in force.
         max: usize,
     },
+    /// `seal_in_place` was given a buffer without room for the frame header.
+    #[error("buffer has no room for the frame header")]
+    NoHeaderRoom,
     /// The sequence or epoch counter is exhausted; a new handshake is needed.
     #[error("session counters exhausted, run a new handshake")]
     Exhausted,
