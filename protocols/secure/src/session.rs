@@ -303,6 +303,25 @@ impl Session {
         }
     }
 
+    /// A connected (initiator, responder) pair keyed from `secret`, for fuzz targets that
+    /// need thousands of sessions per second. Not a secure session: no handshake ran.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn pair_for_fuzzing(secret: [u8; 32], config: SessionConfig) -> (Session, Session) {
+        let remote = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let keys = || {
+            let mut keys = SessionKeys::default();
+            keys.initiator_to_responder.copy_from_slice(&secret);
+            keys.responder_to_initiator.copy_from_slice(&secret);
+            keys.responder_to_initiator[0] ^= 1;
+            keys
+        };
+        let sas = Sas::from_hash(&[0; 32]);
+        let a = Session::new(Role::Initiator, keys(), config.clone(), sas, remote, secret);
+        let b = Session::new(Role::Responder, keys(), config, sas, remote, secret);
+        (a, b)
+    }
+
     /// Short authentication string both users compare out of band.
     pub fn sas(&self) -> &Sas {
         &self.sas
