@@ -16,6 +16,21 @@
 //! The sans-IO parts take randomness and time as arguments and never touch a clock or
 //! socket, so they run the same in tests, simulations, fuzzers and the node.
 //!
+//! # Using it on a libp2p stream
+//!
+//! ```text
+//! local  = SigningKey::from_bytes(&ed25519_keypair.secret().as_ref().try_into()?)
+//! remote = VerifyingKey::from_bytes(&PublicKey::try_decode_protobuf(peer_id.as_ref().digest())?
+//!                                       .try_into_ed25519()?.to_bytes())?
+//! config = HandshakeConfig::new(local, remote, b"/p2pnode/chat/1".to_vec())
+//! stream = timeout(10 s, initiate(libp2p_stream, config, &mut OsRng)).await??   // or respond(..)
+//! match trust_store.check(&peer_id.to_bytes(), &stream.remote_key().to_bytes(), "chat")? { .. }
+//! stream.send(b"hi").await?; let msg = stream.recv().await?; stream.sas().words()
+//! ```
+//!
+//! Datagram users (the tunnel) run the sans-IO [`Session`] directly with
+//! [`ReceiveMode::Window`] and put one frame in each packet.
+//!
 //! ```
 //! # use p2pnode_secure::*;
 //! # use rand::rngs::OsRng;
