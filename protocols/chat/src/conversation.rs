@@ -1,0 +1,775 @@
+//! The sans-IO state machine of one 1:1 conversation (one per peer).
+//!
+//! [`Conversation`] numbers outgoing messages, keeps them in a bounded outbox until the
+//! peer's cumulative [`Receipt`] covers them, and resends them after every reconnect. On
+//! the receiving side it drops duplicates, buffers out-of-order messages (bounded) and
+//! delivers strictly in sequence, answering with receipts. It never reads a clock or
+//! touches a socket: time comes in as unix milliseconds, frames go out as [`Output`]s.
+//!
+//! # How the node drives it
+//!
+//! 1. Stream to the peer opened (either side): [`Conversation::connected`]; write the
+//!    returned `Hello`. Stream closed or failed: [`Conversation::disconnected`].
+//! 2. Each frame read: [`Frame::decode`](crate::Frame::decode), then
+//!    [`Conversation::handle_frame`]. A decode error is a protocol violation: log it and
+//!    close the stream.
+//! 3. User typed a message: [`Conversation::send`]; store the returned [`Message`] in the
+//!    history as "sent, not yet delivered".
+//! 4. Timer: call [`Conversation::handle_timeout`] at [`Conversation::poll_timeout`].
+//! 5. **After each of these calls, persist first, then act on the outputs**: save
+//!    [`Conversation::snapshot`] (or [`Conversation::cursor`] plus the outbox rows) in
+//!    the same database transaction as the history changes the outputs imply (delivered
+//!    messages, delivery marks), commit, and only then write the `Send` frames. A node
+//!    killed at any point then neither loses nor duplicates a message: what was not
+//!    committed was not acknowledged, so the peer sends it again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::error::{RestoreError, SendError};
+use crate::id::MessageId;
+use crate::wire::{Frame, Hello, MAX_BODY_LEN, Message, Receipt, to_cbor};
+
+/// Tuning of a [`Conversation`]. Not persisted: pass it again on restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    max_outbox: usize,
+    max_reorder: u64,
+    window: usize,
+    retransmit_after_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_outbox: 10_000,
+            max_reorder: 1024,
+            window: 1024,
+            retransmit_after_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Most messages waiting for a receipt before [`Conversation::send`] refuses more
+    /// (at least 1; default 10 000).
+    pub fn with_max_outbox(mut self, n: usize) -> Self {
+        self.max_outbox = n.max(1);
+        self
+    }
+
+    /// Most out-of-order messages buffered ahead of the next expected one (at least 1;
+    /// default 1024). Messages further ahead are dropped and arrive again later.
+    pub fn with_max_reorder(mut self, n: u64) -> Self {
+        self.max_reorder = n.max(1);
+        self
+    }
+
+    /// Most messages sent but not yet acknowledged on the current connection (at least
+    /// 1; default 1024). Keep it at most the peer's reorder bound.
+    pub fn with_window(mut self, n: usize) -> Self {
+        self.window = n.max(1);
+        self
+    }
+
+    /// Resend unacknowledged messages (or our `Hello`) after this long without progress
+    /// (at least 1 ms; default 10 s).
+    pub fn with_retransmit_after_ms(mut self, ms: u64) -> Self {
+        self.retransmit_after_ms = ms.max(1);
+        self
+    }
+
+    /// The outbox bound.
+    pub fn max_outbox(&self) -> usize {
+        self.max_outbox
+    }
+}
+
+/// The small, fixed-size part of the persisted state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Random id of this state; a new one tells the peer we started over.
+    pub epoch: u64,
+    /// Sequence number of our next message (starts at 1).
+    pub next_seq: u64,
+    /// The peer acknowledged our messages up to here; the outbox holds the rest.
+    pub acked_up_to: u64,
+    /// We delivered the peer's messages up to here.
+    pub delivered_up_to: u64,
+    /// The peer's epoch, once its first `Hello` arrived.
+    pub peer_epoch: Option<u64>,
+}
+
+/// Everything that must survive a restart: the cursor and the unacknowledged messages
+/// (seq `acked_up_to + 1` to `next_seq - 1`, in order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Counters and epochs.
+    pub cursor: Cursor,
+    /// Messages sent but not yet acknowledged, oldest first.
+    pub outbox: Vec<Message>,
+}
+
+impl Snapshot {
+    /// CBOR bytes to store.
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
+    }
+
+    /// Reads bytes written by [`Snapshot::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, RestoreError> {
+        ciborium::from_reader(bytes).map_err(|e| RestoreError::Decode(e.to_string()))
+    }
+}
+
+/// What the node must do after a call, in order (after persisting the state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Encode with [`Frame::encode`] and write on the peer's stream.
+    Send(Frame),
+    /// The peer's next message in order: store it in history and show it.
+    Deliver(Message),
+    /// The peer received our messages up to `up_to_seq`: mark these as delivered.
+    Delivered {
+        /// Highest sequence number now acknowledged.
+        up_to_seq: u64,
+        /// Ids of the messages newly acknowledged, oldest first.
+        ids: Vec<MessageId>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// No stream to the peer.
+    Down,
+    /// A stream is open.
+    Up {
+        /// The peer's `Hello` arrived on this connection.
+        peer_ready: bool,
+        /// When our last `Hello` asking for a reply went out.
+        hello_at: u64,
+        /// How many outbox messages (a prefix) were sent on this connection.
+        in_flight: usize,
+        /// Last acknowledgement progress (or start of the flight).
+        progress_at: u64,
+    },
+}
+
+/// One 1:1 conversation with a peer. See the [module docs](self) for how to drive it.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    config: Config,
+    cursor: Cursor,
+    outbox: VecDeque<Message>,
+    reorder: BTreeMap<u64, Message>,
+    link: Link,
+}
+
+impl Conversation {
+    /// A new conversation with nothing sent or received, and a random epoch.
+    pub fn new(config: Config, rng: &mut impl CryptoRngCore) -> Self {
+        Self {
+            config,
+            cursor: Cursor {
+                epoch: rng.next_u64(),
+                next_seq: 1,
+                acked_up_to: 0,
+                delivered_up_to: 0,
+                peer_epoch: None,
+            },
+            outbox: VecDeque::new(),
+            reorder: BTreeMap::new(),
+            link: Link::Down,
+        }
+    }
+
+    /// Rebuilds a conversation from persisted state; it starts disconnected.
+    pub fn restore(config: Config, snapshot: Snapshot) -> Result<Self, RestoreError> {
+        let Snapshot { cursor, outbox } = snapshot;
+        let mut expected = cursor.acked_up_to;
+        for (index, message) in outbox.iter().enumerate() {
+            expected += 1;
+            if message.seq != expected {
+                return Err(RestoreError::OutboxSequence {
+                    index,
+                    found: message.seq,
+                    expected,
+                });
+            }
+        }
+        if cursor.next_seq != expected + 1 {
+            return Err(RestoreError::NextSeq {
+                next_seq: cursor.next_seq,
+                last: expected,
+            });
+        }
+        Ok(Self {
+            config,
+            cursor,
+            outbox: outbox.into(),
+            reorder: BTreeMap::new(),
+            link: Link::Down,
+        })
+    }
+
+    /// The state to persist after every call.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            cursor: self.cursor,
+            outbox: self.outbox.iter().cloned().collect(),
+        }
+    }
+
+    /// The fixed-size part of the state, for nodes that keep outbox rows separately.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Messages waiting for the peer's receipt, oldest first.
+    pub fn outbox(&self) -> impl ExactSizeIterator<Item = &Message> {
+        self.outbox.iter()
+    }
+
+    /// Whether a stream is open and the peer's `Hello` arrived on it.
+    pub fn is_online(&self) -> bool {
+        matches!(
+            self.link,
+            Link::Up {
+                peer_ready: true,
+                ..
+            }
+        )
+    }
+
+    /// Queues a message; it is sent now if the peer is online, else after it reconnects.
+    ///
+    /// Returns the message (store it in history) and the outputs.
+    pub fn send(
+        &mut self,
+        body: impl Into<String>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Message, Vec<Output>), SendError> {
+        let body = body.into();
+        if body.len() > MAX_BODY_LEN {
+            return Err(SendError::BodyTooLong {
+                len: body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        if self.outbox.len() >= self.config.max_outbox {
+            return Err(SendError::OutboxFull {
+                limit: self.config.max_outbox,
+            });
+        }
+        let message = Message {
+            id: MessageId::new(now_ms, rng),
+            seq: self.cursor.next_seq,
+            sent_at: now_ms,
+            body,
+        };
+        self.cursor.next_seq += 1;
+        self.outbox.push_back(message.clone());
+        let mut out = Vec::new();
+        self.fill_window(now_ms, &mut out);
+        Ok((message, out))
+    }
+
+    /// A stream to the peer is open: returns our `Hello` to write first.
+    pub fn connected(&mut self, now_ms: u64) -> Vec<Output> {
+        self.link = Link::Up {
+            peer_ready: false,
+            hello_at: now_ms,
+            in_flight: 0,
+            progress_at: now_ms,
+        };
+        vec![Output::Send(Frame::Hello(self.hello(true)))]
+    }
+
+    /// The stream closed or failed; unacknowledged messages wait for the next one.
+    pub fn disconnected(&mut self) {
+        self.link = Link::Down;
+    }
+
+    /// Handles a frame read from the peer's stream.
+    pub fn handle_frame(&mut self, frame: Frame, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Link::Up { peer_ready, .. } = self.link else {
+            debug!("chat frame while disconnected, ignored");
+            return out;
+        };
+        match frame {
+            Frame::Hello(hello) => self.on_hello(hello, now_ms, &mut out),
+            Frame::Message(message) if peer_ready => self.on_message(message, &mut out),
+            Frame::Message(message) => {
+                debug!(
+                    seq = message.seq,
+                    "chat message before the peer's hello, dropped"
+                );
+            }
+            Frame::Receipt(receipt) => {
+                if receipt.epoch == self.cursor.epoch {
+                    self.ack(receipt.up_to, now_ms, &mut out);
+                    self.fill_window(now_ms, &mut out);
+                } else {
+                    debug!("chat receipt for another epoch, ignored");
+                }
+            }
+        }
+        out
+    }
+
+    /// Resends our `Hello` or the unacknowledged messages when nothing moved for the
+    /// retransmission interval. Call at [`Conversation::poll_timeout`].
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let rto = self.config.retransmit_after_ms;
+        let hello = self.hello(true);
+        if let Link::Up {
+            peer_ready,
+            hello_at,
+            in_flight,
+            progress_at,
+        } = &mut self.link
+        {
+            if !*peer_ready {
+                if now_ms >= hello_at.saturating_add(rto) {
+                    debug!("no hello from peer yet, asking again");
+                    *hello_at = now_ms;
+                    out.push(Output::Send(Frame::Hello(hello)));
+                }
+            } else if *in_flight > 0 && now_ms >= progress_at.saturating_add(rto) {
+                debug!(in_flight = *in_flight, "no receipt progress, resending");
+                *progress_at = now_ms;
+                out.extend(
+                    self.outbox
+                        .iter()
+                        .take(*in_flight)
+                        .map(|m| Output::Send(Frame::Message(m.clone()))),
+                );
+            }
+        }
+        out
+    }
+
+    /// When to call [`Conversation::handle_timeout`] next (unix ms), if at all.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let rto = self.config.retransmit_after_ms;
+        match self.link {
+            Link::Down => None,
+            Link::Up {
+                peer_ready: false,
+                hello_at,
+                ..
+            } => Some(hello_at.saturating_add(rto)),
+            Link::Up { in_flight: 0, .. } => None,
+            Link::Up { progress_at, .. } => Some(progress_at.saturating_add(rto)),
+        }
+    }
+
+    fn hello(&self, want_reply: bool) -> Hello {
+        Hello {
+            epoch: self.cursor.epoch,
+            your_epoch: self.cursor.peer_epoch,
+            received_up_to: self.cursor.delivered_up_to,
+            acked_up_to: self.cursor.acked_up_to,
+            want_reply,
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, now_ms: u64, out: &mut Vec<Output>) {
+        // Receiving direction: what of the peer's messages do we already have?
+        match self.cursor.peer_epoch {
+            Some(epoch) if epoch != hello.epoch => {
+                warn!("peer started its chat state over; following its numbering");
+                self.cursor.delivered_up_to = hello.acked_up_to;
+                self.reorder.clear();
+            }
+            _ if hello.acked_up_to > self.cursor.delivered_up_to => {
+                if self.cursor.peer_epoch.is_some() {
+                    warn!(
+                        delivered = self.cursor.delivered_up_to,
+                        acked = hello.acked_up_to,
+                        "peer holds receipts we have no record of (restored older state?)"
+                    );
+                }
+                self.cursor.delivered_up_to = hello.acked_up_to;
+            }
+            _ => {}
+        }
+        self.cursor.peer_epoch = Some(hello.epoch);
+        let delivered = self.cursor.delivered_up_to;
+        self.reorder.retain(|&seq, _| seq > delivered);
+        if self.drain_reorder(out) {
+            self.push_receipt(out);
+        }
+
+        // Sending direction: its receipts count only if it knows our current epoch.
+        if hello.your_epoch == Some(self.cursor.epoch) {
+            self.ack(hello.received_up_to, now_ms, out);
+        }
+        if let Link::Up {
+            peer_ready,
+            progress_at,
+            ..
+        } = &mut self.link
+            && !*peer_ready
+        {
+            *peer_ready = true;
+            *progress_at = now_ms;
+        }
+        if hello.want_reply {
+            out.push(Output::Send(Frame::Hello(self.hello(false))));
+        }
+        self.fill_window(now_ms, out);
+    }
+
+    fn on_message(&mut self, message: Message, out: &mut Vec<Output>) {
+        let delivered = self.cursor.delivered_up_to;
+        if message.seq <= delivered {
+            // Already delivered: our receipt was probably lost, repeat it.
+            self.push_receipt(out);
+            return;
+        }
+        if message.seq - delivered > self.config.max_reorder {
+            debug!(
+                seq = message.seq,
+                delivered, "chat message too far ahead, dropped"
+            );
+            return;
+        }
+        self.reorder.entry(message.seq).or_insert(message);
+        if self.drain_reorder(out) {
+            self.push_receipt(out);
+        }
+    }
+
+    /// Delivers buffered messages that are next in order; true if any was delivered.
+    fn drain_reorder(&mut self, out: &mut Vec<Output>) -> bool {
+        let mut any = false;
+        while let Some(message) = self.reorder.remove(&(self.cursor.delivered_up_to + 1)) {
+            self.cursor.delivered_up_to += 1;
+            out.push(Output::Deliver(message));
+            any = true;
+        }
+        any
+    }
+
+    fn push_receipt(&self, out: &mut Vec<Output>) {
+        if let Some(epoch) = self.cursor.peer_epoch {
+            out.push(Output::Send(Frame::Receipt(Receipt {
+                epoch,
+                up_to: self.cursor.delivered_up_to,
+            })));
+        }
+    }
+
+    fn ack(&mut self, up_to: u64, now_ms: u64, out: &mut Vec<Output>) {
+        let last_sent = self.cursor.next_seq - 1;
+        let up_to = if up_to > last_sent {
+            warn!(up_to, last_sent, "peer acknowledged messages never sent");
+            last_sent
+        } else {
+            up_to
+        };
+        if up_to <= self.cursor.acked_up_to {
+            return;
+        }
+        let n = up_to - self.cursor.acked_up_to;
+        let ids: Vec<MessageId> = (0..n)
+            .filter_map(|_| self.outbox.pop_front().map(|m| m.id))
+            .collect();
+        self.cursor.acked_up_to = up_to;
+        if let Link::Up {
+            in_flight,
+            progress_at,
+            ..
+        } = &mut self.link
+        {
+            *in_flight = in_flight.saturating_sub(ids.len());
+            *progress_at = now_ms;
+        }
+        out.push(Output::Delivered {
+            up_to_seq: up_to,
+            ids,
+        });
+    }
+
+    fn fill_window(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Link::Up {
+            peer_ready: true,
+            in_flight,
+            progress_at,
+            ..
+        } = &mut self.link
+        else {
+            return;
+        };
+        let limit = self.config.window.min(self.outbox.len());
+        if *in_flight == 0 && limit > 0 {
+            *progress_at = now_ms;
+        }
+        while *in_flight < limit {
+            if let Some(message) = self.outbox.get(*in_flight) {
+                out.push(Output::Send(Frame::Message(message.clone())));
+            }
+            *in_flight += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::OsRng;
+
+    fn sends(out: &[Output]) -> Vec<Frame> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Connects a and b over a perfect link, exchanging hellos; returns their follow-ups.
+    fn connect(a: &mut Conversation, b: &mut Conversation, now: u64) -> (Vec<Output>, Vec<Output>) {
+        let ha = sends(&a.connected(now));
+        let hb = sends(&b.connected(now));
+        let mut out_b = Vec::new();
+        for f in ha {
+            out_b.extend(b.handle_frame(f, now));
+        }
+        let mut out_a = Vec::new();
+        for f in hb {
+            out_a.extend(a.handle_frame(f, now));
+        }
+        (out_a, out_b)
+    }
+
+    #[test]
+    fn queued_offline_then_sent_on_connect_and_acknowledged() {
+        let mut a = Conversation::new(Config::default(), &mut OsRng);
+        let mut b = Conversation::new(Config::default(), &mut OsRng);
+        let (m1, out) = a.send("one", 10, &mut OsRng).unwrap();
+        assert!(out.is_empty(), "offline: nothing to send");
+        a.send("two", 11, &mut OsRng).unwrap();
+
+        let (out_a, _) = connect(&mut a, &mut b, 20);
+        let frames = sends(&out_a);
+        // a answers b's hello and sends both messages.
+        let msgs: Vec<_> = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Message(_)))
+            .cloned()
+            .collect();
+        assert_eq!(msgs.len(), 2);
+        let mut receipts = Vec::new();
+        let mut delivered = Vec::new();
+        for f in msgs {
+            for o in b.handle_frame(f, 21) {
+                match o {
+                    Output::Deliver(m) => delivered.push(m.body),
+                    Output::Send(r @ Frame::Receipt(_)) => receipts.push(r),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(delivered, ["one", "two"]);
+        let mut marked = Vec::new();
+        for r in receipts {
+            for o in a.handle_frame(r, 22) {
+                if let Output::Delivered { ids, .. } = o {
+                    marked.extend(ids);
+                }
+            }
+        }
+        assert_eq!(marked[0], m1.id);
+        assert_eq!(marked.len(), 2);
+        assert_eq!(a.outbox().len(), 0);
+        assert_eq!(a.cursor().acked_up_to, 2);
+    }
+
+    #[test]
+    fn oversize_and_full_outbox_are_refused() {
+        let mut a = Conversation::new(Config::default().with_max_outbox(2), &mut OsRng);
+        let err = a
+            .send("x".repeat(MAX_BODY_LEN + 1), 0, &mut OsRng)
+            .unwrap_err();
+        assert!(err.to_string().contains("limit is 16384 bytes"), "{err}");
+        a.send("1", 0, &mut OsRng).unwrap();
+        a.send("2", 0, &mut OsRng).unwrap();
+        assert_eq!(
+            a.send("3", 0, &mut OsRng).unwrap_err(),
+            SendError::OutboxFull { limit: 2 }
+        );
+    }
+
+    #[test]
+    fn duplicates_are_receipted_not_redelivered() {
+        let mut a = Conversation::new(Config::default(), &mut OsRng);
+        let mut b = Conversation::new(Config::default(), &mut OsRng);
+        connect(&mut a, &mut b, 0);
+        let (m, _) = a.send("hi", 1, &mut OsRng).unwrap();
+        let first = b.handle_frame(Frame::Message(m.clone()), 2);
+        assert!(matches!(first[0], Output::Deliver(_)));
+        let again = b.handle_frame(Frame::Message(m), 3);
+        assert_eq!(again.len(), 1);
+        assert!(matches!(
+            again[0],
+            Output::Send(Frame::Receipt(Receipt { up_to: 1, .. }))
+        ));
+    }
+
+    #[test]
+    fn out_of_order_is_buffered_and_bounded() {
+        let mut a = Conversation::new(Config::default(), &mut OsRng);
+        let mut b = Conversation::new(Config::default().with_max_reorder(2), &mut OsRng);
+        let msgs: Vec<_> = (0..4)
+            .map(|i| a.send(format!("{i}"), i, &mut OsRng).unwrap().0)
+            .collect();
+        connect(&mut a, &mut b, 0);
+        // seq 4 is 4 ahead of delivered 0: beyond the bound, dropped.
+        assert!(
+            b.handle_frame(Frame::Message(msgs[3].clone()), 1)
+                .is_empty()
+        );
+        // seq 2 buffered, nothing delivered yet.
+        assert!(
+            b.handle_frame(Frame::Message(msgs[1].clone()), 1)
+                .is_empty()
+        );
+        let out = b.handle_frame(Frame::Message(msgs[0].clone()), 1);
+        let bodies: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Deliver(m) => Some(m.body.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, ["0", "1"]);
+        assert_eq!(b.cursor().delivered_up_to, 2);
+    }
+
+    #[test]
+    fn lost_hello_is_asked_again_after_timeout() {
+        let config = Config::default().with_retransmit_after_ms(100);
+        let mut a = Conversation::new(config, &mut OsRng);
+        let mut b = Conversation::new(config, &mut OsRng);
+        a.send("queued", 0, &mut OsRng).unwrap();
+        let _lost = a.connected(0);
+        let hb = sends(&b.connected(0));
+        // b's hello reaches a: a is ready, answers and sends, but all of it is lost too.
+        let out = sends(&a.handle_frame(hb[0].clone(), 1));
+        assert!(matches!(
+            out[0],
+            Frame::Hello(Hello {
+                want_reply: false,
+                ..
+            })
+        ));
+        assert!(matches!(out[1], Frame::Message(_)));
+        // A message arriving before a's hello is dropped, not delivered.
+        assert!(b.handle_frame(out[1].clone(), 2).is_empty());
+        let mut b_fresh = b.clone();
+        b_fresh.disconnected();
+        assert!(b_fresh.handle_frame(out[1].clone(), 2).is_empty());
+        assert_eq!(b.poll_timeout(), Some(100));
+        let again = sends(&b.handle_timeout(100));
+        assert!(matches!(
+            again[..],
+            [Frame::Hello(Hello {
+                want_reply: true,
+                ..
+            })]
+        ));
+        let reply = a.handle_frame(again[0].clone(), 101);
+        let reply = sends(&reply);
+        assert!(matches!(
+            reply[0],
+            Frame::Hello(Hello {
+                want_reply: false,
+                ..
+            })
+        ));
+        let mut delivered = 0;
+        for f in reply {
+            delivered += b
+                .handle_frame(f, 102)
+                .iter()
+                .filter(|o| matches!(o, Output::Deliver(_)))
+                .count();
+        }
+        // a re-sends its message only after its own timeout (it was already in flight).
+        for f in sends(&a.handle_timeout(10_000)) {
+            delivered += b
+                .handle_frame(f, 10_001)
+                .iter()
+                .filter(|o| matches!(o, Output::Deliver(_)))
+                .count();
+        }
+        assert_eq!(delivered, 1);
+    }
+
+    #[test]
+    fn restore_checks_consistency() {
+        let mut a = Conversation::new(Config::default(), &mut OsRng);
+        a.send("1", 0, &mut OsRng).unwrap();
+        a.send("2", 0, &mut OsRng).unwrap();
+        let snap = Snapshot::decode(&a.snapshot().encode()).unwrap();
+        assert_eq!(snap, a.snapshot());
+        Conversation::restore(Config::default(), snap.clone()).unwrap();
+
+        let mut gap = snap.clone();
+        gap.outbox.remove(0);
+        assert!(matches!(
+            Conversation::restore(Config::default(), gap),
+            Err(RestoreError::OutboxSequence { .. })
+        ));
+        let mut short = snap;
+        short.cursor.next_seq = 7;
+        assert!(matches!(
+            Conversation::restore(Config::default(), short),
+            Err(RestoreError::NextSeq { .. })
+        ));
+        assert!(Snapshot::decode(b"nonsense").is_err());
+    }
+
+    #[test]
+    fn peer_that_lost_its_state_is_followed() {
+        let mut a = Conversation::new(Config::default(), &mut OsRng);
+        let mut b = Conversation::new(Config::default(), &mut OsRng);
+        connect(&mut a, &mut b, 0);
+        for i in 0..5 {
+            let (m, _) = b.send(format!("{i}"), i, &mut OsRng).unwrap();
+            for o in a.handle_frame(Frame::Message(m), i) {
+                if let Output::Send(f) = o {
+                    b.handle_frame(f, i);
+                }
+            }
+        }
+        assert_eq!(a.cursor().delivered_up_to, 5);
+        a.disconnected();
+        // b's database is wiped: a fresh state with a new epoch.
+        let mut b = Conversation::new(Config::default(), &mut OsRng);
+        b.send("after wipe", 100, &mut OsRng).unwrap();
+        let (out_a, out_b) = connect(&mut a, &mut b, 100);
+        let mut got = Vec::new();
+        for f in sends(&out_b) {
+            for o in a.handle_frame(f, 101) {
+                if let Output::Deliver(m) = o {
+                    got.push(m.body);
+                }
+            }
+        }
+        assert!(
+            sends(&out_a)
+                .iter()
+                .all(|f| !matches!(f, Frame::Message(_)))
+        );
+        assert_eq!(got, ["after wipe"]);
+    }
+}
