@@ -191,7 +191,7 @@ impl Conversation {
         let Snapshot { cursor, outbox } = snapshot;
         let mut expected = cursor.acked_up_to;
         for (index, message) in outbox.iter().enumerate() {
-            expected += 1;
+            expected = expected.saturating_add(1);
             if message.seq != expected {
                 return Err(RestoreError::OutboxSequence {
                     index,
@@ -200,7 +200,7 @@ impl Conversation {
                 });
             }
         }
-        if cursor.next_seq != expected + 1 {
+        if expected.checked_add(1) != Some(cursor.next_seq) {
             return Err(RestoreError::NextSeq {
                 next_seq: cursor.next_seq,
                 last: expected,
@@ -450,8 +450,10 @@ impl Conversation {
     /// Delivers buffered messages that are next in order; true if any was delivered.
     fn drain_reorder(&mut self, out: &mut Vec<Output>) -> bool {
         let mut any = false;
-        while let Some(message) = self.reorder.remove(&(self.cursor.delivered_up_to + 1)) {
-            self.cursor.delivered_up_to += 1;
+        while let Some(next) = self.cursor.delivered_up_to.checked_add(1)
+            && let Some(message) = self.reorder.remove(&next)
+        {
+            self.cursor.delivered_up_to = next;
             out.push(Output::Deliver(message));
             any = true;
         }

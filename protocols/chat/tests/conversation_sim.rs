@@ -88,13 +88,15 @@ impl Side {
     }
 }
 
+/// (deliver at, tie-break, destination, connection generation, encoded frame)
+type InFlight = (u64, u64, usize, u64, Vec<u8>);
+
 struct Sim {
     rng: StdRng,
     link: Link,
     now: u64,
     sides: [Side; 2],
-    /// (deliver at, tie-break, destination, connection generation, encoded frame)
-    wire: BinaryHeap<Reverse<(u64, u64, usize, u64, Vec<u8>)>>,
+    wire: BinaryHeap<Reverse<InFlight>>,
     counter: u64,
     generation: u64,
     up: bool,
