@@ -16,6 +16,43 @@
 //!
 //! Everything takes time as unix milliseconds and randomness as an argument, so tests
 //! and simulations drive it without clocks or sockets.
+//!
+//! ```
+//! use p2pnode_chat::{Config, Conversation, Frame, Output};
+//! # use rand::rngs::OsRng;
+//! let (mut alice, mut bob) =
+//!     (Conversation::new(Config::default(), &mut OsRng), Conversation::new(Config::default(), &mut OsRng));
+//! alice.send("queued while bob is away", 1_000, &mut OsRng)?; // persist alice.snapshot()
+//!
+//! // A stream opens: both write their Hello; then frames flow until nothing is left.
+//! let mut to_bob: Vec<Frame> = Vec::new();
+//! let mut to_alice: Vec<Frame> = Vec::new();
+//! let frames = |out: Vec<Output>| out.into_iter().filter_map(|o| match o {
+//!     Output::Send(f) => Some(f),
+//!     _ => None,
+//! });
+//! to_bob.extend(frames(alice.connected(2_000)));
+//! to_alice.extend(frames(bob.connected(2_000)));
+//! let mut shown = Vec::new();
+//! while !to_bob.is_empty() || !to_alice.is_empty() {
+//!     for f in std::mem::take(&mut to_bob) {
+//!         let wire = f.encode(); // bytes for SecureStream::send
+//!         for o in bob.handle_frame(Frame::decode(&wire)?, 2_001) {
+//!             match o {
+//!                 Output::Deliver(m) => shown.push(m.body),
+//!                 Output::Send(f) => to_alice.push(f),
+//!                 Output::Delivered { .. } => {}
+//!             }
+//!         }
+//!     }
+//!     for f in std::mem::take(&mut to_alice) {
+//!         to_bob.extend(frames(alice.handle_frame(f, 2_002)));
+//!     }
+//! }
+//! assert_eq!(shown, ["queued while bob is away"]);
+//! assert_eq!(alice.outbox().len(), 0, "bob's receipt emptied the outbox");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
