@@ -55,6 +55,40 @@ pub(crate) enum Command {
     },
     /// Ask the running node to shut down cleanly.
     Stop,
+    /// Compare a short authentication string with a peer to rule out a man in the middle.
+    ///
+    /// Both users run `p2pnode verify <the other's peer id>`; both see the same code when
+    /// nobody intercepts. Confirming pins the peer's key as verified: if it ever changes,
+    /// every protocol refuses the peer with an alarm.
+    Verify {
+        /// The peer id.
+        peer_id: String,
+        /// Record that the codes were compared elsewhere and matched, without asking.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Manage the trust store: who may use which protocol, who is revoked.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// List every peer in the trust store.
+    List,
+    /// Allow a peer the given protocols (all when none given); lifts a revocation.
+    Allow {
+        /// The peer id.
+        peer_id: String,
+        /// Comma-separated protocols: chat, files, tunnel, sync.
+        #[arg(long, value_delimiter = ',')]
+        protocols: Vec<String>,
+    },
+    /// Revoke a peer: its connections close now and it is refused from then on.
+    Revoke {
+        /// The peer id.
+        peer_id: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -104,13 +104,6 @@ pub struct ConnectRequest {
     pub target: String,
 }
 
-/// Body of `POST /v1/find`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FindRequest {
-    /// The peer id to look up.
-    pub peer_id: String,
-}
-
 /// Body of `POST /v1/ping`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PingRequest {
@@ -118,6 +111,61 @@ pub struct PingRequest {
     pub peer_id: String,
     /// How many echoes.
     pub count: u32,
+}
+
+/// Result of `p2pnode verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// The short authentication string as words.
+    pub sas_words: String,
+    /// The same code as digit groups.
+    pub sas_digits: String,
+    /// Whether the peer's key is already verified.
+    pub verified: bool,
+}
+
+/// One trust store entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrustInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// Whether its key was verified by SAS comparison.
+    pub verified: bool,
+    /// Protocols it may use.
+    pub allowed_protocols: Vec<String>,
+    /// Whether it is revoked.
+    pub revoked: bool,
+}
+
+impl TrustInfo {
+    /// The report for one entry.
+    pub fn new(peer: libp2p::PeerId, e: &p2pnode_secure::TrustEntry) -> Self {
+        Self {
+            peer_id: peer.to_string(),
+            verified: e.is_verified(),
+            allowed_protocols: e.allowed_protocols.iter().cloned().collect(),
+            revoked: e.revoked,
+        }
+    }
+}
+
+/// Body of the requests that name one peer (`find`, `verify`, `trust/revoke`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerRequest {
+    /// The peer id.
+    pub peer_id: String,
+}
+
+/// Body of `POST /v1/trust/allow`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllowRequest {
+    /// The peer id.
+    pub peer_id: String,
+    /// Protocols to allow; empty means all.
+    #[serde(default)]
+    pub protocols: Vec<String>,
 }
 
 /// The body of every failed request.

@@ -9,8 +9,8 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, autonat, connection_limits, dcutr, identify, identity, kad, mdns,
-    memory_connection_limits, ping, relay,
+    PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify,
+    identity, kad, mdns, memory_connection_limits, ping, relay,
 };
 
 use crate::config::Config;
@@ -28,7 +28,9 @@ const MAX_PROCESS_MEMORY: usize = 1024 * 1024 * 1024;
 /// one type (as rust-libp2p's `misc/server` does).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Refuses connections past the configured counts (checked first).
+    /// Refuses and closes connections of revoked peers (checked first).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses connections past the configured counts.
     pub limits: connection_limits::Behaviour,
     /// Refuses connections when the process uses too much memory.
     pub memory: memory_connection_limits::Behaviour,
@@ -103,6 +105,7 @@ impl Behaviour {
         };
 
         Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_PROCESS_MEMORY),
             relay_client,

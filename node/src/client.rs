@@ -7,9 +7,15 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{Connected, Found, Path, PeerInfo, Pinged, Status};
+use std::sync::Arc;
+
+use p2pnode_secure::SecureStream;
+
+use crate::api::{Connected, Found, Path, PeerInfo, Pinged, Status, TrustInfo, VerifyInfo};
 use crate::error::NodeError;
 use crate::event_loop::Command;
+use crate::secure::{SecureListener, Security};
+use crate::trust::PROTOCOLS;
 
 /// Protocol of the echo service behind `p2pnode ping`: it proves that application traffic
 /// flows over the current connection, whatever path it takes.
@@ -26,6 +32,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 pub struct Client {
     commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
+    security: Arc<Security>,
     peer_id: PeerId,
 }
 
@@ -41,13 +48,128 @@ impl Client {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         streams: libp2p_stream::Control,
+        security: Arc<Security>,
         peer_id: PeerId,
     ) -> Self {
         Self {
             commands,
             streams,
+            security,
             peer_id,
         }
+    }
+
+    /// Opens an application stream to `peer`: connects when needed, checks the trust store
+    /// for `app` (`chat`, `files`, `tunnel`, `sync`) and runs the post-quantum handshake.
+    pub async fn open_secure(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        app: &str,
+    ) -> Result<SecureStream<libp2p::Stream>, NodeError> {
+        // Refuse a revoked peer before dialling it at all.
+        crate::secure::refuse_if_untrusted(peer, self.security.decide(peer, app).await?)?;
+        self.connect_peer(peer).await?;
+        self.security
+            .open(&mut self.streams.clone(), peer, protocol, app)
+            .await
+    }
+
+    /// Accepts application streams of `protocol`, each after the trust check and handshake.
+    pub fn listen_secure(
+        &self,
+        protocol: StreamProtocol,
+        app: &'static str,
+    ) -> Result<SecureListener, NodeError> {
+        SecureListener::new(
+            self.security.clone(),
+            &mut self.streams.clone(),
+            protocol,
+            app,
+        )
+    }
+
+    /// The short authentication string of a verification exchange with `peer`.
+    pub async fn verify(&self, peer: PeerId) -> Result<VerifyInfo, NodeError> {
+        self.connect_peer(peer).await?;
+        let sas = self
+            .security
+            .verify(&mut self.streams.clone(), peer)
+            .await?;
+        let verified = self
+            .trust_list()
+            .await?
+            .into_iter()
+            .any(|t| t.peer_id == peer.to_string() && t.verified);
+        Ok(VerifyInfo {
+            peer_id: peer.to_string(),
+            sas_words: sas.words(),
+            sas_digits: sas.digits(),
+            verified,
+        })
+    }
+
+    /// Records a matching SAS comparison with `peer`: pins its key as verified.
+    pub async fn confirm_verified(&self, peer: PeerId) -> Result<TrustInfo, NodeError> {
+        let entry = self.security.confirm(peer).await?;
+        self.ask(|tx| Command::Unblock(peer, tx)).await?;
+        Ok(TrustInfo::new(peer, &entry))
+    }
+
+    /// Every trust entry.
+    pub async fn trust_list(&self) -> Result<Vec<TrustInfo>, NodeError> {
+        let trust = self.security.trust().clone();
+        let list = tokio::task::spawn_blocking(move || trust.list())
+            .await
+            .map_err(|e| NodeError::Trust(e.to_string()))?
+            .map_err(|e| NodeError::Trust(e.to_string()))?;
+        Ok(list.iter().map(|(p, e)| TrustInfo::new(*p, e)).collect())
+    }
+
+    /// Allows `peer` the given protocols (all when empty) and lifts a revocation.
+    pub async fn allow(&self, peer: PeerId, protocols: &[String]) -> Result<TrustInfo, NodeError> {
+        for p in protocols {
+            if !PROTOCOLS.contains(&p.as_str()) {
+                return Err(NodeError::InvalidInput(format!(
+                    "unknown protocol {p:?}; known: {}",
+                    PROTOCOLS.join(", ")
+                )));
+            }
+        }
+        let grant: Vec<String> = if protocols.is_empty() {
+            PROTOCOLS.iter().map(|p| p.to_string()).collect()
+        } else {
+            protocols.to_vec()
+        };
+        let entry = self
+            .update_trust(peer, move |e| {
+                e.revoked = false;
+                e.allowed_protocols.extend(grant);
+            })
+            .await?;
+        self.ask(|tx| Command::Unblock(peer, tx)).await?;
+        Ok(TrustInfo::new(peer, &entry))
+    }
+
+    /// Revokes `peer`: stored at once, its connections closed, refused from now on (also
+    /// after a restart).
+    pub async fn revoke(&self, peer: PeerId) -> Result<TrustInfo, NodeError> {
+        let entry = self.update_trust(peer, |e| e.revoked = true).await?;
+        self.ask(|tx| Command::Block(peer, tx)).await?;
+        Ok(TrustInfo::new(peer, &entry))
+    }
+
+    async fn update_trust(
+        &self,
+        peer: PeerId,
+        change: impl FnOnce(&mut p2pnode_secure::TrustEntry) + Send + 'static,
+    ) -> Result<p2pnode_secure::TrustEntry, NodeError> {
+        let key = crate::secure::verifying_key_of(&peer)?.to_bytes();
+        let trust = self.security.trust().clone();
+        tokio::task::spawn_blocking(move || trust.update(&peer, key, change))
+            .await
+            .map_err(|e| NodeError::Trust(e.to_string()))?
+            .map_err(|e| NodeError::Trust(e.to_string()))
     }
 
     /// Our peer id.

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use crate::api::{ConnectRequest, ErrorBody, FindRequest, PingRequest};
+use crate::api::{AllowRequest, ConnectRequest, ErrorBody, PeerRequest, PingRequest};
 use crate::client::{Client, parse_peer_id};
 use crate::error::NodeError;
 
@@ -156,15 +156,13 @@ async fn route(
     let result = match (method, path.as_str()) {
         (Method::GET, "/v1/status") => json(client.status().await),
         (Method::GET, "/v1/peers") => json(client.peers().await),
+        (Method::GET, "/v1/trust") => json(client.trust_list().await),
         (Method::POST, "/v1/connect") => match body::<ConnectRequest>(req).await {
             Ok(r) => json(client.connect(&r.target).await),
             Err(e) => Err(e),
         },
-        (Method::POST, "/v1/find") => match body::<FindRequest>(req).await {
-            Ok(r) => match parse_peer_id(&r.peer_id) {
-                Ok(peer) => json(client.find(peer).await),
-                Err(e) => Err(e),
-            },
+        (Method::POST, "/v1/find") => match peer_body(req).await {
+            Ok(peer) => json(client.find(peer).await),
             Err(e) => Err(e),
         },
         (Method::POST, "/v1/ping") => match body::<PingRequest>(req).await {
@@ -175,6 +173,25 @@ async fn route(
                 Ok(peer) => json(client.ping(peer, r.count).await),
                 Err(e) => Err(e),
             },
+            Err(e) => Err(e),
+        },
+        (Method::POST, "/v1/verify") => match peer_body(req).await {
+            Ok(peer) => json(client.verify(peer).await),
+            Err(e) => Err(e),
+        },
+        (Method::POST, "/v1/verify/confirm") => match peer_body(req).await {
+            Ok(peer) => json(client.confirm_verified(peer).await),
+            Err(e) => Err(e),
+        },
+        (Method::POST, "/v1/trust/allow") => match body::<AllowRequest>(req).await {
+            Ok(r) => match parse_peer_id(&r.peer_id) {
+                Ok(peer) => json(client.allow(peer, &r.protocols).await),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        (Method::POST, "/v1/trust/revoke") => match peer_body(req).await {
+            Ok(peer) => json(client.revoke(peer).await),
             Err(e) => Err(e),
         },
         (Method::POST, "/v1/shutdown") => {
@@ -198,6 +215,7 @@ async fn route(
         Err(e) => {
             let status = match e {
                 NodeError::InvalidInput(_) | NodeError::SelfDial => StatusCode::BAD_REQUEST,
+                NodeError::Revoked { .. } | NodeError::KeyChanged { .. } => StatusCode::FORBIDDEN,
                 NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
                 NodeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +230,11 @@ async fn route(
             )
         }
     }
+}
+
+/// A body naming one peer (`{"peer_id": ...}`), parsed and checked.
+async fn peer_body(req: Request<Incoming>) -> Result<libp2p::PeerId, NodeError> {
+    parse_peer_id(&body::<PeerRequest>(req).await?.peer_id)
 }
 
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, NodeError> {

@@ -56,6 +56,31 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// The peer is revoked in the trust store.
+    #[error("peer {peer} is revoked; `p2pnode trust allow {peer}` lifts it")]
+    Revoked {
+        /// The peer.
+        peer: String,
+    },
+    /// The peer presented a key other than the verified one: a possible impostor.
+    #[error(
+        "SECURITY ALARM: {peer} presented a different key than the one you verified; refusing until you run `p2pnode verify {peer}` again"
+    )]
+    KeyChanged {
+        /// The peer.
+        peer: String,
+    },
+    /// The post-quantum handshake failed.
+    #[error("secure handshake with {peer} failed: {reason}")]
+    Handshake {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The trust store could not be read or written.
+    #[error("trust store: {0}")]
+    Trust(String),
 }
 
 impl NodeError {
@@ -71,6 +96,10 @@ impl NodeError {
             Self::Stream { .. } => "stream",
             Self::InvalidInput(_) => "invalid_input",
             Self::Stopped => "stopped",
+            Self::Revoked { .. } => "revoked",
+            Self::KeyChanged { .. } => "key_changed",
+            Self::Handshake { .. } => "handshake",
+            Self::Trust(_) => "trust",
         }
     }
 }

@@ -40,6 +40,10 @@ pub enum Command {
     Find(PeerId, oneshot::Sender<Result<Found, NodeError>>),
     /// Listen on one more address.
     Listen(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+    /// Close every connection of a peer and refuse new ones (revocation).
+    Block(PeerId, oneshot::Sender<()>),
+    /// Accept a peer's connections again.
+    Unblock(PeerId, oneshot::Sender<()>),
 }
 
 /// What a finished DHT lookup should do.
@@ -149,6 +153,15 @@ impl EventLoop {
         }
     }
 
+    /// Refuses `peer` from now on and closes its connections (the block list closes them
+    /// as soon as the swarm polls it; disconnecting here makes it immediate).
+    pub(crate) fn block(&mut self, peer: PeerId) {
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.keep.remove(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        tracing::info!(%peer, "peer blocked");
+    }
+
     /// Dials `peer` once at `addrs` (peers from the store), without keeping it connected.
     pub(crate) fn dial_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         for addr in &addrs {
@@ -206,6 +219,14 @@ impl EventLoop {
             Command::Find(peer, reply) => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, (peer, Lookup::Find(reply)));
+            }
+            Command::Block(peer, reply) => {
+                self.block(peer);
+                let _ = reply.send(());
+            }
+            Command::Unblock(peer, reply) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                let _ = reply.send(());
             }
             Command::Listen(addr, reply) => {
                 let result =

@@ -9,7 +9,8 @@
 //! Parts: [`config`] (defaults, TOML file, flags), [`identity`] (the Ed25519 key on disk),
 //! [`store`] (the embedded database and peer store), [`behaviour`] and [`swarm`] (the
 //! network stack, also on the memory transport for tests and simulations), [`api`] (the
-//! reported types), [`error`].
+//! reported types), [`error`], [`trust`] (the trust store) and [`secure`] (application
+//! streams, always behind the post-quantum handshake and a trust check).
 
 pub mod api;
 pub mod behaviour;
@@ -20,8 +21,10 @@ pub mod error;
 pub mod event_loop;
 pub mod identity;
 mod node;
+pub mod secure;
 pub mod store;
 pub mod swarm;
+pub mod trust;
 
 pub use client::{Client, Target, parse_peer_id, parse_target};
 pub use config::Config;
@@ -29,4 +32,4 @@ pub use error::NodeError;
 pub use node::{Node, StartError, TransportKind, short_id};
 
 pub use libp2p::identity::Keypair;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, StreamProtocol};

@@ -15,8 +15,10 @@ use crate::config::Config;
 use crate::error::NodeError;
 use crate::event_loop::{EventLoop, LoopConfig, StoreUpdate, peer_of};
 use crate::identity::{self, IdentityError};
+use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
 use crate::store::{MAX_REDIAL, Store, StoreError};
 use crate::swarm::{self, BuildError};
+use crate::trust::TrustDb;
 
 /// Bound of the command channel into the event loop.
 const COMMAND_QUEUE: usize = 64;
@@ -77,6 +79,7 @@ pub struct Node {
     stop: Arc<Notify>,
     event_loop: JoinHandle<()>,
     echo: JoinHandle<()>,
+    verify: JoinHandle<()>,
     store_writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -104,6 +107,15 @@ impl Node {
         let keypair = identity::load_or_create(data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let store = Store::open(data_dir)?;
+        let trust = TrustDb::open(store.database().clone())?;
+        let revoked = trust.revoked()?;
+        let security =
+            Arc::new(
+                Security::new(&keypair, trust).ok_or_else(|| IdentityError::Corrupt {
+                    path: data_dir.join(identity::IDENTITY_FILE),
+                    reason: "not an Ed25519 key".into(),
+                })?,
+            );
 
         let mut bootstrap = Vec::new();
         for addr in &config.bootstrap {
@@ -159,6 +171,10 @@ impl Node {
                 max_reservations: config.max_reservations,
             },
         );
+        // Revocations hold across restarts.
+        for peer in revoked {
+            event_loop.block(peer);
+        }
         let bootstrap_peers: Vec<_> = bootstrap.iter().map(|(p, _)| *p).collect();
         for (peer, addr) in bootstrap {
             event_loop.keep_connected(peer, vec![addr]);
@@ -180,15 +196,23 @@ impl Node {
         ));
         let echo = tokio::spawn(tracing::Instrument::instrument(
             serve_echo(echo_incoming, MAX_ECHO_STREAMS),
+            span.clone(),
+        ));
+        let verify_listener =
+            SecureListener::new(security.clone(), &mut streams, VERIFY_PROTOCOL, "verify")
+                .map_err(StartError::Listen)?;
+        let verify = tokio::spawn(tracing::Instrument::instrument(
+            serve_verify(security.clone(), verify_listener),
             span,
         ));
         tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, "node started");
         Ok(Self {
-            client: Client::new(cmd_tx, streams, peer_id),
+            client: Client::new(cmd_tx, streams, security, peer_id),
             data_dir: data_dir.to_path_buf(),
             stop,
             event_loop,
             echo,
+            verify,
             store_writer: Some(store_writer),
         })
     }
@@ -212,6 +236,8 @@ impl Node {
         // The swarm is gone with the loop, so the stream control's incoming side ends too.
         self.echo.abort();
         let _ = (&mut self.echo).await;
+        self.verify.abort();
+        let _ = (&mut self.verify).await;
         if let Some(writer) = self.store_writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }

@@ -1,7 +1,7 @@
 //! `p2pnode find <peer-id>`.
 
 use anyhow::Result;
-use p2pnode_node::api::{FindRequest, Found};
+use p2pnode_node::api::{Found, PeerRequest};
 use p2pnode_node::control::ControlClient;
 
 use crate::output;
@@ -11,7 +11,7 @@ pub(crate) async fn run(control: &ControlClient, peer_id: &str, json: bool) -> R
     let f: Found = control
         .post(
             "find",
-            &FindRequest {
+            &PeerRequest {
                 peer_id: peer_id.to_string(),
             },
         )

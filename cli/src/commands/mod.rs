@@ -8,6 +8,8 @@ mod ping;
 mod start;
 mod status;
 mod stop;
+mod trust;
+mod verify;
 
 use anyhow::Result;
 use p2pnode_node::control::ControlClient;
@@ -28,5 +30,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Find { peer_id } => find::run(&control, &peer_id, json).await,
         Command::Ping { peer_id, count } => ping::run(&control, &peer_id, count, json).await,
         Command::Stop => stop::run(&control, json).await,
+        Command::Verify { peer_id, confirm } => {
+            verify::run(&control, &peer_id, confirm, json).await
+        }
+        Command::Trust(cmd) => trust::run(&control, cmd, json).await,
     }
 }

@@ -1,0 +1,392 @@
+//! Secure application streams: every protocol stream (chat, files, tunnel, sync) opens
+//! through [`Security::open`] or arrives through [`SecureListener`], which check the trust
+//! store and run the post-quantum hybrid handshake of `p2pnode_secure` before any
+//! application byte moves. There is no other way to get an application stream, so the
+//! secure path is the only path.
+//!
+//! Also here: the SAS verification exchange behind `p2pnode verify`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::{PeerId, Stream, StreamProtocol};
+use p2pnode_secure::{
+    HandshakeConfig, PeerKey, Sas, SecureStream, SigningKey, TrustDecision, TrustStore,
+    VerifyingKey,
+};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::client::ed25519_key_of;
+use crate::error::NodeError;
+use crate::trust::TrustDb;
+
+/// The stream protocol of `p2pnode verify`: a handshake whose only product is the SAS.
+pub const VERIFY_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/verify/1.0.0");
+
+/// A handshake that has not finished in this long is abandoned.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a SAS from a verification exchange stays available for confirmation.
+const PENDING_SAS_TTL: Duration = Duration::from_secs(600);
+/// Most verification exchanges remembered at once.
+const MAX_PENDING_SAS: usize = 64;
+/// Handshakes run at once per listener.
+const MAX_CONCURRENT_HANDSHAKES: usize = 16;
+
+/// A SAS waiting for the user to compare it.
+#[derive(Debug, Clone)]
+struct PendingSas {
+    sas: Sas,
+    key: PeerKey,
+    at: Instant,
+}
+
+/// The node's identity key, trust store and pending verifications. Shared by the
+/// [`crate::Client`] clones and the listeners.
+pub struct Security {
+    signing: SigningKey,
+    trust: TrustDb,
+    pending: Mutex<HashMap<PeerId, PendingSas>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Security")
+    }
+}
+
+/// The Ed25519 key a peer id embeds, as the secure layer wants it.
+pub fn verifying_key_of(peer: &PeerId) -> Result<VerifyingKey, NodeError> {
+    ed25519_key_of(peer)
+        .and_then(|k| VerifyingKey::from_bytes(&k.to_bytes()).ok())
+        .ok_or_else(|| NodeError::InvalidInput(format!("peer id {peer} holds no Ed25519 key")))
+}
+
+fn trust_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Trust(e.to_string())
+}
+
+impl Security {
+    pub(crate) fn new(keypair: &libp2p::identity::Keypair, trust: TrustDb) -> Option<Self> {
+        let secret = keypair.clone().try_into_ed25519().ok()?.secret();
+        let bytes: [u8; 32] = secret.as_ref().try_into().ok()?;
+        Some(Self {
+            signing: SigningKey::from_bytes(&bytes),
+            trust,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The trust table.
+    pub fn trust(&self) -> &TrustDb {
+        &self.trust
+    }
+
+    /// What the trust store says about `peer` for `app` (`chat`, `files`, ...).
+    pub async fn decide(&self, peer: PeerId, app: &str) -> Result<TrustDecision, NodeError> {
+        let key = verifying_key_of(&peer)?.to_bytes();
+        let trust = self.trust.clone();
+        let app = app.to_string();
+        tokio::task::spawn_blocking(move || trust.check(&peer.to_bytes(), &key, &app))
+            .await
+            .map_err(trust_err)?
+            .map_err(trust_err)
+    }
+
+    fn config(&self, remote: VerifyingKey, protocol: &StreamProtocol) -> HandshakeConfig {
+        HandshakeConfig::new(self.signing.clone(), remote, protocol.as_ref().as_bytes())
+    }
+
+    /// Opens `protocol` to `peer` and runs the handshake as initiator. Refused before any
+    /// byte is sent when the peer is revoked or its key changed since verification.
+    pub async fn open(
+        &self,
+        streams: &mut libp2p_stream::Control,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        app: &str,
+    ) -> Result<SecureStream<Stream>, NodeError> {
+        refuse_if_untrusted(peer, self.decide(peer, app).await?)?;
+        let remote = verifying_key_of(&peer)?;
+        let stream = streams
+            .open_stream(peer, protocol.clone())
+            .await
+            .map_err(|e| NodeError::Stream {
+                peer: peer.to_string(),
+                reason: e.to_string(),
+            })?;
+        let config = self.config(remote, &protocol);
+        let mut rng = rand::rngs::OsRng;
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            p2pnode_secure::initiate(stream, config, &mut rng),
+        )
+        .await
+        .map_err(|_| handshake_err(peer, "timed out"))?
+        .map_err(|e| handshake_err(peer, e))
+    }
+
+    async fn respond(
+        &self,
+        peer: PeerId,
+        stream: Stream,
+        protocol: &StreamProtocol,
+    ) -> Result<SecureStream<Stream>, NodeError> {
+        let config = self.config(verifying_key_of(&peer)?, protocol);
+        let mut rng = rand::rngs::OsRng;
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            p2pnode_secure::respond(stream, config, &mut rng),
+        )
+        .await
+        .map_err(|_| handshake_err(peer, "timed out"))?
+        .map_err(|e| handshake_err(peer, e))
+    }
+
+    /// Remembers the SAS of a verification exchange with `peer`.
+    fn remember_sas(&self, peer: PeerId, sas: Sas, key: PeerKey) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        pending.retain(|_, p| p.at.elapsed() < PENDING_SAS_TTL);
+        if pending.len() >= MAX_PENDING_SAS && !pending.contains_key(&peer) {
+            // Drop the oldest rather than grow without bound.
+            if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| *k) {
+                pending.remove(&oldest);
+            }
+        }
+        pending.insert(
+            peer,
+            PendingSas {
+                sas,
+                key,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn pending_sas(&self, peer: &PeerId) -> Option<PendingSas> {
+        let pending = self.pending.lock().ok()?;
+        pending
+            .get(peer)
+            .filter(|p| p.at.elapsed() < PENDING_SAS_TTL)
+            .cloned()
+    }
+
+    /// The SAS for `peer`: from a recent exchange the peer started, else from a new
+    /// exchange we start now. Both sides of one exchange show the same code.
+    pub async fn verify(
+        &self,
+        streams: &mut libp2p_stream::Control,
+        peer: PeerId,
+    ) -> Result<Sas, NodeError> {
+        if let Some(p) = self.pending_sas(&peer) {
+            return Ok(p.sas);
+        }
+        let mut stream = self.open(streams, peer, VERIFY_PROTOCOL, "verify").await?;
+        let sas = *stream.sas();
+        let key = stream.remote_key().to_bytes();
+        let _ = stream.close().await;
+        self.remember_sas(peer, sas, key);
+        Ok(sas)
+    }
+
+    /// Records that the user compared the SAS of the latest exchange with `peer` and it
+    /// matched: the peer's key is pinned as verified and every protocol is allowed.
+    pub async fn confirm(&self, peer: PeerId) -> Result<p2pnode_secure::TrustEntry, NodeError> {
+        let pending = self.pending_sas(&peer).ok_or_else(|| {
+            NodeError::InvalidInput(format!(
+                "no verification code for {peer} to confirm; run `p2pnode verify {peer}` first"
+            ))
+        })?;
+        let trust = self.trust.clone();
+        tokio::task::spawn_blocking(move || {
+            trust.update(&peer, pending.key, |e| {
+                e.peer_key = pending.key;
+                e.verify(pending.key);
+                e.revoked = false;
+                e.allowed_protocols
+                    .extend(crate::trust::PROTOCOLS.iter().map(|p| p.to_string()));
+            })
+        })
+        .await
+        .map_err(trust_err)?
+        .map_err(trust_err)
+    }
+}
+
+fn handshake_err(peer: PeerId, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Handshake {
+        peer: peer.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Turns the decisions that end a conversation before it starts into errors.
+pub(crate) fn refuse_if_untrusted(peer: PeerId, decision: TrustDecision) -> Result<(), NodeError> {
+    match decision {
+        TrustDecision::Revoked => Err(NodeError::Revoked {
+            peer: peer.to_string(),
+        }),
+        TrustDecision::KeyChanged => {
+            tracing::error!(%peer, "SECURITY ALARM: the peer's key differs from the verified one");
+            Err(NodeError::KeyChanged {
+                peer: peer.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An application stream that passed the handshake, with the trust decision for it.
+/// `Allow` means go ahead; `UnknownPeer` and `NotAllowed` are for the protocol to handle
+/// (a chat request, a file offer to accept, or a refusal for members-only protocols).
+pub struct Accepted {
+    /// The authenticated peer.
+    pub peer: PeerId,
+    /// The secured stream.
+    pub stream: SecureStream<Stream>,
+    /// What the trust store says.
+    pub decision: TrustDecision,
+}
+
+/// Incoming secure streams of one protocol. Revoked peers and changed keys are refused
+/// before the handshake; handshakes run concurrently (bounded) so a slow peer cannot stall
+/// the others.
+pub struct SecureListener {
+    accepted: mpsc::Receiver<Accepted>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SecureListener {
+    /// Starts accepting `protocol` streams for the application `app`.
+    pub fn new(
+        security: Arc<Security>,
+        streams: &mut libp2p_stream::Control,
+        protocol: StreamProtocol,
+        app: &'static str,
+    ) -> Result<Self, NodeError> {
+        let incoming = streams
+            .accept(protocol.clone())
+            .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(32);
+        let task = tokio::spawn(accept_loop(security, incoming, protocol, app, tx));
+        Ok(Self { accepted: rx, task })
+    }
+
+    /// The next accepted stream; `None` once the node stops.
+    pub async fn next(&mut self) -> Option<Accepted> {
+        self.accepted.recv().await
+    }
+
+    /// An accepted stream if one is ready now, without waiting.
+    pub fn accepted_now(&mut self) -> Option<Accepted> {
+        self.accepted.try_recv().ok()
+    }
+}
+
+impl Drop for SecureListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    security: Arc<Security>,
+    mut incoming: libp2p_stream::IncomingStreams,
+    protocol: StreamProtocol,
+    app: &'static str,
+    tx: mpsc::Sender<Accepted>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((peer, stream)) = incoming.next().await {
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, %protocol, "too many handshakes in progress; refusing a stream");
+            continue;
+        };
+        let (security, protocol, tx) = (security.clone(), protocol.clone(), tx.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let decision = match security.decide(peer, app).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%peer, "trust check failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = refuse_if_untrusted(peer, decision) {
+                tracing::warn!(%peer, %protocol, "refused stream: {e}");
+                return;
+            }
+            match security.respond(peer, stream, &protocol).await {
+                Ok(stream) => {
+                    let _ = tx
+                        .send(Accepted {
+                            peer,
+                            stream,
+                            decision,
+                        })
+                        .await;
+                }
+                Err(e) => tracing::warn!(%peer, %protocol, "handshake failed: {e}"),
+            }
+        });
+    }
+    tasks.shutdown().await;
+}
+
+/// Serves the verification protocol: answers handshakes and keeps their SAS for
+/// `p2pnode verify` on this side.
+pub(crate) async fn serve_verify(security: Arc<Security>, mut listener: SecureListener) {
+    while let Some(Accepted {
+        peer, mut stream, ..
+    }) = listener.next().await
+    {
+        let sas = *stream.sas();
+        security.remember_sas(peer, sas, stream.remote_key().to_bytes());
+        tracing::warn!(%peer, "peer {peer} started a verification; run `p2pnode verify {peer}` to compare codes");
+        let _ = stream.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_key_raises_the_alarm_in_every_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let trust = TrustDb::open(store.database().clone()).unwrap();
+        let me = libp2p::identity::Keypair::generate_ed25519();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let real = verifying_key_of(&peer).unwrap().to_bytes();
+        // The entry pins another key than the one the peer id carries, as it would after
+        // the peer's key was swapped under a name the user trusted.
+        let other = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .try_into_ed25519()
+            .unwrap()
+            .to_bytes();
+        trust
+            .update(&peer, real, |e| {
+                e.verify(other);
+                e.allowed_protocols
+                    .extend(crate::trust::PROTOCOLS.iter().map(|p| p.to_string()));
+            })
+            .unwrap();
+        let security = Security::new(&me, trust).unwrap();
+        for app in crate::trust::PROTOCOLS {
+            let decision = security.decide(peer, app).await.unwrap();
+            assert_eq!(decision, TrustDecision::KeyChanged);
+            let err = refuse_if_untrusted(peer, decision).unwrap_err();
+            assert!(err.to_string().contains("SECURITY ALARM"), "{err}");
+        }
+    }
+}
