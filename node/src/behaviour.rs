@@ -9,8 +9,8 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify,
-    identity, kad, mdns, memory_connection_limits, ping, relay,
+    PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
+    identify, identity, kad, mdns, memory_connection_limits, ping, relay,
 };
 
 use crate::config::Config;
@@ -52,7 +52,12 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Streams for the application protocols.
     pub stream: libp2p_stream::Behaviour,
+    /// Publish/subscribe for chat rooms (payloads are end-to-end sealed by the room key).
+    pub gossipsub: gossipsub::Behaviour,
 }
+
+/// Largest gossipsub message; room messages are far smaller.
+pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
 
 impl Behaviour {
     /// Builds the behaviour for `key` with the given configuration.
@@ -117,8 +122,22 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
             mdns: mdns.into(),
             stream: libp2p_stream::Behaviour::new(),
+            gossipsub: gossip(key)?,
         })
     }
+}
+
+fn gossip(key: &identity::Keypair) -> Result<gossipsub::Behaviour, std::io::Error> {
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(format!("gossipsub: {e}"));
+    let config = gossipsub::ConfigBuilder::default()
+        .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Rooms are small; a quick heartbeat lets a fresh mesh form within a second.
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .map_err(|e| invalid(&e))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(|e| invalid(&e))
 }
 
 fn relay_server(peer_id: PeerId, cfg: &Config) -> relay::Behaviour {

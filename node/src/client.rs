@@ -116,6 +116,31 @@ impl Client {
         Ok(TrustInfo::new(peer, &entry))
     }
 
+    /// Joins a gossipsub topic (subscribes, finds other members through the DHT) and
+    /// returns the receiver of its messages, bounded to `capacity`.
+    pub async fn join_topic(
+        &self,
+        topic: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<crate::event_loop::TopicMessage>, NodeError> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.ask(|reply| Command::JoinTopic(topic.to_string(), tx, reply))
+            .await??;
+        Ok(rx)
+    }
+
+    /// Leaves a topic.
+    pub async fn leave_topic(&self, topic: &str) -> Result<(), NodeError> {
+        self.ask(|reply| Command::LeaveTopic(topic.to_string(), reply))
+            .await
+    }
+
+    /// Publishes on a joined topic.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Publish(topic.to_string(), data, reply))
+            .await?
+    }
+
     /// Every trust entry.
     pub async fn trust_list(&self) -> Result<Vec<TrustInfo>, NodeError> {
         let trust = self.security.trust().clone();

@@ -13,7 +13,9 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, kad, mdns, ping, relay};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Connected, ConnectionInfo, Found, Path, PeerInfo, Status};
@@ -44,7 +46,37 @@ pub enum Command {
     Block(PeerId, oneshot::Sender<()>),
     /// Accept a peer's connections again.
     Unblock(PeerId, oneshot::Sender<()>),
+    /// Join a gossipsub topic: subscribe, announce ourselves as a provider of the topic in
+    /// the DHT and connect to the others there. Messages arrive on the sender.
+    JoinTopic(
+        String,
+        mpsc::Sender<TopicMessage>,
+        oneshot::Sender<Result<(), NodeError>>,
+    ),
+    /// Leave a topic.
+    LeaveTopic(String, oneshot::Sender<()>),
+    /// Publish on a joined topic.
+    Publish(String, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
 }
+
+/// A message received on a joined topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    /// The peer that published it (gossipsub signs messages with the publisher's key).
+    pub source: Option<PeerId>,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// A joined topic: where its messages go, and when to look for its members again.
+struct Joined {
+    topic: gossipsub::IdentTopic,
+    subscriber: mpsc::Sender<TopicMessage>,
+    next_lookup: Instant,
+}
+
+/// How often the DHT is asked again for the members of a joined topic.
+const TOPIC_LOOKUP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// What a finished DHT lookup should do.
 enum Lookup {
@@ -109,6 +141,7 @@ pub struct EventLoop {
     reservations: HashMap<ListenerId, Reservation>,
     keep: HashMap<PeerId, Keep>,
     dialing: HashSet<PeerId>,
+    topics: HashMap<gossipsub::TopicHash, Joined>,
 }
 
 impl EventLoop {
@@ -130,6 +163,7 @@ impl EventLoop {
             reservations: HashMap::new(),
             keep: HashMap::new(),
             dialing: HashSet::new(),
+            topics: HashMap::new(),
         }
     }
 
@@ -188,7 +222,10 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.lookup_topics();
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -227,6 +264,51 @@ impl EventLoop {
             Command::Unblock(peer, reply) => {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 let _ = reply.send(());
+            }
+            Command::JoinTopic(name, subscriber, reply) => {
+                let topic = gossipsub::IdentTopic::new(name);
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&topic)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::InvalidInput(format!("cannot join topic: {e}")));
+                if result.is_ok() {
+                    let key = kad::RecordKey::new(&topic.hash().as_str());
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                        tracing::warn!("cannot announce topic membership: {e}");
+                    }
+                    self.topics.insert(
+                        topic.hash(),
+                        Joined {
+                            topic,
+                            subscriber,
+                            next_lookup: Instant::now(),
+                        },
+                    );
+                    self.lookup_topics();
+                }
+                let _ = reply.send(result);
+            }
+            Command::LeaveTopic(name, reply) => {
+                let topic = gossipsub::IdentTopic::new(name);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                let key = kad::RecordKey::new(&topic.hash().as_str());
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
+                self.topics.remove(&topic.hash());
+                let _ = reply.send(());
+            }
+            Command::Publish(name, data, reply) => {
+                let topic = gossipsub::IdentTopic::new(name);
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                    Ok(_) => Ok(()),
+                    // Alone in the room so far: the message has no one to reach, which is
+                    // not an error for the sender.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                    Err(e) => Err(NodeError::InvalidInput(format!("cannot publish: {e}"))),
+                };
+                let _ = reply.send(result);
             }
             Command::Listen(addr, reply) => {
                 let result =
@@ -481,6 +563,19 @@ impl EventLoop {
                     c.rtt = Some(rtt);
                 }
             }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                if let Some(joined) = self.topics.get(&message.topic) {
+                    let msg = TopicMessage {
+                        source: message.source,
+                        data: message.data,
+                    };
+                    // A subscriber that cannot keep up loses messages rather than stalling
+                    // the event loop; gossip is best-effort anyway.
+                    if joined.subscriber.try_send(msg).is_err() {
+                        tracing::warn!(topic = %message.topic, "topic subscriber is behind; message dropped");
+                    }
+                }
+            }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "NAT status changed");
             }
@@ -564,7 +659,43 @@ impl EventLoop {
         }
     }
 
+    /// Asks the DHT for the members of joined topics that are due, and dials them.
+    fn lookup_topics(&mut self) {
+        let now = Instant::now();
+        let due: Vec<kad::RecordKey> = self
+            .topics
+            .values_mut()
+            .filter(|j| j.next_lookup <= now)
+            .map(|j| {
+                j.next_lookup = now + TOPIC_LOOKUP_INTERVAL;
+                kad::RecordKey::new(&j.topic.hash().as_str())
+            })
+            .collect();
+        if self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        for key in due {
+            self.swarm.behaviour_mut().kad.get_providers(key);
+        }
+    }
+
     fn on_query_result(&mut self, id: kad::QueryId, result: kad::QueryResult) {
+        if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+            providers,
+            ..
+        })) = result
+        {
+            let me = *self.swarm.local_peer_id();
+            for peer in providers {
+                if peer != me && !self.conns.contains_key(&peer) && !self.dialing.contains(&peer) {
+                    tracing::debug!(%peer, "dialling a member of a joined topic");
+                    if self.swarm.dial(DialOpts::peer_id(peer).build()).is_ok() {
+                        self.dialing.insert(peer);
+                    }
+                }
+            }
+            return;
+        }
         let kad::QueryResult::GetClosestPeers(result) = result else {
             return;
         };
