@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use p2pnode_sim::lab;
+use p2pnode_sim::lab::NatKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +25,32 @@ enum Commands {
     Lab {
         #[command(subcommand)]
         command: LabCommand,
+    },
+    /// Hole-punching benchmark: time to direct and success per NAT pair and transport,
+    /// with added round-trip time (needs root).
+    BenchHolepunch {
+        /// Trials per NAT pair and transport.
+        #[arg(long, default_value_t = 20)]
+        trials: u32,
+        /// Round trip added between A and B, ms.
+        #[arg(long, default_value_t = 50.0)]
+        rtt_ms: f64,
+        /// Longest wait for a direct connection per trial, seconds.
+        #[arg(long, default_value_t = 5)]
+        window_s: u64,
+        /// Transport: tcp, quic or both.
+        #[arg(long, default_value = "both")]
+        transport: TransportChoice,
+        /// NAT pairs, comma separated (cone-cone, cone-symmetric, symmetric-symmetric).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "cone-cone,cone-symmetric,symmetric-symmetric"
+        )]
+        pairs: Vec<String>,
+        /// Also write the full report (every trial) as JSON here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Delay link inside a router namespace (started by the lab).
     DelayLink {
@@ -64,6 +91,24 @@ enum Commands {
 enum LabCommand {
     /// Deletes leftover lab namespaces whose owner process is dead.
     Cleanup,
+    /// A and B behind two cone NATs: hole punching must make the connection direct.
+    ConeCone(HolePunchArgs),
+    /// A and B behind two symmetric NATs: the connection must stay relayed and work.
+    SymmetricSymmetric(HolePunchArgs),
+    /// A behind a cone NAT, B behind a symmetric one: reports what happens.
+    ConeSymmetric(HolePunchArgs),
+    /// Two peers behind one router must connect directly over the LAN.
+    SameLan(ScenarioArgs),
+    /// The relay is killed and restarted; every peer must reserve again within 30 s.
+    RelayRestart {
+        /// Transport of the reservations.
+        #[arg(long, default_value = "tcp")]
+        transport: lab::scenarios::Transport,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
+    /// Every scenario in turn (hole punching over both transports).
+    All(ScenarioArgs),
     /// Builds a lab (relay and other on the public segment; a behind r1, b behind r2)
     /// and keeps it until Ctrl-C, for poking at it with `ip netns exec`.
     Up {
@@ -76,6 +121,67 @@ enum LabCommand {
         #[command(flatten)]
         faults: FaultArgs,
     },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct HolePunchArgs {
+    /// Transport: tcp, quic or both (one run and one JSON line each).
+    #[arg(long, default_value = "both")]
+    transport: TransportChoice,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum TransportChoice {
+    Tcp,
+    Quic,
+    Both,
+}
+
+impl TransportChoice {
+    fn transports(self) -> Vec<lab::scenarios::Transport> {
+        use lab::scenarios::Transport;
+        match self {
+            TransportChoice::Tcp => vec![Transport::Tcp],
+            TransportChoice::Quic => vec![Transport::Quic],
+            TransportChoice::Both => Transport::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ScenarioArgs {
+    /// One-way delay each router adds per crossing, ms (a path between two NATed peers
+    /// crosses two routers: its round trip grows by 4 x this).
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// Longest wait for a direct connection, seconds.
+    #[arg(long, default_value_t = 30)]
+    direct_window_s: u64,
+    /// Keep the lab's logs and data directories (their path is logged).
+    #[arg(long)]
+    keep_logs: bool,
+    /// Peers listen on 0.0.0.0 instead of their LAN address (reproduces the daemon
+    /// dialling other peers' 127.0.0.1 addresses and reaching itself).
+    #[arg(long)]
+    listen_any: bool,
+}
+
+impl ScenarioArgs {
+    fn config(&self) -> anyhow::Result<lab::scenarios::ScenarioConfig> {
+        anyhow::ensure!(
+            self.delay_ms.is_finite() && self.delay_ms >= 0.0,
+            "--delay-ms must be a non-negative number"
+        );
+        Ok(lab::scenarios::ScenarioConfig {
+            delay: Duration::from_secs_f64(self.delay_ms / 1000.0),
+            direct_window: Duration::from_secs(self.direct_window_s),
+            keep_logs: self.keep_logs,
+            listen_any: self.listen_any,
+            ..Default::default()
+        })
+    }
 }
 
 /// Faults applied to every router.
@@ -120,9 +226,11 @@ fn main() -> anyhow::Result<()> {
     // Helpers run one per router or host: one thread is plenty and leaves the cores to
     // the daemons under test.
     let runtime = match &cli.command {
-        Commands::Lab { .. } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+        Commands::Lab { .. } | Commands::BenchHolepunch { .. } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        }
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -171,11 +279,110 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&results)?);
             Ok(())
         }
+        Commands::BenchHolepunch {
+            trials,
+            rtt_ms,
+            window_s,
+            transport,
+            pairs,
+            out,
+        } => {
+            anyhow::ensure!(
+                rtt_ms.is_finite() && rtt_ms >= 0.0,
+                "--rtt-ms must be a non-negative number"
+            );
+            let pairs = pairs
+                .iter()
+                .map(|pair| {
+                    let (a, b) = pair
+                        .split_once('-')
+                        .with_context(|| format!("pair {pair:?} is not <nat>-<nat>"))?;
+                    Ok((a.parse()?, b.parse()?))
+                })
+                .collect::<anyhow::Result<Vec<(NatKind, NatKind)>>>()?;
+            let config = lab::bench::BenchConfig {
+                trials,
+                added_rtt: Duration::from_secs_f64(rtt_ms / 1000.0),
+                pairs,
+                transports: transport.transports(),
+                window: Duration::from_secs(window_s),
+                scenario: lab::scenarios::ScenarioConfig::default(),
+            };
+            let report = until_signal(lab::bench::run(&config, |o| {
+                eprintln!(
+                    "{} {}: direct={} relayed_to_direct_ms={:?} ping_ok={}",
+                    o.scenario,
+                    o.transport.name(),
+                    o.direct,
+                    o.relayed_to_direct_ms,
+                    o.ping_ok
+                );
+            }))
+            .await??;
+            print!("{}", lab::bench::table(&report));
+            let summary = serde_json::json!({
+                "bench": report.bench,
+                "added_rtt_ms": report.added_rtt_ms,
+                "trials_per_row": report.trials_per_row,
+                "rows": report.rows,
+            });
+            println!("{summary}");
+            if let Some(path) = out {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Commands::Lab { command } => match command {
             LabCommand::Cleanup => {
                 let done = lab::cleanup::cleanup_leftovers()?;
                 println!("{}", serde_json::to_string(&done)?);
                 Ok(())
+            }
+            LabCommand::ConeCone(args) => {
+                hole_punch_runs(NatKind::Cone, NatKind::Cone, &args).await
+            }
+            LabCommand::SymmetricSymmetric(args) => {
+                hole_punch_runs(NatKind::Symmetric, NatKind::Symmetric, &args).await
+            }
+            LabCommand::ConeSymmetric(args) => {
+                hole_punch_runs(NatKind::Cone, NatKind::Symmetric, &args).await
+            }
+            LabCommand::SameLan(args) => {
+                let config = args.config()?;
+                let outcome = until_signal(lab::scenarios::same_lan(config)).await??;
+                print_json(&outcome)
+            }
+            LabCommand::RelayRestart {
+                transport,
+                scenario,
+            } => {
+                let config = scenario.config()?;
+                let outcome =
+                    until_signal(lab::scenarios::relay_restart(transport, config)).await??;
+                print_json(&outcome)
+            }
+            LabCommand::All(args) => {
+                let pairs = [
+                    (NatKind::Cone, NatKind::Cone),
+                    (NatKind::Symmetric, NatKind::Symmetric),
+                    (NatKind::Cone, NatKind::Symmetric),
+                ];
+                let hole_punch = HolePunchArgs {
+                    transport: TransportChoice::Both,
+                    scenario: args.clone(),
+                };
+                for (a, b) in pairs {
+                    hole_punch_runs(a, b, &hole_punch).await?;
+                }
+                let outcome = until_signal(lab::scenarios::same_lan(args.config()?)).await??;
+                print_json(&outcome)?;
+                let outcome = until_signal(lab::scenarios::relay_restart(
+                    lab::scenarios::Transport::Tcp,
+                    args.config()?,
+                ))
+                .await??;
+                print_json(&outcome)
             }
             LabCommand::Up {
                 nat_a,
@@ -202,6 +409,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+/// Runs the hole-punching scenario for each chosen transport, one JSON line each.
+async fn hole_punch_runs(a: NatKind, b: NatKind, args: &HolePunchArgs) -> anyhow::Result<()> {
+    for transport in args.transport.transports() {
+        let config = args.scenario.config()?;
+        let outcome = until_signal(lab::scenarios::hole_punch(a, b, transport, config)).await??;
+        print_json(&outcome)?;
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Runs `work` unless SIGINT or SIGTERM comes first. On a signal `work` is dropped,
+/// which drops its lab and so deletes the namespaces, and the error says so.
+async fn until_signal<F: std::future::Future>(work: F) -> anyhow::Result<F::Output> {
+    tokio::select! {
+        output = work => Ok(output),
+        signal = wait_for_signal() => {
+            signal?;
+            anyhow::bail!("interrupted; the lab was deleted")
+        }
     }
 }
 

@@ -21,15 +21,16 @@
 //! - [`node`]: starting `p2pnode` daemons and reading their JSON.
 //! - [`scenarios`] and [`bench`]: the hole-punching scenarios and benchmark.
 
-mod cmd;
-// pub mod bench;
+pub mod bench;
 pub mod cleanup;
+mod cmd;
 pub mod delay;
 mod error;
+pub mod logscan;
 pub mod node;
 pub mod ping;
 pub mod poll;
-// pub mod scenarios;
+pub mod scenarios;
 pub mod topology;
 pub mod udp;
 

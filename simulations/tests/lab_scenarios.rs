@@ -1,0 +1,180 @@
+//! The p2pnode scenarios in the NAT lab, with real `p2pnode` daemons behind nftables NAT
+//! routers: cone-cone hole punching over TCP and QUIC, symmetric-symmetric and
+//! cone-symmetric staying relayed, two peers on one LAN, and a relay restart.
+//!
+//! Needs root and the `p2pnode` binary (env `P2PNODE_BIN`, else
+//! `<workspace>/target/debug/p2pnode`: run `cargo build -p p2pnode` first). Without
+//! either the tests fail when env CI is set and otherwise say why and return.
+//!
+//! Each test prints its outcome as one JSON line on stdout, past the test harness's
+//! capture, so CI logs show the timings of passing runs too.
+
+use std::io::Write;
+use std::sync::LazyLock;
+
+use p2pnode_sim::lab::NatKind;
+use p2pnode_sim::lab::node::PathKind;
+use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, ScenarioConfig, Transport};
+use tokio::sync::RwLock;
+
+const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
+
+/// Scenarios that measure how fast something happens run alone (write lock); those
+/// that mostly wait for DCUtR to give up share the machine (read lock), which keeps the
+/// suite's wall time near the longest of them.
+static MACHINE: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
+
+fn lab_allowed() -> bool {
+    let missing = match p2pnode_sim::lab::require_root() {
+        Err(err) => Some(err.to_string()),
+        Ok(()) => p2pnode_sim::lab::node::p2pnode_binary()
+            .err()
+            .map(|err| err.to_string()),
+    };
+    match missing {
+        None => true,
+        Some(reason) if std::env::var_os("CI").is_some() => {
+            panic!("{reason}: CI must run the NAT lab scenarios")
+        }
+        Some(reason) => {
+            eprintln!("skipping NAT lab scenario: {reason}");
+            false
+        }
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn config() -> ScenarioConfig {
+    ScenarioConfig {
+        sim_binary: Some(SIM_BIN.into()),
+        ..ScenarioConfig::default()
+    }
+}
+
+/// Writes the outcome as one JSON line straight to stdout (not through `println!`,
+/// which the harness captures).
+fn report<T: serde::Serialize>(outcome: &T) {
+    let line = serde_json::to_string(outcome).expect("outcome serialises");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn hole_punch(a: NatKind, b: NatKind, transport: Transport) -> HolePunchOutcome {
+    init_tracing();
+    let outcome = scenarios::hole_punch(a, b, transport, config())
+        .await
+        .expect("scenario runs");
+    report(&outcome);
+    outcome
+}
+
+fn assert_direct_without_relay(outcome: &HolePunchOutcome) {
+    assert!(outcome.found_by_id, "A finds B by peer id: {outcome:?}");
+    assert!(
+        outcome.direct,
+        "hole punching makes the connection direct: {outcome:?}"
+    );
+    assert!(outcome.relay_killed, "{outcome:?}");
+    assert!(
+        outcome.ping_ok && outcome.ping_path == Some(PathKind::Direct),
+        "traffic flows with the relay dead: {outcome:?}"
+    );
+}
+
+fn assert_relayed_and_working(outcome: &HolePunchOutcome) {
+    assert!(outcome.found_by_id, "A finds B by peer id: {outcome:?}");
+    assert!(outcome.still_connected, "peers stay connected: {outcome:?}");
+    assert!(outcome.ping_ok, "traffic flows: {outcome:?}");
+    if !outcome.direct {
+        assert_eq!(outcome.ping_path, Some(PathKind::Relayed), "{outcome:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_cone_tcp_goes_direct_and_works_without_the_relay() {
+    if !lab_allowed() {
+        return;
+    }
+    let _alone = MACHINE.write().await;
+    let outcome = hole_punch(NatKind::Cone, NatKind::Cone, Transport::Tcp).await;
+    assert_direct_without_relay(&outcome);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_cone_quic_goes_direct_and_works_without_the_relay() {
+    if !lab_allowed() {
+        return;
+    }
+    let _alone = MACHINE.write().await;
+    let outcome = hole_punch(NatKind::Cone, NatKind::Cone, Transport::Quic).await;
+    assert_direct_without_relay(&outcome);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_symmetric_stays_relayed_and_works() {
+    if !lab_allowed() {
+        return;
+    }
+    let _shared = MACHINE.read().await;
+    for transport in Transport::ALL {
+        let outcome = hole_punch(NatKind::Symmetric, NatKind::Symmetric, transport).await;
+        assert!(
+            !outcome.direct,
+            "no hole punch through two symmetric NATs: {outcome:?}"
+        );
+        assert_relayed_and_working(&outcome);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_symmetric_stays_connected() {
+    if !lab_allowed() {
+        return;
+    }
+    let _shared = MACHINE.read().await;
+    for transport in Transport::ALL {
+        // Either outcome is acceptable here; the JSON line says which it was.
+        let outcome = hole_punch(NatKind::Cone, NatKind::Symmetric, transport).await;
+        assert_relayed_and_working(&outcome);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_lan_peers_connect_directly_over_the_lan() {
+    if !lab_allowed() {
+        return;
+    }
+    init_tracing();
+    let _alone = MACHINE.write().await;
+    let outcome = scenarios::same_lan(config()).await.expect("scenario runs");
+    report(&outcome);
+    assert!(outcome.direct && outcome.lan_address, "{outcome:?}");
+    assert!(
+        outcome.ping_ok_without_relay && outcome.ping_path == Some(PathKind::Direct),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_reserve_again_within_30s_after_a_relay_restart() {
+    if !lab_allowed() {
+        return;
+    }
+    init_tracing();
+    let _alone = MACHINE.write().await;
+    let outcome = scenarios::relay_restart(Transport::Tcp, config())
+        .await
+        .expect("scenario runs");
+    report(&outcome);
+    assert!(outcome.within_30s, "{outcome:?}");
+}
