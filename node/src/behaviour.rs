@@ -38,8 +38,9 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     /// Relay server, only on `--relay` nodes.
     pub relay_server: Toggle<relay::Behaviour>,
-    /// Upgrades relayed connections to direct ones by hole punching.
-    pub dcutr: dcutr::Behaviour,
+    /// Upgrades relayed connections to direct ones by hole punching (off in relay-only
+    /// mode: it would tell peers our observed address).
+    pub dcutr: Toggle<dcutr::Behaviour>,
     /// Tells peers our listen addresses and learns theirs and our observed address.
     pub identify: identify::Behaviour,
     /// Peer routing and content discovery.
@@ -100,7 +101,8 @@ impl Behaviour {
             },
         );
 
-        let mdns = if cfg.mdns {
+        // mDNS announces our LAN addresses: never in relay-only mode.
+        let mdns = if cfg.mdns && !cfg.relay_only {
             Some(mdns::tokio::Behaviour::new(
                 mdns::Config::default(),
                 peer_id,
@@ -115,7 +117,9 @@ impl Behaviour {
             memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_PROCESS_MEMORY),
             relay_client,
             relay_server: relay_server.into(),
-            dcutr: dcutr::Behaviour::new(peer_id),
+            dcutr: (!cfg.relay_only)
+                .then(|| dcutr::Behaviour::new(peer_id))
+                .into(),
             identify,
             kad,
             autonat,

@@ -42,6 +42,12 @@ pub struct Config {
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
+    /// Privacy mode: never dial or accept direct connections (except to the bootstrap
+    /// relays) and never advertise our own addresses; peers only see the relay's.
+    pub relay_only: bool,
+    /// Pad application frames to a few fixed sizes to hide message lengths. Costs
+    /// bandwidth, so it is off by default.
+    pub pad: bool,
 }
 
 /// Limits of the relay server (`p2pnode start --relay`). libp2p's defaults (120 s and
@@ -94,6 +100,8 @@ impl Default for Config {
             max_connections: 512,
             max_connections_per_peer: 8,
             autonat_private_ips: true,
+            relay_only: false,
+            pad: false,
         }
     }
 }

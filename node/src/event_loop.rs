@@ -88,6 +88,9 @@ enum Lookup {
 struct Conn {
     id: ConnectionId,
     address: Multiaddr,
+    /// Read from the endpoint, not the remote address: an inbound relayed connection's
+    /// remote address does not show the circuit, its local (listen) address does.
+    path: Path,
     outbound: bool,
     rtt: Option<Duration>,
 }
@@ -96,8 +99,11 @@ impl Conn {
     fn info(&self) -> ConnectionInfo {
         ConnectionInfo {
             address: self.address.to_string(),
-            path: path_of(&self.address),
-            transport: transport_of(&self.address).to_string(),
+            path: self.path,
+            transport: match self.path {
+                Path::Relayed => "relay".to_string(),
+                Path::Direct => transport_of(&self.address).to_string(),
+            },
             outbound: self.outbound,
             rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
         }
@@ -476,23 +482,29 @@ impl EventLoop {
     fn on_connection(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
         let outbound = endpoint.is_dialer();
         let address = endpoint.get_remote_address().clone();
-        tracing::info!(%peer, %address, path = ?path_of(&address), "connected");
+        let path = if endpoint.is_relayed() {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
+        tracing::info!(%peer, %address, ?path, "connected");
         self.dialing.remove(&peer);
         if let Some(k) = self.keep.get_mut(&peer) {
             k.backoff = Duration::from_millis(500);
         }
-        if outbound && path_of(&address) == Path::Direct {
+        if outbound && path == Path::Direct {
             self.remember(peer, vec![strip_p2p(&address)]);
         }
         self.conns.entry(peer).or_default().push(Conn {
             id,
             address: address.clone(),
+            path,
             outbound,
             rtt: None,
         });
         let connected = Connected {
             peer_id: peer.to_string(),
-            path: path_of(&address),
+            path,
             address: address.to_string(),
         };
         if let Some((_, reply)) = self.dials.remove(&id) {
@@ -533,7 +545,7 @@ impl EventLoop {
                     .get(&relay_peer_id)
                     .into_iter()
                     .flatten()
-                    .filter(|c| c.outbound && path_of(&c.address) == Path::Direct)
+                    .filter(|c| c.outbound && c.path == Path::Direct)
                     .map(|c| strip_p2p(&c.address))
                     .collect();
                 self.keep_connected(relay_peer_id, addrs);
@@ -637,7 +649,7 @@ impl EventLoop {
             .get(&relay)
             .into_iter()
             .flatten()
-            .find(|c| c.outbound && path_of(&c.address) == Path::Direct)
+            .find(|c| c.outbound && c.path == Path::Direct)
             .map(|c| strip_p2p(&c.address))
         else {
             return;
@@ -713,7 +725,7 @@ impl EventLoop {
             .collect();
         // A peer we are connected to is found even if the DHT has not learned it yet.
         for c in self.conns.get(&target).into_iter().flatten() {
-            if !addrs.contains(&c.address) && path_of(&c.address) == Path::Direct && c.outbound {
+            if !addrs.contains(&c.address) && c.path == Path::Direct && c.outbound {
                 addrs.push(strip_p2p(&c.address));
             }
         }
@@ -752,11 +764,11 @@ impl EventLoop {
         let list = self.conns.get(peer)?;
         let best = list
             .iter()
-            .find(|c| path_of(&c.address) == Path::Direct)
+            .find(|c| c.path == Path::Direct)
             .or_else(|| list.first())?;
         Some(Connected {
             peer_id: peer.to_string(),
-            path: path_of(&best.address),
+            path: best.path,
             address: best.address.to_string(),
         })
     }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod event_loop;
 pub mod identity;
 mod node;
+pub mod privacy;
 pub mod secure;
 pub mod store;
 pub mod swarm;

@@ -67,6 +67,9 @@ pub enum StartError {
     /// A bootstrap address lacks its `/p2p/<peer-id>`.
     #[error("bootstrap address {0} must end in /p2p/<peer-id>")]
     Bootstrap(String),
+    /// `--relay-only` needs a relay to listen through.
+    #[error("--relay-only needs at least one --bootstrap relay to listen through")]
+    RelayOnlyWithoutRelay,
     /// No listener could be opened at all.
     #[error("could not listen on any address")]
     NoListener,
@@ -109,13 +112,12 @@ impl Node {
         let store = Store::open(data_dir)?;
         let trust = TrustDb::open(store.database().clone())?;
         let revoked = trust.revoked()?;
-        let security =
-            Arc::new(
-                Security::new(&keypair, trust).ok_or_else(|| IdentityError::Corrupt {
-                    path: data_dir.join(identity::IDENTITY_FILE),
-                    reason: "not an Ed25519 key".into(),
-                })?,
-            );
+        let security = Arc::new(Security::new(&keypair, trust, config.pad).ok_or_else(|| {
+            IdentityError::Corrupt {
+                path: data_dir.join(identity::IDENTITY_FILE),
+                reason: "not an Ed25519 key".into(),
+            }
+        })?);
 
         let mut bootstrap = Vec::new();
         for addr in &config.bootstrap {
@@ -125,12 +127,26 @@ impl Node {
             bootstrap.push((peer, dial));
         }
 
-        let mut swarm = match transport {
-            TransportKind::Real => swarm::build(keypair, &config)?,
-            TransportKind::Memory => swarm::build_memory(keypair, &config)?,
-            TransportKind::Custom(factory) => swarm::build_custom(keypair, &config, factory)?,
+        let mut swarm = if config.relay_only {
+            if bootstrap.is_empty() {
+                return Err(StartError::RelayOnlyWithoutRelay);
+            }
+            let base: swarm::TransportFactory = match transport {
+                TransportKind::Real => Arc::new(swarm::tcp_quic_transport),
+                TransportKind::Memory => Arc::new(swarm::memory_transport),
+                TransportKind::Custom(factory) => factory,
+            };
+            let relays = bootstrap.iter().map(|(_, a)| a.clone()).collect();
+            swarm::build_custom(keypair, &config, swarm::relay_only(base, relays))?
+        } else {
+            let mut swarm = match transport {
+                TransportKind::Real => swarm::build(keypair, &config)?,
+                TransportKind::Memory => swarm::build_memory(keypair, &config)?,
+                TransportKind::Custom(factory) => swarm::build_custom(keypair, &config, factory)?,
+            };
+            listen(&mut swarm, &config)?;
+            swarm
         };
-        listen(&mut swarm, &config)?;
         for addr in &config.external_addresses {
             swarm.add_external_address(addr.clone());
         }

@@ -49,6 +49,7 @@ pub struct Security {
     signing: SigningKey,
     trust: TrustDb,
     pending: Mutex<HashMap<PeerId, PendingSas>>,
+    pad: bool,
 }
 
 impl std::fmt::Debug for Security {
@@ -69,13 +70,18 @@ fn trust_err(e: impl std::fmt::Display) -> NodeError {
 }
 
 impl Security {
-    pub(crate) fn new(keypair: &libp2p::identity::Keypair, trust: TrustDb) -> Option<Self> {
+    pub(crate) fn new(
+        keypair: &libp2p::identity::Keypair,
+        trust: TrustDb,
+        pad: bool,
+    ) -> Option<Self> {
         let secret = keypair.clone().try_into_ed25519().ok()?.secret();
         let bytes: [u8; 32] = secret.as_ref().try_into().ok()?;
         Some(Self {
             signing: SigningKey::from_bytes(&bytes),
             trust,
             pending: Mutex::new(HashMap::new()),
+            pad,
         })
     }
 
@@ -96,7 +102,9 @@ impl Security {
     }
 
     fn config(&self, remote: VerifyingKey, protocol: &StreamProtocol) -> HandshakeConfig {
+        // Padding is marked per frame, so each side chooses it for what it sends.
         HandshakeConfig::new(self.signing.clone(), remote, protocol.as_ref().as_bytes())
+            .with_session(p2pnode_secure::SessionConfig::default().with_padding(self.pad))
     }
 
     /// Opens `protocol` to `peer` and runs the handshake as initiator. Refused before any
@@ -381,7 +389,7 @@ mod tests {
                     .extend(crate::trust::PROTOCOLS.iter().map(|p| p.to_string()));
             })
             .unwrap();
-        let security = Security::new(&me, trust).unwrap();
+        let security = Security::new(&me, trust, false).unwrap();
         for app in crate::trust::PROTOCOLS {
             let decision = security.decide(peer, app).await.unwrap();
             assert_eq!(decision, TrustDecision::KeyChanged);

@@ -72,6 +72,28 @@ pub fn build_custom(
         .build())
 }
 
+/// TCP and QUIC, authenticated and multiplexed, as one boxed transport (no DNS: relay-only
+/// nodes reach their relays by address).
+pub fn tcp_quic_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default());
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key));
+    Ok(tcp
+        .or_transport(quic)
+        .map(|either, _| match either {
+            futures::future::Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            futures::future::Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+        })
+        .boxed())
+}
+
+/// Wraps a transport factory so it dials only `relays` and listens nowhere.
+pub fn relay_only(factory: TransportFactory, relays: Vec<libp2p::Multiaddr>) -> TransportFactory {
+    Arc::new(move |key| Ok(crate::privacy::RelayOnly::new(factory(key)?, relays.clone()).boxed()))
+}
+
 /// The memory transport, authenticated with Noise and multiplexed with yamux.
 pub fn memory_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     Ok(MemoryTransport::default()
