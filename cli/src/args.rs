@@ -115,6 +115,17 @@ pub(crate) struct StartArgs {
     #[arg(long)]
     pub(crate) no_mdns: bool,
 
+    /// Privacy mode: never dial or accept direct connections and never advertise our own
+    /// addresses; everything goes through the --bootstrap relays, so peers only ever see
+    /// the relay's address.
+    #[arg(long)]
+    pub(crate) relay_only: bool,
+
+    /// Pad application frames to a few fixed sizes to hide message lengths (costs
+    /// bandwidth; off by default).
+    #[arg(long)]
+    pub(crate) pad: bool,
+
     /// Relay nodes: longest life of one relayed circuit, in seconds.
     #[arg(long, value_name = "SECS")]
     pub(crate) max_circuit_duration: Option<u64>,

@@ -27,6 +27,8 @@ pub(crate) fn start_config(data_dir: &Path, args: &StartArgs) -> Result<Config> 
     if args.no_mdns {
         cfg.mdns = false;
     }
+    cfg.relay_only |= args.relay_only;
+    cfg.pad |= args.pad;
     if let Some(secs) = args.max_circuit_duration {
         cfg.relay_limits.max_circuit_duration_secs = secs;
     }
