@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod behaviour;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -73,6 +73,9 @@ pub enum StartError {
     /// No listener could be opened at all.
     #[error("could not listen on any address")]
     NoListener,
+    /// The chat service could not start.
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
 }
 
 /// A running node. Drop it only after [`Node::shutdown`].
@@ -83,6 +86,8 @@ pub struct Node {
     event_loop: JoinHandle<()>,
     echo: JoinHandle<()>,
     verify: JoinHandle<()>,
+    chat: crate::chat::ChatHandle,
+    chat_task: JoinHandle<()>,
     store_writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -109,6 +114,7 @@ impl Node {
         identity::ensure_data_dir(data_dir)?;
         let keypair = identity::load_or_create(data_dir)?;
         let peer_id = keypair.public().to_peer_id();
+        let chat_signer = crate::chat::signing_key_of(&keypair);
         let store = Store::open(data_dir)?;
         let trust = TrustDb::open(store.database().clone())?;
         let revoked = trust.revoked()?;
@@ -221,9 +227,20 @@ impl Node {
             serve_verify(security.clone(), verify_listener),
             span,
         ));
+        let client = Client::new(cmd_tx, streams, security, peer_id);
+        let (chat, chat_task) = crate::chat::start(
+            client.clone(),
+            store.database().clone(),
+            chat_signer.ok_or_else(|| IdentityError::Corrupt {
+                path: data_dir.join(identity::IDENTITY_FILE),
+                reason: "not an Ed25519 key".into(),
+            })?,
+        )?;
         tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, "node started");
         Ok(Self {
-            client: Client::new(cmd_tx, streams, security, peer_id),
+            client,
+            chat,
+            chat_task,
             data_dir: data_dir.to_path_buf(),
             stop,
             event_loop,
@@ -238,6 +255,11 @@ impl Node {
         &self.client
     }
 
+    /// The chat service.
+    pub fn chat(&self) -> &crate::chat::ChatHandle {
+        &self.chat
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -245,6 +267,10 @@ impl Node {
 
     /// Stops the event loop, closes every connection and waits for the database writes.
     pub async fn shutdown(mut self) {
+        // Chat first: its state is committed batch by batch, so stopping it mid-way loses
+        // nothing, and it must not write to streams of a swarm that is going away.
+        self.chat_task.abort();
+        let _ = (&mut self.chat_task).await;
         self.stop.notify_one();
         if let Err(e) = (&mut self.event_loop).await {
             tracing::warn!("event loop ended badly: {e}");

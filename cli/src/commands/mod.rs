@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
+mod chat;
 mod connect;
 mod find;
 mod id;
 mod peers;
 mod ping;
+mod room;
 mod start;
 mod status;
 mod stop;
@@ -34,5 +36,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             verify::run(&control, &peer_id, confirm, json).await
         }
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
+        Command::Chat(args) => chat::run(&control, args, json).await,
+        Command::Room(cmd) => room::run(&control, cmd, json).await,
     }
 }

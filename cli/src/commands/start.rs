@@ -31,6 +31,7 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     let server = tokio::spawn(control::serve(
         listener,
         client.clone(),
+        node.chat().clone(),
         shutdown_requested.clone(),
         stop_server.clone(),
     ));

@@ -1,0 +1,326 @@
+//! `p2pnode chat <peer-id>`, `p2pnode chat --room <code>`, and the request commands.
+//!
+//! Line mode: every stdin line is one message, sent in order, each acknowledged by the
+//! daemon once stored; incoming messages and delivery receipts are printed as they come
+//! (JSON lines with `--line` or `--json`, text otherwise). At the end of stdin it exits
+//! once everything was stored, or with `--wait-delivered` once the peer has it all.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use p2pnode_node::api::{
+    ChatEvent, ChatMessage, ChatPeerState, ChatRequest, ChatRequestAction, ChatSendRequest,
+    PeerRequest, RoomInfo, RoomJoinRequest, RoomMessageInfo, RoomSendRequest,
+};
+use p2pnode_node::control::ControlClient;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::args::{ChatArgs, ChatCommand};
+use crate::output;
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Lines read ahead of sending.
+const STDIN_QUEUE: usize = 256;
+/// How often `--wait-delivered` re-checks the queue when no receipt event came.
+const DELIVERY_POLL: Duration = Duration::from_millis(500);
+
+pub(crate) async fn run(control: &ControlClient, args: ChatArgs, json: bool) -> Result<()> {
+    match (args.command, args.peer_id, args.room) {
+        (Some(cmd), _, _) => requests(control, cmd, json).await,
+        (None, _, Some(code)) => room(control, &code, args.line || json).await,
+        (None, Some(peer), None) => {
+            direct(control, &peer, args.line || json, args.wait_delivered).await
+        }
+        (None, None, None) => {
+            bail!("name a peer (`p2pnode chat <peer-id>`) or a room (`--room <code>`)")
+        }
+    }
+}
+
+async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Result<()> {
+    let act = |peer_id: String, action: &str| ChatRequestAction {
+        peer_id,
+        action: action.to_string(),
+    };
+    match cmd {
+        ChatCommand::Requests => {
+            let list: Vec<ChatRequest> = control.get("chat/requests").await?;
+            output::show(json, &list, |list| {
+                if list.is_empty() {
+                    println!("no message requests");
+                }
+                for r in list {
+                    println!(
+                        "{}  (accept: p2pnode chat accept {0}; block: p2pnode chat block {0})",
+                        r.peer_id
+                    );
+                }
+            });
+        }
+        ChatCommand::Accept { peer_id } => {
+            p2pnode_node::parse_peer_id(&peer_id)?;
+            let s: ChatPeerState = control
+                .post("chat/requests", &act(peer_id, "accept"))
+                .await?;
+            output::show(json, &s, |s| println!("accepted {}", s.peer_id));
+        }
+        ChatCommand::Block { peer_id } => {
+            p2pnode_node::parse_peer_id(&peer_id)?;
+            let s: ChatPeerState = control
+                .post("chat/requests", &act(peer_id, "block"))
+                .await?;
+            output::show(json, &s, |s| println!("blocked {}", s.peer_id));
+        }
+        ChatCommand::History { peer_id, limit } => {
+            p2pnode_node::parse_peer_id(&peer_id)?;
+            let list: Vec<ChatMessage> = control
+                .get(&format!("chat/history?peer={peer_id}&limit={limit}"))
+                .await?;
+            output::show(json, &list, |list| {
+                for m in list {
+                    print_message(m);
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn print_message(m: &ChatMessage) {
+    if m.outgoing {
+        let mark = if m.delivered { "✓" } else { " " };
+        println!("{mark} me: {}", m.body);
+    } else {
+        let from = short(&m.peer_id);
+        let req = if m.request { " (request)" } else { "" };
+        println!("  {from}{req}: {}", m.body);
+    }
+}
+
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode output: {e}"),
+    }
+}
+
+/// Reads stdin lines on a thread (stdin is blocking) into a bounded channel; the channel
+/// closes at end of input.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Sends stdin lines one by one (in order) with `send`, passing each result on.
+fn sender<T: Send + 'static>(
+    mut lines: mpsc::Receiver<String>,
+    send: impl Fn(String) -> BoxFuture<Result<T>> + Send + 'static,
+) -> mpsc::Receiver<Result<T>> {
+    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let r = send(line).await;
+            let failed = r.is_err();
+            if tx.send(r).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn direct(
+    control: &ControlClient,
+    peer: &str,
+    line_mode: bool,
+    wait_delivered: bool,
+) -> Result<()> {
+    let peer = p2pnode_node::parse_peer_id(peer)?.to_string();
+    // Subscribe before anything is sent, so no receipt can slip by.
+    let mut events = control.lines("chat/events").await?;
+    let state: ChatPeerState = control
+        .post(
+            "chat/open",
+            &PeerRequest {
+                peer_id: peer.clone(),
+            },
+        )
+        .await
+        .with_context(|| format!("cannot chat with {peer}"))?;
+    if line_mode {
+        print_json(&serde_json::json!({ "type": "state", "state": state }));
+    } else {
+        let path = state.path.map_or("not connected".to_string(), |p| {
+            format!("{p:?}").to_lowercase()
+        });
+        let verified = if state.verified {
+            "verified"
+        } else {
+            "not verified"
+        };
+        eprintln!("chat with {peer} ({path}, {verified}); type lines, Ctrl-D to end");
+        if let Ok(history) = control
+            .get::<Vec<ChatMessage>>(&format!("chat/history?peer={peer}&limit=50"))
+            .await
+        {
+            history.iter().for_each(print_message);
+        }
+    }
+
+    let send_control = control.clone();
+    let send_peer = peer.clone();
+    let mut results = sender(stdin_lines(), move |body| {
+        let control = send_control.clone();
+        let peer_id = send_peer.clone();
+        Box::pin(async move {
+            let m: ChatMessage = control
+                .post("chat/send", &ChatSendRequest { peer_id, body })
+                .await?;
+            Ok(m)
+        })
+    });
+    let mut last_sent: u64 = 0;
+    let mut delivered_up_to: u64 = 0;
+    let mut input_done = false;
+    let mut poll = tokio::time::interval(DELIVERY_POLL);
+    loop {
+        if input_done && (!wait_delivered || delivered_up_to >= last_sent) {
+            return Ok(());
+        }
+        tokio::select! {
+            r = results.recv(), if !input_done => match r {
+                Some(Ok(m)) => {
+                    last_sent = last_sent.max(m.seq);
+                    if line_mode {
+                        print_json(&ChatEvent::Sent(m));
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => input_done = true,
+            },
+            line = events.next_line() => {
+                let Some(line) = line? else {
+                    bail!("the daemon closed the event stream (stopped?)");
+                };
+                let Ok(event) = serde_json::from_str::<ChatEvent>(&line) else {
+                    continue;
+                };
+                match &event {
+                    ChatEvent::Message(m) if m.peer_id == peer => {
+                        if line_mode { print_json(&event) } else { print_message(m) }
+                    }
+                    ChatEvent::Delivered { peer_id, up_to_seq, .. } if *peer_id == peer => {
+                        delivered_up_to = delivered_up_to.max(*up_to_seq);
+                        if line_mode { print_json(&event) }
+                    }
+                    ChatEvent::PeerState { peer_id, online } if *peer_id == peer => {
+                        if line_mode {
+                            print_json(&event)
+                        } else {
+                            eprintln!("-- {} is {}", short(peer_id), if *online { "online" } else { "offline" });
+                        }
+                    }
+                    ChatEvent::Lagged { .. } if line_mode => print_json(&event),
+                    _ => {}
+                }
+            }
+            _ = poll.tick(), if input_done => {
+                // Receipts may have been missed (a lagged subscriber); the queue is the truth.
+                let s: ChatPeerState = control.post("chat/state", &PeerRequest { peer_id: peer.clone() }).await?;
+                if s.queued == 0 {
+                    delivered_up_to = delivered_up_to.max(last_sent);
+                }
+            }
+        }
+    }
+}
+
+async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()> {
+    let mut events = control.lines("chat/events").await?;
+    let info: RoomInfo = control
+        .post(
+            "room/join",
+            &RoomJoinRequest {
+                code: code.trim().to_string(),
+            },
+        )
+        .await?;
+    if line_mode {
+        print_json(&serde_json::json!({ "type": "joined", "room": info }));
+    } else {
+        eprintln!(
+            "room {} ({} members); type lines, Ctrl-D to end",
+            info.name,
+            info.members.len()
+        );
+    }
+    let room_id = info.room_id.clone();
+    let send_control = control.clone();
+    let send_room = room_id.clone();
+    let mut results = sender(stdin_lines(), move |body| {
+        let control = send_control.clone();
+        let code = send_room.clone();
+        Box::pin(async move {
+            let m: RoomMessageInfo = control
+                .post("room/send", &RoomSendRequest { code, body })
+                .await?;
+            Ok(m)
+        })
+    });
+    loop {
+        tokio::select! {
+            r = results.recv() => match r {
+                Some(Ok(m)) => if line_mode {
+                    print_json(&serde_json::json!({ "type": "room_sent", "id": m.id, "body": m.body }));
+                },
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            line = events.next_line() => {
+                let Some(line) = line? else {
+                    bail!("the daemon closed the event stream (stopped?)");
+                };
+                let Ok(event) = serde_json::from_str::<ChatEvent>(&line) else {
+                    continue;
+                };
+                let ours = match &event {
+                    ChatEvent::RoomMessage(m) => m.room_id == room_id,
+                    ChatEvent::MemberJoined { room_id: r, .. }
+                    | ChatEvent::MemberLeft { room_id: r, .. }
+                    | ChatEvent::RoomExpired { room_id: r } => *r == room_id,
+                    _ => false,
+                };
+                if !ours {
+                    continue;
+                }
+                if line_mode {
+                    print_json(&event);
+                } else {
+                    match &event {
+                        ChatEvent::RoomMessage(m) => println!("  {}: {}", short(&m.sender), m.body),
+                        ChatEvent::MemberJoined { member, .. } => eprintln!("-- {} joined", short(member)),
+                        ChatEvent::MemberLeft { member, .. } => eprintln!("-- {} left", short(member)),
+                        _ => eprintln!("-- the room expired"),
+                    }
+                }
+                if matches!(event, ChatEvent::RoomExpired { .. }) {
+                    bail!("the room expired");
+                }
+            }
+        }
+    }
+}
