@@ -35,10 +35,9 @@ fn chat(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && tx.send(v).is_err()
-            {
-                break;
+            // Keep draining after the receiver is gone: a closed pipe would fail the CLI.
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
             }
         }
     });

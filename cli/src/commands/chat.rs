@@ -104,8 +104,13 @@ fn short(peer: &str) -> &str {
 }
 
 fn print_json<T: Serialize>(value: &T) {
+    use std::io::Write;
     match serde_json::to_string(value) {
-        Ok(s) => println!("{s}"),
+        // A reader that went away (closed pipe) is not worth a panic; the next read of
+        // stdin or events ends the session anyway.
+        Ok(s) => {
+            let _ = writeln!(std::io::stdout().lock(), "{s}");
+        }
         Err(e) => eprintln!("error: cannot encode output: {e}"),
     }
 }
