@@ -31,7 +31,18 @@ pub fn owner_pid(name: &str) -> Option<i32> {
 
 fn is_alive(pid: i32) -> bool {
     // Signal 0 checks existence; EPERM would mean it exists (we are root, so no).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // A killed process stays a zombie until its parent reaps it; it owns nothing.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !matches!(process_state(&stat), Some('Z' | 'X'))
+}
+
+/// The state letter of a `/proc/<pid>/stat` line: the field after the `(comm)`, which
+/// may itself contain spaces and parentheses.
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Deletes leftover lab namespaces and work directories whose owner pid is dead.
@@ -73,6 +84,13 @@ pub fn cleanup_leftovers() -> Result<Cleanup, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_process_state() {
+        assert_eq!(process_state("4159 (p2pnode-sim) Z 1 4159"), Some('Z'));
+        assert_eq!(process_state("12 (a (b) c) S 1 12"), Some('S'));
+        assert_eq!(process_state(""), None);
+    }
 
     #[test]
     fn parses_lab_names() {

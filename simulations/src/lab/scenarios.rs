@@ -270,6 +270,8 @@ pub struct HolePunchOutcome {
     pub connect_path: PathKind,
     /// Whether A's `find` by peer id returned addresses.
     pub found_by_id: bool,
+    /// How long that `find` took.
+    pub find_ms: f64,
     /// Whether the relay was killed (SIGKILL) before the final ping.
     pub relay_killed: bool,
     /// Whether A's first ping to B (right after the relay was killed, if it was) got
@@ -366,7 +368,9 @@ impl HolePunchLab {
         let b_id = b.peer_id().to_string();
 
         let already_connected = a.peer(&b_id).await?.is_some();
+        let find_start = Instant::now();
         let found = a.find(&b_id).await;
+        let find_time = find_start.elapsed();
         let found_by_id = found.as_ref().is_ok_and(|f| !f.addresses.is_empty());
         if let Err(err) = &found {
             tracing::warn!(%err, "find by peer id failed");
@@ -491,6 +495,7 @@ impl HolePunchLab {
             relayed_to_direct_ms: relayed_to_direct_ms.map(|v| (v * 1000.0).round() / 1000.0),
             connect_path: connected.path,
             found_by_id,
+            find_ms: ms(find_time),
             relay_killed: kill_relay,
             first_ping_ok,
             ping_attempts,
