@@ -370,7 +370,8 @@ enum Inbound {
 }
 
 enum Opened {
-    Ok(PeerId, p2pnode_secure::SecureStream<libp2p::Stream>),
+    // Boxed: a secure stream is large beside the failure variant.
+    Ok(PeerId, Box<p2pnode_secure::SecureStream<libp2p::Stream>>),
     Failed(PeerId, String),
 }
 
@@ -661,11 +662,14 @@ struct Service {
 }
 
 /// What a batch does once its transaction committed.
+/// Answers a caller once the batch's commit succeeded or failed.
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 #[derive(Default)]
 struct After {
     frames: Vec<(PeerId, Frame)>,
     events: Vec<ChatEvent>,
-    replies: Vec<Box<dyn FnOnce(Result<(), String>) + Send>>,
+    replies: Vec<Reply>,
     publish: Vec<(String, Vec<u8>)>,
 }
 
@@ -673,7 +677,8 @@ enum Input {
     Command(Command),
     Inbound(Inbound),
     Opened(Opened),
-    Accepted(crate::secure::Accepted),
+    // Boxed: an accepted secure stream dwarfs the other inputs.
+    Accepted(Box<crate::secure::Accepted>),
     Room(String, crate::event_loop::TopicMessage),
     Tick,
 }
@@ -699,7 +704,7 @@ impl Service {
                 Some(i) = inbound.recv() => Input::Inbound(i),
                 Some(o) = opened.recv() => Input::Opened(o),
                 a = listener.next() => match a {
-                    Some(a) => Input::Accepted(a),
+                    Some(a) => Input::Accepted(Box::new(a)),
                     None => break,
                 },
                 Some((room, m)) = room_rx.recv() => Input::Room(room, m),
@@ -901,7 +906,7 @@ impl Service {
             Input::Opened(Opened::Ok(peer, stream)) => {
                 let p = self.peer(peer);
                 p.opening = false;
-                self.attach(peer, stream, true, Admission::Accept, now, after, dirty);
+                self.attach(peer, *stream, true, Admission::Accept, now, after, dirty);
             }
             Input::Opened(Opened::Failed(peer, reason)) => {
                 let p = self.peer(peer);
@@ -909,6 +914,7 @@ impl Service {
                 tracing::debug!(%peer, "chat: peer not reachable now: {reason}");
             }
             Input::Accepted(a) => {
+                let a = *a;
                 let admission = admit(a.decision);
                 match admission {
                     Admission::Block | Admission::KeyChanged => {
@@ -965,7 +971,7 @@ impl Service {
         if outbound || admission == Admission::Accept || !we_wrote {
             p.admission = admission;
         }
-        let preferred = (me < peer) == outbound;
+        let preferred = preferred(me, peer, outbound);
         if let Some(old) = &p.link
             && old.preferred
             && !preferred
@@ -1389,13 +1395,19 @@ impl Service {
             )
             .await;
             let result = match opened {
-                Ok(Ok(stream)) => Opened::Ok(peer, stream),
+                Ok(Ok(stream)) => Opened::Ok(peer, Box::new(stream)),
                 Ok(Err(e)) => Opened::Failed(peer, e.to_string()),
                 Err(_) => Opened::Failed(peer, "timed out".into()),
             };
             let _ = tx.send(result).await;
         });
     }
+}
+
+/// Whether a stream between `me` and `peer` was opened by the smaller peer id, the
+/// winner when both open at once (both ends compute the same answer).
+fn preferred(me: PeerId, peer: PeerId, outbound: bool) -> bool {
+    (me < peer) == outbound
 }
 
 fn not_joined(room: &str) -> ChatError {
@@ -1532,7 +1544,6 @@ async fn write_frames(
     let _ = tx.send(Inbound::Closed { peer, link, reason }).await;
 }
 
-/// Accept decisions that matter to chat, for the tests of this module.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1546,10 +1557,11 @@ mod tests {
         let b = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();
-        // The stream a opens to b is preferred on both ends, or on neither.
-        let at_a = (a < b) == true;
-        let at_b = (b < a) == false;
-        assert_eq!(at_a, at_b);
+        // The stream a opens to b is preferred on both ends, or on neither; and exactly
+        // one of the two possible streams is.
+        assert_eq!(preferred(a, b, true), preferred(b, a, false));
+        assert_eq!(preferred(b, a, true), preferred(a, b, false));
+        assert_ne!(preferred(a, b, true), preferred(b, a, true));
         assert_eq!(admit(TrustDecision::UnknownPeer), Admission::Request);
     }
 }
