@@ -502,6 +502,9 @@ impl EventLoop {
             outbound,
             rtt: None,
         });
+        if path == Path::Direct {
+            self.close_relayed(peer);
+        }
         let connected = Connected {
             peer_id: peer.to_string(),
             path,
@@ -512,6 +515,23 @@ impl EventLoop {
         }
         if let Some(reply) = self.addr_dials.remove(&id) {
             let _ = reply.send(Ok(connected));
+        }
+    }
+
+    /// Closes relayed connections to `peer` once a direct one exists: libp2p-stream picks
+    /// a connection at random for new streams, and a relay circuit is slow and byte-limited.
+    fn close_relayed(&mut self, peer: PeerId) {
+        let relayed: Vec<ConnectionId> = self
+            .conns
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.path == Path::Relayed)
+            .map(|c| c.id)
+            .collect();
+        for id in relayed {
+            tracing::debug!(%peer, "closing relayed connection: a direct one exists");
+            self.swarm.close_connection(id);
         }
     }
 
@@ -612,10 +632,19 @@ impl EventLoop {
     }
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        // A peer's loopback addresses are only ours too when we reach it over loopback;
+        // otherwise dialling them reaches our own listeners (a self-dial that can win the
+        // race against a real dial and then fail it).
+        let via_loopback = self
+            .conns
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .any(|c| is_loopback(&c.address));
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .iter()
-            .filter(|a| is_concrete(a))
+            .filter(|a| is_concrete(a) && (via_loopback || !is_loopback(a)))
             .cloned()
             .collect();
         if info.protocols.contains(&KAD_PROTOCOL) {
@@ -893,6 +922,15 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
         }
     }
     name
+}
+
+/// Whether an address is on the loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }
 
 /// Whether an address can be dialled: not `0.0.0.0`/`::` (which listeners report).
