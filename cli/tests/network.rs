@@ -61,7 +61,10 @@ fn find_and_connect_by_peer_id_through_a_relay_then_reconnect_from_the_peer_stor
     wait_for("A to reconnect to B", || {
         a.is_connected_to(&b_id).then_some(())
     });
-    assert!(a.is_connected_to(&relay.peer_id));
+    let r_id = relay.peer_id.clone();
+    wait_for("A to reconnect to the relay", || {
+        a.is_connected_to(&r_id).then_some(())
+    });
 }
 
 #[test]
