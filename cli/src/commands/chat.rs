@@ -1,10 +1,13 @@
 //! `p2pnode chat <peer-id>`, `p2pnode chat --room <code>`, and the request commands.
 //!
+//! Without `--line`, on a terminal, the chat is a terminal UI (see `chat_ui`).
+//!
 //! Line mode: every stdin line is one message, sent in order, each acknowledged by the
 //! daemon once stored; incoming messages and delivery receipts are printed as they come
 //! (JSON lines with `--line` or `--json`, text otherwise). At the end of stdin it exits
 //! once everything was stored, or with `--wait-delivered` once the peer has it all.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::args::{ChatArgs, ChatCommand};
 use crate::output;
+
+// A sibling file, declared here so the commands list stays one module per subcommand.
+#[path = "chat_ui.rs"]
+mod chat_ui;
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
@@ -166,6 +173,9 @@ async fn direct(
         )
         .await
         .with_context(|| format!("cannot chat with {peer}"))?;
+    if !line_mode && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        return chat_ui::run(control, &peer, state, events).await;
+    }
     if line_mode {
         print_json(&serde_json::json!({ "type": "state", "state": state }));
     } else {
