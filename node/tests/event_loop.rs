@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
+
+use common::wait_for;
 
 use p2pnode_node::api::Path;
 use p2pnode_node::{Config, Multiaddr, Node, NodeError, PeerId, TransportKind};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 struct TestNode {
     node: Node,
@@ -48,31 +48,8 @@ async fn start(bootstrap: Vec<Multiaddr>, relay: bool) -> TestNode {
     TestNode { node, _dir: dir }
 }
 
-/// Polls `check` until it yields a value, failing the test after [`WAIT`].
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("condition not reached in time")
-}
-
 async fn connected(a: &TestNode, b: PeerId) -> bool {
-    a.client()
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| p.peer_id == b.to_string())
+    common::connected(&a.node, b).await
 }
 
 #[tokio::test]

@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
+
+use common::{WAIT, addr_of, wait_for};
 
 use p2pnode_node::api::Path;
 use p2pnode_node::{Config, Multiaddr, Node, StreamProtocol, TransportKind};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 async fn start(dir: &std::path::Path, config: Config) -> Node {
     let config = Config {
@@ -22,39 +22,6 @@ async fn start(dir: &std::path::Path, config: Config) -> Node {
 
 fn memory_listen() -> Vec<Multiaddr> {
     vec!["/memory/0".parse().unwrap()]
-}
-
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("condition not reached in time")
-}
-
-async fn addr_of(node: &Node) -> Multiaddr {
-    let a = wait_for(|| async {
-        node.client()
-            .status()
-            .await
-            .ok()?
-            .listen_addrs
-            .first()
-            .cloned()
-    })
-    .await;
-    format!("{a}/p2p/{}", node.client().peer_id())
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

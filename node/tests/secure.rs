@@ -3,12 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use p2pnode_node::{Config, Multiaddr, Node, NodeError, PeerId, StreamProtocol, TransportKind};
+use common::{WAIT, addr_of, connected};
+
+use p2pnode_node::{Config, Node, NodeError, StreamProtocol, TransportKind};
 use p2pnode_secure::TrustDecision;
 
-const WAIT: Duration = Duration::from_secs(20);
 const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0");
 
 async fn start_in(dir: &std::path::Path) -> Node {
@@ -22,55 +25,13 @@ async fn start_in(dir: &std::path::Path) -> Node {
         .unwrap()
 }
 
-async fn addr(node: &Node) -> Multiaddr {
-    let a = wait_for(|| async {
-        node.client()
-            .status()
-            .await
-            .ok()?
-            .listen_addrs
-            .first()
-            .cloned()
-    })
-    .await;
-    format!("{a}/p2p/{}", node.client().peer_id())
-        .parse()
-        .unwrap()
-}
-
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("condition not reached in time")
-}
-
-async fn connected(a: &Node, b: PeerId) -> bool {
-    a.client()
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| p.peer_id == b.to_string())
-}
-
 #[tokio::test]
 async fn secure_stream_carries_messages_and_both_sides_share_the_sas() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_in(da.path()).await;
     let b = start_in(db.path()).await;
     let mut listener = b.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
-    a.client().connect_addr(addr(&b).await).await.unwrap();
+    a.client().connect_addr(addr_of(&b).await).await.unwrap();
 
     let mut out = a
         .client()
@@ -97,7 +58,7 @@ async fn verify_shows_one_code_on_both_sides_and_confirm_pins_the_key() {
     let a = start_in(da.path()).await;
     let b = start_in(db.path()).await;
     let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
-    a.client().connect_addr(addr(&b).await).await.unwrap();
+    a.client().connect_addr(addr_of(&b).await).await.unwrap();
 
     let from_a = a.client().verify(b_id).await.unwrap();
     // B's side of the same exchange: the code B's user reads.
@@ -135,7 +96,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     let b = start_in(db.path()).await;
     let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
     let mut listener = a.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
-    b.client().connect_addr(addr(&a).await).await.unwrap();
+    b.client().connect_addr(addr_of(&a).await).await.unwrap();
 
     let t = a.client().revoke(b_id).await.unwrap();
     assert!(t.revoked);
@@ -150,7 +111,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
 
     // B cannot get a stream to A: A refuses its connections (B's side may see one open
     // for an instant before A closes it, so what counts is that no stream gets through).
-    let a_addr = addr(&a).await;
+    let a_addr = addr_of(&a).await;
     let _ = b.client().connect_addr(a_addr.clone()).await;
     assert!(
         b.client()
@@ -175,7 +136,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     a.shutdown().await;
     let a = start_in(da.path()).await;
     let mut listener = a.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
-    let _ = b.client().connect_addr(addr(&a).await).await;
+    let _ = b.client().connect_addr(addr_of(&a).await).await;
     assert!(
         b.client()
             .open_secure(a_id, TEST_PROTOCOL, "chat")
@@ -192,7 +153,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
 
     // Allowing lifts it: B's stream gets through and A's user sees an allowed peer.
     a.client().allow(b_id, &[]).await.unwrap();
-    b.client().connect_addr(addr(&a).await).await.unwrap();
+    b.client().connect_addr(addr_of(&a).await).await.unwrap();
     let mut s = b
         .client()
         .open_secure(a_id, TEST_PROTOCOL, "chat")

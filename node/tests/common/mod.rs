@@ -1,0 +1,55 @@
+//! Helpers shared by the in-process tests: waiting for events and reading a node's state.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use p2pnode_node::{Multiaddr, Node, PeerId};
+
+/// How long a test waits for any one event.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it yields a value, failing the test after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("condition not reached in time")
+}
+
+/// The node's first listen address, with its peer id.
+pub async fn addr_of(node: &Node) -> Multiaddr {
+    let a = wait_for(|| async {
+        node.client()
+            .status()
+            .await
+            .ok()?
+            .listen_addrs
+            .first()
+            .cloned()
+    })
+    .await;
+    format!("{a}/p2p/{}", node.client().peer_id())
+        .parse()
+        .unwrap()
+}
+
+/// Whether `a` lists `b` among its connected peers.
+pub async fn connected(a: &Node, b: PeerId) -> bool {
+    a.client()
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == b.to_string())
+}
