@@ -13,3 +13,4 @@
 //! starts inside namespaces (`delay-link`, `udp-echo`, `udp-probe`).
 
 pub mod lab;
+pub mod sim;

@@ -21,6 +21,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Commands {
+    /// Runs an in-process simulation (simulations/scenarios/*.toml) and writes
+    /// <out>/<name>.json and <out>/<name>.html.
+    Run {
+        /// The scenario file.
+        scenario: std::path::PathBuf,
+        /// Directory for the reports.
+        #[arg(long, default_value = "sim-reports")]
+        out: std::path::PathBuf,
+    },
     /// NAT lab scenarios and maintenance (needs root).
     Lab {
         #[command(subcommand)]
@@ -261,6 +270,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ready");
             let stats = link.run().await?;
             tracing::info!(?stats, "delay link stopped");
+            Ok(())
+        }
+        Commands::Run { scenario, out } => {
+            let done = p2pnode_sim::sim::run_cli(&scenario, &out)
+                .with_context(|| format!("simulation {}", scenario.display()))?;
+            println!("{}", done.report.summary());
+            println!("{}\n{}", done.json.display(), done.html.display());
             Ok(())
         }
         Commands::UdpEcho { bind } => {
