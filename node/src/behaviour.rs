@@ -14,15 +14,13 @@ use libp2p::{
 };
 
 use crate::config::Config;
+use crate::gossip_idle::IdleGossip;
 
 /// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
 pub const KAD_PROTOCOL: StreamProtocol = kad::PROTOCOL_NAME;
 
 /// The identify protocol version string nodes of this network announce.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/p2pnode/1.0.0";
-
-/// Above this much process memory the node refuses new connections.
-const MAX_PROCESS_MEMORY: usize = 1024 * 1024 * 1024;
 
 /// All behaviours of a node. Optional ones are [`Toggle`]d so ordinary and relay nodes share
 /// one type (as rust-libp2p's `misc/server` does).
@@ -32,8 +30,9 @@ pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Refuses connections past the configured counts.
     pub limits: connection_limits::Behaviour,
-    /// Refuses connections when the process uses too much memory.
-    pub memory: memory_connection_limits::Behaviour,
+    /// Refuses connections when the process uses too much memory (off when
+    /// `max_memory_mb` is 0).
+    pub memory: Toggle<memory_connection_limits::Behaviour>,
     /// Relay client: reservations on relays and dialing through them.
     pub relay_client: relay::client::Behaviour,
     /// Relay server, only on `--relay` nodes.
@@ -54,7 +53,8 @@ pub struct Behaviour {
     /// Streams for the application protocols.
     pub stream: libp2p_stream::Behaviour,
     /// Publish/subscribe for chat rooms (payloads are end-to-end sealed by the room key).
-    pub gossipsub: gossipsub::Behaviour,
+    /// Its streams do not keep connections alive ([`IdleGossip`]).
+    pub gossipsub: IdleGossip,
 }
 
 /// Largest gossipsub message; room messages are far smaller.
@@ -84,7 +84,8 @@ impl Behaviour {
         );
 
         let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
-        kad_cfg.set_query_timeout(Duration::from_secs(30));
+        kad_cfg.set_query_timeout(Duration::from_secs(cfg.dht_query_timeout_secs.max(1)));
+        kad_cfg.set_substreams_timeout(Duration::from_secs(cfg.dht_request_timeout_secs.max(1)));
         let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg);
         // Every node answers DHT queries: nodes behind NAT are reachable through their relay
         // circuit addresses, and a relay/bootstrap node must serve from its first second
@@ -114,7 +115,14 @@ impl Behaviour {
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
-            memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_PROCESS_MEMORY),
+            memory: (cfg.max_memory_mb > 0)
+                .then(|| {
+                    let bytes = cfg.max_memory_mb.saturating_mul(1024 * 1024);
+                    memory_connection_limits::Behaviour::with_max_bytes(
+                        usize::try_from(bytes).unwrap_or(usize::MAX),
+                    )
+                })
+                .into(),
             relay_client,
             relay_server: relay_server.into(),
             dcutr: (!cfg.relay_only)
@@ -126,7 +134,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
             mdns: mdns.into(),
             stream: libp2p_stream::Behaviour::new(),
-            gossipsub: gossip(key)?,
+            gossipsub: IdleGossip(gossip(key)?),
         })
     }
 }

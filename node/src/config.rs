@@ -39,6 +39,13 @@ pub struct Config {
     pub max_connections: u32,
     /// Upper bound on established connections per peer.
     pub max_connections_per_peer: u32,
+    /// New connections are refused while the process uses more than this many MiB
+    /// (0: no limit; simulations run hundreds of nodes in one process).
+    pub max_memory_mb: u64,
+    /// A DHT lookup gives up after this many seconds.
+    pub dht_query_timeout_secs: u64,
+    /// One DHT request to one peer gives up after this many seconds.
+    pub dht_request_timeout_secs: u64,
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
@@ -99,6 +106,9 @@ impl Default for Config {
             idle_timeout_secs: 300,
             max_connections: 512,
             max_connections_per_peer: 8,
+            max_memory_mb: 1024,
+            dht_query_timeout_secs: 30,
+            dht_request_timeout_secs: 10,
             autonat_private_ips: true,
             relay_only: false,
             pad: false,

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod event_loop;
+pub mod gossip_idle;
 pub mod identity;
 mod node;
 pub mod privacy;

@@ -227,3 +227,35 @@ async fn bootstrap_without_peer_id_is_rejected() {
         .unwrap_err();
     assert!(err.to_string().contains("/p2p/<peer-id>"), "{err}");
 }
+
+/// Every node speaks gossipsub, whose streams stay open; they must not keep a connection
+/// alive, or a node ends up connected to every peer it ever looked up.
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let start_idle = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            mdns: false,
+            idle_timeout_secs: 1,
+            ..Config::default()
+        };
+        let node = Node::start_with(dir.path(), config, TransportKind::Memory)
+            .await
+            .unwrap();
+        TestNode { node, _dir: dir }
+    };
+    let a = start_idle().await;
+    let b = start_idle().await;
+    a.client().connect_addr(b.addr().await).await.unwrap();
+    // Identify, Kademlia and gossipsub all ran on the connection before it went quiet.
+    wait_for(|| async { connected(&b, a.client().peer_id()).await.then_some(()) }).await;
+    wait_for(|| async {
+        let idle =
+            a.client().peers().await.ok()?.is_empty() && b.client().peers().await.ok()?.is_empty();
+        idle.then_some(())
+    })
+    .await;
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
