@@ -51,8 +51,30 @@ const INBOUND_QUEUE: usize = 4096;
 /// Frames waiting for one stream's writer. The conversation window (1024 messages) plus
 /// receipts and hellos fit; a writer this far behind is a stalled stream and is dropped.
 const WRITER_QUEUE: usize = 4096;
-/// Chat events buffered for slow subscribers (they get a `lagged` event past it).
+/// Chat events buffered for slow subscribers (they get a `lagged` event past it, and
+/// the history has everything). tokio allocates every slot up front (~1.2 MiB), so the
+/// channel is only made once somebody subscribes ([`Events`]).
 pub const EVENT_QUEUE: usize = 8192;
+
+/// The chat event channel, made on the first subscription: a node nobody watches (a
+/// headless daemon, each of a simulation's hundreds) does not hold its buffer.
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::OnceLock<broadcast::Sender<ChatEvent>>>);
+
+impl Events {
+    fn subscribe(&self) -> broadcast::Receiver<ChatEvent> {
+        self.0
+            .get_or_init(|| broadcast::channel(EVENT_QUEUE).0)
+            .subscribe()
+    }
+
+    fn send(&self, event: ChatEvent) {
+        // No subscriber is fine: events are for whoever watches.
+        if let Some(tx) = self.0.get() {
+            let _ = tx.send(event);
+        }
+    }
+}
 /// Room messages waiting for the owner.
 const ROOM_QUEUE: usize = 1024;
 /// Most inputs handled in one batch (one database transaction).
@@ -379,7 +401,7 @@ enum Opened {
 #[derive(Clone)]
 pub struct ChatHandle {
     commands: mpsc::Sender<Command>,
-    events: broadcast::Sender<ChatEvent>,
+    events: Events,
     db: ChatDb,
     client: Client,
 }
@@ -585,6 +607,9 @@ struct Peer {
     opening: bool,
     last_attempt: Option<Instant>,
     next_index: u64,
+    /// `reserved_up_to` of the last committed snapshot: message frames numbered up to
+    /// here may go out before their batch commits (see `p2pnode_chat::conversation`).
+    durable_reserved: u64,
 }
 
 struct JoinedRoom {
@@ -619,7 +644,7 @@ pub fn start(
         p2pnode_chat::PROTOCOL,
     )?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (events, _) = broadcast::channel(EVENT_QUEUE);
+    let events = Events::default();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (opened_tx, opened_rx) = mpsc::channel(64);
     let (room_tx, room_rx) = mpsc::channel(ROOM_QUEUE);
@@ -654,7 +679,7 @@ struct Service {
     signer: SigningKey,
     peers: HashMap<PeerId, Peer>,
     rooms: HashMap<String, JoinedRoom>,
-    events: broadcast::Sender<ChatEvent>,
+    events: Events,
     inbound_tx: mpsc::Sender<Inbound>,
     opened_tx: mpsc::Sender<Opened>,
     room_tx: mpsc::Sender<(String, crate::event_loop::TopicMessage)>,
@@ -668,9 +693,35 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 #[derive(Default)]
 struct After {
     frames: Vec<(PeerId, Frame)>,
+    /// Events safe to publish before the commit (an incoming message: if the commit is
+    /// lost, so is our receipt, and the peer sends the message again).
+    early_events: Vec<ChatEvent>,
     events: Vec<ChatEvent>,
     replies: Vec<Reply>,
     publish: Vec<(String, Vec<u8>)>,
+}
+
+/// A batch whose transaction is being committed, and what follows once it is.
+struct Committing {
+    task: tokio::task::JoinHandle<Result<(), ChatError>>,
+    after: After,
+    /// Each changed conversation's `reserved_up_to` in this batch.
+    reserved: Vec<(PeerId, u64)>,
+}
+
+async fn wait_commit_of(c: &mut Committing) -> Result<(), String> {
+    match (&mut c.task).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Waits for the commit in flight; never finishes when there is none.
+async fn wait_commit(c: &mut Option<Committing>) -> Result<(), String> {
+    match c {
+        Some(c) => wait_commit_of(c).await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Input {
@@ -695,8 +746,17 @@ impl Service {
         self.restore().await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The batch whose transaction is being committed. The next batch is handled (and
+        // its early frames and events go out) meanwhile; its commit waits for this one.
+        let mut committing: Option<Committing> = None;
         loop {
             let first = tokio::select! {
+                done = wait_commit(&mut committing), if committing.is_some() => {
+                    if let Some(c) = committing.take() {
+                        self.settle(done, c).await;
+                    }
+                    continue;
+                }
                 c = commands.recv() => match c {
                     Some(c) => Input::Command(c),
                     None => break,
@@ -729,25 +789,56 @@ impl Service {
             for input in inputs {
                 self.handle(input, &mut batch, &mut after, &mut dirty).await;
             }
+            let mut reserved = Vec::new();
             for peer in dirty {
                 if let Some(p) = self.peers.get(&peer) {
                     batch
                         .snapshots
                         .push((peer.to_string(), p.conv.snapshot().encode()));
+                    reserved.push((peer, p.conv.cursor().reserved_up_to));
                 }
             }
-            let committed = if batch.is_empty() {
-                Ok(())
+            // Keep the disk off the latency path: messages within a committed
+            // reservation, and incoming messages, go out before the batch commits.
+            for (peer, frame) in self.take_early(&mut after.frames) {
+                self.write(peer, frame);
+            }
+            for event in after.early_events.drain(..) {
+                self.events.send(event);
+            }
+            // Batches settle in order: the one before this goes first.
+            if let Some(mut c) = committing.take() {
+                let done = wait_commit_of(&mut c).await;
+                self.settle(done, c).await;
+            }
+            if batch.is_empty() {
+                self.finish(Ok(()), after).await;
             } else {
                 let db = self.db.clone();
-                match tokio::task::spawn_blocking(move || db.commit(&batch)).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            };
-            self.finish(committed, after).await;
+                committing = Some(Committing {
+                    task: tokio::task::spawn_blocking(move || db.commit(&batch)),
+                    after,
+                    reserved,
+                });
+            }
+        }
+        if let Some(mut c) = committing.take() {
+            let done = wait_commit_of(&mut c).await;
+            self.settle(done, c).await;
         }
         tracing::debug!("chat service stopped");
+    }
+
+    /// A batch's commit ended: what it reserved is now durable, and its actions follow.
+    async fn settle(&mut self, committed: Result<(), String>, c: Committing) {
+        if committed.is_ok() {
+            for (peer, r) in c.reserved {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.durable_reserved = r;
+                }
+            }
+        }
+        self.finish(committed, c.after).await;
     }
 
     /// Acts on a batch once it is durable (or reports its failure).
@@ -770,15 +861,34 @@ impl Service {
         for (peer, frame) in after.frames {
             self.write(peer, frame);
         }
-        for event in after.events {
-            // No subscriber is fine: events are for whoever watches.
-            let _ = self.events.send(event);
+        for event in after.early_events.into_iter().chain(after.events) {
+            self.events.send(event);
         }
         for (topic, data) in after.publish {
             if let Err(e) = self.client.publish(&topic, data).await {
                 tracing::debug!(%topic, "room publish failed: {e}");
             }
         }
+    }
+
+    /// Removes from `frames` and returns each peer's leading message frames that its
+    /// committed reservation covers (a peer's frames keep their order: after its first
+    /// frame that must wait for the commit, the rest of its frames wait too).
+    fn take_early(&self, frames: &mut Vec<(PeerId, Frame)>) -> Vec<(PeerId, Frame)> {
+        let mut waiting = HashSet::new();
+        let mut early = Vec::new();
+        frames.retain(|(peer, frame)| {
+            let covered = !waiting.contains(peer)
+                && matches!(frame, Frame::Message(m)
+                    if self.peers.get(peer).is_some_and(|p| m.last_seq() <= p.durable_reserved));
+            if covered {
+                early.push((*peer, frame.clone()));
+            } else {
+                waiting.insert(*peer);
+            }
+            !covered
+        });
+        early
     }
 
     fn write(&mut self, peer: PeerId, frame: Frame) {
@@ -824,11 +934,13 @@ impl Service {
             } else {
                 Admission::Accept
             };
+            let durable_reserved = snap.cursor.reserved_up_to;
             match Conversation::restore(ConvConfig::default(), snap) {
                 Ok(conv) => {
                     self.peers.insert(
                         peer,
                         Peer {
+                            durable_reserved,
                             conv,
                             admission,
                             link: None,
@@ -863,6 +975,7 @@ impl Service {
             opening: false,
             last_attempt: None,
             next_index: 0,
+            durable_reserved: 0,
         })
     }
 
@@ -1048,15 +1161,16 @@ impl Service {
                     };
                     batch.rows.push((key.clone(), p.next_index, cbor(&row)));
                     p.next_index += 1;
+                    let event = ChatEvent::Message(message_of(&key, row, 0));
                     if request {
                         batch.requests_add.push((key.clone(), now));
                         after.events.push(ChatEvent::Request {
                             peer_id: key.clone(),
                         });
+                        after.events.push(event);
+                    } else {
+                        after.early_events.push(event);
                     }
-                    after
-                        .events
-                        .push(ChatEvent::Message(message_of(&key, row, 0)));
                 }
                 Output::Delivered { up_to_seq, ids } => {
                     after.events.push(ChatEvent::Delivered {

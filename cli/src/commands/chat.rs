@@ -15,7 +15,7 @@ use p2pnode_node::api::{
     ChatEvent, ChatMessage, ChatPeerState, ChatRequest, ChatRequestAction, ChatSendRequest,
     PeerRequest, RoomInfo, RoomJoinRequest, RoomMessageInfo, RoomSendRequest,
 };
-use p2pnode_node::control::ControlClient;
+use p2pnode_node::control::{ControlClient, Lines};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -108,6 +108,19 @@ fn print_message(m: &ChatMessage) {
 
 fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(8)..]
+}
+
+/// The daemon's next chat event; lines of event kinds this CLI does not know are skipped.
+/// Cancel-safe, as `tokio::select!` needs: only the line reader holds partial input.
+pub(crate) async fn next_event(events: &mut Lines) -> Result<ChatEvent> {
+    loop {
+        let Some(line) = events.next_line().await? else {
+            bail!("the daemon closed the event stream (stopped?)");
+        };
+        if let Ok(event) = serde_json::from_str::<ChatEvent>(&line) {
+            return Ok(event);
+        }
+    }
 }
 
 fn print_json<T: Serialize>(value: &T) {
@@ -227,13 +240,8 @@ async fn direct(
                 Some(Err(e)) => return Err(e),
                 None => input_done = true,
             },
-            line = events.next_line() => {
-                let Some(line) = line? else {
-                    bail!("the daemon closed the event stream (stopped?)");
-                };
-                let Ok(event) = serde_json::from_str::<ChatEvent>(&line) else {
-                    continue;
-                };
+            event = next_event(&mut events) => {
+                let event = event?;
                 match &event {
                     ChatEvent::Message(m) if m.peer_id == peer => {
                         if line_mode { print_json(&event) } else { print_message(m) }
@@ -305,13 +313,8 @@ async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
             },
-            line = events.next_line() => {
-                let Some(line) = line? else {
-                    bail!("the daemon closed the event stream (stopped?)");
-                };
-                let Ok(event) = serde_json::from_str::<ChatEvent>(&line) else {
-                    continue;
-                };
+            event = next_event(&mut events) => {
+                let event = event?;
                 let ours = match &event {
                     ChatEvent::RoomMessage(m) => m.room_id == room_id,
                     ChatEvent::MemberJoined { room_id: r, .. }

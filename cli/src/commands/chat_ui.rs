@@ -7,7 +7,7 @@
 
 use std::io::Stdout;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::execute;
 use crossterm::terminal::{
@@ -208,13 +208,8 @@ async fn event_loop(
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
-            line = events.next_line() => {
-                let Some(line) = line? else {
-                    bail!("the daemon closed the event stream (stopped?)");
-                };
-                let Ok(event) = serde_json::from_str::<ChatEvent>(&line) else {
-                    continue;
-                };
+            event = crate::commands::chat::next_event(&mut events) => {
+                let event = event?;
                 match event {
                     ChatEvent::Message(m) | ChatEvent::Sent(m) if m.peer_id == app.peer => {
                         app.add(m)

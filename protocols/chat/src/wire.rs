@@ -30,6 +30,18 @@ pub struct Message {
     pub sent_at: u64,
     /// The text, at most [`MAX_BODY_LEN`] bytes.
     pub body: String,
+    /// Set on a placeholder with no text: the sender restarted without a record of what,
+    /// if anything, it sent numbered `seq..=skip_to`, and never will send those numbers;
+    /// the receiver moves past them instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_to: Option<u64>,
+}
+
+impl Message {
+    /// The last sequence number this message occupies.
+    pub fn last_seq(&self) -> u64 {
+        self.skip_to.unwrap_or(self.seq).max(self.seq)
+    }
 }
 
 /// Sent first on every stream, by both sides, to resynchronise after a (re)connect.
@@ -165,6 +177,7 @@ mod tests {
             seq: 1,
             sent_at: 1_700_000_000_000,
             body: body.to_owned(),
+            skip_to: None,
         })
     }
 

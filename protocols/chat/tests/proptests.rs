@@ -27,14 +27,20 @@ fn body() -> impl Strategy<Value = String> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (message_id(), 1..=u64::MAX, any::<u64>(), body()).prop_map(|(id, seq, sent_at, body)| {
-        Message {
+    (
+        message_id(),
+        1..=u64::MAX,
+        any::<u64>(),
+        body(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(id, seq, sent_at, body, skip_to)| Message {
             id,
             seq,
             sent_at,
             body,
-        }
-    })
+            skip_to,
+        })
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
@@ -106,12 +112,13 @@ proptest! {
             .into_iter()
             .zip(ids)
             .enumerate()
-            .map(|(i, (body, id))| Message { id, seq: acked + 1 + i as u64, sent_at: 5, body })
+            .map(|(i, (body, id))| Message { id, seq: acked + 1 + i as u64, sent_at: 5, body, skip_to: None })
             .collect();
         let snapshot = Snapshot {
             cursor: Cursor {
                 epoch,
                 next_seq: acked + 1 + outbox.len() as u64,
+                reserved_up_to: acked + outbox.len() as u64,
                 acked_up_to: acked,
                 delivered_up_to: delivered,
                 peer_epoch,
