@@ -5,9 +5,12 @@
 //! Needs root. Without root the tests fail when env CI is set (CI runs as root, so the
 //! lab must be tested there) and otherwise say why and return.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use common::init_tracing;
 use p2pnode_sim::lab::{Lab, LabBuilder, LinkFaults, NatKind};
 
 const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
@@ -27,16 +30,6 @@ fn lab_allowed() -> bool {
             false
         }
     }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 /// Two public hosts (relay, other) and one router with host `a` behind it.

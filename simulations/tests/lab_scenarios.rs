@@ -9,65 +9,12 @@
 //! Each test prints its outcome as one JSON line on stdout, past the test harness's
 //! capture, so CI logs show the timings of passing runs too.
 
-use std::io::Write;
-use std::sync::LazyLock;
+mod common;
 
+use common::{MACHINE, config, init_tracing, lab_allowed, report};
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, ScenarioConfig, Transport};
-use tokio::sync::RwLock;
-
-const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
-
-/// Scenarios that measure how fast something happens run alone (write lock); those
-/// that mostly wait for DCUtR to give up share the machine (read lock), which keeps the
-/// suite's wall time near the longest of them.
-static MACHINE: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
-
-fn lab_allowed() -> bool {
-    let missing = match p2pnode_sim::lab::require_root() {
-        Err(err) => Some(err.to_string()),
-        Ok(()) => p2pnode_sim::lab::node::p2pnode_binary()
-            .err()
-            .map(|err| err.to_string()),
-    };
-    match missing {
-        None => true,
-        Some(reason) if std::env::var_os("CI").is_some() => {
-            panic!("{reason}: CI must run the NAT lab scenarios")
-        }
-        Some(reason) => {
-            eprintln!("skipping NAT lab scenario: {reason}");
-            false
-        }
-    }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn config() -> ScenarioConfig {
-    ScenarioConfig {
-        sim_binary: Some(SIM_BIN.into()),
-        ..ScenarioConfig::default()
-    }
-}
-
-/// Writes the outcome as one JSON line straight to stdout (not through `println!`,
-/// which the harness captures).
-fn report<T: serde::Serialize>(outcome: &T) {
-    let line = serde_json::to_string(outcome).expect("outcome serialises");
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
+use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, Transport};
 
 async fn hole_punch(a: NatKind, b: NatKind, transport: Transport) -> HolePunchOutcome {
     init_tracing();

@@ -371,13 +371,19 @@ impl Node {
         Ok(())
     }
 
-    /// Runs a client subcommand with `--data-dir` and returns its stdout.
-    pub async fn client_text(&self, args: &[&str]) -> Result<String, LabError> {
+    /// `args` of a client subcommand with this node's `--data-dir`.
+    fn client_args(&self, args: &[&str]) -> Vec<String> {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         all.extend([
             "--data-dir".to_string(),
             self.data_dir.to_string_lossy().into_owned(),
         ]);
+        all
+    }
+
+    /// Runs a client subcommand with `--data-dir` and returns its stdout.
+    pub async fn client_text(&self, args: &[&str]) -> Result<String, LabError> {
+        let all = self.client_args(args);
         let command = cmd::describe("p2pnode", &all);
         let output = tokio::time::timeout(CLIENT_TIMEOUT, self.command(&all).output())
             .await
@@ -401,7 +407,31 @@ impl Node {
         }
     }
 
-    async fn client_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, LabError> {
+    /// Starts a client subcommand with `--data-dir` that talks over its stdin and stdout
+    /// (`chat <peer> --line`): both piped, stderr appended to `<name>-clients.log` beside
+    /// the daemon's log. Dropping the child kills it.
+    pub fn spawn_client(&self, args: &[&str]) -> Result<Child, LabError> {
+        let all = self.client_args(args);
+        let log = self
+            .log
+            .with_file_name(format!("{}-clients.log", self.name));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        self.command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: cmd::describe("p2pnode", &all),
+                source,
+            })
+    }
+
+    /// Runs a client subcommand with `--data-dir` and `--json` and parses its stdout.
+    pub async fn client_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, LabError> {
         let mut all = args.to_vec();
         all.push("--json");
         let text = self.client_text(&all).await?;

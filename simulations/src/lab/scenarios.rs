@@ -102,7 +102,7 @@ impl Default for ScenarioConfig {
     fn default() -> Self {
         Self {
             delay: Duration::ZERO,
-            direct_window: Duration::from_secs(30),
+            direct_window: Duration::from_secs(45),
             setup_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(20),
             sim_binary: None,
@@ -236,6 +236,51 @@ pub fn is_direct(conn: &ConnectionInfo, transport: Option<Transport>) -> bool {
 /// The first direct connection (see [`is_direct`]) in `peer`.
 pub fn direct_connection(peer: &PeerInfo, transport: Option<Transport>) -> Option<&ConnectionInfo> {
     peer.connections.iter().find(|c| is_direct(c, transport))
+}
+
+/// When the first line in the logs of `nodes` saying that DCUtR gave up was written
+/// (seconds since the epoch), if there is one.
+pub fn dcutr_gave_up(nodes: &[&Node]) -> Option<f64> {
+    let needles = ["hole punch failed", "Giving up"];
+    nodes.iter().find_map(|n| {
+        let log = std::fs::read_to_string(n.log_path()).ok()?;
+        logscan::first_line_with(&log, &needles)
+    })
+}
+
+/// Polls `a`'s `peers` every `interval` until it holds a direct connection to `b` on
+/// `transport` (see [`is_direct`]) and returns its address and when it was seen; `None`
+/// once either daemon logs that DCUtR gave up, or after `window`.
+pub async fn wait_direct(
+    a: &Node,
+    b: &Node,
+    transport: Transport,
+    window: Duration,
+    interval: Duration,
+) -> Result<Option<(String, Instant)>, LabError> {
+    let direct = wait_for("a direct connection", window, interval, || async {
+        if let Err(err) = a.check_running().and_then(|()| b.check_running()) {
+            return Poll::Fail(err);
+        }
+        match a.peer(b.peer_id()).await {
+            Ok(Some(peer)) => match direct_connection(&peer, Some(transport)) {
+                Some(conn) => Poll::Ready(Some((conn.address.clone(), Instant::now()))),
+                None if dcutr_gave_up(&[a, b]).is_some() => Poll::Ready(None),
+                None => Poll::seen(format!(
+                    "{} connections, none direct",
+                    peer.connections.len()
+                )),
+            },
+            Ok(None) => Poll::seen("not connected"),
+            Err(err) => Poll::seen(err),
+        }
+    })
+    .await;
+    match direct {
+        Ok(found) => Ok(found),
+        Err(LabError::Timeout { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Outcome of one hole-punching run.
@@ -381,43 +426,10 @@ impl HolePunchLab {
         let time_to_relayed = connect_start.elapsed();
         tracing::info!(path = ?connected.path, address = %connected.address, "connected by peer id");
 
-        // Wait for a direct connection; a negative outcome ends when DCUtR gives up.
-        let gave_up = |a: &Node, b: &Node| {
-            let needles = ["hole punch failed", "Giving up"];
-            [a, b].iter().find_map(|n| {
-                let log = std::fs::read_to_string(n.log_path()).ok()?;
-                logscan::first_line_with(&log, &needles)
-            })
-        };
-        let direct = wait_for(
-            "a direct connection",
-            cfg.direct_window,
-            cfg.poll_interval,
-            || async {
-                if let Err(err) = a.check_running().and_then(|()| b.check_running()) {
-                    return Poll::Fail(err);
-                }
-                match a.peer(&b_id).await {
-                    Ok(Some(peer)) => match direct_connection(&peer, Some(t)) {
-                        Some(conn) => {
-                            Poll::Ready(Some((conn.address.clone(), connect_start.elapsed())))
-                        }
-                        None if gave_up(&a, &b).is_some() => Poll::Ready(None),
-                        None => Poll::seen(format!(
-                            "{} connections, none direct",
-                            peer.connections.len()
-                        )),
-                    },
-                    Ok(None) => Poll::seen("not connected"),
-                    Err(err) => Poll::seen(err),
-                }
-            },
-        )
-        .await;
+        let direct = wait_direct(&a, &b, t, cfg.direct_window, cfg.poll_interval).await?;
         let (direct_address, time_to_direct) = match direct {
-            Ok(Some((address, after))) => (Some(address), Some(after)),
-            Ok(None) | Err(LabError::Timeout { .. }) => (None, None),
-            Err(err) => return Err(err),
+            Some((address, seen)) => (Some(address), Some(seen - connect_start)),
+            None => (None, None),
         };
         let a_log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
         let relayed_to_direct_ms = logscan::relayed_to_direct_ms(&a_log, &b_id);
@@ -426,7 +438,7 @@ impl HolePunchLab {
                 .into_iter()
                 .find(|c| c.relayed)
                 .map(|c| c.at);
-            match (gave_up(&a, &b), first_relayed) {
+            match (dcutr_gave_up(&[&a, &b]), first_relayed) {
                 (Some(end), Some(begin)) => {
                     Some((((end - begin) * 1000.0).max(0.0) * 1000.0).round() / 1000.0)
                 }

@@ -29,6 +29,8 @@ use super::scenario::Scenario;
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 /// How often such a condition is checked (virtual time, so it costs no wall time).
 const POLL: Duration = Duration::from_millis(5);
+/// Kademlia's (wall-clock) lookup and request timeouts in simulated nodes.
+const WALL_CLOCK_TIMEOUT_SECS: u64 = 3600;
 /// Nodes shut down at once at the end.
 const SHUTDOWN_CONCURRENCY: usize = 64;
 
@@ -104,6 +106,14 @@ impl Ctx {
             mdns: false,
             relay: false,
             max_connections: self.max_connections,
+            // The process holds every node: a per-process memory cap would refuse the
+            // connections of whichever nodes come after it is reached.
+            max_memory_mb: 0,
+            // Kademlia times its lookups and requests on the wall clock, which runs on
+            // while hundreds of nodes share one core; the simulated network, not the
+            // machine's speed, should decide whether a lookup succeeds.
+            dht_query_timeout_secs: WALL_CLOCK_TIMEOUT_SECS,
+            dht_request_timeout_secs: WALL_CLOCK_TIMEOUT_SECS,
             idle_timeout_secs: self.idle_timeout_secs.unwrap_or(defaults.idle_timeout_secs),
             ..defaults
         };

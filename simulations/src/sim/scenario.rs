@@ -116,8 +116,9 @@ pub struct Limits {
     /// Bytes a link holds in flight per direction before the writer waits.
     pub link_buffer_bytes: usize,
     /// The node's `idle_timeout_secs`: connections without open streams close after this
-    /// long. The swarm times it on the wall clock, not the simulated one. `0` keeps the
-    /// node's default (300 s).
+    /// long. The swarm times it on the wall clock, not the simulated one. Default 10 s,
+    /// so connections a lookup opened close soon after it, as they would over the minutes
+    /// of a real network; `0` keeps the node's own default (300 s).
     pub idle_timeout_secs: u64,
 }
 
@@ -126,7 +127,7 @@ impl Default for Limits {
         Self {
             max_connections: 0,
             link_buffer_bytes: 1024 * 1024,
-            idle_timeout_secs: 0,
+            idle_timeout_secs: 10,
         }
     }
 }

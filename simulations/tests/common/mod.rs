@@ -1,0 +1,65 @@
+//! What the NAT lab tests share: the scenarios' gate on root and the binary, tracing,
+//! the scenario settings, the JSON report line and the machine lock.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write;
+use std::sync::LazyLock;
+
+use p2pnode_sim::lab::scenarios::ScenarioConfig;
+use tokio::sync::RwLock;
+
+const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
+
+/// Scenarios that measure how fast something happens run alone (write lock); those
+/// that mostly wait for DCUtR to give up share the machine (read lock), which keeps the
+/// suite's wall time near the longest of them.
+pub static MACHINE: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
+
+/// Whether the lab can run here (root and the `p2pnode` binary). Without them the test
+/// fails when env CI is set and otherwise says why and returns.
+pub fn lab_allowed() -> bool {
+    let missing = match p2pnode_sim::lab::require_root() {
+        Err(err) => Some(err.to_string()),
+        Ok(()) => p2pnode_sim::lab::node::p2pnode_binary()
+            .err()
+            .map(|err| err.to_string()),
+    };
+    match missing {
+        None => true,
+        Some(reason) if std::env::var_os("CI").is_some() => {
+            panic!("{reason}: CI must run the NAT lab scenarios")
+        }
+        Some(reason) => {
+            eprintln!("skipping NAT lab scenario: {reason}");
+            false
+        }
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The default scenario settings, with the delay links run by this build's helper.
+pub fn config() -> ScenarioConfig {
+    ScenarioConfig {
+        sim_binary: Some(SIM_BIN.into()),
+        ..ScenarioConfig::default()
+    }
+}
+
+/// Writes the outcome as one JSON line straight to stdout (not through `println!`,
+/// which the harness captures).
+pub fn report<T: serde::Serialize>(outcome: &T) {
+    let line = serde_json::to_string(outcome).expect("outcome serialises");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
