@@ -86,6 +86,11 @@ impl Behaviour {
         let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
         kad_cfg.set_query_timeout(Duration::from_secs(cfg.dht_query_timeout_secs.max(1)));
         kad_cfg.set_substreams_timeout(Duration::from_secs(cfg.dht_request_timeout_secs.max(1)));
+        kad_cfg.set_periodic_bootstrap_interval(
+            Some(cfg.dht_bootstrap_interval_secs)
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
+        );
         let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg);
         // Every node answers DHT queries: nodes behind NAT are reachable through their relay
         // circuit addresses, and a relay/bootstrap node must serve from its first second

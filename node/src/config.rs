@@ -46,6 +46,9 @@ pub struct Config {
     pub dht_query_timeout_secs: u64,
     /// One DHT request to one peer gives up after this many seconds.
     pub dht_request_timeout_secs: u64,
+    /// The node refreshes its DHT routing table every this many seconds (0: only when
+    /// the table is nearly empty; simulations, whose clock is not the wall clock, use 0).
+    pub dht_bootstrap_interval_secs: u64,
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
@@ -109,6 +112,7 @@ impl Default for Config {
             max_memory_mb: 1024,
             dht_query_timeout_secs: 30,
             dht_request_timeout_secs: 10,
+            dht_bootstrap_interval_secs: 300,
             autonat_private_ips: true,
             relay_only: false,
             pad: false,
@@ -206,12 +210,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(CONFIG_FILE),
-            "relay = true\nmdns = false\n[relay_limits]\nmax_circuit_bytes = 10\n",
+            "relay = true\nmdns = false\nmax_memory_mb = 0\ndht_bootstrap_interval_secs = 0\n\
+             [relay_limits]\nmax_circuit_bytes = 10\n",
         )
         .unwrap();
         let cfg = Config::load(dir.path()).unwrap();
         assert!(cfg.relay);
         assert!(!cfg.mdns);
+        assert_eq!(cfg.max_memory_mb, 0);
+        assert_eq!(cfg.dht_bootstrap_interval_secs, 0);
+        assert_eq!(cfg.dht_query_timeout_secs, 30);
         assert_eq!(cfg.relay_limits.max_circuit_bytes, 10);
         assert_eq!(
             cfg.relay_limits.max_circuits,

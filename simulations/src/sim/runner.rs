@@ -114,6 +114,9 @@ impl Ctx {
             // machine's speed, should decide whether a lookup succeeds.
             dht_query_timeout_secs: WALL_CLOCK_TIMEOUT_SECS,
             dht_request_timeout_secs: WALL_CLOCK_TIMEOUT_SECS,
+            // The periodic refresh runs on the wall clock too: every node would refresh its
+            // whole table every 5 wall minutes of a run that spans far fewer virtual ones.
+            dht_bootstrap_interval_secs: 0,
             idle_timeout_secs: self.idle_timeout_secs.unwrap_or(defaults.idle_timeout_secs),
             ..defaults
         };
