@@ -223,6 +223,10 @@ impl FaultArgs {
     }
 }
 
+/// See the `tikv-jemallocator` entry in Cargo.toml: memory per simulated node.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

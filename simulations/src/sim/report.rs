@@ -130,6 +130,10 @@ pub struct LookupRecord {
     pub ok: bool,
     /// Virtual time the lookup took, ms.
     pub latency_ms: f64,
+    /// Wall-clock time it took, ms. Kademlia gives up on a peer that has not answered
+    /// within 10 s of *wall* time (libp2p-kad's fixed peer timeout), so a failed lookup
+    /// with a long wall time may be the machine's load rather than the network's doing.
+    pub wall_ms: f64,
     /// FIND_NODE requests for the target the origin sent during the lookup (read on the
     /// links; the node does not expose kad's `QueryStats`). `None` when it did not run.
     pub requests: Option<u64>,
@@ -153,6 +157,7 @@ impl LookupRecord {
             target: planned.target,
             ok: false,
             latency_ms: 0.0,
+            wall_ms: 0.0,
             requests: None,
             error: Some(why.to_string()),
         }

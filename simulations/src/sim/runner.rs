@@ -331,6 +331,7 @@ struct LookupDone {
     index: usize,
     started: Duration,
     latency: Duration,
+    wall: std::time::Duration,
     result: Result<usize, NodeError>,
     requests: Option<u64>,
 }
@@ -505,8 +506,10 @@ async fn lookup(
     let key = target.to_bytes();
     counters.watch(&key);
     let begin = Instant::now();
+    let wall = std::time::Instant::now();
     let result = client.find(target).await.map(|f| f.addresses.len());
     let latency = begin.elapsed();
+    let wall = wall.elapsed();
     let requests = counters.unwatch(&key);
     if let Err(e) = &result {
         tracing::debug!(lookup = index, origin, %target, "lookup failed: {e}");
@@ -515,6 +518,7 @@ async fn lookup(
         index,
         started: begin - phase_start,
         latency,
+        wall,
         result,
         requests: Some(requests),
     }
@@ -530,6 +534,7 @@ fn record(ctx: &Ctx, done: LookupDone) -> LookupRecord {
         target: planned.target,
         ok: done.result.is_ok(),
         latency_ms: ms(done.latency),
+        wall_ms: ms(done.wall),
         requests: done.requests,
         error: done.result.err().map(|e| e.kind().to_string()),
     }
