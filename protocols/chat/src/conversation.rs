@@ -604,6 +604,16 @@ mod tests {
             .collect()
     }
 
+    /// The bodies of the messages `out` delivers to the user, in order.
+    fn delivered_bodies(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Deliver(m) => Some(m.body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Connects a and b over a perfect link, exchanging hellos; returns their follow-ups.
     fn connect(a: &mut Conversation, b: &mut Conversation, now: u64) -> (Vec<Output>, Vec<Output>) {
         let ha = sends(&a.connected(now));
@@ -712,14 +722,7 @@ mod tests {
                 .is_empty()
         );
         let out = b.handle_frame(Frame::Message(msgs[0].clone()), 1);
-        let bodies: Vec<_> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Deliver(m) => Some(m.body.as_str()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(bodies, ["0", "1"]);
+        assert_eq!(delivered_bodies(&out), ["0", "1"]);
         assert_eq!(b.cursor().delivered_up_to, 2);
     }
 
@@ -798,18 +801,12 @@ mod tests {
             out_b.clear();
             for f in to_b {
                 let out = b.handle_frame(f, 1);
-                got_b.extend(out.iter().filter_map(|o| match o {
-                    Output::Deliver(m) => Some(m.body.clone()),
-                    _ => None,
-                }));
+                got_b.extend(delivered_bodies(&out));
                 out_b.extend(out);
             }
             for f in to_a {
                 let out = a.handle_frame(f, 1);
-                got_a.extend(out.iter().filter_map(|o| match o {
-                    Output::Deliver(m) => Some(m.body.clone()),
-                    _ => None,
-                }));
+                got_a.extend(delivered_bodies(&out));
                 out_a.extend(out);
             }
         }
