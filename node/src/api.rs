@@ -82,7 +82,8 @@ pub struct Connected {
 pub struct Found {
     /// The peer looked up.
     pub peer_id: String,
-    /// Addresses the DHT knows for it.
+    /// Where it can be reached: the address we connected to when the lookup reached the
+    /// peer itself, otherwise the addresses the DHT knows for it.
     pub addresses: Vec<String>,
 }
 

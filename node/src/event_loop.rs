@@ -510,11 +510,46 @@ impl EventLoop {
             path,
             address: address.to_string(),
         };
+        if outbound {
+            self.lookup_reached(peer, &address, &connected);
+        }
         if let Some((_, reply)) = self.dials.remove(&id) {
             let _ = reply.send(Ok(connected.clone()));
         }
         if let Some(reply) = self.addr_dials.remove(&id) {
             let _ = reply.send(Ok(connected));
+        }
+    }
+
+    /// Answers the lookups for `peer` as soon as we have dialled it, usually because the
+    /// lookup itself asked it for its neighbours. Waiting for the query to finish would
+    /// add the round trips to the other closest peers (or a slow peer's whole timeout)
+    /// to an answer we already have, and an address we connected to is a verified one.
+    fn lookup_reached(&mut self, peer: PeerId, address: &Multiaddr, connected: &Connected) {
+        let ids: Vec<kad::QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, (target, _))| *target == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some((_, lookup)) = self.lookups.remove(&id) else {
+                continue;
+            };
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+            match lookup {
+                Lookup::Find(reply) => {
+                    let _ = reply.send(Ok(Found {
+                        peer_id: peer.to_string(),
+                        addresses: vec![strip_p2p(address).to_string()],
+                    }));
+                }
+                Lookup::Connect(reply) => {
+                    let _ = reply.send(Ok(connected.clone()));
+                }
+            }
         }
     }
 
@@ -747,6 +782,7 @@ impl EventLoop {
             Ok(ok) => ok.peers,
             Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
         };
+        let answered = !peers.is_empty();
         let mut addrs: Vec<Multiaddr> = peers
             .into_iter()
             .filter(|p| p.peer_id == target)
@@ -758,7 +794,9 @@ impl EventLoop {
                 addrs.push(strip_p2p(&c.address));
             }
         }
-        let no_peers = self.swarm.connected_peers().next().is_none();
+        // "No peers to ask" only when nobody answered: a node whose connections merely
+        // idled out still has a routing table, and its lookup went through the network.
+        let no_peers = !answered && self.swarm.connected_peers().next().is_none();
         match lookup {
             Lookup::Find(reply) => {
                 let result = if addrs.is_empty() {

@@ -259,3 +259,56 @@ async fn idle_connections_close_after_the_idle_timeout() {
     a.node.shutdown().await;
     b.node.shutdown().await;
 }
+
+/// A lookup answers as soon as it has reached its target, without waiting for the rest of
+/// the query: here for a peer that accepts TCP connections and never says a word, which
+/// Kademlia would otherwise wait 10 s for.
+#[tokio::test]
+async fn find_answers_once_the_target_is_reached() {
+    let tcp = |bootstrap: Vec<Multiaddr>, relay: bool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap,
+            relay,
+            mdns: false,
+            ..Config::default()
+        };
+        let node = Node::start_with(dir.path(), config, TransportKind::Real)
+            .await
+            .unwrap();
+        TestNode { node, _dir: dir }
+    };
+    // The kernel completes the handshake into the backlog; nobody ever reads.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent: Multiaddr = format!(
+        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+        silent.local_addr().unwrap().port(),
+        PeerId::random()
+    )
+    .parse()
+    .unwrap();
+    let relay = tcp(vec![], true).await;
+    let r = relay.addr().await;
+    let b = tcp(vec![r.clone()], false).await;
+    let b_id = b.client().peer_id();
+    // The relay knows B once a third node can find B through it.
+    let c = tcp(vec![r.clone()], false).await;
+    wait_for(|| async { c.client().find(b_id).await.ok() }).await;
+
+    // A knows the relay and the silent peer, and asks both.
+    let a = tcp(vec![r, silent], false).await;
+    let started = std::time::Instant::now();
+    let found = wait_for(|| async { a.client().find(b_id).await.ok() }).await;
+    let took = started.elapsed();
+    assert_eq!(found.peer_id, b_id.to_string());
+    assert_eq!(found.addresses.len(), 1, "{:?}", found.addresses);
+    assert!(found.addresses[0].starts_with("/ip4/127.0.0.1/tcp/"));
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the lookup waited {took:?}, as if for the silent peer"
+    );
+    for n in [a, b, c, relay] {
+        n.node.shutdown().await;
+    }
+}
