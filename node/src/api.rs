@@ -24,6 +24,13 @@ pub struct Status {
     pub connected_peers: usize,
     /// Whether this node serves as a relay.
     pub relay_server: bool,
+    /// Peers in the DHT routing table.
+    #[serde(default)]
+    pub dht_peers: usize,
+    /// DHT queries under way (lookups, and the routing-table bootstrap Kademlia starts by
+    /// itself after joining).
+    #[serde(default)]
+    pub dht_queries: usize,
 }
 
 /// Whether a connection goes straight to the peer or through a relay.

@@ -853,6 +853,9 @@ impl EventLoop {
             .map(|r| r.circuit_addr.to_string())
             .collect();
         reservations.sort();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let dht_peers = kad.kbuckets().map(|b| b.num_entries()).sum();
+        let dht_queries = kad.iter_queries().count();
         Status {
             peer_id: self.swarm.local_peer_id().to_string(),
             listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
@@ -865,6 +868,8 @@ impl EventLoop {
             reservations,
             connected_peers: self.conns.len(),
             relay_server: self.cfg.relay_server,
+            dht_peers,
+            dht_queries,
         }
     }
 

@@ -59,6 +59,7 @@ async fn status_reports_identity_and_listeners() {
     assert_eq!(status.peer_id, a.client().peer_id().to_string());
     assert!(!status.relay_server);
     assert_eq!(status.connected_peers, 0);
+    assert_eq!((status.dht_peers, status.dht_queries), (0, 0));
     let _ = a.addr().await;
     a.node.shutdown().await;
 }
@@ -89,6 +90,13 @@ async fn peer_id_alone_is_found_through_the_dht_and_connected() {
     let found = wait_for(|| async { a.client().find(b_id).await.ok() }).await;
     assert_eq!(found.peer_id, b_id.to_string());
     assert!(!found.addresses.is_empty());
+    // A's routing table holds the relay at least, and its queries (the lookups and
+    // Kademlia's own bootstrap) all finish.
+    wait_for(|| async {
+        let s = a.client().status().await.ok()?;
+        (s.dht_peers >= 1 && s.dht_queries == 0).then_some(())
+    })
+    .await;
     let c = a.client().connect_peer(b_id).await.unwrap();
     assert_eq!(c.peer_id, b_id.to_string());
     assert!(connected(&a, b_id).await);

@@ -13,6 +13,10 @@ pub(crate) async fn run(control: &ControlClient, json: bool) -> Result<()> {
         println!("NAT status:  {}", s.nat_status);
         println!("peers:       {}", s.connected_peers);
         println!(
+            "DHT:         {} peers in the routing table, {} queries running",
+            s.dht_peers, s.dht_queries
+        );
+        println!(
             "relay server: {}",
             if s.relay_server { "on" } else { "off" }
         );

@@ -109,6 +109,11 @@ pub struct Formation {
     pub virtual_secs: f64,
     /// Wall seconds of the formation, settling included.
     pub wall_secs: f64,
+    /// Virtual seconds after the last join until no node had a DHT query running (the
+    /// routing-table bootstraps Kademlia starts by itself), or the limit.
+    pub settle_virtual_secs: f64,
+    /// DHT queries still running when settling stopped (0 unless it hit the limit).
+    pub queries_left: usize,
     /// How long each joining node's lookup of its own id took, ms.
     pub self_lookup_ms: Option<Stats>,
 }
@@ -453,12 +458,16 @@ impl Report {
             let _ = write!(
                 h,
                 "<h2>Joining</h2><p>{} nodes joined in {:.1} virtual s ({:.1} wall s); \
-                 own-id lookups p50 {:.0} ms, p99 {:.0} ms.</p>",
+                 own-id lookups p50 {:.0} ms, p99 {:.0} ms. The network then settled for \
+                 {:.1} virtual s, until no node had a DHT query running \
+                 ({} still running).</p>",
                 self.formation.nodes_started,
                 self.formation.virtual_secs,
                 self.formation.wall_secs,
                 s.p50,
-                s.p99
+                s.p99,
+                self.formation.settle_virtual_secs,
+                self.formation.queries_left
             );
         }
         h.push_str(

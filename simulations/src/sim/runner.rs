@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_millis(5);
 const WALL_CLOCK_TIMEOUT_SECS: u64 = 3600;
 /// Nodes shut down at once at the end.
 const SHUTDOWN_CONCURRENCY: usize = 64;
+/// The longest the network is given to settle after forming (virtual time).
+const SETTLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// What every task of a run shares.
 pub(super) struct Ctx {
@@ -316,14 +318,40 @@ async fn form_network(
     }
     drop(joins);
     let virtual_secs = start.elapsed().as_secs_f64();
+    let settle_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(scenario.bootstrap.settle_secs)).await;
+    let queries_left = settle(slots).await;
     Ok(Formation {
         nodes_started: slots.iter().filter(|s| matches!(s, Slot::Up(_))).count(),
         join_failures: failures,
         virtual_secs,
         wall_secs: wall.elapsed().as_secs_f64(),
+        settle_virtual_secs: settle_start.elapsed().as_secs_f64(),
+        queries_left,
         self_lookup_ms: Stats::of(&self_lookups),
     })
+}
+
+/// Waits until no node has a DHT query running, checking once a virtual second, for at
+/// most [`SETTLE_LIMIT`]; returns the queries still running then. A joined node's Kademlia
+/// goes on bootstrapping its routing table (a dozen lookups) after the join itself: until
+/// those finish, the lookups measured next would share the process with them, and
+/// libp2p's wall-clock timeouts would count the slowdown as lost peers.
+async fn settle(slots: &[Slot]) -> usize {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let mut running = 0;
+        for client in slots.iter().filter_map(Slot::client) {
+            if let Ok(s) = client.status().await {
+                running += s.dht_queries;
+            }
+        }
+        if running == 0 || Instant::now() >= deadline {
+            tracing::info!(queries = running, "settled");
+            return running;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// What a finished lookup task hands back.
