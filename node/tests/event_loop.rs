@@ -34,15 +34,24 @@ impl TestNode {
 }
 
 async fn start(bootstrap: Vec<Multiaddr>, relay: bool) -> TestNode {
+    start_on("/memory/0", TransportKind::Memory, bootstrap, relay).await
+}
+
+async fn start_on(
+    listen: &str,
+    transport: TransportKind,
+    bootstrap: Vec<Multiaddr>,
+    relay: bool,
+) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
-        listen: vec!["/memory/0".parse().unwrap()],
+        listen: vec![listen.parse().unwrap()],
         bootstrap,
         relay,
         mdns: false,
         ..Config::default()
     };
-    let node = Node::start_with(dir.path(), config, TransportKind::Memory)
+    let node = Node::start_with(dir.path(), config, transport)
         .await
         .unwrap();
     TestNode { node, _dir: dir }
@@ -273,19 +282,13 @@ async fn idle_connections_close_after_the_idle_timeout() {
 /// Kademlia would otherwise wait 10 s for.
 #[tokio::test]
 async fn find_answers_once_the_target_is_reached() {
-    let tcp = |bootstrap: Vec<Multiaddr>, relay: bool| async move {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+    let tcp = |bootstrap, relay| {
+        start_on(
+            "/ip4/127.0.0.1/tcp/0",
+            TransportKind::Real,
             bootstrap,
             relay,
-            mdns: false,
-            ..Config::default()
-        };
-        let node = Node::start_with(dir.path(), config, TransportKind::Real)
-            .await
-            .unwrap();
-        TestNode { node, _dir: dir }
+        )
     };
     // The kernel completes the handshake into the backlog; nobody ever reads.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
