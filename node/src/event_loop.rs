@@ -526,16 +526,11 @@ impl EventLoop {
     /// add the round trips to the other closest peers (or a slow peer's whole timeout)
     /// to an answer we already have, and an address we connected to is a verified one.
     fn lookup_reached(&mut self, peer: PeerId, address: &Multiaddr, connected: &Connected) {
-        let ids: Vec<kad::QueryId> = self
+        let reached: Vec<_> = self
             .lookups
-            .iter()
-            .filter(|(_, (target, _))| *target == peer)
-            .map(|(id, _)| *id)
+            .extract_if(|_, (target, _)| *target == peer)
             .collect();
-        for id in ids {
-            let Some((_, lookup)) = self.lookups.remove(&id) else {
-                continue;
-            };
+        for (id, (_, lookup)) in reached {
             if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 query.finish();
             }
