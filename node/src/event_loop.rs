@@ -84,6 +84,24 @@ enum Lookup {
     Connect(oneshot::Sender<Result<Connected, NodeError>>),
 }
 
+/// A DHT lookup under way.
+struct PendingLookup {
+    target: PeerId,
+    lookup: Lookup,
+    /// Whether this is already the second query for the target (see `on_query_result`).
+    retried: bool,
+}
+
+impl PendingLookup {
+    fn new(target: PeerId, lookup: Lookup) -> Self {
+        Self {
+            target,
+            lookup,
+            retried: false,
+        }
+    }
+}
+
 /// A connection as the event loop tracks it.
 struct Conn {
     id: ConnectionId,
@@ -141,7 +159,7 @@ pub struct EventLoop {
     store: Option<SyncSender<StoreUpdate>>,
     cfg: LoopConfig,
     conns: HashMap<PeerId, Vec<Conn>>,
-    lookups: HashMap<kad::QueryId, (PeerId, Lookup)>,
+    lookups: HashMap<kad::QueryId, PendingLookup>,
     dials: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<Connected, NodeError>>)>,
     addr_dials: HashMap<ConnectionId, oneshot::Sender<Result<Connected, NodeError>>>,
     reservations: HashMap<ListenerId, Reservation>,
@@ -257,11 +275,13 @@ impl EventLoop {
                     return;
                 }
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.lookups.insert(id, (peer, Lookup::Connect(reply)));
+                self.lookups
+                    .insert(id, PendingLookup::new(peer, Lookup::Connect(reply)));
             }
             Command::Find(peer, reply) => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.lookups.insert(id, (peer, Lookup::Find(reply)));
+                self.lookups
+                    .insert(id, PendingLookup::new(peer, Lookup::Find(reply)));
             }
             Command::Block(peer, reply) => {
                 self.block(peer);
@@ -528,9 +548,9 @@ impl EventLoop {
     fn lookup_reached(&mut self, peer: PeerId, address: &Multiaddr, connected: &Connected) {
         let reached: Vec<_> = self
             .lookups
-            .extract_if(|_, (target, _)| *target == peer)
+            .extract_if(|_, pending| pending.target == peer)
             .collect();
-        for (id, (_, lookup)) in reached {
+        for (id, PendingLookup { lookup, .. }) in reached {
             if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 query.finish();
             }
@@ -570,9 +590,9 @@ impl EventLoop {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identify(peer_id, info)
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
-                self.on_query_result(id, result)
-            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, stats, ..
+            }) => self.on_query_result(id, result, &stats),
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
                 tracing::trace!(%peer, "routing table updated");
             }
@@ -750,7 +770,12 @@ impl EventLoop {
         }
     }
 
-    fn on_query_result(&mut self, id: kad::QueryId, result: kad::QueryResult) {
+    fn on_query_result(
+        &mut self,
+        id: kad::QueryId,
+        result: kad::QueryResult,
+        stats: &kad::QueryStats,
+    ) {
         if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
             providers,
             ..
@@ -770,9 +795,10 @@ impl EventLoop {
         let kad::QueryResult::GetClosestPeers(result) = result else {
             return;
         };
-        let Some((target, lookup)) = self.lookups.remove(&id) else {
+        let Some(pending) = self.lookups.remove(&id) else {
             return;
         };
+        let target = pending.target;
         let peers = match result {
             Ok(ok) => ok.peers,
             Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
@@ -789,10 +815,31 @@ impl EventLoop {
                 addrs.push(strip_p2p(&c.address));
             }
         }
+        // Kademlia gives each peer 10 s and then ends the query without it, although its
+        // answer may still come: on a slow or congested link the first lookup can end
+        // before anyone answered, while a second one reuses the connections the first
+        // opened. So a lookup that found nothing while peers were still unanswered asks
+        // once more.
+        if addrs.is_empty() && !pending.retried && stats.num_pending() > 0 {
+            tracing::debug!(
+                %target,
+                unanswered = stats.num_pending(),
+                "lookup ended with peers unanswered; asking again"
+            );
+            let id = self.swarm.behaviour_mut().kad.get_closest_peers(target);
+            self.lookups.insert(
+                id,
+                PendingLookup {
+                    retried: true,
+                    ..pending
+                },
+            );
+            return;
+        }
         // "No peers to ask" only when nobody answered: a node whose connections merely
         // idled out still has a routing table, and its lookup went through the network.
         let no_peers = !answered && self.swarm.connected_peers().next().is_none();
-        match lookup {
+        match pending.lookup {
             Lookup::Find(reply) => {
                 let result = if addrs.is_empty() {
                     Err(not_found(target, no_peers))

@@ -43,7 +43,6 @@ async fn start_on(
     bootstrap: Vec<Multiaddr>,
     relay: bool,
 ) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
     let config = Config {
         listen: vec![listen.parse().unwrap()],
         bootstrap,
@@ -51,6 +50,11 @@ async fn start_on(
         mdns: false,
         ..Config::default()
     };
+    start_config(config, transport).await
+}
+
+async fn start_config(config: Config, transport: TransportKind) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
     let node = Node::start_with(dir.path(), config, transport)
         .await
         .unwrap();
@@ -320,6 +324,153 @@ async fn find_answers_once_the_target_is_reached() {
         "the lookup waited {took:?}, as if for the silent peer"
     );
     for n in [a, b, c, relay] {
+        n.node.shutdown().await;
+    }
+}
+
+/// A TCP forwarder to `target` whose replies (target to client) can be held back until a
+/// given moment: a link that stalls, the way a congested one does.
+struct StallingProxy {
+    port: u16,
+    hold_until: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl StallingProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold_until = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let hold = hold_until.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                });
+                let hold = hold.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match server_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let until = *hold.lock().unwrap();
+                        if let Some(until) = until {
+                            tokio::time::sleep_until(until).await;
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, hold_until }
+    }
+
+    fn hold_replies_for(&self, d: std::time::Duration) {
+        *self.hold_until.lock().unwrap() = Some(tokio::time::Instant::now() + d);
+    }
+}
+
+/// Waits until `node` has had no DHT query running for a second. Kademlia starts a
+/// bootstrap by itself half a second after a peer enters its table, with nothing to wait
+/// for in between; a test that must know the table is final waits it out this way.
+async fn dht_quiet(node: &TestNode) {
+    tokio::time::timeout(common::WAIT, async {
+        let mut quiet_since = std::time::Instant::now();
+        loop {
+            let busy = node.client().status().await.unwrap().dht_queries > 0;
+            let now = std::time::Instant::now();
+            if busy {
+                quiet_since = now;
+            } else if now - quiet_since >= std::time::Duration::from_secs(1) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the DHT did not go quiet");
+}
+
+/// A lookup whose only peer answers after Kademlia's 10 s per-peer timeout ends without
+/// that answer; the node asks once more and finds the target when the answer comes.
+#[tokio::test]
+async fn a_lookup_whose_peers_answered_late_asks_again() {
+    let tcp = |bootstrap| {
+        start_on(
+            "/ip4/127.0.0.1/tcp/0",
+            TransportKind::Real,
+            bootstrap,
+            false,
+        )
+    };
+    // R must not dial A back for AutoNAT: Kademlia could then send A's requests over that
+    // connection instead of the stalling one.
+    let r = start_config(
+        Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            autonat_private_ips: false,
+            ..Config::default()
+        },
+        TransportKind::Real,
+    )
+    .await;
+    let r_addr = r.addr().await;
+    let r_id = r.client().peer_id();
+    // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
+    let r_port: u16 = r_addr
+        .to_string()
+        .split('/')
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = StallingProxy::start(([127, 0, 0, 1], r_port).into()).await;
+
+    // A meets R through the proxy, and B must reach A only through R's answer: B refuses
+    // A until then (their own Kademlia bootstraps learn each other from R and connect).
+    let a = tcp(vec![]).await;
+    let a_id = a.client().peer_id();
+    let b = tcp(vec![]).await;
+    let b_id = b.client().peer_id();
+    b.client().revoke(a_id).await.unwrap();
+    let via_proxy: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{r_id}", proxy.port)
+        .parse()
+        .unwrap();
+    a.client().connect_addr(via_proxy).await.unwrap();
+    b.client().connect_addr(r_addr).await.unwrap();
+    for n in [&a, &b] {
+        dht_quiet(n).await;
+    }
+    assert!(
+        a.client().peers().await.unwrap().len() == 1,
+        "A is connected to R alone"
+    );
+    b.client().allow(a_id, &[]).await.unwrap();
+
+    // R's answers to A now come after 11 s, past Kademlia's 10 s for a peer.
+    proxy.hold_replies_for(std::time::Duration::from_secs(11));
+    let started = std::time::Instant::now();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), a.client().find(b_id))
+        .await
+        .expect("the lookup did not end within 30 s");
+    let took = started.elapsed();
+    let found = found.unwrap_or_else(|e| panic!("after {took:?}: {e}"));
+    assert_eq!(found.peer_id, b_id.to_string());
+    assert!(
+        took >= std::time::Duration::from_secs(10),
+        "answered in {took:?}: the first query did not wait for R, so the retry was not tested"
+    );
+    for n in [a, b, r] {
         n.node.shutdown().await;
     }
 }
