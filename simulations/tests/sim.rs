@@ -48,6 +48,8 @@ fn small_network_finds_every_peer_and_the_seed_fixes_the_run() {
             "{:?}",
             r.formation.join_failures
         );
+        // Every join reached the network.
+        assert_eq!(r.formation.self_lookup_failures, 0);
         let l = r.lookups.as_ref().unwrap();
         assert_eq!(l.planned, 50);
         // At most one miss: rarely a request waits on one of libp2p's wall-clock timers
@@ -59,9 +61,11 @@ fn small_network_finds_every_peer_and_the_seed_fixes_the_run() {
         let latency = l.latency_ms.unwrap();
         assert!(latency.min >= 20.0, "{latency:?}");
         assert!(latency.max < 10_000.0, "{latency:?}");
-        // Requests are counted on the links.
+        // Requests are counted on the links. A lookup can also end with none: when the
+        // target is in the origin's table, dialling it to ask it answers the lookup before
+        // the request is written.
         let requests = l.requests.unwrap();
-        assert!(requests.min >= 1.0, "{requests:?}");
+        assert!(requests.max >= 1.0, "{requests:?}");
         // Each lookup also says how long it took on the wall clock (kad's peer timeout
         // runs on it), which the paused clock does not stop.
         assert!(l.records.iter().all(|rec| rec.wall_ms > 0.0));
@@ -92,6 +96,7 @@ fn small_network_finds_every_peer_and_the_seed_fixes_the_run() {
     );
     let html = std::fs::read_to_string(html).unwrap();
     assert!(html.contains("<svg") && html.contains("Lookup latency, CDF"));
+    assert!(html.contains("never reached the network"));
 }
 
 #[test]

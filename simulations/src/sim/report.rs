@@ -116,6 +116,10 @@ pub struct Formation {
     pub queries_left: usize,
     /// How long each joining node's lookup of its own id took, ms.
     pub self_lookup_ms: Option<Stats>,
+    /// Joining nodes whose own-id lookup never reached the network.
+    pub self_lookup_failures: usize,
+    /// Own-id lookups tried again because the node had lost its connections.
+    pub self_lookup_retries: usize,
 }
 
 /// One lookup.
@@ -458,14 +462,17 @@ impl Report {
             let _ = write!(
                 h,
                 "<h2>Joining</h2><p>{} nodes joined in {:.1} virtual s ({:.1} wall s); \
-                 own-id lookups p50 {:.0} ms, p99 {:.0} ms. The network then settled for \
-                 {:.1} virtual s, until no node had a DHT query running \
-                 ({} still running).</p>",
+                 own-id lookups p50 {:.0} ms, p99 {:.0} ms; {} of them never reached the \
+                 network, {} were tried again after the node lost its connections. The \
+                 network then settled for {:.1} virtual s, until no node had a DHT query \
+                 running ({} still running).</p>",
                 self.formation.nodes_started,
                 self.formation.virtual_secs,
                 self.formation.wall_secs,
                 s.p50,
                 s.p99,
+                self.formation.self_lookup_failures,
+                self.formation.self_lookup_retries,
                 self.formation.settle_virtual_secs,
                 self.formation.queries_left
             );

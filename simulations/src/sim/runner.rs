@@ -35,6 +35,10 @@ const WALL_CLOCK_TIMEOUT_SECS: u64 = 3600;
 const SHUTDOWN_CONCURRENCY: usize = 64;
 /// The longest the network is given to settle after forming (virtual time).
 const SETTLE_LIMIT: Duration = Duration::from_secs(600);
+/// Tries at a joining node's own-id lookup.
+const SELF_LOOKUP_ATTEMPTS: u32 = 3;
+/// How long a joining node that lost its connections is given to get one back (virtual).
+const RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 /// What every task of a run shares.
 pub(super) struct Ctx {
@@ -54,8 +58,15 @@ pub(super) struct Started {
     pub(super) client: Client,
     /// Its listen address, with `/p2p/<id>`.
     pub(super) addr: Multiaddr,
-    /// How long its own-id lookup took, when it ran and reached the network.
-    self_lookup: Option<Duration>,
+    /// Its own-id lookup, when it ran.
+    self_lookup: Option<SelfLookup>,
+}
+
+/// How a node's own-id lookup went.
+struct SelfLookup {
+    /// How long it took, all tries included, when it reached the network.
+    took: Option<Duration>,
+    tries: u32,
 }
 
 /// A node's place in the run.
@@ -163,7 +174,7 @@ impl Ctx {
             .filter_map(|&b| addrs.get(b).cloned())
             .collect();
         let mut started = self.start_node(i, bootstrap).await?;
-        started.self_lookup = self_lookup(&started.client).await;
+        started.self_lookup = Some(self_lookup(&started.client).await);
         Ok(started)
     }
 }
@@ -272,13 +283,14 @@ async fn form_network(
     let b = ctx.plan.bootstrap_peers;
     let mut addrs = Vec::with_capacity(b);
     let mut self_lookups = Vec::new();
+    let (mut self_lookup_failures, mut self_lookup_retries) = (0, 0);
     for (i, slot) in slots.iter_mut().enumerate().take(b) {
         let mut s = ctx
             .start_node(i, addrs.clone())
             .instrument(tracing::info_span!("sim", node = i))
             .await?;
         if i > 0 {
-            s.self_lookup = self_lookup(&s.client).await;
+            s.self_lookup = Some(self_lookup(&s.client).await);
         }
         addrs.push(s.addr.clone());
         *slot = Slot::Up(Box::new(s));
@@ -296,8 +308,12 @@ async fn form_network(
     while let Some((i, result)) = joins.next().await {
         match result {
             Ok(s) => {
-                if let Some(d) = s.self_lookup {
-                    self_lookups.push(ms(d));
+                if let Some(l) = &s.self_lookup {
+                    match l.took {
+                        Some(d) => self_lookups.push(ms(d)),
+                        None => self_lookup_failures += 1,
+                    }
+                    self_lookup_retries += (l.tries - 1) as usize;
                 }
                 slots[i] = Slot::Up(Box::new(s));
             }
@@ -329,6 +345,8 @@ async fn form_network(
         settle_virtual_secs: settle_start.elapsed().as_secs_f64(),
         queries_left,
         self_lookup_ms: Stats::of(&self_lookups),
+        self_lookup_failures,
+        self_lookup_retries,
     })
 }
 
@@ -579,18 +597,45 @@ async fn count_connections(slots: &[Slot]) -> usize {
     ends / 2
 }
 
-/// Looks up the node's own id and returns how long it took, or `None` when the lookup
-/// reached nobody (a node alone, or its bootstrap peers unreachable).
-async fn self_lookup(client: &Client) -> Option<Duration> {
+/// Looks up the node's own id (Kademlia's join). A lookup that finds the node without a
+/// connection is tried again once the node has one back: under load a join's connection
+/// handshakes can run out their (wall-clock) time, and the node redials its bootstrap
+/// peers by itself, as a real node on a bad link would.
+async fn self_lookup(client: &Client) -> SelfLookup {
     let start = Instant::now();
-    match client.find(client.peer_id()).await {
-        // Finding ourselves (a peer already knew us) or learning that nobody else has
-        // our id both mean the lookup went through the network.
-        Ok(_) | Err(NodeError::NotFound { .. }) => Some(start.elapsed()),
-        Err(e) => {
-            tracing::warn!("own-id lookup failed: {e}");
-            None
+    let mut tries = 0;
+    while tries < SELF_LOOKUP_ATTEMPTS {
+        tries += 1;
+        match client.find(client.peer_id()).await {
+            // Finding ourselves (a peer already knew us) or learning that nobody else has
+            // our id both mean the lookup went through the network.
+            Ok(_) | Err(NodeError::NotFound { .. }) => {
+                return SelfLookup {
+                    took: Some(start.elapsed()),
+                    tries,
+                };
+            }
+            Err(NodeError::NoPeers) if tries < SELF_LOOKUP_ATTEMPTS => {
+                tracing::info!(tries, "own-id lookup found no connection; trying again");
+                reconnected(client).await;
+            }
+            Err(e) => {
+                tracing::warn!(tries, "own-id lookup failed: {e}");
+                break;
+            }
         }
+    }
+    SelfLookup { took: None, tries }
+}
+
+/// Waits until the node is connected to a peer, for at most [`RECONNECT_WAIT`].
+async fn reconnected(client: &Client) {
+    let deadline = Instant::now() + RECONNECT_WAIT;
+    while Instant::now() < deadline {
+        if client.status().await.is_ok_and(|s| s.connected_peers > 0) {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
