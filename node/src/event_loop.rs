@@ -100,6 +100,14 @@ impl PendingLookup {
             retried: false,
         }
     }
+
+    /// Whether whoever asked has stopped waiting for the answer.
+    fn abandoned(&self) -> bool {
+        match &self.lookup {
+            Lookup::Find(reply) => reply.is_closed(),
+            Lookup::Connect(reply) => reply.is_closed(),
+        }
+    }
 }
 
 /// A connection as the event loop tracks it.
@@ -799,9 +807,9 @@ impl EventLoop {
             return;
         };
         let target = pending.target;
-        let peers = match result {
-            Ok(ok) => ok.peers,
-            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        let (peers, timed_out) = match result {
+            Ok(ok) => (ok.peers, false),
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (peers, true),
         };
         let answered = !peers.is_empty();
         let mut addrs: Vec<Multiaddr> = peers
@@ -819,8 +827,13 @@ impl EventLoop {
         // answer may still come: on a slow or congested link the first lookup can end
         // before anyone answered, while a second one reuses the connections the first
         // opened. So a lookup that found nothing while peers were still unanswered asks
-        // once more.
-        if addrs.is_empty() && !pending.retried && stats.num_pending() > 0 {
+        // once more (not after the whole lookup's time ran out, nor for nobody).
+        if addrs.is_empty()
+            && stats.num_pending() > 0
+            && !pending.retried
+            && !timed_out
+            && !pending.abandoned()
+        {
             tracing::debug!(
                 %target,
                 unanswered = stats.num_pending(),
