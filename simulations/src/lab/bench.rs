@@ -144,6 +144,11 @@ pub async fn run(
                     }
                 }
             }
+            // The daemons' logs are what tells a failed trial's story.
+            if errors > 0 || std::env::var_os("P2PNODE_LAB_KEEP").is_some() {
+                let dir = lab.lab.keep_workdir();
+                tracing::warn!(logs = %dir.display(), %nat_a, %nat_b, ?transport, "lab logs kept");
+            }
             rows.push(summarise(
                 nat_a,
                 nat_b,
