@@ -75,6 +75,9 @@ struct Joined {
     next_lookup: Instant,
 }
 
+/// Circuit addresses through us remembered per peer (a peer lists one per transport).
+const MAX_CIRCUITS_PER_PEER: usize = 4;
+
 /// How often the DHT is asked again for the members of a joined topic.
 const TOPIC_LOOKUP_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -174,6 +177,8 @@ pub struct EventLoop {
     keep: HashMap<PeerId, Keep>,
     dialing: HashSet<PeerId>,
     topics: HashMap<gossipsub::TopicHash, Joined>,
+    /// Circuit addresses through us that connected peers listen on (we relay for them).
+    circuits_via_us: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl EventLoop {
@@ -196,6 +201,7 @@ impl EventLoop {
             keep: HashMap::new(),
             dialing: HashSet::new(),
             topics: HashMap::new(),
+            circuits_via_us: HashMap::new(),
         }
     }
 
@@ -482,6 +488,7 @@ impl EventLoop {
                     list.retain(|c| c.id != connection_id);
                     if list.is_empty() {
                         self.conns.remove(&peer_id);
+                        self.forget_circuits(peer_id);
                     }
                 }
             }
@@ -693,25 +700,36 @@ impl EventLoop {
         // A peer's loopback addresses are only ours too when we reach it over loopback;
         // otherwise dialling them reaches our own listeners (a self-dial that can win the
         // race against a real dial and then fail it).
-        let via_loopback = self
-            .conns
-            .get(&peer)
-            .into_iter()
-            .flatten()
-            .any(|c| is_loopback(&c.address));
+        let conns = || self.conns.get(&peer).into_iter().flatten();
+        let via_loopback = conns().any(|c| is_loopback(&c.address));
+        // Likewise its private-network addresses: stored and handed on in the DHT they
+        // would send others into their own LANs (and, at a relay, keep a peer behind NAT
+        // in the table after it has gone; see `on_connection_closed`).
+        let via_private = conns().any(|c| is_private(&c.address));
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .iter()
-            .filter(|a| is_concrete(a) && (via_loopback || !is_loopback(a)))
+            .filter(|a| {
+                is_concrete(a)
+                    && (via_loopback || !is_loopback(a))
+                    && (via_loopback || via_private || !is_private(a))
+            })
             .cloned()
             .collect();
         if info.protocols.contains(&KAD_PROTOCOL) {
             // Peers that dialled us are only routable once we know their listen addresses.
+            let me = *self.swarm.local_peer_id();
             for addr in &addrs {
                 self.swarm
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, addr.clone());
+                if is_circuit_via(addr, &me) {
+                    let via_us = self.circuits_via_us.entry(peer).or_default();
+                    if !via_us.contains(addr) && via_us.len() < MAX_CIRCUITS_PER_PEER {
+                        via_us.push(addr.clone());
+                    }
+                }
             }
         }
         if !addrs.is_empty() {
@@ -720,6 +738,24 @@ impl EventLoop {
         let is_relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
         if is_relay && !self.cfg.relay_server {
             self.maybe_reserve(peer);
+        }
+    }
+
+    /// Drops from the DHT table the circuit addresses through us of a peer that is no
+    /// longer connected: its reservation went with the connection. A peer left with no
+    /// address leaves the table, instead of holding a place in a full bucket (where
+    /// Kademlia makes newcomers wait a minute for it) while nobody can reach it.
+    fn forget_circuits(&mut self, peer: PeerId) {
+        for addr in self.circuits_via_us.remove(&peer).unwrap_or_default() {
+            if self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .remove_address(&peer, &addr)
+                .is_some()
+            {
+                tracing::debug!(%peer, "peer reachable only through us has gone; out of the DHT table");
+            }
         }
     }
 
@@ -1031,6 +1067,34 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// Whether an address is on a private network (RFC 1918, shared CGNAT space, link-local,
+/// IPv6 unique-local): reachable only from inside that network.
+fn is_private(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            let [a, b, ..] = ip.octets();
+            ip.is_private() || ip.is_link_local() || (a == 100 && (b & 0xc0) == 64)
+        }
+        Protocol::Ip6(ip) => {
+            let first = ip.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+        _ => false,
+    })
+}
+
+/// Whether `addr` is a relay circuit through `relay` (`.../p2p/<relay>/p2p-circuit`).
+fn is_circuit_via(addr: &Multiaddr, relay: &PeerId) -> bool {
+    let mut previous = None;
+    for p in addr.iter() {
+        if p == Protocol::P2pCircuit {
+            return previous == Some(Protocol::P2p(*relay));
+        }
+        previous = Some(p);
+    }
+    false
+}
+
 /// Whether an address can be dialled: not `0.0.0.0`/`::` (which listeners report).
 fn is_concrete(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
@@ -1043,6 +1107,31 @@ fn is_concrete(addr: &Multiaddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_and_circuit_addresses_are_told_apart() {
+        let private = |a: &str| is_private(&a.parse().unwrap());
+        assert!(private("/ip4/10.1.0.2/tcp/4001"));
+        assert!(private("/ip4/192.168.1.5/udp/1/quic-v1"));
+        assert!(private("/ip4/100.64.3.4/tcp/1"));
+        assert!(private("/ip6/fd00::1/tcp/1"));
+        assert!(private("/ip6/fe80::1/tcp/1"));
+        assert!(!private("/ip4/198.51.100.2/tcp/4001"));
+        assert!(!private("/ip4/100.128.0.1/tcp/1"));
+        assert!(!private("/ip6/2001:db8::1/tcp/1"));
+        assert!(!private("/memory/5"));
+
+        let relay = PeerId::random();
+        let circuit: Multiaddr = format!("/ip4/198.51.100.2/tcp/4001/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        assert!(is_circuit_via(&circuit, &relay));
+        assert!(!is_circuit_via(&circuit, &PeerId::random()));
+        let direct: Multiaddr = format!("/ip4/198.51.100.2/tcp/4001/p2p/{relay}")
+            .parse()
+            .unwrap();
+        assert!(!is_circuit_via(&direct, &relay));
+    }
 
     #[test]
     fn paths_and_transports_are_read_from_addresses() {

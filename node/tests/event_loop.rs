@@ -136,6 +136,57 @@ async fn nodes_behind_a_relay_hold_reservations() {
     relay.node.shutdown().await;
 }
 
+/// A peer reachable only through the relay leaves the relay's DHT table when it goes: its
+/// circuit address died with its connection, and a dead entry in a full bucket would make
+/// newcomers wait a minute to be findable.
+#[tokio::test]
+async fn a_relay_forgets_a_peer_reachable_only_through_it_when_it_goes() {
+    let relay = start(vec![], true).await;
+    let r = relay.addr().await;
+    let relay_only = |bootstrap| async move {
+        start_config(
+            Config {
+                listen: vec!["/memory/0".parse().unwrap()],
+                bootstrap,
+                relay_only: true,
+                mdns: false,
+                ..Config::default()
+            },
+            TransportKind::Memory,
+        )
+        .await
+    };
+    let b = relay_only(vec![r.clone()]).await;
+    let b_id = b.client().peer_id();
+    // A direct peer stays in the table after it goes.
+    let c = start(vec![r.clone()], false).await;
+    let dht_peers = || async { relay.client().status().await.unwrap().dht_peers };
+    wait_for(|| async { (dht_peers().await == 2).then_some(()) }).await;
+    // B is found through its circuit address.
+    let a = start(vec![r], false).await;
+    let found = wait_for(|| async { a.client().find(b_id).await.ok() }).await;
+    assert!(found.addresses[0].contains("p2p-circuit"), "{found:?}");
+    wait_for(|| async { (dht_peers().await == 3).then_some(()) }).await;
+
+    b.node.shutdown().await;
+    c.node.shutdown().await;
+    // B (circuit only) leaves the table; C (its own address) stays, and A is still in it.
+    wait_for(|| async { (dht_peers().await == 2).then_some(()) }).await;
+    wait_for(|| async {
+        relay
+            .client()
+            .peers()
+            .await
+            .ok()?
+            .iter()
+            .all(|p| p.peer_id != b_id.to_string())
+            .then_some(())
+    })
+    .await;
+    a.node.shutdown().await;
+    relay.node.shutdown().await;
+}
+
 #[tokio::test]
 async fn find_without_peers_says_to_bootstrap() {
     let a = start(vec![], false).await;
