@@ -704,7 +704,7 @@ impl EventLoop {
         let via_loopback = conns().any(|c| is_loopback(&c.address));
         // Likewise its private-network addresses: stored and handed on in the DHT they
         // would send others into their own LANs (and, at a relay, keep a peer behind NAT
-        // in the table after it has gone; see `on_connection_closed`).
+        // in the table after it has gone; see `forget_circuits`).
         let via_private = conns().any(|c| is_private(&c.address));
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
