@@ -75,9 +75,6 @@ struct Joined {
     next_lookup: Instant,
 }
 
-/// Circuit addresses through us remembered per peer (a peer lists one per transport).
-const MAX_CIRCUITS_PER_PEER: usize = 4;
-
 /// How often the DHT is asked again for the members of a joined topic.
 const TOPIC_LOOKUP_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -177,8 +174,6 @@ pub struct EventLoop {
     keep: HashMap<PeerId, Keep>,
     dialing: HashSet<PeerId>,
     topics: HashMap<gossipsub::TopicHash, Joined>,
-    /// Circuit addresses through us that connected peers listen on (we relay for them).
-    circuits_via_us: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl EventLoop {
@@ -201,7 +196,6 @@ impl EventLoop {
             keep: HashMap::new(),
             dialing: HashSet::new(),
             topics: HashMap::new(),
-            circuits_via_us: HashMap::new(),
         }
     }
 
@@ -718,18 +712,11 @@ impl EventLoop {
             .collect();
         if info.protocols.contains(&KAD_PROTOCOL) {
             // Peers that dialled us are only routable once we know their listen addresses.
-            let me = *self.swarm.local_peer_id();
             for addr in &addrs {
                 self.swarm
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, addr.clone());
-                if is_circuit_via(addr, &me) {
-                    let via_us = self.circuits_via_us.entry(peer).or_default();
-                    if !via_us.contains(addr) && via_us.len() < MAX_CIRCUITS_PER_PEER {
-                        via_us.push(addr.clone());
-                    }
-                }
             }
         }
         if !addrs.is_empty() {
@@ -746,14 +733,19 @@ impl EventLoop {
     /// address leaves the table, instead of holding a place in a full bucket (where
     /// Kademlia makes newcomers wait a minute for it) while nobody can reach it.
     fn forget_circuits(&mut self, peer: PeerId) {
-        for addr in self.circuits_via_us.remove(&peer).unwrap_or_default() {
-            if self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .remove_address(&peer, &addr)
-                .is_some()
-            {
+        let me = *self.swarm.local_peer_id();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let via_us: Vec<Multiaddr> = match kad.kbucket(peer) {
+            Some(bucket) => bucket
+                .iter()
+                .filter(|e| *e.node.key.preimage() == peer)
+                .flat_map(|e| e.node.value.iter().filter(|a| is_circuit_via(a, &me)))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        for addr in via_us {
+            if kad.remove_address(&peer, &addr).is_some() {
                 tracing::debug!(%peer, "peer reachable only through us has gone; out of the DHT table");
             }
         }

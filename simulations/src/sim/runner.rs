@@ -630,26 +630,32 @@ async fn self_lookup(client: &Client) -> SelfLookup {
 
 /// Waits until the node is connected to a peer, for at most [`RECONNECT_WAIT`].
 async fn reconnected(client: &Client) {
-    let deadline = Instant::now() + RECONNECT_WAIT;
-    while Instant::now() < deadline {
-        if client.status().await.is_ok_and(|s| s.connected_peers > 0) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    poll_status(client, RECONNECT_WAIT, |s| {
+        (s.connected_peers > 0).then_some(())
+    })
+    .await;
 }
 
 /// The node's first listen address with its peer id, once it reports one.
 async fn listen_addr(client: &Client) -> Option<Multiaddr> {
-    let deadline = Instant::now() + LISTEN_WAIT;
+    let addr = poll_status(client, LISTEN_WAIT, |s| {
+        s.listen_addrs.first()?.parse::<Multiaddr>().ok()
+    })
+    .await?;
+    Some(addr.with(Protocol::P2p(client.peer_id())))
+}
+
+/// Checks the node's status every [`POLL`] until `check` yields a value, for at most
+/// `limit` (virtual time).
+async fn poll_status<T>(
+    client: &Client,
+    limit: Duration,
+    check: impl Fn(&p2pnode_node::api::Status) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if let Ok(status) = client.status().await
-            && let Some(addr) = status
-                .listen_addrs
-                .first()
-                .and_then(|a| a.parse::<Multiaddr>().ok())
-        {
-            return Some(addr.with(Protocol::P2p(client.peer_id())));
+        if let Some(v) = client.status().await.ok().as_ref().and_then(&check) {
+            return Some(v);
         }
         tokio::time::sleep(POLL).await;
     }
