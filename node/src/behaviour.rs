@@ -139,7 +139,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
             mdns: mdns.into(),
             stream: libp2p_stream::Behaviour::new(),
-            gossipsub: IdleGossip(gossip(key)?),
+            gossipsub: IdleGossip::new(gossip(key)?),
         })
     }
 }
