@@ -44,8 +44,22 @@ pub fn build(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildEr
         .map_err(build_err)?
         .with_behaviour(|key, relay| Behaviour::new(key, relay, cfg).map_err(boxed))
         .map_err(build_err)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout()))
+        .with_swarm_config(|c| swarm_config(c, cfg))
         .build())
+}
+
+/// The swarm's settings: the idle timeout, and optimistic protocol negotiation on streams.
+///
+/// libp2p's default (multistream-select `V1`) waits for the peer to confirm a stream's
+/// protocol before the first message goes out, one round trip on every new stream: on each
+/// step of a DHT lookup, on the DCUtR exchange that starts hole punching, on every chat or
+/// file stream. `V1Lazy` sends the first message right behind the protocol name (the peer
+/// still confirms it; a peer that does not speak it fails the stream at the first read). The
+/// transports below negotiate security and multiplexing the same way, as libp2p's builder
+/// does for TCP.
+fn swarm_config(c: libp2p::swarm::Config, cfg: &Config) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(cfg.idle_timeout())
+        .with_substream_upgrade_protocol_override(Version::V1Lazy)
 }
 
 /// Makes the base transport of a node from its key: authenticated and multiplexed, as
@@ -68,7 +82,7 @@ pub fn build_custom(
         .map_err(build_err)?
         .with_behaviour(|key, relay| Behaviour::new(key, relay, cfg).map_err(boxed))
         .map_err(build_err)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout()))
+        .with_swarm_config(|c| swarm_config(c, cfg))
         .build())
 }
 
@@ -76,7 +90,7 @@ pub fn build_custom(
 /// nodes reach their relays by address).
 pub fn tcp_quic_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-        .upgrade(Version::V1)
+        .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default());
     let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key));
@@ -97,7 +111,7 @@ pub fn relay_only(factory: TransportFactory, relays: Vec<libp2p::Multiaddr>) -> 
 /// The memory transport, authenticated with Noise and multiplexed with yamux.
 pub fn memory_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     Ok(MemoryTransport::default()
-        .upgrade(Version::V1)
+        .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))

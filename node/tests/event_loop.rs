@@ -487,8 +487,9 @@ async fn a_lookup_whose_peers_answered_late_asks_again() {
         .unwrap();
     let proxy = StallingProxy::start(([127, 0, 0, 1], r_port).into()).await;
 
-    // A meets R through the proxy, and B must reach A only through R's answer: B refuses
-    // A until then (their own Kademlia bootstraps learn each other from R and connect).
+    // A meets R through the proxy and its DHT goes quiet before B joins, so A's own Kademlia
+    // bootstrap cannot learn B from R; B's would learn A and connect, so B refuses A until
+    // A must find it. A reaches B only through R's answer.
     let a = tcp(vec![]).await;
     let a_id = a.client().peer_id();
     let b = tcp(vec![]).await;
@@ -498,10 +499,9 @@ async fn a_lookup_whose_peers_answered_late_asks_again() {
         .parse()
         .unwrap();
     a.client().connect_addr(via_proxy).await.unwrap();
+    dht_quiet(&a).await;
     b.client().connect_addr(r_addr).await.unwrap();
-    for n in [&a, &b] {
-        dht_quiet(n).await;
-    }
+    dht_quiet(&b).await;
     assert!(
         a.client().peers().await.unwrap().len() == 1,
         "A is connected to R alone"

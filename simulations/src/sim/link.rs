@@ -114,7 +114,7 @@ pub(crate) fn transport_factory(
                     link_counters,
                 ))
             })
-            .upgrade(Version::V1)
+            .upgrade(Version::V1Lazy)
             .authenticate(noise::Config::new(key)?)
             .multiplex(yamux::Config::default())
             .map(move |(peer, muxer), _| {
