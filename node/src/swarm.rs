@@ -48,18 +48,17 @@ pub fn build(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildEr
         .build())
 }
 
-/// The swarm's settings: the idle timeout, and optimistic protocol negotiation on streams.
+/// The swarm's settings.
 ///
-/// libp2p's default (multistream-select `V1`) waits for the peer to confirm a stream's
-/// protocol before the first message goes out, one round trip on every new stream: on each
-/// step of a DHT lookup, on the DCUtR exchange that starts hole punching, on every chat or
-/// file stream. `V1Lazy` sends the first message right behind the protocol name (the peer
-/// still confirms it; a peer that does not speak it fails the stream at the first read). The
-/// transports below negotiate security and multiplexing the same way, as libp2p's builder
-/// does for TCP.
+/// Streams keep libp2p's default protocol negotiation (multistream-select `V1`: the first
+/// message waits for the peer's confirmation, one round trip). `V1Lazy` would save that
+/// round trip but breaks one-way streams over QUIC: identify's push writes and drops its
+/// stream, QUIC then stops the peer's confirmation with STOP_SENDING, and the peer discards
+/// the push (a NATed node's relay address never reached its relay; hole-punch lab: 0 of 20
+/// QUIC trials found the peer). Connections negotiate security and multiplexing lazily
+/// (see the transports below).
 fn swarm_config(c: libp2p::swarm::Config, cfg: &Config) -> libp2p::swarm::Config {
     c.with_idle_connection_timeout(cfg.idle_timeout())
-        .with_substream_upgrade_protocol_override(Version::V1Lazy)
 }
 
 /// Makes the base transport of a node from its key: authenticated and multiplexed, as
@@ -87,7 +86,9 @@ pub fn build_custom(
 }
 
 /// TCP and QUIC, authenticated and multiplexed, as one boxed transport (no DNS: relay-only
-/// nodes reach their relays by address).
+/// nodes reach their relays by address). Security and the multiplexer are negotiated
+/// lazily (`V1Lazy`: the dialer's first Noise message goes with the protocol name), as
+/// libp2p's builder does for TCP in [`build`]: a round trip less per connection.
 pub fn tcp_quic_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(Version::V1Lazy)
@@ -108,7 +109,8 @@ pub fn relay_only(factory: TransportFactory, relays: Vec<libp2p::Multiaddr>) -> 
     Arc::new(move |key| Ok(crate::privacy::RelayOnly::new(factory(key)?, relays.clone()).boxed()))
 }
 
-/// The memory transport, authenticated with Noise and multiplexed with yamux.
+/// The memory transport, authenticated with Noise and multiplexed with yamux, negotiated
+/// lazily as on the real transports.
 pub fn memory_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     Ok(MemoryTransport::default()
         .upgrade(Version::V1Lazy)

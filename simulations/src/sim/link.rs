@@ -114,6 +114,7 @@ pub(crate) fn transport_factory(
                     link_counters,
                 ))
             })
+            // Lazy, as the node's real TCP transport negotiates (libp2p's builder).
             .upgrade(Version::V1Lazy)
             .authenticate(noise::Config::new(key)?)
             .multiplex(yamux::Config::default())
