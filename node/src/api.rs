@@ -16,7 +16,7 @@ pub struct Status {
     pub listen_addrs: Vec<String>,
     /// Addresses confirmed as reachable from outside.
     pub external_addrs: Vec<String>,
-    /// AutoNAT's verdict: `public`, `private` or `unknown`.
+    /// AutoNAT's verdict: `public`, `private` or `unknown` (`off` when it does not run).
     pub nat_status: String,
     /// Relays holding a reservation for us, as circuit addresses.
     pub reservations: Vec<String>,

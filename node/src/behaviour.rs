@@ -45,7 +45,7 @@ pub struct Behaviour {
     /// Peer routing and content discovery.
     pub kad: kad::Behaviour<MemoryStore>,
     /// Learns whether we are publicly reachable, and serves such probes for others.
-    pub autonat: autonat::Behaviour,
+    pub autonat: Toggle<autonat::Behaviour>,
     /// Keeps a round-trip time per connection.
     pub ping: ping::Behaviour,
     /// LAN discovery.
@@ -97,15 +97,17 @@ impl Behaviour {
         // (Kademlia would otherwise wait for a confirmed external address).
         kad.set_mode(Some(kad::Mode::Server));
 
-        let autonat = autonat::Behaviour::new(
-            peer_id,
-            autonat::Config {
-                only_global_ips: !cfg.autonat_private_ips,
-                boot_delay: Duration::from_secs(5),
-                retry_interval: Duration::from_secs(30),
-                ..Default::default()
-            },
-        );
+        let autonat = cfg.autonat.then(|| {
+            autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: !cfg.autonat_private_ips,
+                    boot_delay: Duration::from_secs(5),
+                    retry_interval: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+        });
 
         // mDNS announces our LAN addresses: never in relay-only mode.
         let mdns = if cfg.mdns && !cfg.relay_only {
@@ -135,7 +137,7 @@ impl Behaviour {
                 .into(),
             identify,
             kad,
-            autonat,
+            autonat: autonat.into(),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
             mdns: mdns.into(),
             stream: libp2p_stream::Behaviour::new(),

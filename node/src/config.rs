@@ -49,6 +49,11 @@ pub struct Config {
     /// The node refreshes its DHT routing table every this many seconds (0: only when
     /// the table is nearly empty; simulations, whose clock is not the wall clock, use 0).
     pub dht_bootstrap_interval_secs: u64,
+    /// Run AutoNAT: ask peers to dial our addresses back to learn whether we are
+    /// reachable, and do the same for them. Simulations turn it off: on the memory
+    /// transport every connection shows a node a fresh dialer port as its address, and
+    /// probing each of those cost more connections than the DHT itself.
+    pub autonat: bool,
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
@@ -113,6 +118,7 @@ impl Default for Config {
             dht_query_timeout_secs: 30,
             dht_request_timeout_secs: 10,
             dht_bootstrap_interval_secs: 300,
+            autonat: true,
             autonat_private_ips: true,
             relay_only: false,
             pad: false,

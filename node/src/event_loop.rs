@@ -143,11 +143,27 @@ struct Reservation {
     accepted: bool,
 }
 
-/// A peer we keep a connection to (bootstrap peers and relays), with its redial backoff.
+/// A peer we redial when its connection drops (bootstrap peers and relays), with its
+/// redial backoff.
 struct Keep {
     addrs: Vec<Multiaddr>,
     next_attempt: Instant,
     backoff: Duration,
+    /// Redialled whenever it is not connected (a relay holding our reservation), rather
+    /// than only while this node has no connection at all (a bootstrap peer).
+    always: bool,
+}
+
+/// Why a peer is kept connected: it decides when the peer is redialled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeepFor {
+    /// A way into the network: redialled only while this node is connected to nobody.
+    /// Redialling it whenever its idle connection closed would cost every node a handshake
+    /// with its bootstrap peers every idle timeout, and the bootstrap peers one with every
+    /// node; the DHT keeps their addresses for lookups anyway.
+    Bootstrap,
+    /// A relay holding our reservation: redialled whenever the connection drops.
+    Relay,
 }
 
 /// Something the peer store should remember; written by the store thread.
@@ -199,8 +215,9 @@ impl EventLoop {
         }
     }
 
-    /// Keeps a connection to `peer` at `addrs`, redialling with backoff when it drops.
-    pub(crate) fn keep_connected(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    /// Keeps a connection to `peer` at `addrs`, redialling with backoff when it drops (for
+    /// a bootstrap peer: when this node has no connection left, see [`KeepFor`]).
+    pub(crate) fn keep_connected(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, why: KeepFor) {
         for addr in &addrs {
             self.swarm
                 .behaviour_mut()
@@ -211,7 +228,9 @@ impl EventLoop {
             addrs: Vec::new(),
             next_attempt: Instant::now(),
             backoff: Duration::from_millis(500),
+            always: false,
         });
+        keep.always |= why == KeepFor::Relay;
         for addr in addrs {
             if !keep.addrs.contains(&addr) {
                 keep.addrs.push(addr);
@@ -419,11 +438,15 @@ impl EventLoop {
 
     fn redial(&mut self) {
         let now = Instant::now();
+        let alone = self.conns.is_empty();
         let due: Vec<(PeerId, Vec<Multiaddr>)> = self
             .keep
             .iter_mut()
             .filter(|(p, k)| {
-                k.next_attempt <= now && !self.conns.contains_key(p) && !self.dialing.contains(p)
+                (k.always || alone)
+                    && k.next_attempt <= now
+                    && !self.conns.contains_key(p)
+                    && !self.dialing.contains(p)
             })
             .map(|(p, k)| {
                 k.next_attempt = now + k.backoff;
@@ -627,7 +650,7 @@ impl EventLoop {
                     .filter(|c| c.outbound && c.path == Path::Direct)
                     .map(|c| strip_p2p(&c.address))
                     .collect();
-                self.keep_connected(relay_peer_id, addrs);
+                self.keep_connected(relay_peer_id, addrs, KeepFor::Relay);
             }
             BehaviourEvent::RelayClient(event) => tracing::debug!(?event, "relay client"),
             BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
@@ -924,10 +947,17 @@ impl EventLoop {
     }
 
     fn status(&mut self) -> Status {
-        let nat_status = match self.swarm.behaviour().autonat.nat_status() {
-            autonat::NatStatus::Public(_) => "public",
-            autonat::NatStatus::Private => "private",
-            autonat::NatStatus::Unknown => "unknown",
+        let nat_status = match self
+            .swarm
+            .behaviour()
+            .autonat
+            .as_ref()
+            .map(|a| a.nat_status())
+        {
+            Some(autonat::NatStatus::Public(_)) => "public",
+            Some(autonat::NatStatus::Private) => "private",
+            Some(autonat::NatStatus::Unknown) => "unknown",
+            None => "off",
         };
         let mut reservations: Vec<String> = self
             .reservations

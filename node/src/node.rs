@@ -13,7 +13,7 @@ use crate::behaviour::Behaviour;
 use crate::client::{Client, ECHO_PROTOCOL, serve_echo};
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::event_loop::{EventLoop, LoopConfig, StoreUpdate, peer_of};
+use crate::event_loop::{EventLoop, KeepFor, LoopConfig, StoreUpdate, peer_of};
 use crate::identity::{self, IdentityError};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
 use crate::store::{MAX_REDIAL, Store, StoreError};
@@ -199,7 +199,7 @@ impl Node {
         }
         let bootstrap_peers: Vec<_> = bootstrap.iter().map(|(p, _)| *p).collect();
         for (peer, addr) in bootstrap {
-            event_loop.keep_connected(peer, vec![addr]);
+            event_loop.keep_connected(peer, vec![addr], KeepFor::Bootstrap);
         }
         // Without a bootstrap list a restarted node finds its way back through the peers
         // it knew: dial them once.

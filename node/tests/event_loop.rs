@@ -332,6 +332,48 @@ async fn idle_connections_close_after_the_idle_timeout() {
     b.node.shutdown().await;
 }
 
+/// A bootstrap peer is a way into the network, not a connection to hold: once its idle
+/// connection closed, the node dials it again only when it has no connection left (before,
+/// every node redialled its bootstrap peers every idle timeout, forever). A relay holding
+/// the node's reservation stays connected.
+#[tokio::test]
+async fn a_bootstrap_peer_is_redialled_only_when_the_node_is_alone() {
+    let boot = start(vec![], false).await;
+    let relay = start(vec![], true).await;
+    let config = Config {
+        listen: vec!["/memory/0".parse().unwrap()],
+        bootstrap: vec![boot.addr().await, relay.addr().await],
+        mdns: false,
+        idle_timeout_secs: 1,
+        ..Config::default()
+    };
+    let a = start_config(config, TransportKind::Memory).await;
+    let boot_id = boot.client().peer_id();
+    wait_for(|| async {
+        let s = a.client().status().await.ok()?;
+        (!s.reservations.is_empty()).then_some(())
+    })
+    .await;
+    wait_for(|| async { (!connected(&a, boot_id).await).then_some(()) }).await;
+    // The absence of a redial can only be watched for a while: three redial ticks (1 s
+    // each), in which the old behaviour redialled within one and held the connection for
+    // the 1 s idle timeout.
+    let watch = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < watch {
+        assert!(
+            !connected(&a, boot_id).await,
+            "redialled a bootstrap peer while connected to the relay"
+        );
+        assert!(connected(&a, relay.client().peer_id()).await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Alone, the node finds its way back in through the bootstrap peer.
+    relay.node.shutdown().await;
+    wait_for(|| async { connected(&a, boot_id).await.then_some(()) }).await;
+    a.node.shutdown().await;
+    boot.node.shutdown().await;
+}
+
 /// A lookup answers as soon as it has reached its target, without waiting for the rest of
 /// the query: here for a peer that accepts TCP connections and never says a word, which
 /// Kademlia would otherwise wait 10 s for.

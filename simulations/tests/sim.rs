@@ -70,6 +70,12 @@ fn small_network_finds_every_peer_and_the_seed_fixes_the_run() {
         // runs on it), which the paused clock does not stop.
         assert!(l.records.iter().all(|rec| rec.wall_ms > 0.0));
         assert!(r.traffic.kad_requests > 0);
+        // Every node but the first dialled its way in.
+        assert!(
+            r.traffic.connections_opened >= r.nodes as u64 - 1,
+            "{:?}",
+            r.traffic
+        );
         assert!(r.memory.peak_rss_bytes.unwrap() > 0);
     }
     // Same seed: same nodes, same lookups.

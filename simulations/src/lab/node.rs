@@ -111,7 +111,7 @@ pub struct Status {
     /// Confirmed external addresses.
     #[serde(default)]
     pub external_addrs: Vec<String>,
-    /// "public", "private" or "unknown".
+    /// "public", "private", "unknown" or "off".
     #[serde(default)]
     pub nat_status: String,
     /// Relay circuit addresses it holds a reservation for.

@@ -50,6 +50,8 @@ pub struct NodeCounters {
     pub kad_in: AtomicU64,
     /// Bytes this node wrote to its links, all protocols, after encryption.
     pub bytes_out: AtomicU64,
+    /// Connections this node dialled (each one a Noise handshake, an identify exchange).
+    pub dialled: AtomicU64,
     /// FIND_NODE requests sent per watched key: `(watchers, requests)`. Only keys a lookup
     /// watches are counted, so the map holds at most the lookups in flight.
     find_node: Mutex<HashMap<Vec<u8>, (u32, u64)>>,
@@ -107,6 +109,9 @@ pub(crate) fn transport_factory(
         Ok(MemoryTransport::default()
             .and_then(move |mut conn, endpoint| async move {
                 let peer = exchange_index(&mut conn, me, endpoint.is_dialer()).await?;
+                if endpoint.is_dialer() {
+                    link_counters.dialled.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok::<_, io::Error>(DelayedIo::new(
                     conn,
                     latency.between(me, peer),

@@ -325,6 +325,8 @@ pub struct Traffic {
     pub median_kad_served: u64,
     /// Bytes written on all links (encrypted, all protocols).
     pub bytes: u64,
+    /// Connections opened, all nodes (closed idle ones come back as new ones).
+    pub connections_opened: u64,
 }
 
 impl Traffic {
@@ -344,6 +346,10 @@ impl Traffic {
             bytes: counters
                 .iter()
                 .map(|c| c.bytes_out.load(Ordering::Relaxed))
+                .sum(),
+            connections_opened: counters
+                .iter()
+                .map(|c| c.dialled.load(Ordering::Relaxed))
                 .sum(),
         }
     }
@@ -580,11 +586,13 @@ impl Report {
         rows.push((
             "Traffic".into(),
             format!(
-                "{} Kademlia requests, busiest node served {} (median {}), {:.1} MiB on the links",
+                "{} Kademlia requests, busiest node served {} (median {}), {:.1} MiB on the links, \
+                 {} connections opened",
                 self.traffic.kad_requests,
                 self.traffic.max_kad_served,
                 self.traffic.median_kad_served,
-                self.traffic.bytes as f64 / MIB
+                self.traffic.bytes as f64 / MIB,
+                self.traffic.connections_opened
             ),
         ));
         rows.push((

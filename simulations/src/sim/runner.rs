@@ -130,6 +130,10 @@ impl Ctx {
             // The periodic refresh runs on the wall clock too: every node would refresh its
             // whole table every 5 wall minutes of a run that spans far fewer virtual ones.
             dht_bootstrap_interval_secs: 0,
+            // The memory transport shows a node a fresh dialer port as its address on each
+            // connection: AutoNAT would probe every one of them (dial-backs that doubled the
+            // connections made), and nothing here is behind a NAT.
+            autonat: false,
             idle_timeout_secs: self.idle_timeout_secs.unwrap_or(defaults.idle_timeout_secs),
             ..defaults
         };
