@@ -37,7 +37,7 @@ const SHUTDOWN_CONCURRENCY: usize = 64;
 const SETTLE_LIMIT: Duration = Duration::from_secs(600);
 /// Tries at a joining node's own-id lookup.
 const SELF_LOOKUP_ATTEMPTS: u32 = 3;
-/// How long a joining node that lost its connections is given to get one back (virtual).
+/// How long a joining node is given to get a connection (back), virtual time.
 const RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 /// What every task of a run shares.
@@ -178,6 +178,12 @@ impl Ctx {
             .filter_map(|&b| addrs.get(b).cloned())
             .collect();
         let mut started = self.start_node(i, bootstrap).await?;
+        // Look up once connected to a bootstrap peer, as a node's own DHT bootstrap does.
+        // Started at once, the lookup would wait for the bootstrap dials on Kademlia's
+        // 10 s wall-clock peer timeout: on a link of 100 ms each way, late in a big run
+        // (tens of wall seconds per virtual one), the connection came after it, the
+        // lookup ended unanswered, and the node never joined.
+        reconnected(&started.client).await;
         started.self_lookup = Some(self_lookup(&started.client).await);
         Ok(started)
     }
@@ -294,6 +300,7 @@ async fn form_network(
             .instrument(tracing::info_span!("sim", node = i))
             .await?;
         if i > 0 {
+            reconnected(&s.client).await;
             s.self_lookup = Some(self_lookup(&s.client).await);
         }
         addrs.push(s.addr.clone());
@@ -632,7 +639,8 @@ async fn self_lookup(client: &Client) -> SelfLookup {
     SelfLookup { took: None, tries }
 }
 
-/// Waits until the node is connected to a peer, for at most [`RECONNECT_WAIT`].
+/// Waits until the node is connected to a peer, for at most [`RECONNECT_WAIT`] (virtual
+/// time: polling costs no wall time).
 async fn reconnected(client: &Client) {
     poll_status(client, RECONNECT_WAIT, |s| {
         (s.connected_peers > 0).then_some(())
