@@ -179,10 +179,11 @@ impl Ctx {
             .collect();
         let mut started = self.start_node(i, bootstrap).await?;
         // Look up once connected to a bootstrap peer, as a node's own DHT bootstrap does.
-        // Started at once, the lookup would wait for the bootstrap dials on Kademlia's
-        // 10 s wall-clock peer timeout: on a link of 100 ms each way, late in a big run
-        // (tens of wall seconds per virtual one), the connection came after it, the
-        // lookup ended unanswered, and the node never joined.
+        // Started at once, the lookup would also wait for the bootstrap dials on
+        // Kademlia's 10 s wall-clock peer timeout: on a link of 100 ms each way, late in a
+        // big run (tens of wall seconds per virtual one), the connection came after it and
+        // the lookup ended unanswered. This narrows that window, it does not close it: the
+        // request's own round trip can still outlast 10 wall seconds.
         reconnected(&started.client).await;
         started.self_lookup = Some(self_lookup(&started.client).await);
         Ok(started)
