@@ -52,7 +52,7 @@ pub struct Config {
     /// Run AutoNAT: ask peers to dial our addresses back to learn whether we are
     /// reachable, and do the same for them. Simulations turn it off: on the memory
     /// transport every connection shows a node a fresh dialer port as its address, and
-    /// probing each of those cost more connections than the DHT itself.
+    /// probing each of those carried more bytes than the DHT itself.
     pub autonat: bool,
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.

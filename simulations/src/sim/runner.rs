@@ -131,8 +131,8 @@ impl Ctx {
             // whole table every 5 wall minutes of a run that spans far fewer virtual ones.
             dht_bootstrap_interval_secs: 0,
             // The memory transport shows a node a fresh dialer port as its address on each
-            // connection: AutoNAT would probe every one of them (dial-backs that doubled the
-            // connections made), and nothing here is behind a NAT.
+            // connection: AutoNAT would probe every one of them (a third of the bytes on the
+            // links in a 300-node run), and nothing here is behind a NAT.
             autonat: false,
             idle_timeout_secs: self.idle_timeout_secs.unwrap_or(defaults.idle_timeout_secs),
             ..defaults
@@ -178,13 +178,6 @@ impl Ctx {
             .filter_map(|&b| addrs.get(b).cloned())
             .collect();
         let mut started = self.start_node(i, bootstrap).await?;
-        // Look up once connected to a bootstrap peer, as a node's own DHT bootstrap does.
-        // Started at once, the lookup would also wait for the bootstrap dials on
-        // Kademlia's 10 s wall-clock peer timeout: on a link of 100 ms each way, late in a
-        // big run (tens of wall seconds per virtual one), the connection came after it and
-        // the lookup ended unanswered. This narrows that window, it does not close it: the
-        // request's own round trip can still outlast 10 wall seconds.
-        reconnected(&started.client).await;
         started.self_lookup = Some(self_lookup(&started.client).await);
         Ok(started)
     }
@@ -301,7 +294,6 @@ async fn form_network(
             .instrument(tracing::info_span!("sim", node = i))
             .await?;
         if i > 0 {
-            reconnected(&s.client).await;
             s.self_lookup = Some(self_lookup(&s.client).await);
         }
         addrs.push(s.addr.clone());
@@ -609,12 +601,19 @@ async fn count_connections(slots: &[Slot]) -> usize {
     ends / 2
 }
 
-/// Looks up the node's own id (Kademlia's join). A lookup that finds the node without a
-/// connection is tried again once the node has one back: under load a join's connection
-/// handshakes can run out their (wall-clock) time, and the node redials its bootstrap
-/// peers by itself, as a real node on a bad link would.
+/// Waits for a first connection, then looks up the node's own id (Kademlia's join). A
+/// lookup that finds the node without a connection is tried again once the node has one
+/// back: under load a join's connection handshakes can run out their (wall-clock) time,
+/// and the node redials its bootstrap peers by itself, as a real node on a bad link would.
 async fn self_lookup(client: &Client) -> SelfLookup {
     let start = Instant::now();
+    // Look up once connected to a bootstrap peer, as a node's own DHT bootstrap does.
+    // Started at once, the lookup would also wait for the bootstrap dials on Kademlia's
+    // 10 s wall-clock peer timeout: on a link of 100 ms each way, late in a big run (tens
+    // of wall seconds per virtual one), the connection came after it and the lookup ended
+    // unanswered. This narrows that window, it does not close it: the request's own round
+    // trip can still outlast 10 wall seconds.
+    reconnected(client).await;
     let mut tries = 0;
     while tries < SELF_LOOKUP_ATTEMPTS {
         tries += 1;
