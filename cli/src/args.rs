@@ -199,6 +199,11 @@ pub(crate) struct StartArgs {
     #[arg(long)]
     pub(crate) relay_only: bool,
 
+    /// How to turn a relayed connection into a direct one: "p2pnode" (the default: our own
+    /// exchange, the fastest), "dcutr" (libp2p's DCUtR, for other libp2p peers) or "off".
+    #[arg(long, value_name = "MODE", value_parser = ["p2pnode", "dcutr", "off"])]
+    pub(crate) hole_punch: Option<String>,
+
     /// Pad application frames to a few fixed sizes to hide message lengths (costs
     /// bandwidth; off by default).
     #[arg(long)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use p2pnode_node::Config;
-use p2pnode_node::config::resolve_data_dir;
+use p2pnode_node::config::{HolePunchMode, resolve_data_dir};
 
 use crate::args::StartArgs;
 
@@ -29,6 +29,10 @@ pub(crate) fn start_config(data_dir: &Path, args: &StartArgs) -> Result<Config> 
     }
     cfg.relay_only |= args.relay_only;
     cfg.pad |= args.pad;
+    if let Some(mode) = &args.hole_punch {
+        cfg.hole_punch = HolePunchMode::parse(mode)
+            .ok_or_else(|| anyhow::anyhow!("unknown hole-punch mode {mode:?}"))?;
+    }
     if let Some(secs) = args.max_circuit_duration {
         cfg.relay_limits.max_circuit_duration_secs = secs;
     }

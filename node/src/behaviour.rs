@@ -13,7 +13,7 @@ use libp2p::{
     identify, identity, kad, mdns, memory_connection_limits, ping, relay,
 };
 
-use crate::config::Config;
+use crate::config::{Config, HolePunchMode};
 use crate::gossip_idle::IdleGossip;
 
 /// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
@@ -132,7 +132,7 @@ impl Behaviour {
                 .into(),
             relay_client,
             relay_server: relay_server.into(),
-            dcutr: (!cfg.relay_only)
+            dcutr: (!cfg.relay_only && cfg.hole_punch == HolePunchMode::Dcutr)
                 .then(|| dcutr::Behaviour::new(peer_id))
                 .into(),
             identify,

@@ -57,12 +57,50 @@ pub struct Config {
     /// Let AutoNAT probe and serve private and loopback addresses. Needed on test
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
+    /// How a relayed connection is turned into a direct one: `p2pnode` (our own exchange,
+    /// started by the peer that dialled through the relay; the fastest), `dcutr` (libp2p's
+    /// DCUtR, for peers that do not speak ours) or `off`. Relay-only nodes never punch.
+    pub hole_punch: HolePunchMode,
     /// Privacy mode: never dial or accept direct connections (except to the bootstrap
     /// relays) and never advertise our own addresses; peers only see the relay's.
     pub relay_only: bool,
     /// Pad application frames to a few fixed sizes to hide message lengths. Costs
     /// bandwidth, so it is off by default.
     pub pad: bool,
+}
+
+/// Which hole-punching protocol a node runs (see [`Config::hole_punch`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HolePunchMode {
+    /// `/p2pnode/holepunch/1` ([`crate::holepunch`]).
+    #[default]
+    P2pnode,
+    /// libp2p's DCUtR (`/libp2p/dcutr`).
+    Dcutr,
+    /// No hole punching: relayed connections stay relayed.
+    Off,
+}
+
+impl HolePunchMode {
+    /// Parses the config and command-line spelling (`p2pnode`, `dcutr`, `off`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "p2pnode" => Some(Self::P2pnode),
+            "dcutr" => Some(Self::Dcutr),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    /// The config and command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P2pnode => "p2pnode",
+            Self::Dcutr => "dcutr",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// Limits of the relay server (`p2pnode start --relay`). libp2p's defaults (120 s and
@@ -120,6 +158,7 @@ impl Default for Config {
             dht_bootstrap_interval_secs: 300,
             autonat: true,
             autonat_private_ips: true,
+            hole_punch: HolePunchMode::P2pnode,
             relay_only: false,
             pad: false,
         }

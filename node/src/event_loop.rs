@@ -16,11 +16,12 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{Connected, ConnectionInfo, Found, Path, PeerInfo, Status};
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::error::NodeError;
+use crate::holepunch::{Candidates, PunchDial, Puncher};
 
 /// How often unconnected bootstrap peers and relays are redialled, at most.
 const REDIAL_MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -174,6 +175,16 @@ pub(crate) struct LoopConfig {
     pub(crate) relay_server: bool,
     pub(crate) confirm_listen_addrs: bool,
     pub(crate) max_reservations: usize,
+    /// Run our own hole punch (`crate::holepunch`) on relayed connections we dial.
+    pub(crate) hole_punch: bool,
+}
+
+/// The event loop's side of hole punching: our addresses, published to the punch tasks,
+/// and the dials they ask for.
+pub(crate) struct HolePunching {
+    pub(crate) puncher: Puncher,
+    pub(crate) ours: watch::Sender<Vec<Multiaddr>>,
+    pub(crate) dials: mpsc::Receiver<PunchDial>,
 }
 
 /// The event loop. Run it with [`EventLoop::run`].
@@ -190,6 +201,8 @@ pub struct EventLoop {
     keep: HashMap<PeerId, Keep>,
     dialing: HashSet<PeerId>,
     topics: HashMap<gossipsub::TopicHash, Joined>,
+    punching: HolePunching,
+    our_addrs: Candidates,
 }
 
 impl EventLoop {
@@ -198,6 +211,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         store: Option<SyncSender<StoreUpdate>>,
         cfg: LoopConfig,
+        punching: HolePunching,
     ) -> Self {
         Self {
             swarm,
@@ -212,6 +226,8 @@ impl EventLoop {
             keep: HashMap::new(),
             dialing: HashSet::new(),
             topics: HashMap::new(),
+            punching,
+            our_addrs: Candidates::default(),
         }
     }
 
@@ -273,6 +289,7 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
+                Some(dial) = self.punching.dials.recv() => self.punch_dial(dial),
                 _ = redial.tick() => {
                     self.redial();
                     self.lookup_topics();
@@ -436,6 +453,38 @@ impl EventLoop {
         }
     }
 
+    /// Records an address of ours a peer could punch to, and tells the punch tasks.
+    fn add_our_addr(&mut self, address: Multiaddr) {
+        self.our_addrs.add(address);
+        self.punching.ours.send_replace(self.our_addrs.to_vec());
+    }
+
+    /// Makes a hole-punch dial; the answer comes like any other dial's.
+    fn punch_dial(&mut self, dial: PunchDial) {
+        let PunchDial {
+            peer,
+            addrs,
+            as_listener,
+            reply,
+        } = dial;
+        let mut opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::Always);
+        if as_listener {
+            opts = opts.override_role();
+        }
+        let opts = opts.build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, (peer, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(dial_error(Some(peer), &e)));
+            }
+        }
+    }
+
     fn redial(&mut self) {
         let now = Instant::now();
         let alone = self.conns.is_empty();
@@ -478,6 +527,11 @@ impl EventLoop {
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                self.add_our_addr(address);
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(%address, "observed address");
+                self.add_our_addr(address);
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
@@ -556,6 +610,12 @@ impl EventLoop {
         });
         if path == Path::Direct {
             self.close_relayed(peer);
+        } else if outbound && self.cfg.hole_punch && !self.has_direct(&peer) {
+            // We dialled through a relay because we want this peer: we start the punch
+            // (see `crate::holepunch` for why this side).
+            tokio::spawn(tracing::Instrument::in_current_span(
+                self.punching.puncher.clone().punch(peer),
+            ));
         }
         let connected = Connected {
             peer_id: peer.to_string(),
@@ -931,6 +991,12 @@ impl EventLoop {
         {
             tracing::debug!(%peer, "peer store busy; update dropped");
         }
+    }
+
+    fn has_direct(&self, peer: &PeerId) -> bool {
+        self.conns
+            .get(peer)
+            .is_some_and(|l| l.iter().any(|c| c.path == Path::Direct))
     }
 
     fn best_connection(&self, peer: &PeerId) -> Option<Connected> {

@@ -1,7 +1,7 @@
 //! The p2pnode connection layer.
 //!
 //! A [`Node`] owns a libp2p swarm (TCP, QUIC, relay client; Kademlia, identify, AutoNAT,
-//! DCUtR, mDNS, ping, and on `--relay` nodes the relay server) driven by one
+//! hole punching ([`holepunch`], or libp2p's DCUtR), mDNS, ping, and on `--relay` nodes the relay server) driven by one
 //! [`EventLoop`](event_loop::EventLoop) task. Everything else asks that task for work through
 //! a cloneable [`Client`]; the daemon exposes the same operations on a Unix control socket
 //! ([`control`]) so the CLI and scripts can drive a running node.
@@ -21,6 +21,7 @@ pub mod control;
 pub mod error;
 pub mod event_loop;
 pub mod gossip_idle;
+pub mod holepunch;
 pub mod identity;
 mod node;
 pub mod privacy;

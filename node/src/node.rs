@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 
 use crate::behaviour::Behaviour;
 use crate::client::{Client, ECHO_PROTOCOL, serve_echo};
-use crate::config::Config;
+use crate::config::{Config, HolePunchMode};
 use crate::error::NodeError;
-use crate::event_loop::{EventLoop, KeepFor, LoopConfig, StoreUpdate, peer_of};
+use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
+use crate::holepunch::{self, HOLEPUNCH_PROTOCOL};
 use crate::identity::{self, IdentityError};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
 use crate::store::{MAX_REDIAL, Store, StoreError};
@@ -86,6 +87,7 @@ pub struct Node {
     event_loop: JoinHandle<()>,
     echo: JoinHandle<()>,
     verify: JoinHandle<()>,
+    holepunch: Option<JoinHandle<()>>,
     chat: crate::chat::ChatHandle,
     chat_task: JoinHandle<()>,
     store_writer: Option<std::thread::JoinHandle<()>>,
@@ -165,6 +167,19 @@ impl Node {
             })
         })?;
 
+        let hole_punch = config.hole_punch == HolePunchMode::P2pnode && !config.relay_only;
+        let holepunch_incoming = if hole_punch {
+            Some(streams.accept(HOLEPUNCH_PROTOCOL).map_err(|e| {
+                StartError::Listen(NodeError::Stream {
+                    peer: peer_id.to_string(),
+                    reason: e.to_string(),
+                })
+            })?)
+        } else {
+            None
+        };
+        let (puncher, our_addrs, punch_dials) = holepunch::channels(streams.clone());
+
         let (store_tx, store_rx) = std::sync::mpsc::sync_channel::<StoreUpdate>(STORE_QUEUE);
         let writer_store = store.clone();
         let store_writer = std::thread::Builder::new()
@@ -191,6 +206,12 @@ impl Node {
                 relay_server: config.relay,
                 confirm_listen_addrs: config.relay && config.external_addresses.is_empty(),
                 max_reservations: config.max_reservations,
+                hole_punch,
+            },
+            HolePunching {
+                puncher: puncher.clone(),
+                ours: our_addrs,
+                dials: punch_dials,
             },
         );
         // Revocations hold across restarts.
@@ -220,6 +241,12 @@ impl Node {
             serve_echo(echo_incoming, MAX_ECHO_STREAMS),
             span.clone(),
         ));
+        let holepunch = holepunch_incoming.map(|incoming| {
+            tokio::spawn(tracing::Instrument::instrument(
+                puncher.serve(incoming),
+                span.clone(),
+            ))
+        });
         let verify_listener =
             SecureListener::new(security.clone(), &mut streams, VERIFY_PROTOCOL, "verify")
                 .map_err(StartError::Listen)?;
@@ -245,6 +272,7 @@ impl Node {
             stop,
             event_loop,
             echo,
+            holepunch,
             verify,
             store_writer: Some(store_writer),
         })
@@ -280,6 +308,10 @@ impl Node {
         let _ = (&mut self.echo).await;
         self.verify.abort();
         let _ = (&mut self.verify).await;
+        if let Some(task) = self.holepunch.as_mut() {
+            task.abort();
+            let _ = task.await;
+        }
         if let Some(writer) = self.store_writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use p2pnode_node::config::HolePunchMode;
 use p2pnode_sim::lab;
 use p2pnode_sim::lab::NatKind;
 
@@ -57,6 +58,10 @@ enum Commands {
             default_value = "cone-cone,cone-symmetric,symmetric-symmetric"
         )]
         pairs: Vec<String>,
+        /// Hole-punching protocols, comma separated: p2pnode (ours, the default), dcutr
+        /// (libp2p's); give both to measure one beside the other.
+        #[arg(long, value_delimiter = ',', default_value = "p2pnode")]
+        hole_punch: Vec<String>,
         /// Also write the full report (every trial) as JSON here.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -305,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             window_s,
             transport,
             pairs,
+            hole_punch,
             out,
         } => {
             anyhow::ensure!(
@@ -325,6 +331,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 added_rtt: Duration::from_secs_f64(rtt_ms / 1000.0),
                 pairs,
                 transports: transport.transports(),
+                protocols: hole_punch
+                    .iter()
+                    .map(|p| match HolePunchMode::parse(p) {
+                        Some(HolePunchMode::Off) | None => {
+                            anyhow::bail!("--hole-punch takes p2pnode or dcutr, not {p:?}")
+                        }
+                        Some(mode) => Ok(mode),
+                    })
+                    .collect::<anyhow::Result<_>>()?,
                 window: Duration::from_secs(window_s),
                 scenario: lab::scenarios::ScenarioConfig::default(),
             };

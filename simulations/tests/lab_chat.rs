@@ -262,6 +262,7 @@ async fn conversation(nat: NatKind, expected: PathKind) {
         port: PEER_PORT,
         mdns: false,
         listen_any: false,
+        hole_punch: Default::default(),
     };
     let (lab, relay) = (&hp.0.lab, &hp.0.relay);
     let (a, b) = tokio::try_join!(

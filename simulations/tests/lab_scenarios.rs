@@ -1,6 +1,7 @@
 //! The p2pnode scenarios in the NAT lab, with real `p2pnode` daemons behind nftables NAT
 //! routers: cone-cone hole punching over TCP and QUIC, symmetric-symmetric and
-//! cone-symmetric staying relayed, two peers on one LAN, and a relay restart.
+//! cone-symmetric staying relayed, two peers on one LAN, and a relay restart. Peers punch
+//! with p2pnode's own hole-punch protocol, and once more with libp2p's DCUtR.
 //!
 //! Needs root and the `p2pnode` binary (env `P2PNODE_BIN`, else
 //! `<workspace>/target/debug/p2pnode`: run `cargo build -p p2pnode` first). Without
@@ -12,16 +13,31 @@
 mod common;
 
 use common::{MACHINE, config, init_tracing, lab_allowed, report};
+use p2pnode_node::config::HolePunchMode;
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, Transport};
+use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, ScenarioConfig, Transport};
 
 async fn hole_punch(a: NatKind, b: NatKind, transport: Transport) -> HolePunchOutcome {
+    hole_punch_with(a, b, transport, HolePunchMode::default()).await
+}
+
+async fn hole_punch_with(
+    a: NatKind,
+    b: NatKind,
+    transport: Transport,
+    mode: HolePunchMode,
+) -> HolePunchOutcome {
     init_tracing();
-    let outcome = scenarios::hole_punch(a, b, transport, config())
+    let cfg = ScenarioConfig {
+        hole_punch: mode,
+        ..config()
+    };
+    let outcome = scenarios::hole_punch(a, b, transport, cfg)
         .await
         .expect("scenario runs");
     report(&outcome);
+    assert_eq!(outcome.hole_punch, mode.as_str());
     outcome
 }
 
@@ -65,6 +81,26 @@ async fn cone_cone_quic_goes_direct_and_works_without_the_relay() {
     let _alone = MACHINE.write().await;
     let outcome = hole_punch(NatKind::Cone, NatKind::Cone, Transport::Quic).await;
     assert_direct_without_relay(&outcome);
+}
+
+/// libp2p's DCUtR stays available (`--hole-punch dcutr`) for peers that do not speak our
+/// hole-punch protocol; the tests above run ours, the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_cone_goes_direct_with_libp2p_dcutr_too() {
+    if !lab_allowed() {
+        return;
+    }
+    let _alone = MACHINE.write().await;
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let outcome = hole_punch_with(
+            NatKind::Cone,
+            NatKind::Cone,
+            transport,
+            HolePunchMode::Dcutr,
+        )
+        .await;
+        assert_direct_without_relay(&outcome);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use p2pnode_node::config::HolePunchMode;
 use serde::Serialize;
 
 use super::scenarios::{HolePunchLab, HolePunchOutcome, PEER_PORT, ScenarioConfig, Transport};
@@ -25,6 +26,9 @@ pub struct BenchConfig {
     pub pairs: Vec<(NatKind, NatKind)>,
     /// Transports to run.
     pub transports: Vec<Transport>,
+    /// Hole-punching protocols to run (each row once per protocol, so a baseline runs
+    /// beside the protocol measured).
+    pub protocols: Vec<HolePunchMode>,
     /// Longest wait for a direct connection per trial.
     pub window: Duration,
     /// Base settings (binary paths, setup timeout).
@@ -42,6 +46,7 @@ impl Default for BenchConfig {
                 (NatKind::Symmetric, NatKind::Symmetric),
             ],
             transports: Transport::ALL.to_vec(),
+            protocols: vec![HolePunchMode::P2pnode],
             window: Duration::from_secs(5),
             scenario: ScenarioConfig::default(),
         }
@@ -55,6 +60,8 @@ pub struct BenchRow {
     pub pair: String,
     /// Transport.
     pub transport: Transport,
+    /// Hole-punching protocol ("p2pnode" or "dcutr").
+    pub protocol: &'static str,
     /// Trials run (errors included).
     pub trials: u32,
     /// Trials that ended direct.
@@ -121,11 +128,16 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut outcomes = Vec::new();
     for &(nat_a, nat_b) in &config.pairs {
-        for &transport in &config.transports {
+        for (&transport, &protocol) in config
+            .transports
+            .iter()
+            .flat_map(|t| config.protocols.iter().map(move |p| (t, p)))
+        {
             let scenario = ScenarioConfig {
                 // Each router adds a quarter: A->B crosses two routers each way.
                 delay: config.added_rtt / 4,
                 direct_window: config.window,
+                hole_punch: protocol,
                 ..config.scenario.clone()
             };
             let mut lab = HolePunchLab::new(nat_a, nat_b, transport, scenario).await?;
@@ -153,6 +165,7 @@ pub async fn run(
                 nat_a,
                 nat_b,
                 transport,
+                protocol,
                 config.trials,
                 errors,
                 &row_outcomes,
@@ -173,6 +186,7 @@ fn summarise(
     nat_a: NatKind,
     nat_b: NatKind,
     transport: Transport,
+    protocol: HolePunchMode,
     trials: u32,
     errors: u32,
     outcomes: &[HolePunchOutcome],
@@ -209,6 +223,7 @@ fn summarise(
     BenchRow {
         pair: format!("{nat_a}-{nat_b}"),
         transport,
+        protocol: protocol.as_str(),
         trials,
         direct,
         connected,
@@ -236,9 +251,10 @@ pub fn table(report: &BenchReport) -> String {
         report.trials_per_row, report.added_rtt_ms
     );
     out.push_str(&format!(
-        "{:<20} {:<5} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
+        "{:<20} {:<5} {:<8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
         "pair",
         "proto",
+        "punch",
         "direct",
         "connected",
         "errors",
@@ -251,9 +267,10 @@ pub fn table(report: &BenchReport) -> String {
     ));
     for row in &report.rows {
         out.push_str(&format!(
-            "{:<20} {:<5} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
+            "{:<20} {:<5} {:<8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
             row.pair,
             row.transport.name(),
+            row.protocol,
             format!("{}/{}", row.direct, row.trials),
             format!("{}/{}", row.connected, row.trials),
             row.errors,

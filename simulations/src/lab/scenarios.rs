@@ -14,6 +14,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use p2pnode_node::config::HolePunchMode;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -96,6 +97,8 @@ pub struct ScenarioConfig {
     /// Keep logs and data directories even on success (always kept on failure; env
     /// `P2PNODE_LAB_KEEP` does the same).
     pub keep_logs: bool,
+    /// The peers' hole-punching protocol (`--hole-punch`).
+    pub hole_punch: HolePunchMode,
 }
 
 impl Default for ScenarioConfig {
@@ -108,6 +111,7 @@ impl Default for ScenarioConfig {
             sim_binary: None,
             listen_any: false,
             keep_logs: false,
+            hole_punch: HolePunchMode::default(),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct PeerOptions {
     /// Listen on all interfaces instead of the LAN address (see
     /// [`ScenarioConfig::listen_any`]).
     pub listen_any: bool,
+    /// Its hole-punching protocol.
+    pub hole_punch: HolePunchMode,
 }
 
 /// Starts a peer on `host`, bootstrapping from the relay on the same transport.
@@ -187,6 +193,7 @@ pub async fn start_peer(
         port,
         mdns,
         listen_any,
+        hole_punch,
     } = options;
     let ip = if listen_any {
         Ipv4Addr::UNSPECIFIED
@@ -199,7 +206,7 @@ pub async fn start_peer(
         relay: false,
         external: vec![],
         mdns,
-        extra_args: vec![],
+        extra_args: vec!["--hole-punch".into(), hole_punch.as_str().into()],
     };
     lab.start_node(host, name, spec).await
 }
@@ -238,13 +245,21 @@ pub fn direct_connection(peer: &PeerInfo, transport: Option<Transport>) -> Optio
     peer.connections.iter().find(|c| is_direct(c, transport))
 }
 
-/// When the first line in the logs of `nodes` saying that DCUtR gave up was written
-/// (seconds since the epoch), if there is one.
+/// When the first line in the logs of `nodes` saying that hole punching gave up was
+/// written (seconds since the epoch), if there is one: p2pnode's own protocol logs
+/// "hole punch failed: gave up after N attempts", libp2p's DCUtR "hole punch failed:
+/// Giving up after N dial attempts".
 pub fn dcutr_gave_up(nodes: &[&Node]) -> Option<f64> {
-    let needles = ["hole punch failed", "Giving up"];
+    let lines: [&[&str]; 2] = [
+        &["hole punch failed", "gave up after"],
+        &["hole punch failed", "Giving up"],
+    ];
     nodes.iter().find_map(|n| {
         let log = std::fs::read_to_string(n.log_path()).ok()?;
-        logscan::first_line_with(&log, &needles)
+        lines
+            .iter()
+            .filter_map(|needles| logscan::first_line_with(&log, needles))
+            .reduce(f64::min)
     })
 }
 
@@ -294,6 +309,8 @@ pub struct HolePunchOutcome {
     pub nat_a: NatKind,
     /// NAT of B's router.
     pub nat_b: NatKind,
+    /// The peers' hole-punching protocol.
+    pub hole_punch: &'static str,
     /// Round trip added between A and B by the delay links.
     pub added_rtt_ms: f64,
     /// Whether A and B ended up with a direct connection.
@@ -400,6 +417,7 @@ impl HolePunchLab {
             port,
             mdns: false,
             listen_any: cfg.listen_any,
+            hole_punch: cfg.hole_punch,
         };
         let (a, b) = tokio::try_join!(
             start_peer(&self.lab, "a", &a_name, &self.relay, options),
@@ -495,6 +513,7 @@ impl HolePunchLab {
         let outcome = HolePunchOutcome {
             scenario: format!("{}-{}", self.nat_a, self.nat_b),
             transport: t,
+            hole_punch: self.config.hole_punch.as_str(),
             nat_a: self.nat_a,
             nat_b: self.nat_b,
             added_rtt_ms: ms(self.config.delay * 4),
@@ -597,6 +616,7 @@ async fn same_lan_in(lab: &Lab, config: &ScenarioConfig) -> Result<SameLanOutcom
         port: PEER_PORT,
         mdns: true,
         listen_any: config.listen_any,
+        hole_punch: config.hole_punch,
     };
     let start = Instant::now();
     let (a, b) = tokio::try_join!(
@@ -704,6 +724,7 @@ async fn relay_restart_in(
         port: PEER_PORT,
         mdns: false,
         listen_any: config.listen_any,
+        hole_punch: config.hole_punch,
     };
     let (a, b) = tokio::try_join!(
         start_peer(lab, "a", "a", &relay, options),

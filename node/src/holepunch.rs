@@ -1,0 +1,442 @@
+//! Hole punching: turns a relayed connection into a direct one (`/p2pnode/holepunch/1`).
+//!
+//! libp2p's DCUtR is started by the relayed connection's *listener* B, which has the
+//! connection half a round trip after the dialer A, and B spends a round trip negotiating
+//! its stream before its first message: the two sides dial each other 2.5 round trips
+//! after A's relayed connection exists (in the NAT lab, direct at 4.4 RTT over QUIC and
+//! 5.3 over TCP). Here A, which dialled through the relay because it wants B, starts at
+//! once, and B writes its addresses the moment it accepts the stream, so they reach A
+//! with the negotiation's confirmation:
+//!
+//! ```text
+//!   A (dialled the relay circuit)          B
+//!   open stream ---------------------->   accept, send B's addresses       0 -> 0.5 RTT
+//!   read B's addresses, RTT measured <--                                   1 RTT
+//!   send A's addresses --------------->   read them, dial A at once         1.5 RTT
+//!   wait RTT/2, dial B                                                      1.5 RTT
+//! ```
+//!
+//! Both dials leave at the same moment, so each NAT has a mapping out to the other when the
+//! other's packets arrive: a TCP simultaneous open, or for QUIC B sending hole-punch
+//! packets while A dials (B dials "as listener", exactly as in DCUtR). The messages carry
+//! what DCUtR's CONNECT and SYNC carry; `hole_punch = "dcutr"` runs libp2p's DCUtR instead
+//! for peers that do not speak this protocol. The exchange carries only addresses, which
+//! the connection's Noise session already protects; it is not behind the post-quantum
+//! handshake, which would cost the round trips this protocol exists to save.
+//!
+//! The message codec and the address list are plain functions ([`encode`], [`decode`],
+//! [`Candidates`]); the two async sides run as tasks that ask the event loop to dial.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::api::Connected;
+use crate::error::NodeError;
+
+/// The protocol name.
+pub const HOLEPUNCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/holepunch/1");
+
+/// Most addresses one message may carry (DCUtR's candidate cache holds 20; a NATed host
+/// rarely has more than a few observed addresses).
+pub const MAX_ADDRS: usize = 16;
+/// Largest message accepted.
+const MAX_MESSAGE: usize = 4096;
+/// The whole exchange of one attempt, before the dial.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts before giving up (DCUtR also tries three times).
+pub const ATTEMPTS: u32 = 3;
+/// Exchanges answered at once; more are refused.
+pub const MAX_EXCHANGES: usize = 32;
+/// Dial requests waiting for the event loop.
+const DIAL_QUEUE: usize = 64;
+
+/// Why a hole punch attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HolePunchError {
+    /// The peer's message is not a valid one.
+    #[error("malformed hole-punch message: {0}")]
+    Malformed(String),
+    /// This node knows no address of its own a peer could punch to (none observed yet).
+    #[error("no address of our own to offer (none observed yet)")]
+    NoOwnAddrs,
+    /// The peer offered no address to punch to.
+    #[error("the peer offered no address to punch to")]
+    NoPeerAddrs,
+    /// Opening, reading or writing the stream failed.
+    #[error("hole-punch stream: {0}")]
+    Stream(String),
+    /// The exchange took longer than its timeout.
+    #[error("hole-punch exchange timed out")]
+    Timeout,
+    /// The direct dial failed.
+    #[error("direct dial failed: {0}")]
+    Dial(NodeError),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// The one message each side sends: where it can be reached, most likely first.
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    addrs: Vec<String>,
+}
+
+/// Encodes our addresses as a message (CBOR; at most [`MAX_ADDRS`] of them).
+pub fn encode(addrs: &[Multiaddr]) -> Vec<u8> {
+    let msg = Message {
+        addrs: addrs
+            .iter()
+            .take(MAX_ADDRS)
+            .map(ToString::to_string)
+            .collect(),
+    };
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = ciborium::into_writer(&msg, &mut out);
+    out
+}
+
+/// Decodes `peer`'s message into the addresses worth dialling: relayed addresses and ones
+/// naming another peer are dropped (a peer can only send us to itself).
+pub fn decode(bytes: &[u8], peer: PeerId) -> Result<Vec<Multiaddr>, HolePunchError> {
+    let msg: Message =
+        ciborium::from_reader(bytes).map_err(|e| HolePunchError::Malformed(e.to_string()))?;
+    if msg.addrs.len() > MAX_ADDRS {
+        return Err(HolePunchError::Malformed(format!(
+            "{} addresses, at most {MAX_ADDRS} allowed",
+            msg.addrs.len()
+        )));
+    }
+    let mut addrs = Vec::with_capacity(msg.addrs.len());
+    for text in &msg.addrs {
+        let mut addr: Multiaddr = text
+            .parse()
+            .map_err(|e| HolePunchError::Malformed(format!("address {text:?}: {e}")))?;
+        if let Some(Protocol::P2p(id)) = addr.iter().last() {
+            if id != peer {
+                continue;
+            }
+            addr.pop();
+        }
+        if addr.iter().any(|p| p == Protocol::P2pCircuit) || addrs.contains(&addr) {
+            continue;
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
+/// Our own addresses a peer could punch to: the ones other peers observed (identify), the
+/// most recently reported first, and confirmed external ones. Bounded to [`MAX_ADDRS`].
+#[derive(Debug, Default)]
+pub struct Candidates {
+    list: VecDeque<Multiaddr>,
+}
+
+impl Candidates {
+    /// Records an address (moved to the front when already known). Only dialable
+    /// addresses count: relayed ones do not (the point is to get off the relay), nor what
+    /// a peer at the far end of a circuit observes (just `/p2p/<our id>`).
+    pub fn add(&mut self, mut addr: Multiaddr) {
+        if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+            addr.pop();
+        }
+        let dialable = matches!(
+            addr.iter().next(),
+            Some(
+                Protocol::Ip4(_)
+                    | Protocol::Ip6(_)
+                    | Protocol::Dns(_)
+                    | Protocol::Dns4(_)
+                    | Protocol::Dns6(_)
+                    | Protocol::Memory(_)
+            )
+        );
+        if !dialable || addr.iter().any(|p| p == Protocol::P2pCircuit) {
+            return;
+        }
+        self.list.retain(|a| a != &addr);
+        self.list.push_front(addr);
+        self.list.truncate(MAX_ADDRS);
+    }
+
+    /// The addresses, most recent first.
+    pub fn to_vec(&self) -> Vec<Multiaddr> {
+        self.list.iter().cloned().collect()
+    }
+}
+
+/// A dial the event loop makes for a hole punch.
+#[derive(Debug)]
+pub(crate) struct PunchDial {
+    pub(crate) peer: PeerId,
+    pub(crate) addrs: Vec<Multiaddr>,
+    /// Dial as the listener: B's side (for QUIC: send hole-punch packets and wait for A's
+    /// connection; for TCP: take the responder's role in the simultaneous open).
+    pub(crate) as_listener: bool,
+    pub(crate) reply: oneshot::Sender<Result<Connected, NodeError>>,
+}
+
+/// What a hole-punch task needs: streams, our current addresses, the event loop's dialler.
+#[derive(Clone)]
+pub(crate) struct Puncher {
+    streams: libp2p_stream::Control,
+    ours: watch::Receiver<Vec<Multiaddr>>,
+    dials: mpsc::Sender<PunchDial>,
+}
+
+/// Builds a [`Puncher`], the sender the event loop publishes our addresses on, and the
+/// receiver of the dials it must make.
+pub(crate) fn channels(
+    streams: libp2p_stream::Control,
+) -> (
+    Puncher,
+    watch::Sender<Vec<Multiaddr>>,
+    mpsc::Receiver<PunchDial>,
+) {
+    let (ours_tx, ours) = watch::channel(Vec::new());
+    let (dials, dial_rx) = mpsc::channel(DIAL_QUEUE);
+    (
+        Puncher {
+            streams,
+            ours,
+            dials,
+        },
+        ours_tx,
+        dial_rx,
+    )
+}
+
+impl Puncher {
+    /// A's side: we dialled `peer` through a relay. Tries [`ATTEMPTS`] times and logs the
+    /// outcome (the NAT lab reads "hole punch failed: gave up after").
+    pub(crate) async fn punch(self, peer: PeerId) {
+        for attempt in 1..=ATTEMPTS {
+            match self.attempt(peer).await {
+                Ok(c) => {
+                    tracing::info!(%peer, attempt, address = %c.address, "hole punch succeeded: direct connection");
+                    return;
+                }
+                // Without addresses on either side another try cannot do better.
+                Err(e @ (HolePunchError::NoOwnAddrs | HolePunchError::NoPeerAddrs)) => {
+                    tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
+                    return;
+                }
+                Err(HolePunchError::Stopped) => return,
+                Err(e) => tracing::debug!(%peer, attempt, "hole punch attempt failed: {e}"),
+            }
+        }
+        tracing::info!(%peer, "hole punch failed: gave up after {ATTEMPTS} attempts");
+    }
+
+    async fn attempt(&self, peer: PeerId) -> Result<Connected, HolePunchError> {
+        let ours = self.ours.borrow().clone();
+        if ours.is_empty() {
+            return Err(HolePunchError::NoOwnAddrs);
+        }
+        let start = Instant::now();
+        let exchange = async {
+            let mut stream = self
+                .streams
+                .clone()
+                .open_stream(peer, HOLEPUNCH_PROTOCOL)
+                .await
+                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+            let theirs = read_message(&mut stream, peer).await?;
+            // Opening the stream took one round trip: the confirmation came back with
+            // B's addresses.
+            let rtt = start.elapsed();
+            write_length_prefixed(&mut stream, &encode(&ours))
+                .await
+                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+            let _ = stream.close().await;
+            Ok::<_, HolePunchError>((theirs, rtt))
+        };
+        let (theirs, rtt) = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| HolePunchError::Timeout)??;
+        if theirs.is_empty() {
+            return Err(HolePunchError::NoPeerAddrs);
+        }
+        // B dials as soon as our message arrives, half a round trip from now.
+        tokio::time::sleep(rtt / 2).await;
+        tracing::debug!(%peer, ?rtt, addrs = ?theirs, "hole punching as dialer");
+        self.dial(peer, theirs, false).await
+    }
+
+    /// B's side: answers one exchange on an accepted stream, then dials.
+    async fn answer(&self, peer: PeerId, mut stream: libp2p::Stream) -> Result<(), HolePunchError> {
+        let ours = self.ours.borrow().clone();
+        let exchange = async {
+            write_length_prefixed(&mut stream, &encode(&ours))
+                .await
+                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+            read_message(&mut stream, peer).await
+        };
+        let theirs = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| HolePunchError::Timeout)??;
+        if ours.is_empty() {
+            return Err(HolePunchError::NoOwnAddrs);
+        }
+        if theirs.is_empty() {
+            return Err(HolePunchError::NoPeerAddrs);
+        }
+        tracing::debug!(%peer, addrs = ?theirs, "hole punching as listener");
+        self.dial(peer, theirs, true).await.map(|_| ())
+    }
+
+    async fn dial(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        as_listener: bool,
+    ) -> Result<Connected, HolePunchError> {
+        let (reply, answer) = oneshot::channel();
+        self.dials
+            .send(PunchDial {
+                peer,
+                addrs,
+                as_listener,
+                reply,
+            })
+            .await
+            .map_err(|_| HolePunchError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| HolePunchError::Stopped)?
+            .map_err(HolePunchError::Dial)
+    }
+
+    /// B's side for every incoming stream, at most [`MAX_EXCHANGES`] at once.
+    pub(crate) async fn serve(self, incoming: libp2p_stream::IncomingStreams) {
+        crate::client::serve_streams(
+            incoming,
+            MAX_EXCHANGES,
+            "hole-punch",
+            move |peer, stream| {
+                let puncher = self.clone();
+                async move {
+                    if let Err(e) = puncher.answer(peer, stream).await {
+                        tracing::debug!(%peer, "answering a hole punch failed: {e}");
+                    }
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn read_message(
+    stream: &mut libp2p::Stream,
+    peer: PeerId,
+) -> Result<Vec<Multiaddr>, HolePunchError> {
+    let bytes = read_length_prefixed(stream, MAX_MESSAGE)
+        .await
+        .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+    decode(&bytes, peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_message_round_trips_and_keeps_the_order() {
+        let p = peer();
+        let addrs = vec![
+            addr("/ip4/198.51.100.7/tcp/4701"),
+            addr("/ip4/198.51.100.7/udp/4701/quic-v1"),
+        ];
+        assert_eq!(decode(&encode(&addrs), p).unwrap(), addrs);
+    }
+
+    #[test]
+    fn relayed_foreign_and_repeated_addresses_are_dropped() {
+        let p = peer();
+        let other = peer();
+        let sent = vec![
+            addr(&format!("/ip4/198.51.100.7/tcp/4701/p2p/{p}")),
+            addr("/ip4/198.51.100.7/tcp/4701"),
+            addr(&format!("/ip4/203.0.113.1/tcp/1/p2p/{other}")),
+            addr(&format!(
+                "/ip4/203.0.113.1/tcp/1/p2p/{other}/p2p-circuit/p2p/{p}"
+            )),
+        ];
+        assert_eq!(
+            decode(&encode(&sent), p).unwrap(),
+            vec![addr("/ip4/198.51.100.7/tcp/4701")]
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_errors_not_panics() {
+        let p = peer();
+        assert!(matches!(
+            decode(b"\xff\x00garbage", p),
+            Err(HolePunchError::Malformed(_))
+        ));
+        let mut bad = Vec::new();
+        ciborium::into_writer(
+            &Message {
+                addrs: vec!["not an address".into()],
+            },
+            &mut bad,
+        )
+        .unwrap();
+        assert!(matches!(decode(&bad, p), Err(HolePunchError::Malformed(_))));
+        let mut many = Vec::new();
+        ciborium::into_writer(
+            &Message {
+                addrs: vec!["/ip4/198.51.100.7/tcp/1".into(); MAX_ADDRS + 1],
+            },
+            &mut many,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode(&many, p),
+            Err(HolePunchError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn candidates_are_bounded_newest_first_and_never_relayed() {
+        let mut c = Candidates::default();
+        for port in 0..(MAX_ADDRS as u16 + 4) {
+            c.add(addr(&format!("/ip4/198.51.100.7/tcp/{port}")));
+        }
+        c.add(addr("/ip4/198.51.100.7/tcp/5"));
+        c.add(addr(&format!(
+            "/ip4/203.0.113.1/tcp/1/p2p/{}/p2p-circuit",
+            peer()
+        )));
+        c.add(addr(&format!("/p2p/{}", peer())));
+        let list = c.to_vec();
+        assert_eq!(list.len(), MAX_ADDRS);
+        assert_eq!(list[0], addr("/ip4/198.51.100.7/tcp/5"));
+        assert_eq!(
+            list[1],
+            addr(&format!("/ip4/198.51.100.7/tcp/{}", MAX_ADDRS + 3))
+        );
+        assert!(list.iter().all(|a| !a.to_string().contains("circuit")));
+    }
+}
