@@ -120,6 +120,9 @@ pub struct Formation {
     pub self_lookup_failures: usize,
     /// Own-id lookups tried again because the node had lost its connections.
     pub self_lookup_retries: usize,
+    /// Of the nodes whose own-id lookup never reached the network, those that got
+    /// through when joining again after everyone else had joined.
+    pub self_lookup_repaired: usize,
 }
 
 /// One lookup.
@@ -469,7 +472,8 @@ impl Report {
                 h,
                 "<h2>Joining</h2><p>{} nodes joined in {:.1} virtual s ({:.1} wall s); \
                  own-id lookups p50 {:.0} ms, p99 {:.0} ms; {} of them never reached the \
-                 network, {} were tried again after the node lost its connections. The \
+                 network ({} got through joining again once the others had joined), {} \
+                 were tried again after the node lost its connections. The \
                  network then settled for {:.1} virtual s, until no node had a DHT query \
                  running ({} still running).</p>",
                 self.formation.nodes_started,
@@ -478,6 +482,7 @@ impl Report {
                 s.p50,
                 s.p99,
                 self.formation.self_lookup_failures,
+                self.formation.self_lookup_repaired,
                 self.formation.self_lookup_retries,
                 self.formation.settle_virtual_secs,
                 self.formation.queries_left
