@@ -213,6 +213,12 @@ impl EventLoop {
         cfg: LoopConfig,
         punching: HolePunching,
     ) -> Self {
+        // Addresses given as external (`--external-address`) are candidates from the start.
+        let mut our_addrs = Candidates::default();
+        for addr in swarm.external_addresses() {
+            our_addrs.add(addr.clone());
+        }
+        punching.ours.send_replace(our_addrs.to_vec());
         Self {
             swarm,
             commands,
@@ -227,7 +233,7 @@ impl EventLoop {
             dialing: HashSet::new(),
             topics: HashMap::new(),
             punching,
-            our_addrs: Candidates::default(),
+            our_addrs,
         }
     }
 
@@ -467,6 +473,25 @@ impl EventLoop {
             as_listener,
             reply,
         } = dial;
+        // Direct already (the other side's dial won, or a punch raced another): done.
+        if self.has_direct(&peer)
+            && let Some(c) = self.best_connection(&peer)
+        {
+            let _ = reply.send(Ok(c));
+            return;
+        }
+        // Only a peer we share a relayed connection with may have us dial the addresses
+        // it names: anyone else could use us to send connection attempts anywhere.
+        let relayed = self
+            .conns
+            .get(&peer)
+            .is_some_and(|l| l.iter().any(|c| c.path == Path::Relayed));
+        if !relayed {
+            let _ = reply.send(Err(NodeError::InvalidInput(
+                "hole punch refused: no relayed connection to this peer".into(),
+            )));
+            return;
+        }
         let mut opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::Always);
