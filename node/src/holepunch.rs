@@ -239,10 +239,18 @@ impl Puncher {
     }
 
     async fn attempt(&self, peer: PeerId) -> Result<Connected, HolePunchError> {
-        let ours = self.ours.borrow().clone();
-        if ours.is_empty() {
-            return Err(HolePunchError::NoOwnAddrs);
-        }
+        // A node that has only just connected may not have heard its address from anyone
+        // yet (identify with the relay still under way): wait for it a little.
+        let mut ours_rx = self.ours.clone();
+        let ours = match tokio::time::timeout(
+            EXCHANGE_TIMEOUT,
+            ours_rx.wait_for(|addrs| !addrs.is_empty()),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => addrs.clone(),
+            _ => return Err(HolePunchError::NoOwnAddrs),
+        };
         let start = Instant::now();
         let exchange = async {
             let mut stream = self
