@@ -70,6 +70,10 @@ pub enum HolePunchError {
     /// The peer offered no address to punch to.
     #[error("the peer offered no address to punch to")]
     NoPeerAddrs,
+    /// The peer does not speak this protocol (an older node, a relay-only node, or one
+    /// running `hole_punch = "dcutr"`).
+    #[error("the peer does not speak {HOLEPUNCH_PROTOCOL}")]
+    Unsupported,
     /// Opening, reading or writing the stream failed.
     #[error("hole-punch stream: {0}")]
     Stream(String),
@@ -226,8 +230,12 @@ impl Puncher {
                     tracing::info!(%peer, attempt, address = %c.address, "hole punch succeeded: direct connection");
                     return;
                 }
-                // Without addresses on either side another try cannot do better.
-                Err(e @ (HolePunchError::NoOwnAddrs | HolePunchError::NoPeerAddrs)) => {
+                // Another try cannot do better than these.
+                Err(
+                    e @ (HolePunchError::NoOwnAddrs
+                    | HolePunchError::NoPeerAddrs
+                    | HolePunchError::Unsupported),
+                ) => {
                     tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
                     return;
                 }
@@ -258,7 +266,12 @@ impl Puncher {
                 .clone()
                 .open_stream(peer, HOLEPUNCH_PROTOCOL)
                 .await
-                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+                .map_err(|e| match e {
+                    libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                        HolePunchError::Unsupported
+                    }
+                    e => HolePunchError::Stream(e.to_string()),
+                })?;
             let theirs = read_message(&mut stream, peer).await?;
             // Opening the stream took one round trip: the confirmation came back with
             // B's addresses.
