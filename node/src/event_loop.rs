@@ -448,6 +448,16 @@ impl EventLoop {
             .addresses(addrs)
             .condition(PeerCondition::Always)
             .build();
+        self.dial_and_reply(peer, opts, reply);
+    }
+
+    /// Dials; `reply` hears of the connection or of why there is none.
+    fn dial_and_reply(
+        &mut self,
+        peer: PeerId,
+        opts: DialOpts,
+        reply: oneshot::Sender<Result<Connected, NodeError>>,
+    ) {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
@@ -498,16 +508,7 @@ impl EventLoop {
         if as_listener {
             opts = opts.override_role();
         }
-        let opts = opts.build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                self.dials.insert(id, (peer, reply));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(dial_error(Some(peer), &e)));
-            }
-        }
+        self.dial_and_reply(peer, opts.build(), reply);
     }
 
     fn redial(&mut self) {
