@@ -483,15 +483,17 @@ impl EventLoop {
             as_listener,
             reply,
         } = dial;
-        // Direct already (the other side's dial won, or a punch raced another): done.
+        // Direct already (the other side's dial won, a punch raced another, or the peer
+        // asked over a direct connection): done, and no dial. This is also what keeps a
+        // peer from using us to send connection attempts to addresses it names, unless
+        // it reaches us only through a relay, as DCUtR allows too.
         if self.has_direct(&peer)
             && let Some(c) = self.best_connection(&peer)
         {
             let _ = reply.send(Ok(c));
             return;
         }
-        // Only a peer we share a relayed connection with may have us dial the addresses
-        // it names: anyone else could use us to send connection attempts anywhere.
+        // The relayed connection the request came over may have closed meanwhile.
         let relayed = self
             .conns
             .get(&peer)

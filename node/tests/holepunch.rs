@@ -13,9 +13,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::{addr_of, wait_for};
+use futures::AsyncReadExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::MemoryTransport;
@@ -23,8 +24,10 @@ use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Transport, noise, yamux};
 use p2pnode_node::api::Path;
+use p2pnode_node::holepunch::{self, HOLEPUNCH_PROTOCOL};
 use p2pnode_node::swarm::TransportFactory;
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
+use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
 
 /// The memory port of an address.
 fn port_of(addr: &Multiaddr) -> Option<u64> {
@@ -34,26 +37,37 @@ fn port_of(addr: &Multiaddr) -> Option<u64> {
     })
 }
 
-/// The memory transport, refusing direct dials to `guarded` (a memory port) while `open`
-/// is false.
-fn guarded_transport(guarded: u64, open: Arc<AtomicBool>) -> TransportFactory {
+/// The memory transport with `check` run on each raw connection before its upgrade; an
+/// error refuses the connection.
+fn memory_with<F>(check: F) -> TransportFactory
+where
+    F: Fn(&ConnectedPoint) -> std::io::Result<()> + Clone + Send + Sync + 'static,
+{
     Arc::new(move |key| {
-        let open = open.clone();
+        let check = check.clone();
         Ok(MemoryTransport::default()
-            .and_then(move |conn, endpoint| async move {
-                if let ConnectedPoint::Dialer { address, .. } = &endpoint
-                    && port_of(address) == Some(guarded)
-                    && !open.load(Ordering::SeqCst)
-                {
-                    return Err(std::io::Error::other("direct dial refused by the test"));
-                }
-                Ok(conn)
+            .and_then(move |conn, endpoint| {
+                let verdict = check(&endpoint);
+                async move { verdict.map(|()| conn) }
             })
             .upgrade(Version::V1Lazy)
             .authenticate(noise::Config::new(key)?)
             .multiplex(yamux::Config::default())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed())
+    })
+}
+
+/// The memory transport, refusing direct dials to `guarded` (a memory port) while `open`
+/// is false.
+fn guarded_transport(guarded: u64, open: Arc<AtomicBool>) -> TransportFactory {
+    memory_with(move |endpoint| match endpoint {
+        ConnectedPoint::Dialer { address, .. }
+            if port_of(address) == Some(guarded) && !open.load(Ordering::SeqCst) =>
+        {
+            Err(std::io::Error::other("direct dial refused by the test"))
+        }
+        _ => Ok(()),
     })
 }
 
@@ -137,6 +151,84 @@ async fn a_relayed_connection_becomes_direct_through_the_exchange() {
     assert_eq!(pinged.path, Path::Direct);
 
     for n in [a, b, relay] {
+        n.shutdown().await;
+    }
+}
+
+/// A peer connected to us directly cannot make us dial the addresses it names: B answers
+/// the exchange but, already direct, makes no dial to the address A names (C's), so
+/// nothing reaches C. (Fails when the event loop dials for it: C sees the attempt.)
+#[tokio::test]
+async fn a_punch_request_over_a_direct_connection_dials_nobody() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let port_b = rand::random::<u64>();
+    let a = start(
+        dirs[0].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let b = start(
+        dirs[1].path(),
+        Config {
+            listen: vec![format!("/memory/{port_b}").parse().unwrap()],
+            external_addresses: vec![format!("/memory/{port_b}").parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    // C counts every raw connection that reaches it, before any handshake.
+    let reached_c = Arc::new(AtomicUsize::new(0));
+    let counter = reached_c.clone();
+    let c = start(
+        dirs[2].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Custom(memory_with(move |endpoint| {
+            if !endpoint.is_dialer() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })),
+    )
+    .await;
+    let b_id = b.client().peer_id();
+    let c_addr = addr_of(&c).await;
+
+    // A direct connection only, and A asks B to punch to C's address.
+    let connected = a.client().connect_addr(addr_of(&b).await).await.unwrap();
+    assert_eq!(connected.path, Path::Direct);
+    let mut stream = a
+        .client()
+        .streams()
+        .open_stream(b_id, HOLEPUNCH_PROTOCOL)
+        .await
+        .unwrap();
+    let offered = read_length_prefixed(&mut stream, 4096).await.unwrap();
+    assert_eq!(
+        holepunch::decode(&offered, b_id).unwrap(),
+        vec![format!("/memory/{port_b}").parse::<Multiaddr>().unwrap()]
+    );
+    let mut c_only = c_addr.clone();
+    c_only.pop();
+    write_length_prefixed(&mut stream, &holepunch::encode(&[c_only]))
+        .await
+        .unwrap();
+    // B ends the stream once the event loop has answered its dial request; had it
+    // dialled, the answer would come only with the connection (or its failure), after C
+    // had seen the attempt.
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    assert_eq!(reached_c.load(Ordering::SeqCst), 0);
+    assert!(!common::connected(&b, c.client().peer_id()).await);
+
+    for n in [a, b, c] {
         n.shutdown().await;
     }
 }
