@@ -83,14 +83,12 @@ pub enum HolePunchMode {
 }
 
 impl HolePunchMode {
+    /// Every mode.
+    pub const ALL: [Self; 3] = [Self::P2pnode, Self::Dcutr, Self::Off];
+
     /// Parses the config and command-line spelling (`p2pnode`, `dcutr`, `off`).
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "p2pnode" => Some(Self::P2pnode),
-            "dcutr" => Some(Self::Dcutr),
-            "off" => Some(Self::Off),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 
     /// The config and command-line spelling.

@@ -471,8 +471,9 @@ impl EventLoop {
 
     /// Records an address of ours a peer could punch to, and tells the punch tasks.
     fn add_our_addr(&mut self, address: Multiaddr) {
-        self.our_addrs.add(address);
-        self.punching.ours.send_replace(self.our_addrs.to_vec());
+        if self.our_addrs.add(address) {
+            self.punching.ours.send_replace(self.our_addrs.to_vec());
+        }
     }
 
     /// Makes a hole-punch dial; the answer comes like any other dial's.

@@ -149,10 +149,11 @@ pub struct Candidates {
 }
 
 impl Candidates {
-    /// Records an address (moved to the front when already known). Only dialable
-    /// addresses count: relayed ones do not (the point is to get off the relay), nor what
-    /// a peer at the far end of a circuit observes (just `/p2p/<our id>`).
-    pub fn add(&mut self, mut addr: Multiaddr) {
+    /// Records an address (moved to the front when already known) and says whether the
+    /// list changed. Only dialable addresses count: relayed ones do not (the point is to
+    /// get off the relay), nor what a peer at the far end of a circuit observes (just
+    /// `/p2p/<our id>`).
+    pub fn add(&mut self, mut addr: Multiaddr) -> bool {
         if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
             addr.pop();
         }
@@ -168,11 +169,16 @@ impl Candidates {
             )
         );
         if !dialable || addr.iter().any(|p| p == Protocol::P2pCircuit) {
-            return;
+            return false;
+        }
+        // Every identify exchange reports the same few addresses again.
+        if self.list.front() == Some(&addr) {
+            return false;
         }
         self.list.retain(|a| a != &addr);
         self.list.push_front(addr);
         self.list.truncate(MAX_ADDRS);
+        true
     }
 
     /// The addresses, most recent first.

@@ -362,7 +362,7 @@ async fn form_network(
 /// run without because their clock is not the wall clock. The join fails when
 /// Kademlia's 10 s wall-clock peer timeout runs out under the load of the nodes joining
 /// beside it (a far node late in a big run); alone, the same lookup gets through.
-async fn rejoin_failed(scenario: &Scenario, slots: &mut [Slot]) -> usize {
+async fn rejoin_failed(scenario: &Scenario, slots: &[Slot]) -> usize {
     let failed: Vec<usize> = slots
         .iter()
         .enumerate()
