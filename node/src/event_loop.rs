@@ -177,6 +177,9 @@ pub(crate) struct LoopConfig {
     pub(crate) max_reservations: usize,
     /// Run our own hole punch (`crate::holepunch`) on relayed connections we dial.
     pub(crate) hole_punch: bool,
+    /// As a relay, introduce the two ends of each circuit to each other
+    /// (`crate::holepunch::INTRODUCE_PROTOCOL`).
+    pub(crate) introduce: bool,
 }
 
 /// The event loop's side of hole punching: our addresses, published to the punch tasks,
@@ -203,7 +206,11 @@ pub struct EventLoop {
     topics: HashMap<gossipsub::TopicHash, Joined>,
     punching: HolePunching,
     our_addrs: Candidates,
+    /// Hole-punch dials under way, one per peer, and the requests waiting for its outcome.
+    punch_dials: HashMap<PeerId, (ConnectionId, Vec<DialReply>)>,
 }
+
+type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
 
 impl EventLoop {
     pub(crate) fn new(
@@ -234,6 +241,7 @@ impl EventLoop {
             topics: HashMap::new(),
             punching,
             our_addrs,
+            punch_dials: HashMap::new(),
         }
     }
 
@@ -482,6 +490,7 @@ impl EventLoop {
             peer,
             addrs,
             as_listener,
+            introduced_by,
             reply,
         } = dial;
         // Direct already (the other side's dial won, a punch raced another, or the peer
@@ -494,15 +503,39 @@ impl EventLoop {
             let _ = reply.send(Ok(c));
             return;
         }
-        // The relayed connection the request came over may have closed meanwhile.
-        let relayed = self
-            .conns
-            .get(&peer)
-            .is_some_and(|l| l.iter().any(|c| c.path == Path::Relayed));
-        if !relayed {
-            let _ = reply.send(Err(NodeError::InvalidInput(
-                "hole punch refused: no relayed connection to this peer".into(),
-            )));
+        let refused = match introduced_by {
+            // An introduction comes before the circuit's connection exists, so only whom
+            // it comes from vouches for it: a relay we chose (it holds our reservation, or
+            // we keep it connected as a bootstrap peer or relay).
+            Some(relay) => {
+                let ours = self.keep.contains_key(&relay)
+                    || self
+                        .reservations
+                        .values()
+                        .any(|r| r.relay == relay && r.accepted);
+                (!ours || peer == relay || peer == *self.swarm.local_peer_id())
+                    .then_some("an introduction from a peer that is not our relay")
+            }
+            // The relayed connection the request came over may have closed meanwhile.
+            None => {
+                let relayed = self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|l| l.iter().any(|c| c.path == Path::Relayed));
+                (!relayed).then_some("no relayed connection to this peer")
+            }
+        };
+        if let Some(why) = refused {
+            let _ = reply.send(Err(NodeError::InvalidInput(format!(
+                "hole punch refused: {why}"
+            ))));
+            return;
+        }
+        // One punch dial per peer at a time: the exchange's request while an
+        // introduction's dial is under way (or the other way round) takes its outcome, as
+        // a second dial from the same port to the same address could only fail.
+        if let Some((_, waiting)) = self.punch_dials.get_mut(&peer) {
+            waiting.push(reply);
             return;
         }
         let mut opts = DialOpts::peer_id(peer)
@@ -511,7 +544,36 @@ impl EventLoop {
         if as_listener {
             opts = opts.override_role();
         }
-        self.dial_and_reply(peer, opts.build(), reply);
+        let opts = opts.build();
+        let id = opts.connection_id();
+        self.dial_and_reply(peer, opts, reply);
+        if self.dials.contains_key(&id) {
+            self.punch_dials.insert(peer, (id, Vec::new()));
+        }
+    }
+
+    /// The relay's side of a circuit from `src` to `dst` just accepted: introduce them.
+    fn introduce(&mut self, src: PeerId, dst: PeerId) {
+        let (src_addrs, dst_addrs) = (self.observed_addrs(&src), self.observed_addrs(&dst));
+        if src_addrs.is_empty() || dst_addrs.is_empty() {
+            return;
+        }
+        self.punching
+            .puncher
+            .introduce((src, src_addrs), (dst, dst_addrs));
+    }
+
+    /// Where we see `peer`: the remote addresses of our direct connections to it.
+    fn observed_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for c in self.conns.get(peer).into_iter().flatten() {
+            let addr = strip_p2p(&c.address);
+            if c.path == Path::Direct && !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs.truncate(crate::holepunch::MAX_ADDRS);
+        addrs
     }
 
     fn redial(&mut self) {
@@ -601,6 +663,17 @@ impl EventLoop {
                     self.dialing.remove(&peer);
                 }
                 let err = || dial_error(peer_id, &error);
+                if let Some(peer) = peer_id
+                    && self
+                        .punch_dials
+                        .get(&peer)
+                        .is_some_and(|(id, _)| *id == connection_id)
+                    && let Some((_, waiting)) = self.punch_dials.remove(&peer)
+                {
+                    for reply in waiting {
+                        let _ = reply.send(Err(err()));
+                    }
+                }
                 if let Some((_, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(err()));
                 } else if let Some(reply) = self.addr_dials.remove(&connection_id) {
@@ -653,6 +726,13 @@ impl EventLoop {
         };
         if outbound {
             self.lookup_reached(peer, &address, &connected);
+        }
+        if path == Path::Direct
+            && let Some((_, waiting)) = self.punch_dials.remove(&peer)
+        {
+            for reply in waiting {
+                let _ = reply.send(Ok(connected.clone()));
+            }
         }
         if let Some((_, reply)) = self.dials.remove(&id) {
             let _ = reply.send(Ok(connected.clone()));
@@ -742,6 +822,15 @@ impl EventLoop {
                 self.keep_connected(relay_peer_id, addrs, KeepFor::Relay);
             }
             BehaviourEvent::RelayClient(event) => tracing::debug!(?event, "relay client"),
+            BehaviourEvent::RelayServer(relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            }) => {
+                tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit accepted");
+                if self.cfg.introduce {
+                    self.introduce(src_peer_id, dst_peer_id);
+                }
+            }
             BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,

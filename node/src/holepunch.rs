@@ -30,6 +30,7 @@
 //! [`Candidates`]); the two async sides run as tasks that ask the event loop to dial.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
@@ -37,7 +38,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::api::Connected;
@@ -45,6 +46,10 @@ use crate::error::NodeError;
 
 /// The protocol name.
 pub const HOLEPUNCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/holepunch/1");
+
+/// The relay's side: it introduces the two ends of each circuit it accepts to each other.
+pub const INTRODUCE_PROTOCOL: StreamProtocol =
+    StreamProtocol::new("/p2pnode/holepunch/introduce/1");
 
 /// Most addresses one message may carry (DCUtR's candidate cache holds 20; a NATed host
 /// rarely has more than a few observed addresses).
@@ -74,7 +79,7 @@ pub enum HolePunchError {
     NoPeerAddrs,
     /// The peer does not speak this protocol (an older node, a relay-only node, or one
     /// running `hole_punch = "dcutr"`).
-    #[error("the peer does not speak {HOLEPUNCH_PROTOCOL}")]
+    #[error("the peer does not speak p2pnode's hole punching")]
     Unsupported,
     /// Opening, reading or writing the stream failed.
     #[error("hole-punch stream: {0}")]
@@ -116,14 +121,20 @@ pub fn encode(addrs: &[Multiaddr]) -> Vec<u8> {
 pub fn decode(bytes: &[u8], peer: PeerId) -> Result<Vec<Multiaddr>, HolePunchError> {
     let msg: Message =
         ciborium::from_reader(bytes).map_err(|e| HolePunchError::Malformed(e.to_string()))?;
-    if msg.addrs.len() > MAX_ADDRS {
+    dialable_addrs(&msg.addrs, peer)
+}
+
+/// Parses the addresses of a message naming `peer`: relayed ones and ones naming another
+/// peer are dropped, and so are repeats.
+fn dialable_addrs(texts: &[String], peer: PeerId) -> Result<Vec<Multiaddr>, HolePunchError> {
+    if texts.len() > MAX_ADDRS {
         return Err(HolePunchError::Malformed(format!(
             "{} addresses, at most {MAX_ADDRS} allowed",
-            msg.addrs.len()
+            texts.len()
         )));
     }
-    let mut addrs = Vec::with_capacity(msg.addrs.len());
-    for text in &msg.addrs {
+    let mut addrs = Vec::with_capacity(texts.len());
+    for text in texts {
         let mut addr: Multiaddr = text
             .parse()
             .map_err(|e| HolePunchError::Malformed(format!("address {text:?}: {e}")))?;
@@ -139,6 +150,61 @@ pub fn decode(bytes: &[u8], peer: PeerId) -> Result<Vec<Multiaddr>, HolePunchErr
         addrs.push(addr);
     }
     Ok(addrs)
+}
+
+/// What a relay tells each end of a circuit it has just accepted: the other end, the
+/// addresses the relay sees it at, and the role of the dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduction {
+    /// The other end of the circuit.
+    pub peer: PeerId,
+    /// Where the relay sees it: the remote addresses of its direct connections to the relay
+    /// (behind a NAT, the NAT's mapping of the port it also dials from).
+    pub addrs: Vec<Multiaddr>,
+    /// Dial as the listener: the circuit's destination B, as in the exchange.
+    pub as_listener: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntroductionMessage {
+    peer: String,
+    addrs: Vec<String>,
+    as_listener: bool,
+}
+
+impl Introduction {
+    /// CBOR, at most [`MAX_ADDRS`] addresses.
+    pub fn encode(&self) -> Vec<u8> {
+        let msg = IntroductionMessage {
+            peer: self.peer.to_string(),
+            addrs: self
+                .addrs
+                .iter()
+                .take(MAX_ADDRS)
+                .map(ToString::to_string)
+                .collect(),
+            as_listener: self.as_listener,
+        };
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = ciborium::into_writer(&msg, &mut out);
+        out
+    }
+
+    /// Decodes an introduction; addresses are filtered as in [`decode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, HolePunchError> {
+        let msg: IntroductionMessage =
+            ciborium::from_reader(bytes).map_err(|e| HolePunchError::Malformed(e.to_string()))?;
+        let peer: PeerId = msg
+            .peer
+            .parse()
+            .map_err(|e| HolePunchError::Malformed(format!("peer id {:?}: {e}", msg.peer)))?;
+        Ok(Self {
+            peer,
+            addrs: dialable_addrs(&msg.addrs, peer)?,
+            as_listener: msg.as_listener,
+        })
+    }
 }
 
 /// Our own addresses a peer could punch to: the ones other peers observed (identify), the
@@ -195,6 +261,8 @@ pub(crate) struct PunchDial {
     /// Dial as the listener: B's side (for QUIC: send hole-punch packets and wait for A's
     /// connection; for TCP: take the responder's role in the simultaneous open).
     pub(crate) as_listener: bool,
+    /// The relay whose introduction asked for the dial; `None` for the exchange's dials.
+    pub(crate) introduced_by: Option<PeerId>,
     pub(crate) reply: oneshot::Sender<Result<Connected, NodeError>>,
 }
 
@@ -204,6 +272,8 @@ pub(crate) struct Puncher {
     streams: libp2p_stream::Control,
     ours: watch::Receiver<Vec<Multiaddr>>,
     dials: mpsc::Sender<PunchDial>,
+    /// A relay's introductions under way; more are not made.
+    introducing: Arc<Semaphore>,
 }
 
 /// Builds a [`Puncher`], the sender the event loop publishes our addresses on, and the
@@ -222,6 +292,7 @@ pub(crate) fn channels(
             streams,
             ours,
             dials,
+            introducing: Arc::new(Semaphore::new(MAX_EXCHANGES)),
         },
         ours_tx,
         dial_rx,
@@ -269,17 +340,7 @@ impl Puncher {
         };
         let start = Instant::now();
         let exchange = async {
-            let mut stream = self
-                .streams
-                .clone()
-                .open_stream(peer, HOLEPUNCH_PROTOCOL)
-                .await
-                .map_err(|e| match e {
-                    libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
-                        HolePunchError::Unsupported
-                    }
-                    e => HolePunchError::Stream(e.to_string()),
-                })?;
+            let mut stream = self.open(peer, HOLEPUNCH_PROTOCOL).await?;
             let theirs = read_message(&mut stream, peer).await?;
             // Opening the stream took one round trip: the confirmation came back with
             // B's addresses.
@@ -299,7 +360,7 @@ impl Puncher {
         // B dials as soon as our message arrives, half a round trip from now.
         tokio::time::sleep(rtt / 2).await;
         tracing::debug!(%peer, ?rtt, addrs = ?theirs, "hole punching as dialer");
-        self.dial(peer, theirs, false).await
+        self.dial(peer, theirs, false, None).await
     }
 
     /// B's side: answers one exchange on an accepted stream, then dials.
@@ -321,7 +382,7 @@ impl Puncher {
             return Err(HolePunchError::NoPeerAddrs);
         }
         tracing::debug!(%peer, addrs = ?theirs, "hole punching as listener");
-        self.dial(peer, theirs, true).await.map(|_| ())
+        self.dial(peer, theirs, true, None).await.map(|_| ())
     }
 
     async fn dial(
@@ -329,6 +390,7 @@ impl Puncher {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         as_listener: bool,
+        introduced_by: Option<PeerId>,
     ) -> Result<Connected, HolePunchError> {
         let (reply, answer) = oneshot::channel();
         self.dials
@@ -336,6 +398,7 @@ impl Puncher {
                 peer,
                 addrs,
                 as_listener,
+                introduced_by,
                 reply,
             })
             .await
@@ -346,22 +409,150 @@ impl Puncher {
             .map_err(HolePunchError::Dial)
     }
 
-    /// B's side for every incoming stream, at most [`MAX_EXCHANGES`] at once.
-    pub(crate) async fn serve(self, incoming: libp2p_stream::IncomingStreams) {
-        crate::client::serve_streams(
-            incoming,
+    /// Serves exchanges (B's side) and introductions (both ends'), at most
+    /// [`MAX_EXCHANGES`] of each at once.
+    pub(crate) async fn serve(
+        self,
+        exchanges: libp2p_stream::IncomingStreams,
+        introductions: libp2p_stream::IncomingStreams,
+    ) {
+        let answerer = self.clone();
+        let exchanges = crate::client::serve_streams(
+            exchanges,
             MAX_EXCHANGES,
             "hole-punch",
             move |peer, stream| {
-                let puncher = self.clone();
+                let puncher = answerer.clone();
                 async move {
                     if let Err(e) = puncher.answer(peer, stream).await {
                         tracing::debug!(%peer, "answering a hole punch failed: {e}");
                     }
                 }
             },
+        );
+        let introductions = crate::client::serve_streams(
+            introductions,
+            MAX_EXCHANGES,
+            "introduction",
+            move |relay, stream| {
+                let puncher = self.clone();
+                async move {
+                    if let Err(e) = puncher.introduced(relay, stream).await {
+                        tracing::debug!(%relay, "introduced dial failed: {e}");
+                    }
+                }
+            },
+        );
+        futures::join!(exchanges, introductions);
+    }
+
+    /// Either end of a circuit: `relay` introduced the other end; dial it at once.
+    async fn introduced(
+        &self,
+        relay: PeerId,
+        mut stream: libp2p::Stream,
+    ) -> Result<(), HolePunchError> {
+        let bytes = tokio::time::timeout(
+            EXCHANGE_TIMEOUT,
+            read_length_prefixed(&mut stream, MAX_MESSAGE),
         )
-        .await;
+        .await
+        .map_err(|_| HolePunchError::Timeout)?
+        .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+        let intro = Introduction::decode(&bytes)?;
+        if intro.addrs.is_empty() {
+            return Err(HolePunchError::NoPeerAddrs);
+        }
+        tracing::debug!(%relay, peer = %intro.peer, addrs = ?intro.addrs, as_listener = intro.as_listener, "hole punching on the relay's introduction");
+        let c = self
+            .dial(intro.peer, intro.addrs, intro.as_listener, Some(relay))
+            .await?;
+        tracing::info!(peer = %intro.peer, %relay, address = %c.address, "hole punch succeeded: direct connection (introduced by the relay)");
+        Ok(())
+    }
+
+    /// The relay's side: the circuit from `src` (A) to `dst` (B) was just accepted; tell
+    /// each where the relay sees the other. Skipped when [`MAX_EXCHANGES`] are under way.
+    pub(crate) fn introduce(&self, src: (PeerId, Vec<Multiaddr>), dst: (PeerId, Vec<Multiaddr>)) {
+        let Ok(permit) = self.introducing.clone().try_acquire_owned() else {
+            tracing::debug!(src = %src.0, dst = %dst.0, "too many introductions under way; skipping one");
+            return;
+        };
+        let puncher = self.clone();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let _permit = permit;
+            let (a, b) = (src.0, dst.0);
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, puncher.send_introductions(src, dst)).await
+            {
+                Ok(Ok(())) => {
+                    tracing::debug!(src = %a, dst = %b, "introduced the ends of a circuit")
+                }
+                Ok(Err(e)) => tracing::debug!(src = %a, dst = %b, "introduction failed: {e}"),
+                Err(_) => tracing::debug!(src = %a, dst = %b, "introduction timed out"),
+            }
+        }));
+    }
+
+    /// B dials (as listener) the moment its message arrives, which opens B's NAT towards
+    /// A; A's dial must not reach B's NAT before that, or B's NAT refuses it (a TCP reset
+    /// ends A's attempt). Opening each stream takes one round trip to that end, so its
+    /// message arrives half a round trip after it is written: A's is written no earlier
+    /// than B's arrival minus A's half round trip. That ignores how much shorter the
+    /// direct path is than the relay's: A may wait longer than it must, never less.
+    async fn send_introductions(
+        &self,
+        (a, a_addrs): (PeerId, Vec<Multiaddr>),
+        (b, b_addrs): (PeerId, Vec<Multiaddr>),
+    ) -> Result<(), HolePunchError> {
+        let start = Instant::now();
+        let to_b = async {
+            let mut stream = self.open(b, INTRODUCE_PROTOCOL).await?;
+            let rtt_b = start.elapsed();
+            let intro = Introduction {
+                peer: a,
+                addrs: a_addrs,
+                as_listener: true,
+            };
+            write_length_prefixed(&mut stream, &intro.encode())
+                .await
+                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+            let _ = stream.close().await;
+            Ok::<_, HolePunchError>(rtt_b)
+        };
+        let open_a = async {
+            let stream = self.open(a, INTRODUCE_PROTOCOL).await?;
+            Ok::<_, HolePunchError>((stream, start.elapsed()))
+        };
+        let (rtt_b, (mut stream, rtt_a)) = futures::try_join!(to_b, open_a)?;
+        let write_a = rtt_a.max((rtt_b * 3 / 2).saturating_sub(rtt_a / 2));
+        tokio::time::sleep_until(start + write_a).await;
+        let intro = Introduction {
+            peer: b,
+            addrs: b_addrs,
+            as_listener: false,
+        };
+        write_length_prefixed(&mut stream, &intro.encode())
+            .await
+            .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+        let _ = stream.close().await;
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, HolePunchError> {
+        self.streams
+            .clone()
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                    HolePunchError::Unsupported
+                }
+                e => HolePunchError::Stream(e.to_string()),
+            })
     }
 }
 

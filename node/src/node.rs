@@ -14,7 +14,7 @@ use crate::client::{Client, ECHO_PROTOCOL, serve_echo};
 use crate::config::{Config, HolePunchMode};
 use crate::error::NodeError;
 use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
-use crate::holepunch::{self, HOLEPUNCH_PROTOCOL};
+use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
 use crate::identity::{self, IdentityError};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
 use crate::store::{MAX_REDIAL, Store, StoreError};
@@ -160,21 +160,18 @@ impl Node {
         }
 
         let mut streams = swarm.behaviour().stream.new_control();
-        let echo_incoming = streams.accept(ECHO_PROTOCOL).map_err(|e| {
-            StartError::Listen(NodeError::Stream {
-                peer: peer_id.to_string(),
-                reason: e.to_string(),
-            })
-        })?;
-
         let hole_punch = config.hole_punch == HolePunchMode::P2pnode && !config.relay_only;
-        let holepunch_incoming = if hole_punch {
-            Some(streams.accept(HOLEPUNCH_PROTOCOL).map_err(|e| {
+        let mut accept = |protocol| {
+            streams.accept(protocol).map_err(|e| {
                 StartError::Listen(NodeError::Stream {
                     peer: peer_id.to_string(),
                     reason: e.to_string(),
                 })
-            })?)
+            })
+        };
+        let echo_incoming = accept(ECHO_PROTOCOL)?;
+        let holepunch_incoming = if hole_punch {
+            Some((accept(HOLEPUNCH_PROTOCOL)?, accept(INTRODUCE_PROTOCOL)?))
         } else {
             None
         };
@@ -207,6 +204,7 @@ impl Node {
                 confirm_listen_addrs: config.relay && config.external_addresses.is_empty(),
                 max_reservations: config.max_reservations,
                 hole_punch,
+                introduce: hole_punch && config.relay,
             },
             HolePunching {
                 puncher: puncher.clone(),
@@ -241,9 +239,9 @@ impl Node {
             serve_echo(echo_incoming, MAX_ECHO_STREAMS),
             span.clone(),
         ));
-        let holepunch = holepunch_incoming.map(|incoming| {
+        let holepunch = holepunch_incoming.map(|(exchanges, intros)| {
             tokio::spawn(tracing::Instrument::instrument(
-                puncher.serve(incoming),
+                puncher.serve(exchanges, intros),
                 span.clone(),
             ))
         });

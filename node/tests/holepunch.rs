@@ -24,7 +24,8 @@ use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Transport, noise, yamux};
 use p2pnode_node::api::Path;
-use p2pnode_node::holepunch::{self, HOLEPUNCH_PROTOCOL};
+use p2pnode_node::config::HolePunchMode;
+use p2pnode_node::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL, Introduction};
 use p2pnode_node::swarm::TransportFactory;
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
 use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
@@ -229,6 +230,248 @@ async fn a_punch_request_over_a_direct_connection_dials_nobody() {
     assert!(!common::connected(&b, c.client().peer_id()).await);
 
     for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+/// The next stream on `protocol` accepted by the test in place of a node, its sender and
+/// its one length-prefixed message.
+async fn next_message(
+    incoming: &mut libp2p_stream::IncomingStreams,
+) -> (p2pnode_node::PeerId, Vec<u8>) {
+    use futures::StreamExt;
+    let (from, mut stream) = tokio::time::timeout(common::WAIT, incoming.next())
+        .await
+        .expect("no stream in time")
+        .unwrap();
+    (from, read_length_prefixed(&mut stream, 4096).await.unwrap())
+}
+
+/// The address `relay` sees `peer` at (its one direct connection's remote address).
+async fn seen_at(relay: &Node, peer: p2pnode_node::PeerId) -> Multiaddr {
+    let peers = relay.client().peers().await.unwrap();
+    let p = peers
+        .iter()
+        .find(|p| p.peer_id == peer.to_string())
+        .unwrap();
+    p.connections[0].address.parse().unwrap()
+}
+
+/// When a relay accepts a circuit from A to B it tells each where it sees the other: A to
+/// dial B, B to dial A "as listener". A and B run without hole punching, so the test reads
+/// the introductions in their place.
+#[tokio::test]
+async fn the_relay_introduces_the_two_ends_of_a_circuit() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let relay = start(
+        dirs[0].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            relay: true,
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let r = addr_of(&relay).await;
+    let end = || Config {
+        listen: vec!["/memory/0".parse().unwrap()],
+        bootstrap: vec![r.clone()],
+        dht_bootstrap_interval_secs: 0,
+        hole_punch: HolePunchMode::Off,
+        ..Config::default()
+    };
+    let a = start(dirs[1].path(), end(), TransportKind::Memory).await;
+    let b = start(dirs[2].path(), end(), TransportKind::Memory).await;
+    let mut a_intros = a.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
+    let mut b_intros = b.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
+    let (a_id, b_id, r_id) = (
+        a.client().peer_id(),
+        b.client().peer_id(),
+        relay.client().peer_id(),
+    );
+    wait_for(|| async {
+        let s = b.client().status().await.ok()?;
+        (!s.reservations.is_empty()).then_some(())
+    })
+    .await;
+
+    let circuit: Multiaddr = format!("{r}/p2p-circuit/p2p/{b_id}").parse().unwrap();
+    let connected = a.client().connect_addr(circuit).await.unwrap();
+    assert_eq!(connected.path, Path::Relayed);
+
+    let (from, to_b) = next_message(&mut b_intros).await;
+    assert_eq!(from, r_id);
+    let to_b = Introduction::decode(&to_b).unwrap();
+    let (from, to_a) = next_message(&mut a_intros).await;
+    assert_eq!(from, r_id);
+    let to_a = Introduction::decode(&to_a).unwrap();
+    assert_eq!(
+        to_b,
+        Introduction {
+            peer: a_id,
+            addrs: vec![seen_at(&relay, a_id).await],
+            as_listener: true,
+        }
+    );
+    assert_eq!(
+        to_a,
+        Introduction {
+            peer: b_id,
+            addrs: vec![seen_at(&relay, b_id).await],
+            as_listener: false,
+        }
+    );
+
+    for n in [a, b, relay] {
+        n.shutdown().await;
+    }
+}
+
+/// A node dials the peer its relay introduces, at once and directly: no relayed
+/// connection, no exchange. The test speaks for the relay X (A's bootstrap peer, which
+/// holds A's reservation) and introduces C.
+#[tokio::test]
+async fn an_introduction_from_our_relay_makes_a_direct_dial() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let x = start(
+        dirs[0].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            relay: true,
+            hole_punch: HolePunchMode::Off,
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let a = start(
+        dirs[1].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            bootstrap: vec![addr_of(&x).await],
+            dht_bootstrap_interval_secs: 0,
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let c = start(
+        dirs[2].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
+    wait_for(|| async {
+        let s = a.client().status().await.ok()?;
+        (!s.reservations.is_empty()).then_some(())
+    })
+    .await;
+    assert!(!common::connected(&a, c_id).await);
+
+    let mut c_addr = addr_of(&c).await;
+    c_addr.pop();
+    let mut stream = x
+        .client()
+        .streams()
+        .open_stream(a_id, INTRODUCE_PROTOCOL)
+        .await
+        .unwrap();
+    let intro = Introduction {
+        peer: c_id,
+        addrs: vec![c_addr.clone()],
+        as_listener: false,
+    };
+    write_length_prefixed(&mut stream, &intro.encode())
+        .await
+        .unwrap();
+
+    let conn = wait_for(|| async {
+        let peers = a.client().peers().await.ok()?;
+        let p = peers.into_iter().find(|p| p.peer_id == c_id.to_string())?;
+        p.connections.into_iter().next()
+    })
+    .await;
+    assert_eq!(conn.path, Path::Direct);
+    assert!(conn.outbound);
+    assert_eq!(conn.address, format!("{c_addr}/p2p/{c_id}"));
+
+    for n in [a, c, x] {
+        n.shutdown().await;
+    }
+}
+
+/// An introduction from a peer that is not our relay makes no dial: Y, connected to A
+/// directly, introduces C, and nothing reaches C. (A ends the stream only once its dial's
+/// outcome is known, after C would have seen the attempt; fails when A dials for Y.)
+#[tokio::test]
+async fn an_introduction_from_a_peer_that_is_not_our_relay_dials_nobody() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(
+        dirs[0].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let y = start(
+        dirs[1].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            hole_punch: HolePunchMode::Off,
+            ..Config::default()
+        },
+        TransportKind::Memory,
+    )
+    .await;
+    let reached_c = Arc::new(AtomicUsize::new(0));
+    let counter = reached_c.clone();
+    let c = start(
+        dirs[2].path(),
+        Config {
+            listen: vec!["/memory/0".parse().unwrap()],
+            ..Config::default()
+        },
+        TransportKind::Custom(memory_with(move |endpoint| {
+            if !endpoint.is_dialer() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })),
+    )
+    .await;
+    let a_id = a.client().peer_id();
+    let mut c_addr = addr_of(&c).await;
+    c_addr.pop();
+
+    let connected = y.client().connect_addr(addr_of(&a).await).await.unwrap();
+    assert_eq!(connected.path, Path::Direct);
+    let mut stream = y
+        .client()
+        .streams()
+        .open_stream(a_id, INTRODUCE_PROTOCOL)
+        .await
+        .unwrap();
+    let intro = Introduction {
+        peer: c.client().peer_id(),
+        addrs: vec![c_addr],
+        as_listener: false,
+    };
+    write_length_prefixed(&mut stream, &intro.encode())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    assert_eq!(reached_c.load(Ordering::SeqCst), 0);
+    assert!(!common::connected(&a, c.client().peer_id()).await);
+
+    for n in [a, c, y] {
         n.shutdown().await;
     }
 }

@@ -48,14 +48,14 @@ pub fn first_line_with(log: &str, needles: &[&str]) -> Option<f64> {
 }
 
 /// The relayed-to-direct time in `log` for `peer`: from the first relayed connection to
-/// the first direct one after it, in ms.
+/// the first direct one, in ms; 0 when the direct connection came first (a relay's
+/// introduction can make it so: the direct dial then leaves before the circuit's
+/// handshake is done).
 pub fn relayed_to_direct_ms(log: &str, peer: &str) -> Option<f64> {
     let connections = connections_to(log, peer);
     let relayed = connections.iter().find(|c| c.relayed)?;
-    let direct = connections
-        .iter()
-        .find(|c| !c.relayed && c.at >= relayed.at)?;
-    Some((direct.at - relayed.at) * 1000.0)
+    let direct = connections.iter().find(|c| !c.relayed)?;
+    Some(((direct.at - relayed.at) * 1000.0).max(0.0))
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -145,6 +145,15 @@ mod tests {
         let ms = relayed_to_direct_ms(LOG, "BBB").expect("both present");
         assert!((ms - 18.917).abs() < 0.01, "{ms}");
         assert_eq!(relayed_to_direct_ms(LOG, "RELAY"), None);
+    }
+
+    #[test]
+    fn a_direct_connection_before_the_relayed_one_counts_as_zero() {
+        let log = "\
+2026-11-23T05:25:04.600000Z  INFO x: connected peer=BBB address=/ip4/198.51.100.12/tcp/4001/p2p/BBB path=Direct
+2026-11-23T05:25:04.682666Z  INFO x: connected peer=BBB address=/p2p/BBB path=Relayed
+";
+        assert_eq!(relayed_to_direct_ms(log, "BBB"), Some(0.0));
     }
 
     #[test]
