@@ -1,12 +1,14 @@
-//! Hole punching (`/p2pnode/holepunch/1`) on the memory transport: A reaches B through a
-//! relay circuit, the two exchange addresses, and A's dial to the address B sent turns the
-//! relayed connection into a direct one. There is no NAT here, so the test stands in for
-//! it: each node's transport refuses direct dials to the other, A's until it holds the
-//! relayed connection, B's always (B's "dial as listener" has no meaning on the memory
-//! transport: it would reach A's listener with both sides answering the handshake). A knows
-//! of B no address but the circuit, and runs no DHT query, so its only direct dial is the
-//! punch's. Punching through real NAT, and how fast, is the NAT lab's job
-//! (`simulations/tests/lab_scenarios.rs`, `p2pnode-sim bench-holepunch`).
+//! Hole punching on the memory transport. The exchange (`/p2pnode/holepunch/1`): A reaches
+//! B through a relay circuit, the two exchange addresses, and A's dial to the address B
+//! sent turns the relayed connection into a direct one. There is no NAT here, so the test
+//! stands in for it: each node's transport refuses direct dials to the other, A's until it
+//! holds the relayed connection, B's always (B's "dial as listener" has no meaning on the
+//! memory transport: it would reach A's listener with both sides answering the
+//! handshake). A knows of B no address but the circuit, runs no DHT query, and the relay
+//! makes no introductions, so its only direct dial is the exchange's. Introductions
+//! (`/p2pnode/holepunch/introduce/1`): what the relay sends, that a node dials on its
+//! relay's word and on nobody else's. Punching through real NAT, and how fast, is the NAT
+//! lab's job (`simulations/tests/lab_scenarios.rs`, `p2pnode-sim bench-holepunch`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,6 +90,8 @@ async fn a_relayed_connection_becomes_direct_through_the_exchange() {
         Config {
             listen: vec!["/memory/0".parse().unwrap()],
             relay: true,
+            // No introductions: the exchange alone must do it.
+            hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
         TransportKind::Memory,
