@@ -74,6 +74,55 @@ fn guarded_transport(guarded: u64, open: Arc<AtomicBool>) -> TransportFactory {
     })
 }
 
+/// A listen list of one fresh memory port.
+fn memory() -> Vec<Multiaddr> {
+    vec!["/memory/0".parse().unwrap()]
+}
+
+/// A node on one fresh memory port.
+async fn memory_node(dir: &std::path::Path, config: Config) -> Node {
+    let config = Config {
+        listen: memory(),
+        ..config
+    };
+    start(dir, config, TransportKind::Memory).await
+}
+
+/// `from` sends `to` an introduction; the stream is returned open.
+async fn introduce(from: &Node, to: p2pnode_node::PeerId, intro: &Introduction) -> libp2p::Stream {
+    let mut stream = from
+        .client()
+        .streams()
+        .open_stream(to, INTRODUCE_PROTOCOL)
+        .await
+        .unwrap();
+    write_length_prefixed(&mut stream, &intro.encode())
+        .await
+        .unwrap();
+    stream
+}
+
+/// A node that counts every raw connection reaching it, before any handshake.
+async fn counted(dir: &std::path::Path) -> (Node, Arc<AtomicUsize>) {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let node = start(
+        dir,
+        Config {
+            listen: memory(),
+            ..Config::default()
+        },
+        TransportKind::Custom(memory_with(move |endpoint| {
+            if !endpoint.is_dialer() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })),
+    )
+    .await;
+    (node, reached)
+}
+
 async fn start(dir: &std::path::Path, config: Config, transport: TransportKind) -> Node {
     let config = Config {
         mdns: false,
@@ -85,16 +134,14 @@ async fn start(dir: &std::path::Path, config: Config, transport: TransportKind) 
 #[tokio::test]
 async fn a_relayed_connection_becomes_direct_through_the_exchange() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let relay = start(
+    let relay = memory_node(
         dirs[0].path(),
         Config {
-            listen: vec!["/memory/0".parse().unwrap()],
             relay: true,
             // No introductions: the exchange alone must do it.
             hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
-        TransportKind::Memory,
     )
     .await;
     let r = addr_of(&relay).await;
@@ -167,15 +214,7 @@ async fn a_relayed_connection_becomes_direct_through_the_exchange() {
 async fn a_punch_request_over_a_direct_connection_dials_nobody() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let port_b = rand::random::<u64>();
-    let a = start(
-        dirs[0].path(),
-        Config {
-            listen: vec!["/memory/0".parse().unwrap()],
-            ..Config::default()
-        },
-        TransportKind::Memory,
-    )
-    .await;
+    let a = memory_node(dirs[0].path(), Config::default()).await;
     let b = start(
         dirs[1].path(),
         Config {
@@ -186,23 +225,7 @@ async fn a_punch_request_over_a_direct_connection_dials_nobody() {
         TransportKind::Memory,
     )
     .await;
-    // C counts every raw connection that reaches it, before any handshake.
-    let reached_c = Arc::new(AtomicUsize::new(0));
-    let counter = reached_c.clone();
-    let c = start(
-        dirs[2].path(),
-        Config {
-            listen: vec!["/memory/0".parse().unwrap()],
-            ..Config::default()
-        },
-        TransportKind::Custom(memory_with(move |endpoint| {
-            if !endpoint.is_dialer() {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
-        })),
-    )
-    .await;
+    let (c, reached_c) = counted(dirs[2].path()).await;
     let b_id = b.client().peer_id();
     let c_addr = addr_of(&c).await;
 
@@ -267,19 +290,17 @@ async fn seen_at(relay: &Node, peer: p2pnode_node::PeerId) -> Multiaddr {
 #[tokio::test]
 async fn the_relay_introduces_the_two_ends_of_a_circuit() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let relay = start(
+    let relay = memory_node(
         dirs[0].path(),
         Config {
-            listen: vec!["/memory/0".parse().unwrap()],
             relay: true,
             ..Config::default()
         },
-        TransportKind::Memory,
     )
     .await;
     let r = addr_of(&relay).await;
     let end = || Config {
-        listen: vec!["/memory/0".parse().unwrap()],
+        listen: memory(),
         bootstrap: vec![r.clone()],
         dht_bootstrap_interval_secs: 0,
         hole_punch: HolePunchMode::Off,
@@ -338,37 +359,25 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
 #[tokio::test]
 async fn an_introduction_from_our_relay_makes_a_direct_dial() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let x = start(
+    let x = memory_node(
         dirs[0].path(),
         Config {
-            listen: vec!["/memory/0".parse().unwrap()],
             relay: true,
             hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
-        TransportKind::Memory,
     )
     .await;
-    let a = start(
+    let a = memory_node(
         dirs[1].path(),
         Config {
-            listen: vec!["/memory/0".parse().unwrap()],
             bootstrap: vec![addr_of(&x).await],
             dht_bootstrap_interval_secs: 0,
             ..Config::default()
         },
-        TransportKind::Memory,
     )
     .await;
-    let c = start(
-        dirs[2].path(),
-        Config {
-            listen: vec!["/memory/0".parse().unwrap()],
-            ..Config::default()
-        },
-        TransportKind::Memory,
-    )
-    .await;
+    let c = memory_node(dirs[2].path(), Config::default()).await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
     wait_for(|| async {
         let s = a.client().status().await.ok()?;
@@ -379,20 +388,12 @@ async fn an_introduction_from_our_relay_makes_a_direct_dial() {
 
     let mut c_addr = addr_of(&c).await;
     c_addr.pop();
-    let mut stream = x
-        .client()
-        .streams()
-        .open_stream(a_id, INTRODUCE_PROTOCOL)
-        .await
-        .unwrap();
     let intro = Introduction {
         peer: c_id,
         addrs: vec![c_addr.clone()],
         as_listener: false,
     };
-    write_length_prefixed(&mut stream, &intro.encode())
-        .await
-        .unwrap();
+    let _stream = introduce(&x, a_id, &intro).await;
 
     let conn = wait_for(|| async {
         let peers = a.client().peers().await.ok()?;
@@ -415,61 +416,28 @@ async fn an_introduction_from_our_relay_makes_a_direct_dial() {
 #[tokio::test]
 async fn an_introduction_from_a_peer_that_is_not_our_relay_dials_nobody() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(
-        dirs[0].path(),
-        Config {
-            listen: vec!["/memory/0".parse().unwrap()],
-            ..Config::default()
-        },
-        TransportKind::Memory,
-    )
-    .await;
-    let y = start(
+    let a = memory_node(dirs[0].path(), Config::default()).await;
+    let y = memory_node(
         dirs[1].path(),
         Config {
-            listen: vec!["/memory/0".parse().unwrap()],
             hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
-        TransportKind::Memory,
     )
     .await;
-    let reached_c = Arc::new(AtomicUsize::new(0));
-    let counter = reached_c.clone();
-    let c = start(
-        dirs[2].path(),
-        Config {
-            listen: vec!["/memory/0".parse().unwrap()],
-            ..Config::default()
-        },
-        TransportKind::Custom(memory_with(move |endpoint| {
-            if !endpoint.is_dialer() {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
-        })),
-    )
-    .await;
+    let (c, reached_c) = counted(dirs[2].path()).await;
     let a_id = a.client().peer_id();
     let mut c_addr = addr_of(&c).await;
     c_addr.pop();
 
     let connected = y.client().connect_addr(addr_of(&a).await).await.unwrap();
     assert_eq!(connected.path, Path::Direct);
-    let mut stream = y
-        .client()
-        .streams()
-        .open_stream(a_id, INTRODUCE_PROTOCOL)
-        .await
-        .unwrap();
     let intro = Introduction {
         peer: c.client().peer_id(),
         addrs: vec![c_addr],
         as_listener: false,
     };
-    write_length_prefixed(&mut stream, &intro.encode())
-        .await
-        .unwrap();
+    let mut stream = introduce(&y, a_id, &intro).await;
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest).await;
     assert_eq!(reached_c.load(Ordering::SeqCst), 0);
