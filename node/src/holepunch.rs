@@ -508,49 +508,46 @@ impl Puncher {
         }));
     }
 
-    /// B dials (as listener) the moment its message arrives, which opens B's NAT towards
-    /// A; A's dial must not reach B's NAT before that, or B's NAT refuses it (a TCP reset
-    /// ends A's attempt). Opening each stream takes one round trip to that end, so its
-    /// message arrives half a round trip after it is written: A's is written no earlier
-    /// than B's arrival minus A's half round trip. That ignores how much shorter the
-    /// direct path is than the relay's: A may wait longer than it must, never less.
+    /// Both streams are opened before either message is written, so that a peer that does
+    /// not speak the protocol gets the other end no dial it could not answer. B dials (as
+    /// listener) the moment its message arrives, which opens B's NAT towards A; A's dial
+    /// must not reach B's NAT before that, or B's NAT refuses it (a TCP reset ends A's
+    /// attempt). Opening a stream takes one round trip to that end, which is how long the
+    /// relay waits for it; a message arrives half of that after it is written. So A's is
+    /// written no earlier than B's arrival less A's half round trip. That ignores how much
+    /// shorter the direct path is than the relay's: A may wait longer than it must, never
+    /// less.
     async fn send_introductions(
         &self,
         (a, a_addrs): (PeerId, Vec<Multiaddr>),
         (b, b_addrs): (PeerId, Vec<Multiaddr>),
     ) -> Result<(), HolePunchError> {
         let start = Instant::now();
-        let to_b = async {
-            let mut stream = self.open(b, INTRODUCE_PROTOCOL).await?;
-            let rtt_b = start.elapsed();
-            let intro = Introduction {
+        let timed_open = |peer| async move {
+            let stream = self.open(peer, INTRODUCE_PROTOCOL).await?;
+            Ok::<_, HolePunchError>((stream, start.elapsed()))
+        };
+        let ((to_a, rtt_a), (to_b, rtt_b)) = futures::try_join!(timed_open(a), timed_open(b))?;
+        let b_arrives = start.elapsed() + rtt_b / 2;
+        send_introduction(
+            to_b,
+            Introduction {
                 peer: a,
                 addrs: a_addrs,
                 as_listener: true,
-            };
-            write_length_prefixed(&mut stream, &intro.encode())
-                .await
-                .map_err(|e| HolePunchError::Stream(e.to_string()))?;
-            let _ = stream.close().await;
-            Ok::<_, HolePunchError>(rtt_b)
-        };
-        let open_a = async {
-            let stream = self.open(a, INTRODUCE_PROTOCOL).await?;
-            Ok::<_, HolePunchError>((stream, start.elapsed()))
-        };
-        let (rtt_b, (mut stream, rtt_a)) = futures::try_join!(to_b, open_a)?;
-        let write_a = rtt_a.max((rtt_b * 3 / 2).saturating_sub(rtt_a / 2));
-        tokio::time::sleep_until(start + write_a).await;
-        let intro = Introduction {
-            peer: b,
-            addrs: b_addrs,
-            as_listener: false,
-        };
-        write_length_prefixed(&mut stream, &intro.encode())
-            .await
-            .map_err(|e| HolePunchError::Stream(e.to_string()))?;
-        let _ = stream.close().await;
-        Ok(())
+            },
+        )
+        .await?;
+        tokio::time::sleep_until(start + b_arrives.saturating_sub(rtt_a / 2)).await;
+        send_introduction(
+            to_a,
+            Introduction {
+                peer: b,
+                addrs: b_addrs,
+                as_listener: false,
+            },
+        )
+        .await
     }
 
     async fn open(
@@ -569,6 +566,18 @@ impl Puncher {
                 e => HolePunchError::Stream(e.to_string()),
             })
     }
+}
+
+/// Writes `intro` and closes the stream.
+async fn send_introduction(
+    mut stream: libp2p::Stream,
+    intro: Introduction,
+) -> Result<(), HolePunchError> {
+    write_length_prefixed(&mut stream, &intro.encode())
+        .await
+        .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+    let _ = stream.close().await;
+    Ok(())
 }
 
 async fn read_message(
