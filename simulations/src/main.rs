@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use p2pnode_node::config::HolePunchMode;
 use p2pnode_sim::lab;
 use p2pnode_sim::lab::NatKind;
 
@@ -58,8 +57,10 @@ enum Commands {
             default_value = "cone-cone,cone-symmetric,symmetric-symmetric"
         )]
         pairs: Vec<String>,
-        /// Hole-punching protocols, comma separated: p2pnode (ours, the default), dcutr
-        /// (libp2p's); give both to measure one beside the other.
+        /// Hole-punching set-ups, comma separated: p2pnode (ours, the default: the relay's
+        /// introductions, the exchange as fallback), exchange (ours without introductions:
+        /// the relay runs with --hole-punch off), dcutr (libp2p's); give several to measure
+        /// them side by side.
         #[arg(long, value_delimiter = ',', default_value = "p2pnode")]
         hole_punch: Vec<String>,
         /// Also write the full report (every trial) as JSON here.
@@ -333,11 +334,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 transports: transport.transports(),
                 protocols: hole_punch
                     .iter()
-                    .map(|p| match HolePunchMode::parse(p) {
-                        Some(HolePunchMode::Off) | None => {
-                            anyhow::bail!("--hole-punch takes p2pnode or dcutr, not {p:?}")
-                        }
-                        Some(mode) => Ok(mode),
+                    .map(|p| {
+                        lab::scenarios::Punch::parse(p).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--hole-punch takes p2pnode, exchange or dcutr, not {p:?}"
+                            )
+                        })
                     })
                     .collect::<anyhow::Result<_>>()?,
                 window: Duration::from_secs(window_s),

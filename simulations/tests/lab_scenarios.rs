@@ -13,31 +13,38 @@
 mod common;
 
 use common::{MACHINE, config, init_tracing, lab_allowed, report};
-use p2pnode_node::config::HolePunchMode;
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, ScenarioConfig, Transport};
+use p2pnode_sim::lab::scenarios::{self, HolePunchOutcome, Punch, ScenarioConfig, Transport};
 
 async fn hole_punch(a: NatKind, b: NatKind, transport: Transport) -> HolePunchOutcome {
-    hole_punch_with(a, b, transport, HolePunchMode::default()).await
+    hole_punch_with(a, b, transport, Punch::default()).await
 }
 
 async fn hole_punch_with(
     a: NatKind,
     b: NatKind,
     transport: Transport,
-    mode: HolePunchMode,
+    punch: Punch,
 ) -> HolePunchOutcome {
     init_tracing();
     let cfg = ScenarioConfig {
-        hole_punch: mode,
+        hole_punch: punch,
         ..config()
     };
     let outcome = scenarios::hole_punch(a, b, transport, cfg)
         .await
         .expect("scenario runs");
     report(&outcome);
-    assert_eq!(outcome.hole_punch, mode.as_str());
+    assert_eq!(outcome.hole_punch, punch.as_str());
+    // Only the relay's introduction may say it made the connection, and on cone NATs it
+    // must have.
+    let cone_cone = a == NatKind::Cone && b == NatKind::Cone;
+    assert_eq!(
+        outcome.introduced,
+        punch == Punch::P2pnode && cone_cone,
+        "{outcome:?}"
+    );
     outcome
 }
 
@@ -92,13 +99,22 @@ async fn cone_cone_goes_direct_with_libp2p_dcutr_too() {
     }
     let _alone = MACHINE.write().await;
     for transport in [Transport::Tcp, Transport::Quic] {
-        let outcome = hole_punch_with(
-            NatKind::Cone,
-            NatKind::Cone,
-            transport,
-            HolePunchMode::Dcutr,
-        )
-        .await;
+        let outcome = hole_punch_with(NatKind::Cone, NatKind::Cone, transport, Punch::Dcutr).await;
+        assert_direct_without_relay(&outcome);
+    }
+}
+
+/// The exchange on the relayed connection alone (the relay introduces nobody) still makes
+/// cone-cone direct over both transports: the fallback when introductions fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_cone_goes_direct_by_the_exchange_alone() {
+    if !lab_allowed() {
+        return;
+    }
+    let _alone = MACHINE.write().await;
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let outcome =
+            hole_punch_with(NatKind::Cone, NatKind::Cone, transport, Punch::Exchange).await;
         assert_direct_without_relay(&outcome);
     }
 }

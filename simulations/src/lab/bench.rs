@@ -9,10 +9,11 @@
 
 use std::time::Duration;
 
-use p2pnode_node::config::HolePunchMode;
 use serde::Serialize;
 
-use super::scenarios::{HolePunchLab, HolePunchOutcome, PEER_PORT, ScenarioConfig, Transport};
+use super::scenarios::{
+    HolePunchLab, HolePunchOutcome, PEER_PORT, Punch, ScenarioConfig, Transport,
+};
 use super::{LabError, NatKind};
 
 /// Settings of a benchmark run.
@@ -28,7 +29,7 @@ pub struct BenchConfig {
     pub transports: Vec<Transport>,
     /// Hole-punching protocols to run (each row once per protocol, so a baseline runs
     /// beside the protocol measured).
-    pub protocols: Vec<HolePunchMode>,
+    pub protocols: Vec<Punch>,
     /// Longest wait for a direct connection per trial.
     pub window: Duration,
     /// Base settings (binary paths, setup timeout).
@@ -46,7 +47,7 @@ impl Default for BenchConfig {
                 (NatKind::Symmetric, NatKind::Symmetric),
             ],
             transports: Transport::ALL.to_vec(),
-            protocols: vec![HolePunchMode::P2pnode],
+            protocols: vec![Punch::P2pnode],
             window: Duration::from_secs(5),
             scenario: ScenarioConfig::default(),
         }
@@ -186,7 +187,7 @@ fn summarise(
     nat_a: NatKind,
     nat_b: NatKind,
     transport: Transport,
-    protocol: HolePunchMode,
+    protocol: Punch,
     trials: u32,
     errors: u32,
     outcomes: &[HolePunchOutcome],

@@ -97,8 +97,56 @@ pub struct ScenarioConfig {
     /// Keep logs and data directories even on success (always kept on failure; env
     /// `P2PNODE_LAB_KEEP` does the same).
     pub keep_logs: bool,
-    /// The peers' hole-punching protocol (`--hole-punch`).
-    pub hole_punch: HolePunchMode,
+    /// How the peers punch holes, and whether the relay introduces them.
+    pub hole_punch: Punch,
+}
+
+/// A hole-punching set-up the lab runs: the peers' protocol (`--hole-punch`), and whether
+/// the relay introduces the two ends of a circuit (it does only for [`Punch::P2pnode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Punch {
+    /// p2pnode's: the relay's introductions, the exchange when they fail (the default).
+    #[default]
+    P2pnode,
+    /// p2pnode's exchange alone: the relay runs with `--hole-punch off`.
+    Exchange,
+    /// libp2p's DCUtR (the relay introduces nobody either).
+    Dcutr,
+}
+
+impl Punch {
+    /// Every set-up, in the order `--hole-punch` lists them.
+    pub const ALL: [Punch; 3] = [Punch::P2pnode, Punch::Exchange, Punch::Dcutr];
+
+    /// Its name on the command line and in outcomes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Punch::P2pnode => "p2pnode",
+            Punch::Exchange => "exchange",
+            Punch::Dcutr => "dcutr",
+        }
+    }
+
+    /// Parses [`Punch::as_str`]'s spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
+    /// The peers' `--hole-punch` mode.
+    pub fn mode(self) -> HolePunchMode {
+        match self {
+            Punch::P2pnode | Punch::Exchange => HolePunchMode::P2pnode,
+            Punch::Dcutr => HolePunchMode::Dcutr,
+        }
+    }
+
+    /// The relay's `--hole-punch` mode: introductions only where they are measured.
+    fn relay_mode(self) -> HolePunchMode {
+        match self {
+            Punch::P2pnode => HolePunchMode::P2pnode,
+            Punch::Exchange | Punch::Dcutr => HolePunchMode::Off,
+        }
+    }
 }
 
 impl Default for ScenarioConfig {
@@ -111,7 +159,7 @@ impl Default for ScenarioConfig {
             sim_binary: None,
             listen_any: false,
             keep_logs: false,
-            hole_punch: HolePunchMode::default(),
+            hole_punch: Punch::default(),
         }
     }
 }
@@ -143,6 +191,7 @@ pub async fn start_relay(
     lab: &Lab,
     name: &str,
     transports: &[Transport],
+    punch: Punch,
 ) -> Result<Node, LabError> {
     let addrs: Vec<String> = transports
         .iter()
@@ -154,7 +203,7 @@ pub async fn start_relay(
         relay: true,
         external: addrs,
         mdns: false,
-        extra_args: vec![],
+        extra_args: vec!["--hole-punch".into(), punch.relay_mode().as_str().into()],
     };
     lab.start_node("relay", name, spec).await
 }
@@ -328,6 +377,9 @@ pub struct HolePunchOutcome {
     pub time_to_direct_ms: Option<f64>,
     /// From the relayed connection to the direct one, from A's log.
     pub relayed_to_direct_ms: Option<f64>,
+    /// Whether A's log says the relay's introduction made the direct connection (rather
+    /// than the exchange or DCUtR).
+    pub introduced: bool,
     /// What `connect` said the path was.
     pub connect_path: PathKind,
     /// Whether A's `find` by peer id returned addresses.
@@ -386,7 +438,7 @@ impl HolePunchLab {
             .host("b", "r2")
             .build()
             .await?;
-        let relay = start_relay(&lab, "relay", &[transport]).await?;
+        let relay = start_relay(&lab, "relay", &[transport], config.hole_punch).await?;
         Ok(Self {
             lab,
             relay,
@@ -417,7 +469,7 @@ impl HolePunchLab {
             port,
             mdns: false,
             listen_any: cfg.listen_any,
-            hole_punch: cfg.hole_punch,
+            hole_punch: cfg.hole_punch.mode(),
         };
         let (a, b) = tokio::try_join!(
             start_peer(&self.lab, "a", &a_name, &self.relay, options),
@@ -451,6 +503,11 @@ impl HolePunchLab {
         };
         let a_log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
         let relayed_to_direct_ms = logscan::relayed_to_direct_ms(&a_log, &b_id);
+        let introduced = logscan::first_line_with(
+            &a_log,
+            &["hole punch succeeded", "introduced by the relay", &b_id],
+        )
+        .is_some();
         let gave_up_ms = if direct_address.is_none() {
             let first_relayed = logscan::connections_to(&a_log, &b_id)
                 .into_iter()
@@ -524,6 +581,7 @@ impl HolePunchLab {
             time_to_relayed_ms: ms(time_to_relayed),
             time_to_direct_ms: time_to_direct.map(ms),
             relayed_to_direct_ms: relayed_to_direct_ms.map(|v| (v * 1000.0).round() / 1000.0),
+            introduced,
             connect_path: connected.path,
             found_by_id,
             find_ms: ms(find_time),
@@ -610,13 +668,13 @@ pub async fn same_lan(config: ScenarioConfig) -> Result<SameLanOutcome, LabError
 
 async fn same_lan_in(lab: &Lab, config: &ScenarioConfig) -> Result<SameLanOutcome, LabError> {
     let t = Transport::Tcp;
-    let relay = start_relay(lab, "relay", &[t]).await?;
+    let relay = start_relay(lab, "relay", &[t], config.hole_punch).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,
         mdns: true,
         listen_any: config.listen_any,
-        hole_punch: config.hole_punch,
+        hole_punch: config.hole_punch.mode(),
     };
     let start = Instant::now();
     let (a, b) = tokio::try_join!(
@@ -718,13 +776,13 @@ async fn relay_restart_in(
     t: Transport,
     config: &ScenarioConfig,
 ) -> Result<RelayRestartOutcome, LabError> {
-    let relay = start_relay(lab, "relay", &[t]).await?;
+    let relay = start_relay(lab, "relay", &[t], config.hole_punch).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,
         mdns: false,
         listen_any: config.listen_any,
-        hole_punch: config.hole_punch,
+        hole_punch: config.hole_punch.mode(),
     };
     let (a, b) = tokio::try_join!(
         start_peer(lab, "a", "a", &relay, options),
