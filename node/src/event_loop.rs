@@ -208,6 +208,10 @@ pub struct EventLoop {
     our_addrs: Candidates,
     /// Hole-punch dials under way, one per peer, and the requests waiting for its outcome.
     punch_dials: HashMap<PeerId, (ConnectionId, Vec<DialReply>)>,
+    /// Our exchanges (A's side), by peer: ended once a direct connection exists however it
+    /// came (an introduction's dial usually wins), so they do not retry on the relayed
+    /// connection being closed under them and report a failure that is none.
+    punches: HashMap<PeerId, tokio::task::AbortHandle>,
 }
 
 type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
@@ -242,6 +246,7 @@ impl EventLoop {
             punching,
             our_addrs,
             punch_dials: HashMap::new(),
+            punches: HashMap::new(),
         }
     }
 
@@ -651,6 +656,9 @@ impl EventLoop {
                     if list.is_empty() {
                         self.conns.remove(&peer_id);
                         self.forget_circuits(peer_id);
+                        if let Some(punch) = self.punches.remove(&peer_id) {
+                            punch.abort();
+                        }
                     }
                 }
             }
@@ -712,12 +720,19 @@ impl EventLoop {
         });
         if path == Path::Direct {
             self.close_relayed(peer);
+            if let Some(punch) = self.punches.remove(&peer) {
+                punch.abort();
+                tracing::info!(%peer, %address, "hole punch succeeded: direct connection");
+            }
         } else if outbound && self.cfg.hole_punch && !self.has_direct(&peer) {
             // We dialled through a relay because we want this peer: we start the punch
             // (see `crate::holepunch` for why this side).
-            tokio::spawn(tracing::Instrument::in_current_span(
+            let punch = tokio::spawn(tracing::Instrument::in_current_span(
                 self.punching.puncher.clone().punch(peer),
             ));
+            if let Some(earlier) = self.punches.insert(peer, punch.abort_handle()) {
+                earlier.abort();
+            }
         }
         let connected = Connected {
             peer_id: peer.to_string(),

@@ -315,13 +315,15 @@ pub(crate) fn channels(
 }
 
 impl Puncher {
-    /// A's side: we dialled `peer` through a relay. Tries [`ATTEMPTS`] times and logs the
-    /// outcome (the NAT lab reads "hole punch failed: gave up after").
+    /// A's side: we dialled `peer` through a relay. Tries [`ATTEMPTS`] times and logs a
+    /// failure (the NAT lab reads "hole punch failed: gave up after"). The event loop ends
+    /// the task as soon as a direct connection exists, whichever dial made it, and logs
+    /// the success itself.
     pub(crate) async fn punch(self, peer: PeerId) {
         for attempt in 1..=ATTEMPTS {
             match self.attempt(peer).await {
                 Ok(c) => {
-                    tracing::info!(%peer, attempt, address = %c.address, "hole punch succeeded: direct connection");
+                    tracing::debug!(%peer, attempt, address = %c.address, "hole punch: direct connection");
                     return;
                 }
                 // Another try cannot do better than these.
