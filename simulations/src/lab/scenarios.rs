@@ -377,8 +377,8 @@ pub struct HolePunchOutcome {
     pub time_to_direct_ms: Option<f64>,
     /// From the relayed connection to the direct one, from A's log.
     pub relayed_to_direct_ms: Option<f64>,
-    /// Whether A's log says the relay's introduction made the direct connection (rather
-    /// than the exchange or DCUtR).
+    /// Whether A's or B's log says the relay's introduction made the direct connection
+    /// (rather than the exchange or DCUtR).
     pub introduced: bool,
     /// What `connect` said the path was.
     pub connect_path: PathKind,
@@ -503,11 +503,23 @@ impl HolePunchLab {
         };
         let a_log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
         let relayed_to_direct_ms = logscan::relayed_to_direct_ms(&a_log, &b_id);
-        let introduced = logscan::first_line_with(
-            &a_log,
-            &["hole punch succeeded", "introduced by the relay", &b_id],
-        )
-        .is_some();
+        // Either end's introduced dial may be the one that connected (over QUIC, A's
+        // connection can arrive as B's, inbound, while A's own dial is still under way).
+        let b_log = std::fs::read_to_string(b.log_path()).unwrap_or_default();
+        let a_id = a.peer_id().to_string();
+        let introduced = [(&a_log, &b_id), (&b_log, &a_id)]
+            .iter()
+            .any(|(log, other)| {
+                logscan::first_line_with(
+                    log,
+                    &[
+                        "hole punch succeeded",
+                        "introduced by the relay",
+                        other.as_str(),
+                    ],
+                )
+                .is_some()
+            });
         let gave_up_ms = if direct_address.is_none() {
             let first_relayed = logscan::connections_to(&a_log, &b_id)
                 .into_iter()
