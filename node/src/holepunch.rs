@@ -9,9 +9,10 @@
 //! other is, and both dial before the circuit's own handshake is done: B "as listener"
 //! the moment its message arrives, A timed so that its dial does not reach B's NAT
 //! before B's dial has opened it. In the NAT lab (+50 ms RTT, p95) the direct
-//! connection exists 1.6 RTT after the relayed one over TCP and 0.6 over QUIC (DCUtR: 5.2 and 4.2). A node
-//! obeys an introduction only from a relay it chose (one holding its reservation, or a
-//! bootstrap peer), since the addresses come from the relay alone.
+//! connection exists 1.6 RTT after the relayed one over TCP and 0.6 over QUIC (DCUtR:
+//! 5.3 and 4.3 in the same run). A node obeys an introduction only from a relay it chose
+//! (one holding its reservation, or a bootstrap peer), since the addresses come from the
+//! relay alone.
 //!
 //! **The exchange** (`/p2pnode/holepunch/1`), for a relay that does not introduce or a
 //! punch the introduction could not make. libp2p's DCUtR is started by the relayed
@@ -33,8 +34,8 @@
 //! Both dials leave at the same moment, so each NAT has a mapping out to the other when the
 //! other's packets arrive: a TCP simultaneous open, or for QUIC B sending hole-punch
 //! packets while A dials (B dials "as listener", exactly as in DCUtR). In the NAT lab
-//! (+50 ms RTT, p95, introductions off): direct at 2.8 RTT over QUIC and 3.7 over TCP,
-//! against DCUtR's 4.4 and 5.3 in the same run. The messages carry what DCUtR's CONNECT
+//! (+50 ms RTT, p95, introductions off): direct at 2.8 RTT over QUIC and 3.8 over TCP,
+//! against DCUtR's 4.3 and 5.3 in the same run. The messages carry what DCUtR's CONNECT
 //! and SYNC carry. When an introduction's dial is under way the exchange's dial takes its
 //! outcome instead of dialling again (one punch dial per peer at a time).
 //!
