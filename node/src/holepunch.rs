@@ -666,6 +666,59 @@ mod tests {
     }
 
     #[test]
+    fn an_introduction_round_trips_and_names_only_its_peer() {
+        let (p, other) = (peer(), peer());
+        let intro = Introduction {
+            peer: p,
+            addrs: vec![
+                addr(&format!("/ip4/198.51.100.7/tcp/4701/p2p/{p}")),
+                addr(&format!("/ip4/203.0.113.1/tcp/1/p2p/{other}")),
+                addr("/ip4/198.51.100.7/udp/4701/quic-v1"),
+            ],
+            as_listener: true,
+        };
+        assert_eq!(
+            Introduction::decode(&intro.encode()).unwrap(),
+            Introduction {
+                peer: p,
+                addrs: vec![
+                    addr("/ip4/198.51.100.7/tcp/4701"),
+                    addr("/ip4/198.51.100.7/udp/4701/quic-v1"),
+                ],
+                as_listener: true,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_introductions_are_errors_not_panics() {
+        let encode = |msg: &IntroductionMessage| {
+            let mut out = Vec::new();
+            ciborium::into_writer(msg, &mut out).unwrap();
+            out
+        };
+        let bad_peer = encode(&IntroductionMessage {
+            peer: "not a peer id".into(),
+            addrs: vec!["/ip4/198.51.100.7/tcp/1".into()],
+            as_listener: false,
+        });
+        let too_many = encode(&IntroductionMessage {
+            peer: peer().to_string(),
+            addrs: vec!["/ip4/198.51.100.7/tcp/1".into(); MAX_ADDRS + 1],
+            as_listener: false,
+        });
+        for bytes in [&b"\xa1\x00"[..], &bad_peer, &too_many] {
+            assert!(
+                matches!(
+                    Introduction::decode(bytes),
+                    Err(HolePunchError::Malformed(_))
+                ),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
     fn candidates_are_bounded_newest_first_and_never_relayed() {
         let mut c = Candidates::default();
         for port in 0..(MAX_ADDRS as u16 + 4) {
