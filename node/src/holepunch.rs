@@ -514,12 +514,13 @@ impl Puncher {
     /// Both streams are opened before either message is written, so that a peer that does
     /// not speak the protocol gets the other end no dial it could not answer. B dials (as
     /// listener) the moment its message arrives, which opens B's NAT towards A; A's dial
-    /// must not reach B's NAT before that, or B's NAT refuses it (a TCP reset ends A's
-    /// attempt). Opening a stream takes one round trip to that end, which is how long the
-    /// relay waits for it; a message arrives half of that after it is written. So A's is
-    /// written no earlier than B's arrival less A's half round trip. That ignores how much
-    /// shorter the direct path is than the relay's: A may wait longer than it must, never
-    /// less.
+    /// should not reach B's NAT before that: most routers drop it (harmless while B's
+    /// packets still reach A), some answer with a TCP reset, which ends A's attempt and
+    /// leaves the punch to the exchange. Opening a stream takes one round trip to that
+    /// end, which is how long the relay waits for it; a message arrives half of that after
+    /// it is written. So A's is written no earlier than B's arrival less A's half round
+    /// trip. That ignores the direct path being shorter than the relay's, as it usually
+    /// is, so A usually waits longer than it must.
     async fn send_introductions(
         &self,
         (a, a_addrs): (PeerId, Vec<Multiaddr>),
