@@ -724,7 +724,13 @@ impl EventLoop {
                 punch.abort();
                 tracing::info!(%peer, %address, "hole punch succeeded: direct connection");
             }
-        } else if outbound && self.cfg.hole_punch && !self.has_direct(&peer) {
+        } else if self.has_direct(&peer) {
+            // An introduction's direct dial can finish before the relayed connection it
+            // raced (the relayed one still runs its handshake over the circuit): close the
+            // late relayed one as `close_relayed` would have.
+            tracing::debug!(%peer, "closing relayed connection: a direct one exists");
+            self.swarm.close_connection(id);
+        } else if outbound && self.cfg.hole_punch {
             // We dialled through a relay because we want this peer: we start the punch
             // (see `crate::holepunch` for why this side).
             let punch = tokio::spawn(tracing::Instrument::in_current_span(
@@ -734,11 +740,17 @@ impl EventLoop {
                 earlier.abort();
             }
         }
-        let connected = Connected {
+        // A dial whose relayed connection came late is answered with the direct one,
+        // which is what its caller's streams will use.
+        let direct = (path == Path::Relayed)
+            .then(|| self.best_connection(&peer))
+            .flatten()
+            .filter(|best| best.path == Path::Direct);
+        let connected = direct.unwrap_or_else(|| Connected {
             peer_id: peer.to_string(),
             path,
             address: address.to_string(),
-        };
+        });
         if outbound {
             self.lookup_reached(peer, &address, &connected);
         }

@@ -7,7 +7,8 @@
 //! handshake). A knows of B no address but the circuit, runs no DHT query, and the relay
 //! makes no introductions, so its only direct dial is the exchange's. Introductions
 //! (`/p2pnode/holepunch/introduce/1`): what the relay sends, that a node dials on its
-//! relay's word and on nobody else's. Punching through real NAT, and how fast, is the NAT
+//! relay's word and on nobody else's, and that a relayed connection finishing after the
+//! introduction's direct one is closed. Punching through real NAT, and how fast, is the NAT
 //! lab's job (`simulations/tests/lab_scenarios.rs`, `p2pnode-sim bench-holepunch`).
 
 #![allow(clippy::unwrap_used)]
@@ -446,4 +447,192 @@ async fn an_introduction_from_a_peer_that_is_not_our_relay_dials_nobody() {
     for n in [a, c, y] {
         n.shutdown().await;
     }
+}
+
+/// A relayed connection that comes after a direct one is closed, and the dial that made it
+/// is answered with the direct one. A dials B through relay X while B's link to X is
+/// stalled, so the circuit cannot finish; X introduces B to A, whose direct dial does;
+/// then the stall ends and the relayed connection arrives second, as it can in the field
+/// when an introduction's one-hop dial beats the circuit's handshake. (Fails when the late
+/// relayed connection is kept: checked.)
+#[tokio::test]
+async fn a_relayed_connection_after_a_direct_one_is_closed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let x = memory_node(
+        dirs[0].path(),
+        Config {
+            relay: true,
+            hole_punch: HolePunchMode::Off,
+            ..Config::default()
+        },
+    )
+    .await;
+    let x_addr = addr_of(&x).await;
+    let node = || Config {
+        listen: memory(),
+        bootstrap: vec![x_addr.clone()],
+        dht_bootstrap_interval_secs: 0,
+        ..Config::default()
+    };
+    let a = start(dirs[1].path(), node(), TransportKind::Memory).await;
+    let stall = Arc::new(Stall::default());
+    let b = start(
+        dirs[2].path(),
+        node(),
+        TransportKind::Custom(stalling_transport(stall.clone())),
+    )
+    .await;
+    let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
+    for n in [&a, &b] {
+        wait_for(|| async {
+            let s = n.client().status().await.ok()?;
+            (!s.reservations.is_empty()).then_some(())
+        })
+        .await;
+    }
+    let b_connections = || async {
+        let peers = a.client().peers().await.unwrap();
+        peers
+            .into_iter()
+            .find(|p| p.peer_id == b_id.to_string())
+            .map(|p| p.connections)
+            .unwrap_or_default()
+    };
+    assert!(b_connections().await.is_empty());
+
+    // B's writes to X wait: the circuit's STOP answer cannot leave B.
+    stall.set(true);
+    let circuit: Multiaddr = format!("{x_addr}/p2p-circuit/p2p/{b_id}").parse().unwrap();
+    let dialing = tokio::spawn({
+        let client = a.client().clone();
+        async move { client.connect_addr(circuit).await }
+    });
+    // B's own listener, not its circuit address (which an introduction may not name).
+    let b_addr = b
+        .client()
+        .status()
+        .await
+        .unwrap()
+        .listen_addrs
+        .into_iter()
+        .find(|a| !a.contains("p2p-circuit"))
+        .unwrap();
+    let b_addr: Multiaddr = b_addr.parse().unwrap();
+    let intro = Introduction {
+        peer: b_id,
+        addrs: vec![b_addr.clone()],
+        as_listener: false,
+    };
+    let _stream = introduce(&x, a_id, &intro).await;
+    let direct = format!("{b_addr}/p2p/{b_id}");
+    // The direct connection, first and alone.
+    let first = wait_for(|| async {
+        let list = b_connections().await;
+        list.iter().any(|c| c.path == Path::Direct).then_some(list)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Now the relayed connection can finish, second.
+    stall.set(false);
+    let connected = dialing.await.unwrap().unwrap();
+    assert_eq!(connected.path, Path::Direct, "{connected:?}");
+    assert_eq!(connected.address, direct);
+    let only = wait_for(|| async {
+        let list = b_connections().await;
+        list.iter().all(|c| c.path == Path::Direct).then_some(list)
+    })
+    .await;
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0].address, direct);
+
+    for n in [a, b, x] {
+        n.shutdown().await;
+    }
+}
+
+/// Holds back writes on the connections a node dialled while set.
+#[derive(Default)]
+struct Stall {
+    on: AtomicBool,
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
+}
+
+impl Stall {
+    fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+        if !on {
+            for w in self.wakers.lock().unwrap().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A connection whose writes wait while its [`Stall`] is set.
+struct Stalled<S> {
+    inner: S,
+    stall: Option<Arc<Stall>>,
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Stalled<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Stalled<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(stall) = &this.stall
+            && stall.on.load(Ordering::SeqCst)
+        {
+            stall.wakers.lock().unwrap().push(cx.waker().clone());
+            // Still set after registering: the wake of `set(false)` may have passed.
+            if stall.on.load(Ordering::SeqCst) {
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+/// The memory transport, with writes on the connections this node dials held back while
+/// `stall` is set.
+fn stalling_transport(stall: Arc<Stall>) -> TransportFactory {
+    Arc::new(move |key| {
+        let stall = stall.clone();
+        Ok(MemoryTransport::default()
+            .and_then(move |conn, endpoint| {
+                let stall = endpoint.is_dialer().then(|| stall.clone());
+                async move { Ok::<_, std::io::Error>(Stalled { inner: conn, stall }) }
+            })
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed())
+    })
 }
