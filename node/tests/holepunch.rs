@@ -89,6 +89,26 @@ async fn memory_node(dir: &std::path::Path, config: Config) -> Node {
     start(dir, config, TransportKind::Memory).await
 }
 
+/// A relay on a fresh memory port that introduces nobody (`hole_punch` off), so a test's
+/// introductions and exchanges are the only ones.
+async fn relay_node(dir: &std::path::Path) -> Node {
+    let config = Config {
+        relay: true,
+        hole_punch: HolePunchMode::Off,
+        ..Config::default()
+    };
+    memory_node(dir, config).await
+}
+
+/// Waits until `node` holds a reservation on its relay.
+async fn reserved(node: &Node) {
+    wait_for(|| async {
+        let s = node.client().status().await.ok()?;
+        (!s.reservations.is_empty()).then_some(())
+    })
+    .await;
+}
+
 /// `from` sends `to` an introduction; the stream is returned open.
 async fn introduce(from: &Node, to: p2pnode_node::PeerId, intro: &Introduction) -> libp2p::Stream {
     let mut stream = from
@@ -135,16 +155,8 @@ async fn start(dir: &std::path::Path, config: Config, transport: TransportKind) 
 #[tokio::test]
 async fn a_relayed_connection_becomes_direct_through_the_exchange() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let relay = memory_node(
-        dirs[0].path(),
-        Config {
-            relay: true,
-            // No introductions: the exchange alone must do it.
-            hole_punch: HolePunchMode::Off,
-            ..Config::default()
-        },
-    )
-    .await;
+    // No introductions: the exchange alone must do it.
+    let relay = relay_node(dirs[0].path()).await;
     let r = addr_of(&relay).await;
     // Fixed random ports, so each node can be told the other's before either starts. A
     // node's own address is its confirmed external one: the candidate it punches with.
@@ -171,11 +183,7 @@ async fn a_relayed_connection_becomes_direct_through_the_exchange() {
     .await;
     let b_id = b.client().peer_id();
 
-    wait_for(|| async {
-        let s = b.client().status().await.ok()?;
-        (!s.reservations.is_empty()).then_some(())
-    })
-    .await;
+    reserved(&b).await;
     // A is not connected to B directly yet (its dials to B were refused so far), and
     // connects through the relay.
     assert!(!common::connected(&a, b_id).await);
@@ -316,11 +324,7 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
         b.client().peer_id(),
         relay.client().peer_id(),
     );
-    wait_for(|| async {
-        let s = b.client().status().await.ok()?;
-        (!s.reservations.is_empty()).then_some(())
-    })
-    .await;
+    reserved(&b).await;
 
     let circuit: Multiaddr = format!("{r}/p2p-circuit/p2p/{b_id}").parse().unwrap();
     let connected = a.client().connect_addr(circuit).await.unwrap();
@@ -360,15 +364,7 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
 #[tokio::test]
 async fn an_introduction_from_our_relay_makes_a_direct_dial() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let x = memory_node(
-        dirs[0].path(),
-        Config {
-            relay: true,
-            hole_punch: HolePunchMode::Off,
-            ..Config::default()
-        },
-    )
-    .await;
+    let x = relay_node(dirs[0].path()).await;
     let a = memory_node(
         dirs[1].path(),
         Config {
@@ -380,11 +376,7 @@ async fn an_introduction_from_our_relay_makes_a_direct_dial() {
     .await;
     let c = memory_node(dirs[2].path(), Config::default()).await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
-    wait_for(|| async {
-        let s = a.client().status().await.ok()?;
-        (!s.reservations.is_empty()).then_some(())
-    })
-    .await;
+    reserved(&a).await;
     assert!(!common::connected(&a, c_id).await);
 
     let mut c_addr = addr_of(&c).await;
@@ -458,15 +450,7 @@ async fn an_introduction_from_a_peer_that_is_not_our_relay_dials_nobody() {
 #[tokio::test]
 async fn a_relayed_connection_after_a_direct_one_is_closed() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let x = memory_node(
-        dirs[0].path(),
-        Config {
-            relay: true,
-            hole_punch: HolePunchMode::Off,
-            ..Config::default()
-        },
-    )
-    .await;
+    let x = relay_node(dirs[0].path()).await;
     let x_addr = addr_of(&x).await;
     let node = || Config {
         listen: memory(),
@@ -483,13 +467,8 @@ async fn a_relayed_connection_after_a_direct_one_is_closed() {
     )
     .await;
     let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
-    for n in [&a, &b] {
-        wait_for(|| async {
-            let s = n.client().status().await.ok()?;
-            (!s.reservations.is_empty()).then_some(())
-        })
-        .await;
-    }
+    reserved(&a).await;
+    reserved(&b).await;
     let b_connections = || async {
         let peers = a.client().peers().await.unwrap();
         peers
