@@ -15,14 +15,17 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use common::{addr_of, wait_for};
-use futures::AsyncReadExt;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::MemoryTransport;
+use libp2p::core::transport::memory::Channel;
 use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Transport, noise, yamux};
@@ -47,12 +50,22 @@ fn memory_with<F>(check: F) -> TransportFactory
 where
     F: Fn(&ConnectedPoint) -> std::io::Result<()> + Clone + Send + Sync + 'static,
 {
+    memory_wrapped(move |conn, endpoint| check(endpoint).map(|()| conn))
+}
+
+/// The memory transport with each raw connection passed through `wrap` before its
+/// upgrade (Noise, yamux); an error refuses the connection.
+fn memory_wrapped<F, W>(wrap: F) -> TransportFactory
+where
+    F: Fn(Channel<Vec<u8>>, &ConnectedPoint) -> std::io::Result<W> + Clone + Send + Sync + 'static,
+    W: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     Arc::new(move |key| {
-        let check = check.clone();
+        let wrap = wrap.clone();
         Ok(MemoryTransport::default()
             .and_then(move |conn, endpoint| {
-                let verdict = check(&endpoint);
-                async move { verdict.map(|()| conn) }
+                let wrapped = wrap(conn, &endpoint);
+                async move { wrapped }
             })
             .upgrade(Version::V1Lazy)
             .authenticate(noise::Config::new(key)?)
@@ -534,7 +547,7 @@ async fn a_relayed_connection_after_a_direct_one_is_closed() {
 #[derive(Default)]
 struct Stall {
     on: AtomicBool,
-    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl Stall {
@@ -554,22 +567,22 @@ struct Stalled<S> {
     stall: Option<Arc<Stall>>,
 }
 
-impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Stalled<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Stalled<S> {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &mut [u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
-impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Stalled<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         if let Some(stall) = &this.stall
             && stall.on.load(Ordering::SeqCst)
@@ -577,41 +590,26 @@ impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Stalled<S> {
             stall.wakers.lock().unwrap().push(cx.waker().clone());
             // Still set after registering: the wake of `set(false)` may have passed.
             if stall.on.load(Ordering::SeqCst) {
-                return std::task::Poll::Pending;
+                return Poll::Pending;
             }
         }
-        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
-    fn poll_close(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }
 
 /// The memory transport, with writes on the connections this node dials held back while
 /// `stall` is set.
 fn stalling_transport(stall: Arc<Stall>) -> TransportFactory {
-    Arc::new(move |key| {
-        let stall = stall.clone();
-        Ok(MemoryTransport::default()
-            .and_then(move |conn, endpoint| {
-                let stall = endpoint.is_dialer().then(|| stall.clone());
-                async move { Ok::<_, std::io::Error>(Stalled { inner: conn, stall }) }
-            })
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise::Config::new(key)?)
-            .multiplex(yamux::Config::default())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed())
+    memory_wrapped(move |conn, endpoint| {
+        let stall = endpoint.is_dialer().then(|| stall.clone());
+        Ok(Stalled { inner: conn, stall })
     })
 }
