@@ -52,7 +52,7 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Streams for the application protocols.
     pub stream: libp2p_stream::Behaviour,
-    /// Publish/subscribe for chat rooms (payloads are end-to-end sealed by the room key).
+    /// Publish/subscribe for the protocols' topics (rooms; payloads are sealed end to end).
     /// Its streams do not keep connections alive ([`IdleGossip`]).
     pub gossipsub: IdleGossip,
 }

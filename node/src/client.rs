@@ -1,28 +1,20 @@
 //! [`Client`]: the cheap, cloneable handle through which everything else (the control
 //! socket, the application protocols, tests) asks the event loop for work.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use tokio::sync::{mpsc, oneshot};
-
-use std::sync::Arc;
-
 use p2pnode_secure::SecureStream;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Connected, Found, Path, PeerInfo, Pinged, Status, TrustInfo, VerifyInfo};
 use crate::error::NodeError;
 use crate::event_loop::Command;
+use crate::peer::{Target, parse_target};
 use crate::secure::{SecureListener, Security};
-use crate::trust::PROTOCOLS;
-
-/// Protocol of the echo service behind `p2pnode ping`: it proves that application traffic
-/// flows over the current connection, whatever path it takes.
-pub const ECHO_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/echo/1.0.0");
-
-/// Size of one echo probe.
-pub(crate) const ECHO_SIZE: usize = 32;
+use crate::streams::{ECHO_PROTOCOL, ECHO_SIZE};
 
 /// Connecting (DHT lookup plus dial) gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
@@ -60,7 +52,7 @@ impl Client {
     }
 
     /// Opens an application stream to `peer`: connects when needed, checks the trust store
-    /// for `app` (`chat`, `files`, `tunnel`, `sync`) and runs the post-quantum handshake.
+    /// for the protocol named `app` and runs the post-quantum handshake.
     pub async fn open_secure(
         &self,
         peer: PeerId,
@@ -75,8 +67,19 @@ impl Client {
             .await
     }
 
-    /// Accepts application streams of `protocol`, each after the trust check and handshake.
+    /// Accepts application streams of `protocol`, each after the trust check for `app` and
+    /// the handshake. Protocols listen through [`crate::protocol::Context::listen`], which
+    /// names their own `app`; tests may pick any.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn listen_secure(
+        &self,
+        protocol: StreamProtocol,
+        app: &'static str,
+    ) -> Result<SecureListener, NodeError> {
+        self.secure_listener(protocol, app)
+    }
+
+    pub(crate) fn secure_listener(
         &self,
         protocol: StreamProtocol,
         app: &'static str,
@@ -153,16 +156,17 @@ impl Client {
 
     /// Allows `peer` the given protocols (all when empty) and lifts a revocation.
     pub async fn allow(&self, peer: PeerId, protocols: &[String]) -> Result<TrustInfo, NodeError> {
+        let known = self.security.protocols();
         for p in protocols {
-            if !PROTOCOLS.contains(&p.as_str()) {
+            if !known.contains(&p.as_str()) {
                 return Err(NodeError::InvalidInput(format!(
                     "unknown protocol {p:?}; known: {}",
-                    PROTOCOLS.join(", ")
+                    known.join(", ")
                 )));
             }
         }
         let grant: Vec<String> = if protocols.is_empty() {
-            PROTOCOLS.iter().map(|p| p.to_string()).collect()
+            known.iter().map(|p| p.to_string()).collect()
         } else {
             protocols.to_vec()
         };
@@ -189,7 +193,7 @@ impl Client {
         peer: PeerId,
         change: impl FnOnce(&mut p2pnode_secure::TrustEntry) + Send + 'static,
     ) -> Result<p2pnode_secure::TrustEntry, NodeError> {
-        let key = crate::secure::verifying_key_of(&peer)?.to_bytes();
+        let key = crate::peer::verifying_key_of(&peer)?.to_bytes();
         let trust = self.security.trust().clone();
         tokio::task::spawn_blocking(move || trust.update(&peer, key, change))
             .await
@@ -202,7 +206,9 @@ impl Client {
         self.peer_id
     }
 
-    /// The stream control, for application protocols to open and accept streams.
+    /// The raw stream control, which bypasses the secure gate: only for tests of the
+    /// connection layer itself.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
     }
@@ -211,12 +217,7 @@ impl Client {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        ask(&self.commands, make).await
     }
 
     /// The node's status.
@@ -318,121 +319,17 @@ async fn with_timeout<T>(
     }
 }
 
-/// A peer id or an address, as a user typed it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    /// A bare peer id.
-    Peer(PeerId),
-    /// A multiaddr.
-    Addr(Multiaddr),
-}
-
-/// Reads `s` as a multiaddr (starts with `/`) or a peer id, with a clear error for either.
-pub fn parse_target(s: &str) -> Result<Target, NodeError> {
-    let s = s.trim();
-    if s.starts_with('/') {
-        s.parse::<Multiaddr>()
-            .map(Target::Addr)
-            .map_err(|e| NodeError::InvalidInput(format!("invalid multiaddr {s:?}: {e}")))
-    } else {
-        parse_peer_id(s).map(Target::Peer)
-    }
-}
-
-/// Reads a peer id, with a clear error. Only ids that embed an Ed25519 public key are
-/// accepted: every p2pnode has one, and the secure layer needs the key from the id, so a
-/// truncated or hashed id is a typo, not a peer.
-pub fn parse_peer_id(s: &str) -> Result<PeerId, NodeError> {
-    let invalid = || {
-        NodeError::InvalidInput(format!(
-            "invalid peer id {s:?} (expected a base58 id such as 12D3KooW...)"
-        ))
-    };
-    let peer = s.trim().parse::<PeerId>().map_err(|_| invalid())?;
-    ed25519_key_of(&peer).ok_or_else(invalid)?;
-    Ok(peer)
-}
-
-/// The Ed25519 public key a peer id embeds (identity multihash), if it does.
-pub fn ed25519_key_of(peer: &PeerId) -> Option<libp2p::identity::ed25519::PublicKey> {
-    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    if hash.code() != 0 {
-        return None;
-    }
-    libp2p::identity::PublicKey::try_decode_protobuf(hash.digest())
-        .ok()?
-        .try_into_ed25519()
-        .ok()
-}
-
-/// Serves the echo protocol: each incoming stream gets its bytes back until it closes.
-/// At most `max_streams` echo streams run at once; more are refused by dropping them.
-pub(crate) async fn serve_echo(incoming: libp2p_stream::IncomingStreams, max_streams: usize) {
-    serve_streams(incoming, max_streams, "echo", |_, mut stream| async move {
-        let mut buf = [0u8; ECHO_SIZE];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-}
-
-/// Runs `handle` on each incoming stream, at most `max_streams` at once; streams beyond
-/// that are refused by dropping them. Ends when the node stops accepting streams.
-pub(crate) async fn serve_streams<F, Fut>(
-    mut incoming: libp2p_stream::IncomingStreams,
-    max_streams: usize,
-    what: &str,
-    handle: F,
-) where
-    F: Fn(PeerId, libp2p::Stream) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use futures::StreamExt;
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams));
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((peer, stream)) = incoming.next().await {
-        // Reap finished tasks so the set stays bounded by the semaphore.
-        while tasks.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many {what} streams; refusing one");
-            continue;
-        };
-        let work = handle(peer, stream);
-        tasks.spawn(tracing::Instrument::in_current_span(async move {
-            let _permit = permit;
-            work.await;
-        }));
-    }
-    tasks.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_or_explain() {
-        let peer = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        assert_eq!(parse_target(&peer.to_string()).unwrap(), Target::Peer(peer));
-        assert!(matches!(
-            parse_target("/ip4/127.0.0.1/tcp/1").unwrap(),
-            Target::Addr(_)
-        ));
-        let e = parse_target("/ip4/999.1.1.1/tcp/1").unwrap_err();
-        assert!(e.to_string().contains("invalid multiaddr"), "{e}");
-        let e = parse_peer_id("12D3KooWnope").unwrap_err();
-        assert!(e.to_string().contains("invalid peer id"), "{e}");
-        let e = parse_target("not-a-peer").unwrap_err();
-        assert!(e.to_string().contains("invalid peer id"), "{e}");
-    }
+/// Sends the command `make` builds to a task's queue and waits for its reply: the one way
+/// every handle (this client, a protocol's) asks the task that owns the state. A task that
+/// is gone is [`NodeError::Stopped`].
+pub async fn ask<C, T>(
+    commands: &mpsc::Sender<C>,
+    make: impl FnOnce(oneshot::Sender<T>) -> C,
+) -> Result<T, NodeError> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| NodeError::Stopped)?;
+    rx.await.map_err(|_| NodeError::Stopped)
 }

@@ -435,7 +435,7 @@ impl Puncher {
         introductions: libp2p_stream::IncomingStreams,
     ) {
         let answerer = self.clone();
-        let exchanges = crate::client::serve_streams(
+        let exchanges = crate::streams::serve_streams(
             exchanges,
             MAX_EXCHANGES,
             "hole-punch",
@@ -448,7 +448,7 @@ impl Puncher {
                 }
             },
         );
-        let introductions = crate::client::serve_streams(
+        let introductions = crate::streams::serve_streams(
             introductions,
             MAX_EXCHANGES,
             "introduction",

@@ -1,23 +1,27 @@
 //! Starting and stopping a node: identity, database, swarm, listeners, the event loop task,
-//! the peer-store writer and the echo service, and a clean shutdown of all of them.
+//! the peer-store writer, the echo and verification services, the registered application
+//! protocols ([`NodeBuilder::protocol`]), and a clean shutdown of all of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use libp2p::multiaddr::Protocol;
+use libp2p::multiaddr::Protocol as AddrPart;
 use libp2p::{Multiaddr, Swarm};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::behaviour::Behaviour;
-use crate::client::{Client, ECHO_PROTOCOL, serve_echo};
+use crate::client::Client;
 use crate::config::{Config, HolePunchMode};
 use crate::error::NodeError;
 use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
 use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
 use crate::identity::{self, IdentityError};
+use crate::peer::{short_id, signing_key_of};
+use crate::protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols, Registered};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
 use crate::store::{MAX_REDIAL, Store, StoreError};
+use crate::streams::{ECHO_PROTOCOL, serve_echo};
 use crate::swarm::{self, BuildError};
 use crate::trust::TrustDb;
 
@@ -74,9 +78,12 @@ pub enum StartError {
     /// No listener could be opened at all.
     #[error("could not listen on any address")]
     NoListener,
-    /// The chat service could not start.
+    /// Two registered protocols share a name or a control route prefix.
+    #[error("protocol {0:?} is registered twice (by name or control route prefix)")]
+    DuplicateProtocol(String),
+    /// A registered protocol could not start.
     #[error(transparent)]
-    Chat(#[from] crate::chat::ChatError),
+    Protocol(#[from] ProtocolError),
 }
 
 /// A running node. Drop it only after [`Node::shutdown`].
@@ -88,9 +95,9 @@ pub struct Node {
     echo: JoinHandle<()>,
     verify: JoinHandle<()>,
     holepunch: Option<JoinHandle<()>>,
-    chat: crate::chat::ChatHandle,
-    chat_task: JoinHandle<()>,
+    protocols: Protocols,
     store_writer: Option<std::thread::JoinHandle<()>>,
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Node {
@@ -101,31 +108,81 @@ impl std::fmt::Debug for Node {
     }
 }
 
-impl Node {
-    /// Starts a node on the real transports with its data in `data_dir`.
-    pub async fn start(data_dir: &Path, config: Config) -> Result<Self, StartError> {
-        Self::start_with(data_dir, config, TransportKind::Real).await
+/// A protocol registered on a [`NodeBuilder`], waiting for the node to run.
+type StartFn = Box<dyn FnOnce(Context) -> Result<Arc<dyn ProtocolHandler>, ProtocolError> + Send>;
+
+/// Composes a node from its configuration, its transports and the application protocols
+/// the binary registers.
+pub struct NodeBuilder {
+    data_dir: PathBuf,
+    config: Config,
+    transport: TransportKind,
+    protocols: Vec<(&'static str, StartFn)>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("data_dir", &self.data_dir)
+            .field("transport", &self.transport)
+            .field(
+                "protocols",
+                &self.protocols.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    /// Runs the node on these transports (the real ones by default).
+    pub fn transport(mut self, transport: TransportKind) -> Self {
+        self.transport = transport;
+        self
     }
 
-    /// Starts a node on the chosen transports.
-    pub async fn start_with(
-        data_dir: &Path,
-        config: Config,
-        transport: TransportKind,
-    ) -> Result<Self, StartError> {
+    /// Registers an application protocol: it starts once the connection layer runs, in
+    /// registration order, and stops (in reverse order) before it.
+    pub fn protocol<P: Protocol>(mut self, protocol: P) -> Self {
+        let name = protocol.name();
+        self.protocols.push((
+            name,
+            Box::new(move |ctx| {
+                let handler: Arc<dyn ProtocolHandler> = Arc::new(protocol.start(ctx)?);
+                Ok(handler)
+            }),
+        ));
+        self
+    }
+
+    /// Starts the node and its protocols.
+    pub async fn start(self) -> Result<Node, StartError> {
+        let Self {
+            data_dir,
+            config,
+            transport,
+            protocols,
+        } = self;
+        let data_dir = data_dir.as_path();
+        let names: Vec<&'static str> = protocols.iter().map(|(n, _)| *n).collect();
+        if let Some(dup) = names
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| names[..i].contains(n).then_some(*n))
+        {
+            return Err(StartError::DuplicateProtocol(dup.to_string()));
+        }
         identity::ensure_data_dir(data_dir)?;
         let keypair = identity::load_or_create(data_dir)?;
         let peer_id = keypair.public().to_peer_id();
-        let chat_signer = crate::chat::signing_key_of(&keypair);
+        let signing_key = signing_key_of(&keypair).ok_or_else(|| IdentityError::Corrupt {
+            path: data_dir.join(identity::IDENTITY_FILE),
+            reason: "not an Ed25519 key".into(),
+        })?;
+        let span = tracing::info_span!("node", peer = %short_id(&peer_id.to_string()));
         let store = Store::open(data_dir)?;
         let trust = TrustDb::open(store.database().clone())?;
         let revoked = trust.revoked()?;
-        let security = Arc::new(Security::new(&keypair, trust, config.pad).ok_or_else(|| {
-            IdentityError::Corrupt {
-                path: data_dir.join(identity::IDENTITY_FILE),
-                reason: "not an Ed25519 key".into(),
-            }
-        })?);
+        let security = Arc::new(Security::new(signing_key.clone(), trust, config.pad, names));
 
         let mut bootstrap = Vec::new();
         for addr in &config.bootstrap {
@@ -179,9 +236,11 @@ impl Node {
 
         let (store_tx, store_rx) = std::sync::mpsc::sync_channel::<StoreUpdate>(STORE_QUEUE);
         let writer_store = store.clone();
+        let writer_span = span.clone();
         let store_writer = std::thread::Builder::new()
             .name("peer-store".into())
             .spawn(move || {
+                let _span = writer_span.enter();
                 // Ends when the event loop drops its sender.
                 for (peer, addrs) in store_rx {
                     if let Err(e) = writer_store.record_peer(&peer, &addrs) {
@@ -229,7 +288,6 @@ impl Node {
         }
 
         let stop = Arc::new(Notify::new());
-        let span = tracing::info_span!("node", peer = %short_id(&peer_id.to_string()));
         let loop_stop = stop.clone();
         let event_loop = tokio::spawn(tracing::Instrument::instrument(
             event_loop.run(async move { loop_stop.notified().await }),
@@ -245,35 +303,100 @@ impl Node {
                 span.clone(),
             ))
         });
-        let verify_listener =
+        let verify_listener = span.in_scope(|| {
             SecureListener::new(security.clone(), &mut streams, VERIFY_PROTOCOL, "verify")
-                .map_err(StartError::Listen)?;
+        });
         let verify = tokio::spawn(tracing::Instrument::instrument(
-            serve_verify(security.clone(), verify_listener),
-            span,
+            serve_verify(
+                security.clone(),
+                verify_listener.map_err(StartError::Listen)?,
+            ),
+            span.clone(),
         ));
         let client = Client::new(cmd_tx, streams, security, peer_id);
-        let (chat, chat_task) = crate::chat::start(
-            client.clone(),
-            store.database().clone(),
-            chat_signer.ok_or_else(|| IdentityError::Corrupt {
-                path: data_dir.join(identity::IDENTITY_FILE),
-                reason: "not an Ed25519 key".into(),
-            })?,
-        )?;
-        tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, "node started");
-        Ok(Self {
+        let mut node = Node {
             client,
-            chat,
-            chat_task,
             data_dir: data_dir.to_path_buf(),
             stop,
             event_loop,
             echo,
             holepunch,
             verify,
+            protocols: Protocols::default(),
             store_writer: Some(store_writer),
-        })
+            span: span.clone(),
+        };
+        let accepted = Arc::default();
+        let mut running = Vec::new();
+        for (name, start) in protocols {
+            let ctx = Context {
+                name,
+                client: node.client.clone(),
+                database: store.database().clone(),
+                signing_key: signing_key.clone(),
+                data_dir: data_dir.to_path_buf(),
+                span: span.clone(),
+                accepted: Arc::clone(&accepted),
+            };
+            // Tasks the protocol spawns while starting inherit the node's span.
+            let started = span
+                .in_scope(|| start(ctx))
+                .map_err(StartError::from)
+                .and_then(|handler| {
+                    let taken = handler.route_prefixes().iter().find(|p| {
+                        running
+                            .iter()
+                            .any(|r: &Registered| r.handler.route_prefixes().contains(p))
+                    });
+                    match taken {
+                        Some(p) => Err(StartError::DuplicateProtocol(p.to_string())),
+                        None => Ok(handler),
+                    }
+                });
+            match started {
+                Ok(handler) => running.push(Registered { name, handler }),
+                Err(e) => {
+                    // Stop what did start, so nothing is left running behind the error.
+                    node.protocols = Protocols::new(running, accepted);
+                    node.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        node.protocols = Protocols::new(running, accepted);
+        tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, protocols = ?node.protocols, "node started");
+        Ok(node)
+    }
+}
+
+impl Node {
+    /// A builder for a node with its data in `data_dir`: register protocols on it, then
+    /// start it.
+    pub fn builder(data_dir: &Path, config: Config) -> NodeBuilder {
+        NodeBuilder {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            transport: TransportKind::Real,
+            protocols: Vec::new(),
+        }
+    }
+
+    /// Starts a node on the real transports with its data in `data_dir`, running no
+    /// application protocol.
+    pub async fn start(data_dir: &Path, config: Config) -> Result<Self, StartError> {
+        Self::builder(data_dir, config).start().await
+    }
+
+    /// Starts a node on the chosen transports, running no application protocol.
+    pub async fn start_with(
+        data_dir: &Path,
+        config: Config,
+        transport: TransportKind,
+    ) -> Result<Self, StartError> {
+        Self::builder(data_dir, config)
+            .transport(transport)
+            .start()
+            .await
     }
 
     /// A handle for commands.
@@ -281,9 +404,20 @@ impl Node {
         &self.client
     }
 
-    /// The chat service.
-    pub fn chat(&self) -> &crate::chat::ChatHandle {
-        &self.chat
+    /// The running application protocols.
+    pub fn protocols(&self) -> &Protocols {
+        &self.protocols
+    }
+
+    /// The running protocol handler of type `H`, if one is registered.
+    pub fn protocol<H: ProtocolHandler>(&self) -> Option<&H> {
+        self.protocols.get::<H>()
+    }
+
+    /// The node's tracing span (`node{peer=...}`): tasks that serve this node, such as the
+    /// control server, run in it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The data directory.
@@ -291,12 +425,12 @@ impl Node {
         &self.data_dir
     }
 
-    /// Stops the event loop, closes every connection and waits for the database writes.
+    /// Stops the protocols (each drains and commits), then the event loop, closing every
+    /// connection, and waits for the database writes.
     pub async fn shutdown(mut self) {
-        // Chat first: its state is committed batch by batch, so stopping it mid-way loses
-        // nothing, and it must not write to streams of a swarm that is going away.
-        self.chat_task.abort();
-        let _ = (&mut self.chat_task).await;
+        // Protocols first: they must not write to streams of a swarm that is going away,
+        // and they may still need it to finish what they acknowledged.
+        self.protocols.shutdown().await;
         self.stop.notify_one();
         if let Err(e) = (&mut self.event_loop).await {
             tracing::warn!("event loop ended badly: {e}");
@@ -315,12 +449,6 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
-}
-
-/// The first characters of a peer id, for log spans.
-pub fn short_id(peer: &str) -> &str {
-    let start = peer.len().saturating_sub(8);
-    &peer[start..]
 }
 
 /// Opens the configured listeners. Default addresses fall back to a free port when the
@@ -363,8 +491,8 @@ fn listen(swarm: &mut Swarm<Behaviour>, config: &Config) -> Result<(), StartErro
 fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
         .map(|p| match p {
-            Protocol::Tcp(_) => Protocol::Tcp(0),
-            Protocol::Udp(_) => Protocol::Udp(0),
+            AddrPart::Tcp(_) => AddrPart::Tcp(0),
+            AddrPart::Udp(_) => AddrPart::Udp(0),
             other => other,
         })
         .collect()

@@ -1,5 +1,5 @@
-//! Secure application streams: every protocol stream (chat, files, tunnel, sync) opens
-//! through [`Security::open`] or arrives through [`SecureListener`], which check the trust
+//! Secure application streams: every protocol's stream opens through [`Security::open`]
+//! or arrives through [`SecureListener`], which check the trust
 //! store and run the post-quantum hybrid handshake of `p2pnode_secure` before any
 //! application byte moves. There is no other way to get an application stream, so the
 //! secure path is the only path.
@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use p2pnode_secure::{
     HandshakeConfig, PeerKey, Sas, SecureStream, SigningKey, TrustDecision, TrustStore,
     VerifyingKey,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
-use crate::client::ed25519_key_of;
 use crate::error::NodeError;
+use crate::peer::verifying_key_of;
 use crate::trust::TrustDb;
 
 /// The stream protocol of `p2pnode verify`: a handshake whose only product is the SAS.
@@ -50,6 +49,8 @@ pub struct Security {
     trust: TrustDb,
     pending: Mutex<HashMap<PeerId, PendingSas>>,
     pad: bool,
+    /// The registered protocols' names: what `allow` and a confirmed verification grant.
+    protocols: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Security {
@@ -58,31 +59,24 @@ impl std::fmt::Debug for Security {
     }
 }
 
-/// The Ed25519 key a peer id embeds, as the secure layer wants it.
-pub fn verifying_key_of(peer: &PeerId) -> Result<VerifyingKey, NodeError> {
-    ed25519_key_of(peer)
-        .and_then(|k| VerifyingKey::from_bytes(&k.to_bytes()).ok())
-        .ok_or_else(|| NodeError::InvalidInput(format!("peer id {peer} holds no Ed25519 key")))
-}
-
 fn trust_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Trust(e.to_string())
 }
 
 impl Security {
     pub(crate) fn new(
-        keypair: &libp2p::identity::Keypair,
+        signing: SigningKey,
         trust: TrustDb,
         pad: bool,
-    ) -> Option<Self> {
-        let secret = keypair.clone().try_into_ed25519().ok()?.secret();
-        let bytes: [u8; 32] = secret.as_ref().try_into().ok()?;
-        Some(Self {
-            signing: SigningKey::from_bytes(&bytes),
+        protocols: Vec<&'static str>,
+    ) -> Self {
+        Self {
+            signing,
             trust,
             pending: Mutex::new(HashMap::new()),
             pad,
-        })
+            protocols,
+        }
     }
 
     /// The trust table.
@@ -90,7 +84,12 @@ impl Security {
         &self.trust
     }
 
-    /// What the trust store says about `peer` for `app` (`chat`, `files`, ...).
+    /// The names of the protocols the node runs, which the trust store grants.
+    pub fn protocols(&self) -> &[&'static str] {
+        &self.protocols
+    }
+
+    /// What the trust store says about `peer` for the protocol named `app`.
     pub async fn decide(&self, peer: PeerId, app: &str) -> Result<TrustDecision, NodeError> {
         let key = verifying_key_of(&peer)?.to_bytes();
         let trust = self.trust.clone();
@@ -210,13 +209,13 @@ impl Security {
             ))
         })?;
         let trust = self.trust.clone();
+        let grant: Vec<String> = self.protocols.iter().map(|p| p.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             trust.update(&peer, pending.key, |e| {
                 e.peer_key = pending.key;
                 e.verify(pending.key);
                 e.revoked = false;
-                e.allowed_protocols
-                    .extend(crate::trust::PROTOCOLS.iter().map(|p| p.to_string()));
+                e.allowed_protocols.extend(grant);
             })
         })
         .await
@@ -250,7 +249,7 @@ pub(crate) fn refuse_if_untrusted(peer: PeerId, decision: TrustDecision) -> Resu
 
 /// An application stream that passed the handshake, with the trust decision for it.
 /// `Allow` means go ahead; `UnknownPeer` and `NotAllowed` are for the protocol to handle
-/// (a chat request, a file offer to accept, or a refusal for members-only protocols).
+/// (a request to accept, or a refusal for members-only protocols).
 pub struct Accepted {
     /// The authenticated peer.
     pub peer: PeerId,
@@ -280,7 +279,9 @@ impl SecureListener {
             .accept(protocol.clone())
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let (tx, rx) = mpsc::channel(32);
-        let task = tokio::spawn(accept_loop(security, incoming, protocol, app, tx));
+        let task = tokio::spawn(tracing::Instrument::in_current_span(accept_loop(
+            security, incoming, protocol, app, tx,
+        )));
         Ok(Self { accepted: rx, task })
     }
 
@@ -303,48 +304,46 @@ impl Drop for SecureListener {
 
 async fn accept_loop(
     security: Arc<Security>,
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     protocol: StreamProtocol,
     app: &'static str,
     tx: mpsc::Sender<Accepted>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((peer, stream)) = incoming.next().await {
-        while tasks.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, %protocol, "too many handshakes in progress; refusing a stream");
-            continue;
-        };
-        let (security, protocol, tx) = (security.clone(), protocol.clone(), tx.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
-            let decision = match security.decide(peer, app).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(%peer, "trust check failed: {e}");
+    let what = format!("{protocol} handshake");
+    crate::streams::serve_streams(
+        incoming,
+        MAX_CONCURRENT_HANDSHAKES,
+        &what,
+        |peer, stream| {
+            let (security, protocol, tx) = (security.clone(), protocol.clone(), tx.clone());
+            async move {
+                let decision = match security.decide(peer, app).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(%peer, "trust check failed: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = refuse_if_untrusted(peer, decision) {
+                    tracing::warn!(%peer, %protocol, "refused stream: {e}");
                     return;
                 }
-            };
-            if let Err(e) = refuse_if_untrusted(peer, decision) {
-                tracing::warn!(%peer, %protocol, "refused stream: {e}");
-                return;
-            }
-            match security.respond(peer, stream, &protocol).await {
-                Ok(stream) => {
-                    let _ = tx
-                        .send(Accepted {
-                            peer,
-                            stream,
-                            decision,
-                        })
-                        .await;
+                match security.respond(peer, stream, &protocol).await {
+                    Ok(stream) => {
+                        let _ = tx
+                            .send(Accepted {
+                                peer,
+                                stream,
+                                decision,
+                            })
+                            .await;
+                    }
+                    Err(e) => tracing::warn!(%peer, %protocol, "handshake failed: {e}"),
                 }
-                Err(e) => tracing::warn!(%peer, %protocol, "handshake failed: {e}"),
             }
-        });
-    }
-    tasks.shutdown().await;
+        },
+    )
+    .await;
 }
 
 /// Serves the verification protocol: answers handshakes and keeps their SAS for
@@ -364,6 +363,8 @@ pub(crate) async fn serve_verify(security: Arc<Security>, mut listener: SecureLi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PROTOCOLS: [&str; 3] = ["proto-a", "proto-b", "proto-c"];
 
     #[tokio::test]
     async fn a_changed_key_raises_the_alarm_in_every_protocol() {
@@ -386,11 +387,12 @@ mod tests {
             .update(&peer, real, |e| {
                 e.verify(other);
                 e.allowed_protocols
-                    .extend(crate::trust::PROTOCOLS.iter().map(|p| p.to_string()));
+                    .extend(PROTOCOLS.iter().map(|p| p.to_string()));
             })
             .unwrap();
-        let security = Security::new(&me, trust, false).unwrap();
-        for app in crate::trust::PROTOCOLS {
+        let me = crate::peer::signing_key_of(&me).unwrap();
+        let security = Security::new(me, trust, false, PROTOCOLS.to_vec());
+        for app in PROTOCOLS {
             let decision = security.decide(peer, app).await.unwrap();
             assert_eq!(decision, TrustDecision::KeyChanged);
             let err = refuse_if_untrusted(peer, decision).unwrap_err();

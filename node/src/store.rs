@@ -2,7 +2,7 @@
 //! transaction, so what the node has acknowledged survives `kill -9`.
 //!
 //! Today it holds the peer store: the addresses seen per peer, so a restarted node finds
-//! its peers again without a bootstrap list. Other tables (trust, chat history, transfer
+//! its peers again without a bootstrap list. Other tables (trust, and each protocol's own
 //! state) live in the same file and reach it through [`Store::database`].
 
 use std::collections::BTreeSet;

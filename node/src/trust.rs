@@ -15,9 +15,6 @@ use crate::store::StoreError;
 /// Trust: peer id (text) -> CBOR-encoded [`Record`].
 const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
-/// The application protocols a peer can be granted.
-pub const PROTOCOLS: [&str; 4] = ["chat", "files", "tunnel", "sync"];
-
 /// A [`TrustEntry`] as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -206,29 +203,29 @@ mod tests {
             let store = crate::store::Store::open(dir.path()).unwrap();
             let trust = TrustDb::open(store.database().clone()).unwrap();
             assert_eq!(
-                trust.check(&peer.to_bytes(), &key, "chat").unwrap(),
+                trust.check(&peer.to_bytes(), &key, "proto-a").unwrap(),
                 TrustDecision::UnknownPeer
             );
             trust
                 .update(&peer, key, |e| {
-                    e.allowed_protocols.insert("chat".into());
+                    e.allowed_protocols.insert("proto-a".into());
                 })
                 .unwrap();
         }
         let store = crate::store::Store::open(dir.path()).unwrap();
         let trust = TrustDb::open(store.database().clone()).unwrap();
         assert_eq!(
-            trust.check(&peer.to_bytes(), &key, "chat").unwrap(),
+            trust.check(&peer.to_bytes(), &key, "proto-a").unwrap(),
             TrustDecision::Allow
         );
         assert_eq!(
-            trust.check(&peer.to_bytes(), &key, "files").unwrap(),
+            trust.check(&peer.to_bytes(), &key, "proto-b").unwrap(),
             TrustDecision::NotAllowed
         );
         trust.update(&peer, key, |e| e.revoked = true).unwrap();
         assert_eq!(trust.revoked().unwrap(), vec![peer]);
         assert_eq!(
-            trust.check(&peer.to_bytes(), &key, "chat").unwrap(),
+            trust.check(&peer.to_bytes(), &key, "proto-a").unwrap(),
             TrustDecision::Revoked
         );
     }

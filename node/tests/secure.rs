@@ -7,12 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, addr_of, connected};
+use common::{Named, WAIT, addr_of, connected};
 
 use p2pnode_node::{Config, Node, NodeError, StreamProtocol, TransportKind};
 use p2pnode_secure::TrustDecision;
 
 const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0");
+/// The trust name the test streams use; the nodes register it.
+const APP: &str = "test-app";
 
 async fn start_in(dir: &std::path::Path) -> Node {
     let config = Config {
@@ -20,7 +22,10 @@ async fn start_in(dir: &std::path::Path) -> Node {
         mdns: false,
         ..Config::default()
     };
-    Node::start_with(dir, config, TransportKind::Memory)
+    Node::builder(dir, config)
+        .transport(TransportKind::Memory)
+        .protocol(Named(APP))
+        .start()
         .await
         .unwrap()
 }
@@ -30,12 +35,12 @@ async fn secure_stream_carries_messages_and_both_sides_share_the_sas() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_in(da.path()).await;
     let b = start_in(db.path()).await;
-    let mut listener = b.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
+    let mut listener = b.client().listen_secure(TEST_PROTOCOL, APP).unwrap();
     a.client().connect_addr(addr_of(&b).await).await.unwrap();
 
     let mut out = a
         .client()
-        .open_secure(b.client().peer_id(), TEST_PROTOCOL, "chat")
+        .open_secure(b.client().peer_id(), TEST_PROTOCOL, APP)
         .await
         .unwrap();
     out.send(b"hello over ML-KEM").await.unwrap();
@@ -72,7 +77,8 @@ async fn verify_shows_one_code_on_both_sides_and_confirm_pins_the_key() {
     let list = a.client().trust_list().await.unwrap();
     assert_eq!(list.len(), 1);
     assert!(list[0].verified);
-    assert_eq!(list[0].allowed_protocols.len(), 4);
+    // A confirmed peer is granted the protocols the node runs.
+    assert_eq!(list[0].allowed_protocols, vec![APP.to_string()]);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -95,7 +101,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     let a = start_in(da.path()).await;
     let b = start_in(db.path()).await;
     let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
-    let mut listener = a.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
+    let mut listener = a.client().listen_secure(TEST_PROTOCOL, APP).unwrap();
     b.client().connect_addr(addr_of(&a).await).await.unwrap();
 
     let t = a.client().revoke(b_id).await.unwrap();
@@ -115,7 +121,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     let _ = b.client().connect_addr(a_addr.clone()).await;
     assert!(
         b.client()
-            .open_secure(a_id, TEST_PROTOCOL, "chat")
+            .open_secure(a_id, TEST_PROTOCOL, APP)
             .await
             .is_err()
     );
@@ -126,7 +132,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     // A refuses to open streams to B too, with a clear error.
     let err = a
         .client()
-        .open_secure(b_id, TEST_PROTOCOL, "chat")
+        .open_secure(b_id, TEST_PROTOCOL, APP)
         .await
         .unwrap_err();
     assert!(matches!(err, NodeError::Revoked { .. }), "{err}");
@@ -135,11 +141,11 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     drop(listener);
     a.shutdown().await;
     let a = start_in(da.path()).await;
-    let mut listener = a.client().listen_secure(TEST_PROTOCOL, "chat").unwrap();
+    let mut listener = a.client().listen_secure(TEST_PROTOCOL, APP).unwrap();
     let _ = b.client().connect_addr(addr_of(&a).await).await;
     assert!(
         b.client()
-            .open_secure(a_id, TEST_PROTOCOL, "chat")
+            .open_secure(a_id, TEST_PROTOCOL, APP)
             .await
             .is_err()
     );
@@ -156,7 +162,7 @@ async fn revoked_peer_is_disconnected_opens_no_streams_and_stays_revoked_after_r
     b.client().connect_addr(addr_of(&a).await).await.unwrap();
     let mut s = b
         .client()
-        .open_secure(a_id, TEST_PROTOCOL, "chat")
+        .open_secure(a_id, TEST_PROTOCOL, APP)
         .await
         .unwrap();
     s.send(b"back").await.unwrap();
@@ -178,11 +184,11 @@ async fn allow_rejects_unknown_protocols() {
         .to_peer_id();
     let err = a
         .client()
-        .allow(peer, &["chat".into(), "email".into()])
+        .allow(peer, &[APP.into(), "email".into()])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown protocol"), "{err}");
-    let t = a.client().allow(peer, &["chat".into()]).await.unwrap();
-    assert_eq!(t.allowed_protocols, vec!["chat".to_string()]);
+    let t = a.client().allow(peer, &[APP.into()]).await.unwrap();
+    assert_eq!(t.allowed_protocols, vec![APP.to_string()]);
     a.shutdown().await;
 }

@@ -11,10 +11,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use p2pnode_node::api::{
+use p2pnode_chat::api::{
     ChatEvent, ChatMessage, ChatPeerState, ChatRequest, ChatRequestAction, ChatSendRequest,
-    PeerRequest, RoomInfo, RoomJoinRequest, RoomMessageInfo, RoomSendRequest,
+    RoomInfo, RoomJoinRequest, RoomMessageInfo, RoomSendRequest, routes,
 };
+use p2pnode_node::api::PeerRequest;
 use p2pnode_node::control::{ControlClient, Lines};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -53,7 +54,7 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
     };
     match cmd {
         ChatCommand::Requests => {
-            let list: Vec<ChatRequest> = control.get("chat/requests").await?;
+            let list: Vec<ChatRequest> = control.get(routes::REQUESTS).await?;
             output::show(json, &list, |list| {
                 if list.is_empty() {
                     println!("no message requests");
@@ -69,22 +70,20 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
         ChatCommand::Accept { peer_id } => {
             p2pnode_node::parse_peer_id(&peer_id)?;
             let s: ChatPeerState = control
-                .post("chat/requests", &act(peer_id, "accept"))
+                .post(routes::REQUESTS, &act(peer_id, "accept"))
                 .await?;
             output::show(json, &s, |s| println!("accepted {}", s.peer_id));
         }
         ChatCommand::Block { peer_id } => {
             p2pnode_node::parse_peer_id(&peer_id)?;
             let s: ChatPeerState = control
-                .post("chat/requests", &act(peer_id, "block"))
+                .post(routes::REQUESTS, &act(peer_id, "block"))
                 .await?;
             output::show(json, &s, |s| println!("blocked {}", s.peer_id));
         }
         ChatCommand::History { peer_id, limit } => {
             p2pnode_node::parse_peer_id(&peer_id)?;
-            let list: Vec<ChatMessage> = control
-                .get(&format!("chat/history?peer={peer_id}&limit={limit}"))
-                .await?;
+            let list: Vec<ChatMessage> = control.get(&routes::history(&peer_id, limit)).await?;
             output::show(json, &list, |list| {
                 for m in list {
                     print_message(m);
@@ -176,10 +175,10 @@ async fn direct(
 ) -> Result<()> {
     let peer = p2pnode_node::parse_peer_id(peer)?.to_string();
     // Subscribe before anything is sent, so no receipt can slip by.
-    let mut events = control.lines("chat/events").await?;
+    let mut events = control.lines(routes::EVENTS).await?;
     let state: ChatPeerState = control
         .post(
-            "chat/open",
+            routes::OPEN,
             &PeerRequest {
                 peer_id: peer.clone(),
             },
@@ -202,7 +201,7 @@ async fn direct(
         };
         eprintln!("chat with {peer} ({path}, {verified}); type lines, Ctrl-D to end");
         if let Ok(history) = control
-            .get::<Vec<ChatMessage>>(&format!("chat/history?peer={peer}&limit=50"))
+            .get::<Vec<ChatMessage>>(&routes::history(&peer, 50))
             .await
         {
             history.iter().for_each(print_message);
@@ -216,7 +215,7 @@ async fn direct(
         let peer_id = send_peer.clone();
         Box::pin(async move {
             let m: ChatMessage = control
-                .post("chat/send", &ChatSendRequest { peer_id, body })
+                .post(routes::SEND, &ChatSendRequest { peer_id, body })
                 .await?;
             Ok(m)
         })
@@ -263,7 +262,7 @@ async fn direct(
             }
             _ = poll.tick(), if input_done => {
                 // Receipts may have been missed (a lagged subscriber); the queue is the truth.
-                let s: ChatPeerState = control.post("chat/state", &PeerRequest { peer_id: peer.clone() }).await?;
+                let s: ChatPeerState = control.post(routes::STATE, &PeerRequest { peer_id: peer.clone() }).await?;
                 if s.queued == 0 {
                     delivered_up_to = delivered_up_to.max(last_sent);
                 }
@@ -273,10 +272,10 @@ async fn direct(
 }
 
 async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()> {
-    let mut events = control.lines("chat/events").await?;
+    let mut events = control.lines(routes::EVENTS).await?;
     let info: RoomInfo = control
         .post(
-            "room/join",
+            routes::ROOM_JOIN,
             &RoomJoinRequest {
                 code: code.trim().to_string(),
             },
@@ -299,7 +298,7 @@ async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()
         let code = send_room.clone();
         Box::pin(async move {
             let m: RoomMessageInfo = control
-                .post("room/send", &RoomSendRequest { code, body })
+                .post(routes::ROOM_SEND, &RoomSendRequest { code, body })
                 .await?;
             Ok(m)
         })

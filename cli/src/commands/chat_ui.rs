@@ -14,7 +14,8 @@ use crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use futures::StreamExt;
-use p2pnode_node::api::{ChatEvent, ChatMessage, ChatPeerState, ChatSendRequest, PeerRequest};
+use p2pnode_chat::api::{ChatEvent, ChatMessage, ChatPeerState, ChatSendRequest, routes};
+use p2pnode_node::api::PeerRequest;
 use p2pnode_node::control::{ControlClient, Lines};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -168,7 +169,7 @@ pub(crate) async fn run(
     events: Lines,
 ) -> Result<()> {
     let history = control
-        .get::<Vec<ChatMessage>>(&format!("chat/history?peer={peer}&limit={HISTORY}"))
+        .get::<Vec<ChatMessage>>(&routes::history(peer, HISTORY))
         .await
         .unwrap_or_default();
     let mut app = App {
@@ -221,7 +222,7 @@ async fn event_loop(
                         app.state.online = online;
                         // The path and verification may have changed with the connection.
                         if let Ok(s) = control
-                            .post::<ChatPeerState, _>("chat/state", &PeerRequest { peer_id })
+                            .post::<ChatPeerState, _>(routes::STATE, &PeerRequest { peer_id })
                             .await
                         {
                             app.state = ChatPeerState { online, ..s };
@@ -253,7 +254,7 @@ async fn on_key(control: &ControlClient, app: &mut App, key: KeyEvent) -> bool {
                 peer_id: app.peer.clone(),
                 body,
             };
-            match control.post::<ChatMessage, _>("chat/send", &req).await {
+            match control.post::<ChatMessage, _>(routes::SEND, &req).await {
                 Ok(m) => {
                     app.status = None;
                     app.scroll = 0;

@@ -1,7 +1,7 @@
 //! `p2pnode room create | join | members | leave`.
 
 use anyhow::{Result, bail};
-use p2pnode_node::api::{RoomCreateRequest, RoomInfo, RoomJoinRequest};
+use p2pnode_chat::api::{RoomCreateRequest, RoomInfo, RoomJoinRequest, routes};
 use p2pnode_node::control::ControlClient;
 
 use crate::args::RoomCommand;
@@ -12,20 +12,24 @@ pub(crate) async fn run(control: &ControlClient, cmd: RoomCommand, json: bool) -
         RoomCommand::Create { name, ttl } => {
             let ttl_secs = ttl.as_deref().map(parse_duration).transpose()?;
             let info: RoomInfo = control
-                .post("room/create", &RoomCreateRequest { name, ttl_secs })
+                .post(routes::ROOM_CREATE, &RoomCreateRequest { name, ttl_secs })
                 .await?;
             output::show(json, &info, |i| println!("{}", i.code));
             return Ok(());
         }
-        RoomCommand::Join { code } => control.post("room/join", &RoomJoinRequest { code }).await?,
+        RoomCommand::Join { code } => {
+            control
+                .post(routes::ROOM_JOIN, &RoomJoinRequest { code })
+                .await?
+        }
         RoomCommand::Members { code } => {
             control
-                .post("room/members", &RoomJoinRequest { code })
+                .post(routes::ROOM_MEMBERS, &RoomJoinRequest { code })
                 .await?
         }
         RoomCommand::Leave { code } => {
             let _: serde_json::Value = control
-                .post("room/leave", &RoomJoinRequest { code })
+                .post(routes::ROOM_LEAVE, &RoomJoinRequest { code })
                 .await?;
             return Ok(());
         }

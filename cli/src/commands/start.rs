@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use p2pnode_chat::service::Chat;
 use p2pnode_node::{Node, control};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
@@ -18,7 +19,7 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     // Bind the socket first: a second daemon on the same data directory must fail before it
     // touches the identity or the database.
     let listener = control::bind(data_dir).await?;
-    let node = match Node::start(data_dir, config).await {
+    let node = match Node::builder(data_dir, config).protocol(Chat).start().await {
         Ok(node) => node,
         Err(e) => {
             let _ = std::fs::remove_file(data_dir.join(control::SOCKET_FILE));
@@ -28,12 +29,15 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     let client = node.client().clone();
     let shutdown_requested = Arc::new(Notify::new());
     let stop_server = Arc::new(Notify::new());
-    let server = tokio::spawn(control::serve(
-        listener,
-        client.clone(),
-        node.chat().clone(),
-        shutdown_requested.clone(),
-        stop_server.clone(),
+    let server = tokio::spawn(tracing::Instrument::instrument(
+        control::serve(
+            listener,
+            client.clone(),
+            node.protocols().clone(),
+            shutdown_requested.clone(),
+            stop_server.clone(),
+        ),
+        node.span().clone(),
     ));
 
     let status = client.status().await?;

@@ -53,3 +53,43 @@ pub async fn connected(a: &Node, b: PeerId) -> bool {
         .iter()
         .any(|p| p.peer_id == b.to_string())
 }
+
+/// A protocol that only has a name: registered so the trust store knows it, for tests of
+/// the secure gate that open and accept streams under that name themselves.
+pub struct Named(pub &'static str);
+
+/// The running [`Named`] protocol: no routes, nothing to stop.
+pub struct NamedHandler;
+
+impl p2pnode_node::Protocol for Named {
+    type Handler = NamedHandler;
+
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    fn start(
+        self,
+        _ctx: p2pnode_node::Context,
+    ) -> Result<NamedHandler, p2pnode_node::ProtocolError> {
+        Ok(NamedHandler)
+    }
+}
+
+impl p2pnode_node::ProtocolHandler for NamedHandler {
+    fn route_prefixes(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn handle(
+        &self,
+        request: p2pnode_node::control::ControlRequest,
+    ) -> futures::future::BoxFuture<'static, p2pnode_node::control::ControlReply> {
+        let route = request.route().to_string();
+        Box::pin(async move { p2pnode_node::control::ControlReply::unknown(&route) })
+    }
+
+    fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

@@ -7,7 +7,7 @@
 //! echo over its own stream). Also: messages per second for a burst, and the time until
 //! A's message is durably stored (what `send` waits for), which is not on the latency path.
 //!
-//! Run: `cargo bench -p p2pnode-node --bench chat_latency [-- --messages N --burst N]`.
+//! Run: `cargo bench -p p2pnode-chat --features service --bench chat_latency [-- --messages N --burst N]`.
 //! Goal (issue #5): p99 latency <= 2 x RTT + 1 ms.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use p2pnode_node::api::ChatEvent;
+use p2pnode_chat::api::ChatEvent;
+use p2pnode_chat::service::{Chat, ChatHandle, ChatService};
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,9 +44,16 @@ async fn start(dir: &std::path::Path) -> Node {
         mdns: false,
         ..Config::default()
     };
-    Node::start_with(dir, config, TransportKind::Real)
+    Node::builder(dir, config)
+        .transport(TransportKind::Real)
+        .protocol(Chat)
+        .start()
         .await
         .unwrap()
+}
+
+fn chat(node: &Node) -> &ChatHandle {
+    node.protocol::<ChatService>().expect("chat runs").handle()
 }
 
 async fn addr_of(node: &Node) -> Multiaddr {
@@ -66,7 +74,7 @@ async fn addr_of(node: &Node) -> Multiaddr {
 
 /// Collects the arrival time of each incoming message body at `node`.
 fn arrivals(node: &Node) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
-    let mut events = node.chat().subscribe();
+    let mut events = chat(node).subscribe();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
@@ -94,11 +102,11 @@ fn main() {
         let (pa, pb) = (a.client().peer_id(), b.client().peer_id());
         a.client().connect_addr(addr_of(&b).await).await.unwrap();
         // B takes A's messages as a known contact's, not as a message request.
-        b.chat().accept(pa).await.unwrap();
+        chat(&b).accept(pa).await.unwrap();
         let mut rx = arrivals(&b);
 
         // Warm up: the secure stream, the first reservation commit.
-        a.chat().send(pb, "warm-up".into()).await.unwrap();
+        chat(&a).send(pb, "warm-up".into()).await.unwrap();
         tokio::time::timeout(WAIT, rx.recv())
             .await
             .unwrap()
@@ -110,7 +118,7 @@ fn main() {
         for k in 0..messages {
             let body = format!("paced {k}");
             let start = Instant::now();
-            a.chat().send(pb, body.clone()).await.unwrap();
+            chat(&a).send(pb, body.clone()).await.unwrap();
             stored.push(ms(start.elapsed()));
             let (got, at) = tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -125,7 +133,7 @@ fn main() {
         let start = Instant::now();
         let sends: Vec<_> = (0..burst)
             .map(|k| {
-                let chat = a.chat().clone();
+                let chat = chat(&a).clone();
                 tokio::spawn(async move { chat.send(pb, format!("burst {k}")).await })
             })
             .collect();

@@ -1,5 +1,7 @@
-//! The chat protocol of p2pnode: wire format and sans-IO state machines, no networking
-//! and no storage.
+//! The chat protocol of p2pnode. The core is wire format and sans-IO state machines, no
+//! networking and no storage; with the `service` feature, [`service`] runs them on a node
+//! (streams, rooms over gossipsub, its tables in the node's database, its control routes)
+//! and [`api`] holds its control API (routes and JSON types), which the CLI calls.
 //!
 //! - 1:1 chat runs over a [`SecureStream`](p2pnode_secure::SecureStream) per peer, one
 //!   [`Frame`] per secure message ([`wire`]). A [`Conversation`] per peer
@@ -56,12 +58,16 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "service")]
+pub mod api;
 pub mod conversation;
 pub mod error;
 mod id;
 pub mod invite;
 pub mod request;
 pub mod room;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod wire;
 
 pub use conversation::{Config, Conversation, Cursor, Output, Snapshot};

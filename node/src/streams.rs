@@ -1,0 +1,62 @@
+//! Serving incoming raw streams: one bounded accept loop that every service (echo, hole
+//! punching, the secure gate) runs its handler in, and the echo service behind
+//! `p2pnode ping`.
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, StreamProtocol};
+
+/// Protocol of the echo service behind `p2pnode ping`: it proves that application traffic
+/// flows over the current connection, whatever path it takes.
+pub const ECHO_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/echo/1.0.0");
+
+/// Size of one echo probe.
+pub(crate) const ECHO_SIZE: usize = 32;
+
+/// Serves the echo protocol: each incoming stream gets its bytes back until it closes.
+/// At most `max_streams` echo streams run at once; more are refused by dropping them.
+pub(crate) async fn serve_echo(incoming: libp2p_stream::IncomingStreams, max_streams: usize) {
+    serve_streams(incoming, max_streams, "echo", |_, mut stream| async move {
+        let mut buf = [0u8; ECHO_SIZE];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs `handle` on each incoming stream, at most `max_streams` at once; streams beyond
+/// that are refused by dropping them. Ends when the node stops accepting streams.
+pub(crate) async fn serve_streams<F, Fut>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    max_streams: usize,
+    what: &str,
+    handle: F,
+) where
+    F: Fn(PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((peer, stream)) = incoming.next().await {
+        // Reap finished tasks so the set stays bounded by the semaphore.
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many {what} streams; refusing one");
+            continue;
+        };
+        let work = handle(peer, stream);
+        tasks.spawn(tracing::Instrument::in_current_span(async move {
+            let _permit = permit;
+            work.await;
+        }));
+    }
+    tasks.shutdown().await;
+}
