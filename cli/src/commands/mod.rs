@@ -6,7 +6,6 @@ mod find;
 mod id;
 mod peers;
 mod ping;
-mod room;
 mod start;
 mod status;
 mod stop;
@@ -37,6 +36,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         }
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
-        Command::Room(cmd) => room::run(&control, cmd, json).await,
+        Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
     }
 }

@@ -1,6 +1,6 @@
 //! `p2pnode chat <peer-id>`, `p2pnode chat --room <code>`, and the request commands.
 //!
-//! Without `--line`, on a terminal, the chat is a terminal UI (see `chat_ui`).
+//! Without `--line`, on a terminal, the chat is a terminal UI (see `ui`).
 //!
 //! Line mode: every stdin line is one message, sent in order, each acknowledged by the
 //! daemon once stored; incoming messages and delivery receipts are printed as they come
@@ -23,9 +23,11 @@ use tokio::sync::mpsc;
 use crate::args::{ChatArgs, ChatCommand};
 use crate::output;
 
-// A sibling file, declared here so the commands list stays one module per subcommand.
-#[path = "chat_ui.rs"]
-mod chat_ui;
+// Chat's commands live under this one module: the terminal UI and `p2pnode room`.
+mod room;
+mod ui;
+
+pub(crate) use room::run as room_command;
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
@@ -186,7 +188,7 @@ async fn direct(
         .await
         .with_context(|| format!("cannot chat with {peer}"))?;
     if !line_mode && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        return chat_ui::run(control, &peer, state, events).await;
+        return ui::run(control, &peer, state, events).await;
     }
     if line_mode {
         print_json(&serde_json::json!({ "type": "state", "state": state }));
