@@ -149,8 +149,7 @@ impl Client {
         let trust = self.security.trust().clone();
         let list = tokio::task::spawn_blocking(move || trust.list())
             .await
-            .map_err(|e| NodeError::Trust(e.to_string()))?
-            .map_err(|e| NodeError::Trust(e.to_string()))?;
+            .map_err(|_| NodeError::Stopped)??;
         Ok(list.iter().map(|(p, e)| TrustInfo::new(*p, e)).collect())
     }
 
@@ -197,8 +196,8 @@ impl Client {
         let trust = self.security.trust().clone();
         tokio::task::spawn_blocking(move || trust.update(&peer, key, change))
             .await
-            .map_err(|e| NodeError::Trust(e.to_string()))?
-            .map_err(|e| NodeError::Trust(e.to_string()))
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::from)
     }
 
     /// Our peer id.

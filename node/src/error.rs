@@ -1,10 +1,15 @@
 //! Errors of the node's operations. Each has a stable [`NodeError::kind`] that the control
 //! socket sends beside the message, so scripts can match on it.
 
+use std::sync::Arc;
+
 use libp2p::TransportError;
 
+use crate::store::StoreError;
+
 /// Why a node operation failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+// Clone: one outcome may answer several waiters (the sources are shared for that).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     /// The DHT answered but does not know the peer.
     #[error("peer {peer} was not found in the DHT (is it online and connected to the network?)")]
@@ -71,16 +76,23 @@ pub enum NodeError {
         peer: String,
     },
     /// The post-quantum handshake failed.
-    #[error("secure handshake with {peer} failed: {reason}")]
+    #[error("secure handshake with {peer} failed: {source}")]
     Handshake {
         /// The peer.
         peer: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Arc<p2pnode_secure::HandshakeError>,
     },
     /// The trust store could not be read or written.
     #[error("trust store: {0}")]
-    Trust(String),
+    Trust(#[source] Arc<StoreError>),
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        Self::Trust(Arc::new(e))
+    }
 }
 
 impl NodeError {

@@ -59,8 +59,9 @@ impl std::fmt::Debug for Security {
     }
 }
 
-fn trust_err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Trust(e.to_string())
+/// A blocking trust-store task that did not finish: the runtime is going away.
+fn stopped(_: tokio::task::JoinError) -> NodeError {
+    NodeError::Stopped
 }
 
 impl Security {
@@ -96,8 +97,8 @@ impl Security {
         let app = app.to_string();
         tokio::task::spawn_blocking(move || trust.check(&peer.to_bytes(), &key, &app))
             .await
-            .map_err(trust_err)?
-            .map_err(trust_err)
+            .map_err(stopped)?
+            .map_err(NodeError::from)
     }
 
     fn config(&self, remote: VerifyingKey, protocol: &StreamProtocol) -> HandshakeConfig {
@@ -131,7 +132,7 @@ impl Security {
             p2pnode_secure::initiate(stream, config, &mut rng),
         )
         .await
-        .map_err(|_| handshake_err(peer, "timed out"))?
+        .map_err(|_| handshake_timeout(peer))?
         .map_err(|e| handshake_err(peer, e))
     }
 
@@ -148,7 +149,7 @@ impl Security {
             p2pnode_secure::respond(stream, config, &mut rng),
         )
         .await
-        .map_err(|_| handshake_err(peer, "timed out"))?
+        .map_err(|_| handshake_timeout(peer))?
         .map_err(|e| handshake_err(peer, e))
     }
 
@@ -219,15 +220,22 @@ impl Security {
             })
         })
         .await
-        .map_err(trust_err)?
-        .map_err(trust_err)
+        .map_err(stopped)?
+        .map_err(NodeError::from)
     }
 }
 
-fn handshake_err(peer: PeerId, e: impl std::fmt::Display) -> NodeError {
+fn handshake_err(peer: PeerId, e: p2pnode_secure::HandshakeError) -> NodeError {
     NodeError::Handshake {
         peer: peer.to_string(),
-        reason: e.to_string(),
+        source: Arc::new(e),
+    }
+}
+
+fn handshake_timeout(peer: PeerId) -> NodeError {
+    NodeError::Timeout {
+        what: format!("the secure handshake with {peer}"),
+        secs: HANDSHAKE_TIMEOUT.as_secs(),
     }
 }
 

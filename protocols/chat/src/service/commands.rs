@@ -52,7 +52,7 @@ impl Service {
                 let stored = message_of(&peer.to_string(), row, 0);
                 after.events.push(ChatEvent::Sent(stored.clone()));
                 after.replies.push(Box::new(move |r| {
-                    let _ = reply.send(r.map(|()| stored).map_err(ChatError::Db));
+                    let _ = reply.send(r.map(|()| stored).map_err(|e| DbError::Batch(e).into()));
                 }));
                 let online = p.link.is_some();
                 self.outputs(peer, out, now, batch, after);
@@ -161,7 +161,7 @@ impl Service {
                     batch.rooms_remove.push(id);
                 }
                 after.replies.push(Box::new(move |r| {
-                    let _ = reply.send(r.map_err(ChatError::Db));
+                    let _ = reply.send(r.map_err(|e| DbError::Batch(e).into()));
                 }));
             }
         }

@@ -60,39 +60,41 @@ impl ChatDb {
         Ok(Self { db })
     }
 
-    pub(super) fn commit(&self, batch: &Batch) -> Result<(), ChatError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    pub(super) fn commit(&self, batch: &Batch) -> Result<(), DbError> {
+        let txn = self.db.begin_write().map_err(store_err)?;
         {
-            let mut convs = txn.open_table(CONVERSATIONS).map_err(db_err)?;
+            let mut convs = txn.open_table(CONVERSATIONS).map_err(store_err)?;
             for (peer, snap) in &batch.snapshots {
                 convs
                     .insert(peer.as_str(), snap.as_slice())
-                    .map_err(db_err)?;
+                    .map_err(store_err)?;
             }
-            let mut history = txn.open_table(HISTORY).map_err(db_err)?;
+            let mut history = txn.open_table(HISTORY).map_err(store_err)?;
             for (peer, index, row) in &batch.rows {
                 history
                     .insert((peer.as_str(), *index), row.as_slice())
-                    .map_err(db_err)?;
+                    .map_err(store_err)?;
             }
-            let mut requests = txn.open_table(REQUESTS).map_err(db_err)?;
+            let mut requests = txn.open_table(REQUESTS).map_err(store_err)?;
             for (peer, at) in &batch.requests_add {
-                if requests.get(peer.as_str()).map_err(db_err)?.is_none() {
-                    requests.insert(peer.as_str(), *at).map_err(db_err)?;
+                if requests.get(peer.as_str()).map_err(store_err)?.is_none() {
+                    requests.insert(peer.as_str(), *at).map_err(store_err)?;
                 }
             }
             for peer in &batch.requests_remove {
-                requests.remove(peer.as_str()).map_err(db_err)?;
+                requests.remove(peer.as_str()).map_err(store_err)?;
             }
-            let mut rooms = txn.open_table(ROOMS).map_err(db_err)?;
+            let mut rooms = txn.open_table(ROOMS).map_err(store_err)?;
             for (id, code) in &batch.rooms_add {
-                rooms.insert(id.as_str(), code.as_str()).map_err(db_err)?;
+                rooms
+                    .insert(id.as_str(), code.as_str())
+                    .map_err(store_err)?;
             }
             for id in &batch.rooms_remove {
-                rooms.remove(id.as_str()).map_err(db_err)?;
+                rooms.remove(id.as_str()).map_err(store_err)?;
             }
         }
-        txn.commit().map_err(db_err)
+        txn.commit().map_err(store_err)
     }
 
     /// Every stored conversation with the next free history index of each.
@@ -155,7 +157,7 @@ impl ChatDb {
         let acked = match convs.get(key.as_str()).map_err(db_err)? {
             Some(v) => {
                 Snapshot::decode(v.value())
-                    .map_err(db_err)?
+                    .map_err(corrupt)?
                     .cursor
                     .acked_up_to
             }
@@ -170,7 +172,7 @@ impl ChatDb {
             .take(limit)
         {
             let (_, v) = entry.map_err(db_err)?;
-            let row: Row = ciborium::from_reader(v.value()).map_err(db_err)?;
+            let row: Row = ciborium::from_reader(v.value()).map_err(corrupt)?;
             out.push(message_of(&key, row, acked));
         }
         out.reverse();

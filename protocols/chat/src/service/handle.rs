@@ -48,7 +48,7 @@ impl ChatHandle {
         let limit = limit.clamp(1, MAX_HISTORY);
         tokio::task::spawn_blocking(move || db.history(&peer, limit))
             .await
-            .map_err(db_err)?
+            .map_err(DbError::from)?
     }
 
     /// Pending message requests.
@@ -56,7 +56,7 @@ impl ChatHandle {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.requests())
             .await
-            .map_err(db_err)?
+            .map_err(DbError::from)?
     }
 
     /// Accepts `peer`'s request: chat is allowed from now on.

@@ -21,7 +21,7 @@ impl Service {
             })
         })
         .await
-        .map_err(db_err)
+        .map_err(|e| ChatError::Db(e.into()))
         .and_then(|r| r);
         let (convs, rooms, requests) = match loaded {
             Ok(loaded) => loaded,

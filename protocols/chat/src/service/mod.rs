@@ -119,7 +119,7 @@ pub enum ChatError {
     Invalid(String),
     /// The database failed.
     #[error("chat database: {0}")]
-    Db(String),
+    Db(#[from] DbError),
     /// A node operation failed.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -136,8 +136,37 @@ impl ChatError {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> ChatError {
-    ChatError::Db(e.to_string())
+/// Why the chat tables could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// redb failed.
+    #[error(transparent)]
+    Store(#[from] redb::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The blocking database task did not finish (the runtime is stopping).
+    #[error("database task ended: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The batch this request was part of could not be committed (one failure answers
+    /// every caller of the batch).
+    #[error(transparent)]
+    Batch(Arc<DbError>),
+}
+
+/// A redb error, as a database error.
+fn store_err(e: impl Into<redb::Error>) -> DbError {
+    DbError::Store(e.into())
+}
+
+/// A redb error, as a chat error.
+fn db_err(e: impl Into<redb::Error>) -> ChatError {
+    ChatError::Db(store_err(e))
+}
+
+/// A record that does not decode.
+fn corrupt(e: impl std::fmt::Display) -> ChatError {
+    ChatError::Db(DbError::Corrupt(e.to_string()))
 }
 
 fn now_ms() -> u64 {
@@ -257,7 +286,10 @@ struct Service {
 
 /// What a batch does once its transaction committed.
 /// Answers a caller once the batch's commit succeeded or failed.
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Reply = Box<dyn FnOnce(Committed) + Send>;
+
+/// How a batch's commit ended, shared by everything the batch answers.
+type Committed = Result<(), Arc<DbError>>;
 
 #[derive(Default)]
 struct After {
@@ -272,21 +304,21 @@ struct After {
 
 /// A batch whose transaction is being committed, and what follows once it is.
 struct Committing {
-    task: tokio::task::JoinHandle<Result<(), ChatError>>,
+    task: tokio::task::JoinHandle<Result<(), DbError>>,
     after: After,
     /// Each changed conversation's `reserved_up_to` in this batch.
     reserved: Vec<(PeerId, u64)>,
 }
 
-async fn wait_commit_of(c: &mut Committing) -> Result<(), String> {
+async fn wait_commit_of(c: &mut Committing) -> Committed {
     match (&mut c.task).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(r) => r.map_err(Arc::new),
+        Err(e) => Err(Arc::new(DbError::Task(e))),
     }
 }
 
 /// Waits for the commit in flight; never finishes when there is none.
-async fn wait_commit(c: &mut Option<Committing>) -> Result<(), String> {
+async fn wait_commit(c: &mut Option<Committing>) -> Committed {
     match c {
         Some(c) => wait_commit_of(c).await,
         None => std::future::pending().await,

@@ -107,7 +107,7 @@ impl Service {
     }
 
     /// A batch's commit ended: what it reserved is now durable, and its actions follow.
-    pub(super) async fn settle(&mut self, committed: Result<(), String>, c: Committing) {
+    pub(super) async fn settle(&mut self, committed: Committed, c: Committing) {
         if committed.is_ok() {
             for (peer, r) in c.reserved {
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -119,7 +119,7 @@ impl Service {
     }
 
     /// Acts on a batch once it is durable (or reports its failure).
-    pub(super) async fn finish(&mut self, committed: Result<(), String>, after: After) {
+    pub(super) async fn finish(&mut self, committed: Committed, after: After) {
         if let Err(e) = &committed {
             tracing::error!("chat: cannot store chat state, nothing sent: {e}");
             // Memory is now ahead of disk: drop the streams so the peers resend from
