@@ -11,12 +11,12 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{WAIT, addr_of};
+use common::{WAIT, addr_of, memory_config, start_memory_with};
 use futures::future::BoxFuture;
 use p2pnode_node::control::{self, ControlClient, ControlError, ControlReply, ControlRequest};
 use p2pnode_node::{
-    Config, Context, Node, NodeError, Protocol, ProtocolError, ProtocolHandler, StartError,
-    StreamProtocol, TransportKind,
+    Context, Node, NodeError, Protocol, ProtocolError, ProtocolHandler, StartError, StreamProtocol,
+    TransportKind,
 };
 use p2pnode_secure::TrustDecision;
 use serde::{Deserialize, Serialize};
@@ -103,21 +103,8 @@ impl ProtocolHandler for EchoService {
     }
 }
 
-fn config() -> Config {
-    Config {
-        listen: vec!["/memory/0".parse().unwrap()],
-        mdns: false,
-        ..Config::default()
-    }
-}
-
 async fn start_with_echo(dir: &std::path::Path, echo: Echo) -> Node {
-    Node::builder(dir, config())
-        .transport(TransportKind::Memory)
-        .protocol(echo)
-        .start()
-        .await
-        .unwrap()
+    start_memory_with(dir, echo).await
 }
 
 #[tokio::test]
@@ -224,7 +211,7 @@ async fn shutdown_stops_protocols_and_a_name_registers_once() {
         "shutdown skipped the protocol"
     );
 
-    let err = Node::builder(dir.path(), config())
+    let err = Node::builder(dir.path(), memory_config())
         .transport(TransportKind::Memory)
         .protocol(Echo::default())
         .protocol(Echo::default())
@@ -240,7 +227,7 @@ async fn shutdown_stops_protocols_and_a_name_registers_once() {
 #[tokio::test]
 async fn a_node_without_protocols_grants_none_and_refuses_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), config(), TransportKind::Memory)
+    let node = Node::start_with(dir.path(), memory_config(), TransportKind::Memory)
         .await
         .unwrap();
     let peer = p2pnode_node::Keypair::generate_ed25519()

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Named, WAIT, addr_of, connected};
+use common::{Named, WAIT, addr_of, connected, start_memory_with};
 
-use p2pnode_node::{Config, Node, NodeError, StreamProtocol, TransportKind};
+use p2pnode_node::{Node, NodeError, StreamProtocol};
 use p2pnode_secure::TrustDecision;
 
 const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0");
@@ -17,17 +17,7 @@ const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0")
 const APP: &str = "test-app";
 
 async fn start_in(dir: &std::path::Path) -> Node {
-    let config = Config {
-        listen: vec!["/memory/0".parse().unwrap()],
-        mdns: false,
-        ..Config::default()
-    };
-    Node::builder(dir, config)
-        .transport(TransportKind::Memory)
-        .protocol(Named(APP))
-        .start()
-        .await
-        .unwrap()
+    start_memory_with(dir, Named(APP)).await
 }
 
 #[tokio::test]

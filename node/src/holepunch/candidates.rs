@@ -55,18 +55,8 @@ impl Candidates {
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::tests::{addr, peer};
     use super::*;
-    use libp2p::PeerId;
-
-    fn peer() -> PeerId {
-        libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
-    }
-
-    fn addr(s: &str) -> Multiaddr {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn candidates_are_bounded_newest_first_and_never_relayed() {

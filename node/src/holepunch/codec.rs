@@ -120,16 +120,18 @@ impl Introduction {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn peer() -> PeerId {
+    /// A fresh peer id (shared with the other hole-punch tests).
+    pub(in crate::holepunch) fn peer() -> PeerId {
         libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id()
     }
 
-    fn addr(s: &str) -> Multiaddr {
+    /// A multiaddr from its text.
+    pub(in crate::holepunch) fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
     }
 

@@ -44,6 +44,28 @@ pub async fn addr_of(node: &Node) -> Multiaddr {
         .unwrap()
 }
 
+/// The configuration of an in-process test node: the memory transport, no mDNS.
+pub fn memory_config() -> p2pnode_node::Config {
+    p2pnode_node::Config {
+        listen: vec!["/memory/0".parse().unwrap()],
+        mdns: false,
+        ..p2pnode_node::Config::default()
+    }
+}
+
+/// Starts a node on the memory transport with one registered protocol.
+pub async fn start_memory_with<P: p2pnode_node::Protocol>(
+    dir: &std::path::Path,
+    protocol: P,
+) -> Node {
+    Node::builder(dir, memory_config())
+        .transport(p2pnode_node::TransportKind::Memory)
+        .protocol(protocol)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Whether `a` lists `b` among its connected peers.
 pub async fn connected(a: &Node, b: PeerId) -> bool {
     a.client()
