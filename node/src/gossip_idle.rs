@@ -3,21 +3,21 @@
 //!
 //! Gossipsub (0.50) sends an "extensions" message on every new connection, so it opens a
 //! stream each way on every connection, and libp2p keeps a connection alive while any
-//! stream is open. Every node speaks gossipsub (for rooms), so without this wrapper:
+//! stream is open. Every node speaks gossipsub (for the protocols' topics), so without this wrapper:
 //! - no connection ever idles out: a node that looks up many peers in the DHT keeps a
 //!   connection to each of them until `max_connections` (a simulated 200-node network
 //!   became a full mesh of ~20 000 connections, ~240 KiB each);
 //! - every connection, also the short ones of DHT lookups, carries two gossipsub streams
 //!   with their codec buffers (8 KiB each way per stream), about a third of what a
-//!   connection costs in memory, for nothing while the node is in no room.
+//!   connection costs in memory, for nothing while the node has joined no topic.
 //!
 //! [`IdleGossip`] wraps the gossipsub behaviour. Its handler marks gossipsub's streams as
 //! not keeping the connection alive, so what does is gossipsub's own opinion (the peer is in
 //! one of our topic meshes), other protocols' streams, and the swarm's idle timeout. And
 //! while this node has joined no topic, the handler holds back gossipsub's request for an
 //! outbound stream; when the node joins its first topic, every connection's handler is told
-//! to let it through (gossipsub has queued our subscription for every peer by then), so room
-//! members already connected learn of it as before. A peer that is in a room opens its own
+//! to let it through (gossipsub has queued our subscription for every peer by then), so topic
+//! members already connected learn of it as before. A peer that has joined a topic opens its own
 //! stream to us, so we still learn its subscriptions. The behaviour itself is reached through
 //! `Deref`, so callers use it as plain gossipsub.
 
@@ -223,7 +223,7 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        // True while the peer is in one of our topic meshes: room members stay connected.
+        // True while the peer is in one of our topic meshes: topic members stay connected.
         self.inner.connection_keep_alive()
     }
 
@@ -244,7 +244,7 @@ impl ConnectionHandler for Handler {
                     if !self.active =>
                 {
                     // Gossipsub asks once and then waits for the stream; poll on for the
-                    // rest of its work (an inbound stream from a peer in a room).
+                    // rest of its work (an inbound stream from a peer in a topic).
                     self.held = Some(request);
                 }
                 other => return other,
@@ -331,7 +331,7 @@ mod tests {
     }
 
     fn topic() -> gossipsub::IdentTopic {
-        gossipsub::IdentTopic::new("room")
+        gossipsub::IdentTopic::new("topic")
     }
 
     #[test]

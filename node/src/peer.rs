@@ -62,7 +62,7 @@ pub fn verifying_key_of(peer: &PeerId) -> Result<VerifyingKey, NodeError> {
         .ok_or_else(|| NodeError::InvalidInput(format!("peer id {peer} holds no Ed25519 key")))
 }
 
-/// The peer id that carries an Ed25519 public key (a room member's, say).
+/// The peer id that carries an Ed25519 public key (the signer of a published message, say).
 pub fn peer_id_of_key(key: &PeerKey) -> Option<PeerId> {
     let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(key).ok()?;
     Some(libp2p::identity::PublicKey::from(public).to_peer_id())

@@ -151,8 +151,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Longest line a streaming endpoint may send (a chat event with a 16 KiB body, JSON
-/// escaped, fits with room to spare).
+/// Longest line a streaming endpoint may send (an event carrying a 16 KiB text, JSON
+/// escaped, fits with a wide margin).
 const MAX_LINE: usize = 1024 * 1024;
 
 /// The lines of a streaming response.

@@ -82,7 +82,7 @@ impl EventLoop {
         let topic = gossipsub::IdentTopic::new(name);
         let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) => Ok(()),
-            // Alone in the room so far: the message has no one to reach, which is
+            // Alone on the topic so far: the message has no one to reach, which is
             // not an error for the sender.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
             Err(e) => Err(NodeError::InvalidInput(format!("cannot publish: {e}"))),

@@ -14,6 +14,12 @@
 //! moment, the stream opened by the smaller peer id wins, so both ends settle on the same
 //! one; a stream that replaces an older one otherwise always wins, because its opener
 //! only opens when it believes the old one is gone.
+//!
+//! Files: [`Chat`] and [`ChatService`] here are the protocol contract with the node;
+//! `owner` is the batch loop, `links` the 1:1 inputs and streams, `commands` the handle's
+//! requests, `rooms` rooms and timers, `io` the stream tasks, `db` the tables, `handle`
+//! the [`ChatHandle`], `routes` the control routes.
+
 mod commands;
 mod db;
 mod handle;
