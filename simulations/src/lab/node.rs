@@ -27,14 +27,20 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Env `P2PNODE_LAB_RUST_LOG` overrides it.
 const DEFAULT_RUST_LOG: &str = "info,libp2p_dcutr=debug,libp2p_relay=debug";
 
-/// The `p2pnode` binary: env `P2PNODE_BIN`, else `<workspace>/target/debug/p2pnode`.
+/// The `p2pnode` binary: env `P2PNODE_BIN`, else `debug/p2pnode` in the build's target
+/// directory (env `CARGO_TARGET_DIR`, which the test process inherits from the build,
+/// else `<workspace>/target`).
 pub fn p2pnode_binary() -> Result<PathBuf, LabError> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let path = match std::env::var_os("P2PNODE_BIN") {
         Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(|workspace| workspace.join("target/debug/p2pnode"))
-            .unwrap_or_else(|| PathBuf::from("p2pnode")),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            // A relative target directory is relative to where cargo ran: the workspace.
+            .map(|dir| workspace.join(dir))
+            .unwrap_or_else(|| workspace.join("target"))
+            .join("debug/p2pnode"),
     };
     if path.is_file() {
         Ok(path)
