@@ -200,6 +200,11 @@ impl Client {
             .map_err(NodeError::from)
     }
 
+    /// The secure gate, for the node's own shutdown.
+    pub(crate) fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id

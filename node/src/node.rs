@@ -440,6 +440,9 @@ impl Node {
         let _ = (&mut self.echo).await;
         self.verify.abort();
         let _ = (&mut self.verify).await;
+        // Every secure listener's accept loop is gone before we return, so a node started
+        // again on this data directory finds its database closed.
+        self.client.security().stop_listeners().await;
         if let Some(task) = self.holepunch.as_mut() {
             task.abort();
             let _ = task.await;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::error::NodeError;
 use crate::peer::verifying_key_of;
+use crate::streams::ServeTasks;
 use crate::trust::TrustDb;
 
 /// The stream protocol of `p2pnode verify`: a handshake whose only product is the SAS.
@@ -51,6 +52,8 @@ pub struct Security {
     pad: bool,
     /// The registered protocols' names: what `allow` and a confirmed verification grant.
     protocols: Vec<&'static str>,
+    /// The accept loops of every [`SecureListener`], ended for certain at shutdown.
+    listeners: Arc<ServeTasks>,
 }
 
 impl std::fmt::Debug for Security {
@@ -77,7 +80,14 @@ impl Security {
             pending: Mutex::new(HashMap::new()),
             pad,
             protocols,
+            listeners: Arc::default(),
         }
+    }
+
+    /// Ends every secure listener's accept loop and waits for them: after this, none holds
+    /// the trust store any more.
+    pub(crate) async fn stop_listeners(&self) {
+        self.listeners.shutdown().await;
     }
 
     /// The trust table.
@@ -272,12 +282,12 @@ pub struct Accepted {
 /// the others.
 pub struct SecureListener {
     accepted: mpsc::Receiver<Accepted>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::AbortHandle,
 }
 
 impl SecureListener {
     /// Starts accepting `protocol` streams for the application `app`.
-    pub fn new(
+    pub(crate) fn new(
         security: Arc<Security>,
         streams: &mut libp2p_stream::Control,
         protocol: StreamProtocol,
@@ -287,9 +297,8 @@ impl SecureListener {
             .accept(protocol.clone())
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let (tx, rx) = mpsc::channel(32);
-        let task = tokio::spawn(tracing::Instrument::in_current_span(accept_loop(
-            security, incoming, protocol, app, tx,
-        )));
+        let tasks = Arc::clone(&security.listeners);
+        let task = tasks.spawn(accept_loop(security, incoming, protocol, app, tx));
         Ok(Self { accepted: rx, task })
     }
 

@@ -60,3 +60,40 @@ pub(crate) async fn serve_streams<F, Fut>(
     }
     tasks.shutdown().await;
 }
+
+/// Tasks that serve incoming streams for the node's whole life (the secure gate's accept
+/// loops), kept so that stopping the node ends them for certain: an aborted task is only
+/// dropped at the runtime's next look at it, and until then it holds what it borrowed
+/// (the trust store, and with it the database file). Each task's future is owned by the
+/// runtime, not by this list, so holding the list creates no reference cycle.
+#[derive(Debug, Default)]
+pub(crate) struct ServeTasks(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl ServeTasks {
+    /// Spawns `task` in the current span and keeps its handle.
+    pub(crate) fn spawn(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        let handle = tokio::spawn(tracing::Instrument::in_current_span(task));
+        let abort = handle.abort_handle();
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(handle);
+        }
+        abort
+    }
+
+    /// Aborts every task and waits until each has ended.
+    pub(crate) async fn shutdown(&self) {
+        let tasks = self
+            .0
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
