@@ -298,7 +298,8 @@ impl SecureListener {
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let (tx, rx) = mpsc::channel(32);
         let tasks = Arc::clone(&security.listeners);
-        let task = tasks.spawn(accept_loop(security, incoming, protocol, app, tx));
+        let stop = tasks.stopping();
+        let task = tasks.spawn(accept_loop(security, incoming, protocol, app, tx, stop));
         Ok(Self { accepted: rx, task })
     }
 
@@ -325,9 +326,10 @@ async fn accept_loop(
     protocol: StreamProtocol,
     app: &'static str,
     tx: mpsc::Sender<Accepted>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
     let what = format!("{protocol} handshake");
-    crate::streams::serve_streams(
+    crate::streams::serve_streams_until(
         incoming,
         MAX_CONCURRENT_HANDSHAKES,
         &what,
@@ -359,6 +361,7 @@ async fn accept_loop(
                 }
             }
         },
+        stop,
     )
     .await;
 }

@@ -34,7 +34,7 @@ pub(crate) async fn serve_echo(incoming: libp2p_stream::IncomingStreams, max_str
 /// Runs `handle` on each incoming stream, at most `max_streams` at once; streams beyond
 /// that are refused by dropping them. Ends when the node stops accepting streams.
 pub(crate) async fn serve_streams<F, Fut>(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     max_streams: usize,
     what: &str,
     handle: F,
@@ -42,10 +42,33 @@ pub(crate) async fn serve_streams<F, Fut>(
     F: Fn(PeerId, libp2p::Stream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    serve_streams_until(incoming, max_streams, what, handle, std::future::pending()).await;
+}
+
+/// [`serve_streams`] that also ends when `stop` completes; either way it ends only once
+/// every stream's task has ended.
+pub(crate) async fn serve_streams_until<F, Fut>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    max_streams: usize,
+    what: &str,
+    handle: F,
+    stop: impl std::future::Future<Output = ()>,
+) where
+    F: Fn(PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use futures::StreamExt;
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams));
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some((peer, stream)) = incoming.next().await {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            () = &mut stop => None,
+        };
+        let Some((peer, stream)) = next else {
+            break;
+        };
         // Reap finished tasks so the set stays bounded by the semaphore.
         while tasks.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -62,14 +85,35 @@ pub(crate) async fn serve_streams<F, Fut>(
 }
 
 /// Tasks that serve incoming streams for the node's whole life (the secure gate's accept
-/// loops), kept so that stopping the node ends them for certain: an aborted task is only
-/// dropped at the runtime's next look at it, and until then it holds what it borrowed
-/// (the trust store, and with it the database file). Each task's future is owned by the
-/// runtime, not by this list, so holding the list creates no reference cycle.
-#[derive(Debug, Default)]
-pub(crate) struct ServeTasks(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+/// loops), kept so that stopping the node ends them for certain, with every stream task
+/// they run: an aborted task is only dropped at the runtime's next look at it, and until
+/// then it holds what it borrowed (the trust store, and with it the database file). Each
+/// task's future is owned by the runtime, not by this list, so holding the list creates no
+/// reference cycle.
+#[derive(Debug)]
+pub(crate) struct ServeTasks {
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for ServeTasks {
+    fn default() -> Self {
+        Self {
+            tasks: std::sync::Mutex::default(),
+            stop: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
 
 impl ServeTasks {
+    /// Completes once [`ServeTasks::shutdown`] starts: a task's signal to end.
+    pub(crate) fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Spawns `task` in the current span and keeps its handle.
     pub(crate) fn spawn(
         &self,
@@ -77,22 +121,22 @@ impl ServeTasks {
     ) -> tokio::task::AbortHandle {
         let handle = tokio::spawn(tracing::Instrument::in_current_span(task));
         let abort = handle.abort_handle();
-        if let Ok(mut tasks) = self.0.lock() {
+        if let Ok(mut tasks) = self.tasks.lock() {
             tasks.retain(|t| !t.is_finished());
             tasks.push(handle);
         }
         abort
     }
 
-    /// Aborts every task and waits until each has ended.
+    /// Tells every task to end and waits until each has.
     pub(crate) async fn shutdown(&self) {
+        self.stop.send_replace(true);
         let tasks = self
-            .0
+            .tasks
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
             .unwrap_or_default();
         for task in tasks {
-            task.abort();
             let _ = task.await;
         }
     }
