@@ -53,11 +53,7 @@ impl ControlClient {
     pub async fn lines(&self, path: &str) -> Result<Lines, ControlError> {
         let (status, body, driver) = self.exchange(Method::GET, path, None).await?;
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ControlError::Protocol(e.to_string()))?
-                .to_bytes();
+            let bytes = read_all(body).await?;
             driver.abort();
             return Err(api_error(status, &bytes));
         }
@@ -122,11 +118,7 @@ impl ControlClient {
         body: Option<Vec<u8>>,
     ) -> Result<T, ControlError> {
         let (status, body, driver) = self.exchange(method, path, body).await?;
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| ControlError::Protocol(e.to_string()))?
-            .to_bytes();
+        let bytes = read_all(body).await?;
         driver.abort();
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| ControlError::Protocol(e.to_string()))
@@ -134,6 +126,15 @@ impl ControlClient {
             Err(api_error(status, &bytes))
         }
     }
+}
+
+/// A whole response body.
+async fn read_all(body: Incoming) -> Result<Bytes, ControlError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| ControlError::Protocol(e.to_string()))?
+        .to_bytes())
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ControlError {
