@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod event_loop;
+pub mod gate;
 pub mod gossip_idle;
 pub mod holepunch;
 pub mod identity;

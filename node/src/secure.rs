@@ -18,6 +18,7 @@ use p2pnode_secure::{
 use tokio::sync::mpsc;
 
 use crate::error::NodeError;
+use crate::gate::{FIRST_MESSAGE_TIMEOUT, Gate};
 use crate::peer::verifying_key_of;
 use crate::streams::ServeTasks;
 use crate::trust::TrustDb;
@@ -32,8 +33,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const PENDING_SAS_TTL: Duration = Duration::from_secs(600);
 /// Most verification exchanges remembered at once.
 const MAX_PENDING_SAS: usize = 64;
-/// Handshakes run at once per listener.
-const MAX_CONCURRENT_HANDSHAKES: usize = 16;
+/// Stream tasks one listener runs at once. Which handshakes get a slot is the [`Gate`]'s
+/// decision; this only bounds the tasks (a refused stream's task ends at once).
+const MAX_STREAM_TASKS: usize = 64;
 
 /// A SAS waiting for the user to compare it.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct Security {
     protocols: Vec<&'static str>,
     /// The accept loops of every [`SecureListener`], ended for certain at shutdown.
     listeners: Arc<ServeTasks>,
+    /// Admission to the handshakes we answer, shared by every listener.
+    gate: Gate,
 }
 
 impl std::fmt::Debug for Security {
@@ -81,6 +85,7 @@ impl Security {
             pad,
             protocols,
             listeners: Arc::default(),
+            gate: Gate::default(),
         }
     }
 
@@ -149,14 +154,26 @@ impl Security {
     async fn respond(
         &self,
         peer: PeerId,
-        stream: Stream,
+        mut stream: Stream,
         protocol: &StreamProtocol,
     ) -> Result<SecureStream<Stream>, NodeError> {
         let config = self.config(verifying_key_of(&peer)?, protocol);
+        // A real initiator sends its first message at once; a silent stream is let go
+        // long before the whole handshake's deadline.
+        let msg1 = tokio::time::timeout(
+            FIRST_MESSAGE_TIMEOUT,
+            p2pnode_secure::stream::read_handshake_message(&mut stream),
+        )
+        .await
+        .map_err(|_| NodeError::Timeout {
+            what: format!("the first handshake message from {peer}"),
+            secs: FIRST_MESSAGE_TIMEOUT.as_secs(),
+        })?
+        .map_err(|e| handshake_err(peer, e))?;
         let mut rng = rand::rngs::OsRng;
         tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            p2pnode_secure::respond(stream, config, &mut rng),
+            p2pnode_secure::stream::respond_to(stream, &msg1, config, &mut rng),
         )
         .await
         .map_err(|_| handshake_timeout(peer))?
@@ -331,39 +348,84 @@ async fn accept_loop(
     let what = format!("{protocol} handshake");
     crate::streams::serve_streams_until(
         incoming,
-        MAX_CONCURRENT_HANDSHAKES,
+        MAX_STREAM_TASKS,
         &what,
         |peer, stream| {
             let (security, protocol, tx) = (security.clone(), protocol.clone(), tx.clone());
             async move {
-                let decision = match security.decide(peer, app).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(%peer, "trust check failed: {e}");
-                        return;
-                    }
-                };
-                if let Err(e) = refuse_if_untrusted(peer, decision) {
-                    tracing::warn!(%peer, %protocol, "refused stream: {e}");
+                let Some(accepted) = admit(&security, peer, stream, &protocol, app).await else {
                     return;
-                }
-                match security.respond(peer, stream, &protocol).await {
-                    Ok(stream) => {
-                        let _ = tx
-                            .send(Accepted {
-                                peer,
-                                stream,
-                                decision,
-                            })
-                            .await;
-                    }
-                    Err(e) => tracing::warn!(%peer, %protocol, "handshake failed: {e}"),
+                };
+                // Never wait for a slow protocol while holding anything: a full queue
+                // refuses the stream, and the peer opens another later.
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(accepted) {
+                    tracing::warn!(%peer, %protocol, "protocol is not keeping up; dropping a stream");
                 }
             }
         },
         stop,
     )
     .await;
+}
+
+/// One incoming stream through the gate: a handshake slot (per peer, rate-limited, and
+/// from the budget of known peers or of strangers), the trust check, the handshake (its
+/// first message within [`FIRST_MESSAGE_TIMEOUT`]), the slot given back, and the trust
+/// check again, so a revocation made during the handshake wins.
+async fn admit(
+    security: &Security,
+    peer: PeerId,
+    stream: Stream,
+    protocol: &StreamProtocol,
+    app: &'static str,
+) -> Option<Accepted> {
+    let mut slot = match security.gate.enter(peer, Instant::now()) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::debug!(%peer, %protocol, "refused stream: {e}");
+            return None;
+        }
+    };
+    let decision = trusted(security, peer, protocol, app).await?;
+    if let Err(e) = slot.classify(decision != TrustDecision::UnknownPeer) {
+        tracing::debug!(%peer, %protocol, "refused stream: {e}");
+        return None;
+    }
+    let stream = match security.respond(peer, stream, protocol).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(%peer, %protocol, "handshake failed: {e}");
+            return None;
+        }
+    };
+    drop(slot);
+    let decision = trusted(security, peer, protocol, app).await?;
+    Some(Accepted {
+        peer,
+        stream,
+        decision,
+    })
+}
+
+/// The trust store's decision for `peer`, or `None` (logged) when it refuses the peer.
+async fn trusted(
+    security: &Security,
+    peer: PeerId,
+    protocol: &StreamProtocol,
+    app: &str,
+) -> Option<TrustDecision> {
+    let decision = match security.decide(peer, app).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%peer, "trust check failed: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = refuse_if_untrusted(peer, decision) {
+        tracing::warn!(%peer, %protocol, "refused stream: {e}");
+        return None;
+    }
+    Some(decision)
 }
 
 /// Serves the verification protocol: answers handshakes and keeps their SAS for

@@ -64,7 +64,10 @@ where
     io.flush().await
 }
 
-async fn read_handshake_message<R: AsyncRead + Unpin>(
+/// Reads one handshake message (at most [`MAX_HANDSHAKE_MESSAGE_LEN`] bytes). A responder
+/// that bounds how long the first one may take reads it with this, then calls
+/// [`respond_to`].
+pub async fn read_handshake_message<R: AsyncRead + Unpin>(
     io: &mut R,
 ) -> Result<Vec<u8>, HandshakeError> {
     read_length_prefixed(io, MAX_HANDSHAKE_MESSAGE_LEN)
@@ -108,7 +111,22 @@ where
     R: CryptoRngCore,
 {
     let msg1 = read_handshake_message(&mut io).await?;
-    let (state, msg2) = Responder::accept(config, &msg1, rng)?;
+    respond_to(io, &msg1, config, rng).await
+}
+
+/// The responder's handshake after its first message, `msg1`, was read (with
+/// [`read_handshake_message`]).
+pub async fn respond_to<IO, R>(
+    mut io: IO,
+    msg1: &[u8],
+    config: HandshakeConfig,
+    rng: &mut R,
+) -> Result<SecureStream<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRngCore,
+{
+    let (state, msg2) = Responder::accept(config, msg1, rng)?;
     write_length_prefixed(&mut io, &msg2).await?;
     let msg3 = read_handshake_message(&mut io).await?;
     let session = state.finish(&msg3)?;

@@ -1,0 +1,93 @@
+//! Hostile peers against the node, in-process on the memory transport: what a stranger can
+//! make the node spend is bounded, and it cannot starve other peers.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Named, WAIT, addr_of, start_memory_with};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use p2pnode_node::{Node, StreamProtocol, streams::ECHO_PROTOCOL};
+
+const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0");
+const APP: &str = "test-app";
+
+async fn start_in(dir: &std::path::Path) -> Node {
+    start_memory_with(dir, Named(APP)).await
+}
+
+/// An echo round trip on the same connection: the streams opened before it have reached
+/// the other side.
+async fn round_trip(from: &Node, to: &Node) {
+    let mut echo = from
+        .client()
+        .streams()
+        .open_stream(to.client().peer_id(), ECHO_PROTOCOL)
+        .await
+        .unwrap();
+    echo.write_all(&[7; 32]).await.unwrap();
+    let mut back = [0; 32];
+    tokio::time::timeout(WAIT, echo.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn silent_streams_from_one_peer_do_not_hold_up_another_peers_stream() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let attacker = start_in(da.path()).await;
+    let b = start_in(db.path()).await;
+    let c = start_in(dc.path()).await;
+    let b_id = b.client().peer_id();
+    let mut listener = b.client().listen_secure(TEST_PROTOCOL, APP).unwrap();
+    attacker
+        .client()
+        .connect_addr(addr_of(&b).await)
+        .await
+        .unwrap();
+    c.client().connect_addr(addr_of(&b).await).await.unwrap();
+
+    // Sixteen streams that never say a word: before the gate, one for every handshake
+    // slot the listener had.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(
+            attacker
+                .client()
+                .streams()
+                .open_stream(b_id, TEST_PROTOCOL)
+                .await
+                .unwrap(),
+        );
+    }
+    round_trip(&attacker, &b).await;
+
+    let start = Instant::now();
+    let mut out = tokio::time::timeout(WAIT, c.client().open_secure(b_id, TEST_PROTOCOL, APP))
+        .await
+        .unwrap()
+        .unwrap();
+    out.send(b"still served").await.unwrap();
+    let mut accepted = tokio::time::timeout(WAIT, listener.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(accepted.peer, c.client().peer_id());
+    assert_eq!(accepted.stream.recv().await.unwrap(), b"still served");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "another peer's stream waited {took:?}"
+    );
+    drop(silent);
+    for node in [attacker, b, c] {
+        node.shutdown().await;
+    }
+}
