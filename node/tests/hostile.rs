@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Named, WAIT, addr_of, start_memory_with};
 use futures::{AsyncReadExt, AsyncWriteExt};
+use p2pnode_node::holepunch::{HOLEPUNCH_PROTOCOL, MAX_ANSWERS};
 use p2pnode_node::{Node, StreamProtocol, streams::ECHO_PROTOCOL};
 
 const TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/test/1.0.0");
@@ -90,4 +91,46 @@ async fn silent_streams_from_one_peer_do_not_hold_up_another_peers_stream() {
     for node in [attacker, b, c] {
         node.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_peer_repeating_the_address_exchange_gets_three_answers() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let attacker = start_in(da.path()).await;
+    let b = start_in(db.path()).await;
+    let b_id = b.client().peer_id();
+    attacker
+        .client()
+        .connect_addr(addr_of(&b).await)
+        .await
+        .unwrap();
+    // B writes its addresses the moment it accepts an exchange it answers; an exchange
+    // it refuses is closed unanswered.
+    let mut answered = 0;
+    for _ in 0..100 {
+        let Ok(mut stream) = attacker
+            .client()
+            .streams()
+            .open_stream(b_id, HOLEPUNCH_PROTOCOL)
+            .await
+        else {
+            continue;
+        };
+        let answer = tokio::time::timeout(
+            WAIT,
+            p2pnode_secure::stream::read_length_prefixed(&mut stream, 4096),
+        )
+        .await
+        .expect("B neither answered nor closed the stream");
+        if answer.is_ok() {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered <= MAX_ANSWERS as usize,
+        "{answered} of 100 exchanges answered"
+    );
+    assert!(answered > 0, "the first exchanges are answered");
+    attacker.shutdown().await;
+    b.shutdown().await;
 }

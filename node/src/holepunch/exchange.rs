@@ -77,12 +77,21 @@ impl Puncher {
         self.dial(peer, theirs, false, None).await
     }
 
-    /// B's side: answers one exchange on an accepted stream, then dials.
+    /// B's side: answers one exchange on an accepted stream, then dials; a peer past its
+    /// [`MAX_ANSWERS`](super::MAX_ANSWERS) gets no answer (the stream is dropped).
     pub(super) async fn answer(
         &self,
         peer: PeerId,
         mut stream: libp2p::Stream,
     ) -> Result<(), HolePunchError> {
+        let admitted = self
+            .answers
+            .lock()
+            .map(|mut a| a.admit(peer, std::time::Instant::now()))
+            .unwrap_or(false);
+        if !admitted {
+            return Err(HolePunchError::TooMany);
+        }
         let ours = self.ours.borrow().clone();
         let exchange = async {
             write_length_prefixed(&mut stream, &encode(&ours))

@@ -45,6 +45,7 @@
 //! [`Introduction`], [`Candidates`]); the async sides run as tasks that ask the event loop
 //! to dial.
 
+mod budget;
 mod candidates;
 mod codec;
 mod exchange;
@@ -59,6 +60,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::api::Connected;
 use crate::error::NodeError;
 
+pub use budget::{ANSWER_WINDOW, MAX_ANSWERS};
 pub use candidates::Candidates;
 pub use codec::{Introduction, decode, encode};
 
@@ -111,6 +113,9 @@ pub enum HolePunchError {
     /// The node is stopping.
     #[error("the node is shutting down")]
     Stopped,
+    /// The peer already had its exchanges answered recently.
+    #[error("the peer had {MAX_ANSWERS} exchanges answered in the last {} s", ANSWER_WINDOW.as_secs())]
+    TooMany,
 }
 
 /// A dial the event loop makes for a hole punch.
@@ -134,6 +139,8 @@ pub(crate) struct Puncher {
     dials: mpsc::Sender<PunchDial>,
     /// A relay's introductions under way; more are not made.
     introducing: Arc<Semaphore>,
+    /// Exchanges answered per peer: each answer makes us dial, so they are few.
+    answers: Arc<std::sync::Mutex<budget::AnswerBudget>>,
 }
 
 /// Builds a [`Puncher`], the sender the event loop publishes our addresses on, and the
@@ -153,6 +160,7 @@ pub(crate) fn channels(
             ours,
             dials,
             introducing: Arc::new(Semaphore::new(MAX_EXCHANGES)),
+            answers: Arc::default(),
         },
         ours_tx,
         dial_rx,
