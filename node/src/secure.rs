@@ -43,6 +43,10 @@ struct PendingSas {
     sas: Sas,
     key: PeerKey,
     at: Instant,
+    /// Whether `p2pnode verify` showed this code to the user: a shown code is never
+    /// replaced by a later exchange, or a man in the middle could retry until the codes
+    /// the two users compare happen to match.
+    shown: bool,
 }
 
 /// The node's identity key, trust store and pending verifications. Shared by the
@@ -180,16 +184,30 @@ impl Security {
         .map_err(|e| handshake_err(peer, e))
     }
 
-    /// Remembers the SAS of a verification exchange with `peer`.
-    fn remember_sas(&self, peer: PeerId, sas: Sas, key: PeerKey) {
+    /// Remembers the SAS of a verification exchange with `peer`, unless a code for that
+    /// peer was already shown (it stays until it expires or is confirmed). When the table
+    /// is full, the oldest code nobody was shown makes room; if every code was shown, the
+    /// new one is dropped.
+    fn remember_sas(&self, peer: PeerId, sas: Sas, key: PeerKey, shown: bool) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
         pending.retain(|_, p| p.at.elapsed() < PENDING_SAS_TTL);
+        if pending.get(&peer).is_some_and(|p| p.shown) {
+            tracing::warn!(%peer, "another verification exchange while a code is shown; keeping the shown code");
+            return;
+        }
         if pending.len() >= MAX_PENDING_SAS && !pending.contains_key(&peer) {
-            // Drop the oldest rather than grow without bound.
-            if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| *k) {
-                pending.remove(&oldest);
+            let oldest_unshown = pending
+                .iter()
+                .filter(|(_, p)| !p.shown)
+                .min_by_key(|(_, p)| p.at)
+                .map(|(k, _)| *k);
+            match oldest_unshown {
+                Some(oldest) => {
+                    pending.remove(&oldest);
+                }
+                None => return,
             }
         }
         pending.insert(
@@ -198,8 +216,19 @@ impl Security {
                 sas,
                 key,
                 at: Instant::now(),
+                shown,
             },
         );
+    }
+
+    /// The pending code for `peer`, marked as shown (the caller shows it).
+    fn show_pending_sas(&self, peer: &PeerId) -> Option<Sas> {
+        let mut pending = self.pending.lock().ok()?;
+        let p = pending
+            .get_mut(peer)
+            .filter(|p| p.at.elapsed() < PENDING_SAS_TTL)?;
+        p.shown = true;
+        Some(p.sas)
     }
 
     fn pending_sas(&self, peer: &PeerId) -> Option<PendingSas> {
@@ -217,14 +246,14 @@ impl Security {
         streams: &mut libp2p_stream::Control,
         peer: PeerId,
     ) -> Result<Sas, NodeError> {
-        if let Some(p) = self.pending_sas(&peer) {
-            return Ok(p.sas);
+        if let Some(sas) = self.show_pending_sas(&peer) {
+            return Ok(sas);
         }
         let mut stream = self.open(streams, peer, VERIFY_PROTOCOL, "verify").await?;
         let sas = *stream.sas();
         let key = stream.remote_key().to_bytes();
         let _ = stream.close().await;
-        self.remember_sas(peer, sas, key);
+        self.remember_sas(peer, sas, key, true);
         Ok(sas)
     }
 
@@ -436,7 +465,7 @@ pub(crate) async fn serve_verify(security: Arc<Security>, mut listener: SecureLi
     }) = listener.next().await
     {
         let sas = *stream.sas();
-        security.remember_sas(peer, sas, stream.remote_key().to_bytes());
+        security.remember_sas(peer, sas, stream.remote_key().to_bytes(), false);
         tracing::warn!(%peer, "peer {peer} started a verification; run `p2pnode verify {peer}` to compare codes");
         let _ = stream.close().await;
     }

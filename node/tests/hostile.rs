@@ -134,3 +134,37 @@ async fn a_peer_repeating_the_address_exchange_gets_three_answers() {
     attacker.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_later_verification_exchange_does_not_replace_a_code_already_shown() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_in(da.path()).await;
+    let b = start_in(db.path()).await;
+    let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
+    a.client().connect_addr(addr_of(&b).await).await.unwrap();
+
+    let on_a = a.client().verify(b_id).await.unwrap();
+    let on_b = b.client().verify(a_id).await.unwrap();
+    assert_eq!(on_a.sas_words, on_b.sas_words);
+
+    // Another exchange in A's name (a man in the middle retrying for a code that suits
+    // him). B closes the stream once it has dealt with it.
+    let mut again = a
+        .client()
+        .open_secure(b_id, p2pnode_node::secure::VERIFY_PROTOCOL, "verify")
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, again.recv())
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let still = b.client().verify(a_id).await.unwrap();
+    assert_eq!(
+        still.sas_words, on_b.sas_words,
+        "the shown code was replaced"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
