@@ -45,9 +45,19 @@ pub enum IdentityError {
         /// The file's mode bits.
         mode: u32,
     },
+    /// Other users may write to the data directory: they could swap the identity, the
+    /// database or the control socket.
+    #[error("{path} is writable by other users (mode {mode:o}); run `chmod go-w {path}`")]
+    DirWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
 }
 
-/// Creates the data directory (mode 0700) when missing.
+/// Creates the data directory (mode 0700) when missing; refuses one other users may
+/// write to.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), IdentityError> {
     let write_err = |source| IdentityError::Write {
         path: dir.to_path_buf(),
@@ -56,6 +66,19 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), IdentityError> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(write_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+    }
+    let mode = std::fs::metadata(dir)
+        .map_err(write_err)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    // Sticky directories (/tmp itself) are never a data directory; group or world write
+    // on ours is refused.
+    if mode & 0o022 != 0 {
+        return Err(IdentityError::DirWritable {
+            path: dir.to_path_buf(),
+            mode,
+        });
     }
     // Probe writability now, so a read-only directory fails with a clear message at start
     // instead of somewhere deep in the database or socket code.

@@ -29,6 +29,8 @@ pub const VERIFY_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/verify
 /// A handshake that has not finished in this long is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long `verify` waits for the peer to record the code of the exchange it started.
+const VERIFY_RECORDED_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a SAS from a verification exchange stays available for confirmation.
 const PENDING_SAS_TTL: Duration = Duration::from_secs(600);
 /// Most verification exchanges remembered at once.
@@ -252,8 +254,12 @@ impl Security {
         let mut stream = self.open(streams, peer, VERIFY_PROTOCOL, "verify").await?;
         let sas = *stream.sas();
         let key = stream.remote_key().to_bytes();
-        let _ = stream.close().await;
         self.remember_sas(peer, sas, key, true);
+        // The peer closes the stream once it has recorded the code; wait for that, so its
+        // user running `verify` next finds this exchange's code instead of starting
+        // another exchange with another code.
+        let _ = tokio::time::timeout(VERIFY_RECORDED_TIMEOUT, stream.recv()).await;
+        let _ = stream.close().await;
         Ok(sas)
     }
 

@@ -6,6 +6,7 @@
 //! state) live in the same file and reach it through [`Store::database`].
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -82,6 +83,13 @@ impl Store {
         let db = Database::create(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
             source: Box::new(e.into()),
+        })?;
+        // It holds room keys and chat history: the owner's alone.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            StoreError::Open {
+                path: path.clone(),
+                source: Box::new(redb::Error::Io(e)),
+            }
         })?;
         // Create the tables up front so readers never see "table does not exist".
         let txn = db.begin_write().map_err(db_err)?;

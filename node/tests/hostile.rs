@@ -168,3 +168,73 @@ async fn a_later_verification_exchange_does_not_replace_a_code_already_shown() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_data_directory_others_may_write_is_refused_with_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Node::start_with(
+        dir.path(),
+        common::memory_config(),
+        p2pnode_node::TransportKind::Memory,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("writable by other users") && msg.contains("chmod go-w"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_control_socket_left_by_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(p2pnode_node::control::SOCKET_FILE);
+    std::fs::write(&path, b"").unwrap();
+    // The tests run as root (the NAT lab needs it), so another owner can be set.
+    std::os::unix::fs::chown(&path, Some(12345), Some(12345)).unwrap();
+    let err = p2pnode_node::control::bind(dir.path()).await.unwrap_err();
+    assert_eq!(err.kind(), "foreign_socket", "{err}");
+    assert!(err.to_string().contains("another user"), "{err}");
+    assert!(path.exists(), "another user's file was removed");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_in(dir.path()).await;
+    let listener = p2pnode_node::control::bind(dir.path()).await.unwrap();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn(p2pnode_node::control::serve(
+        listener,
+        node.client().clone(),
+        node.protocols().clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        stop.clone(),
+    ));
+    let mut slow =
+        tokio::net::UnixStream::connect(dir.path().join(p2pnode_node::control::SOCKET_FILE))
+            .await
+            .unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\n")
+        .await
+        .unwrap();
+    // The server closes the connection (with or without a 408) instead of waiting.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, slow.read_to_end(&mut rest))
+        .await
+        .expect("a slow-header connection was kept open")
+        .unwrap();
+    // Others are still served meanwhile.
+    let status: p2pnode_node::api::Status = p2pnode_node::control::ControlClient::new(dir.path())
+        .get("status")
+        .await
+        .unwrap();
+    assert_eq!(status.peer_id, node.client().peer_id().to_string());
+    stop.notify_one();
+    server.await.unwrap();
+    node.shutdown().await;
+}

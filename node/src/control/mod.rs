@@ -56,6 +56,16 @@ pub enum ControlError {
     /// The daemon answered with an error.
     #[error("{}", .0.message)]
     Api(ErrorBody),
+    /// Something owned by another user sits where the control socket goes.
+    #[error(
+        "{path} belongs to another user (uid {uid}); remove it, or use a data directory of your own"
+    )]
+    ForeignSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
 }
 
 impl ControlError {
@@ -67,6 +77,7 @@ impl ControlError {
             Self::Io { .. } => "io",
             Self::Protocol(_) => "protocol",
             Self::Api(body) => &body.kind,
+            Self::ForeignSocket { .. } => "foreign_socket",
         }
     }
 }
@@ -79,7 +90,11 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
         path: path.clone(),
         source,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+        if uid != nix::unistd::geteuid().as_raw() {
+            return Err(ControlError::ForeignSocket { path, uid });
+        }
         if UnixStream::connect(&path).await.is_ok() {
             return Err(ControlError::AlreadyRunning {
                 data_dir: data_dir.to_path_buf(),

@@ -23,8 +23,11 @@ use crate::protocol::Protocols;
 
 /// Largest request body the daemon reads.
 const MAX_BODY: usize = 64 * 1024;
-/// Most control connections served at once.
+/// Most control connections served at once; more are refused, not queued.
 const MAX_CONNECTIONS: usize = 64;
+/// A client must send a request's headers within this long (a slow-header client would
+/// otherwise hold a connection for ever).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A response body: a whole JSON document, or a stream of JSON lines.
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -56,8 +59,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        // The socket is mode 0600, but a directory or socket made by mistake with looser
+        // modes must not let another user drive the node: check who connects.
+        let uid = stream.peer_cred().map(|c| c.uid());
+        let own = nix::unistd::geteuid().as_raw();
+        if !matches!(uid, Ok(u) if u == own || u == 0) {
+            tracing::warn!(?uid, "refused a control connection from another user");
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("too many control connections; refusing one");
+            continue;
         };
         let (client, protocols) = (client.clone(), protocols.clone());
         let shutdown_requested = shutdown_requested.clone();
@@ -75,6 +87,8 @@ pub async fn serve(
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

@@ -222,6 +222,11 @@ impl Lab {
         let binary = p2pnode_binary()?;
         let data_dir = self.workdir().join(name);
         std::fs::create_dir_all(&data_dir)?;
+        // A node refuses a data directory others may write to, whatever the umask was.
+        std::fs::set_permissions(
+            &data_dir,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+        )?;
         let mut node = Node {
             name: name.to_string(),
             host: host.to_string(),
