@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use common::{addr_of, wait_for};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::MemoryTransport;
 use libp2p::core::transport::memory::Channel;
+use libp2p::core::transport::{Boxed, ListenerId, MemoryTransport, TransportError, TransportEvent};
 use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Transport, noise, yamux};
@@ -283,16 +283,23 @@ async fn a_punch_request_over_a_direct_connection_dials_nobody() {
     }
 }
 
+/// The next stream on `protocol` accepted by the test in place of a node, and its sender.
+async fn next_stream(
+    incoming: &mut libp2p_stream::IncomingStreams,
+) -> (p2pnode_node::PeerId, libp2p::Stream) {
+    use futures::StreamExt;
+    tokio::time::timeout(common::WAIT, incoming.next())
+        .await
+        .expect("no stream in time")
+        .unwrap()
+}
+
 /// The next stream on `protocol` accepted by the test in place of a node, its sender and
 /// its one length-prefixed message.
 async fn next_message(
     incoming: &mut libp2p_stream::IncomingStreams,
 ) -> (p2pnode_node::PeerId, Vec<u8>) {
-    use futures::StreamExt;
-    let (from, mut stream) = tokio::time::timeout(common::WAIT, incoming.next())
-        .await
-        .expect("no stream in time")
-        .unwrap();
+    let (from, mut stream) = next_stream(incoming).await;
     (from, read_length_prefixed(&mut stream, 4096).await.unwrap())
 }
 
@@ -343,9 +350,12 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
     let connected = a.client().connect_addr(circuit).await.unwrap();
     assert_eq!(connected.path, Path::Relayed);
 
-    let (from, to_b) = next_message(&mut b_intros).await;
+    // B is told first, and A only once B agrees.
+    let (from, mut b_stream) = next_stream(&mut b_intros).await;
     assert_eq!(from, r_id);
+    let to_b = read_length_prefixed(&mut b_stream, 4096).await.unwrap();
     let to_b = Introduction::decode(&to_b).unwrap();
+    b_stream.write_all(&[holepunch::AGREED]).await.unwrap();
     let (from, to_a) = next_message(&mut a_intros).await;
     assert_eq!(from, r_id);
     let to_a = Introduction::decode(&to_a).unwrap();
@@ -371,47 +381,253 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
     }
 }
 
-/// A node dials the peer its relay introduces, at once and directly: no relayed
-/// connection, no exchange. The test speaks for the relay X (A's bootstrap peer, which
-/// holds A's reservation) and introduces C.
+/// A node dials the peer its relay introduces, at once and directly, for a circuit that
+/// relay carries: C (which punches nothing itself) reaches A through X, and the test,
+/// speaking for X (A's bootstrap peer), introduces C to A, which dials C directly.
 #[tokio::test]
 async fn an_introduction_from_our_relay_makes_a_direct_dial() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let x = relay_node(dirs[0].path()).await;
+    let x_addr = addr_of(&x).await;
     let a = memory_node(
         dirs[1].path(),
         Config {
-            bootstrap: vec![addr_of(&x).await],
+            bootstrap: vec![x_addr.clone()],
             dht_bootstrap_interval_secs: 0,
             ..Config::default()
         },
     )
     .await;
-    let c = memory_node(dirs[2].path(), Config::default()).await;
+    let c = memory_node(
+        dirs[2].path(),
+        Config {
+            hole_punch: HolePunchMode::Off,
+            ..Config::default()
+        },
+    )
+    .await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
     reserved(&a).await;
-    assert!(!common::connected(&a, c_id).await);
-
+    // C's own listener, read before C meets the relay (and lists a circuit address too).
     let mut c_addr = addr_of(&c).await;
     c_addr.pop();
+    let circuit: Multiaddr = format!("{x_addr}/p2p-circuit/p2p/{a_id}").parse().unwrap();
+    let relayed = c.client().connect_addr(circuit).await.unwrap();
+    assert_eq!(relayed.path, Path::Relayed);
+
     let intro = Introduction {
         peer: c_id,
         addrs: vec![c_addr.clone()],
         as_listener: false,
     };
-    let _stream = introduce(&x, a_id, &intro).await;
+    let mut stream = introduce(&x, a_id, &intro).await;
+    // A agrees to the circuit before it dials.
+    let mut agreed = [0u8; 1];
+    stream.read_exact(&mut agreed).await.unwrap();
+    assert_eq!(agreed, [holepunch::AGREED]);
 
     let conn = wait_for(|| async {
         let peers = a.client().peers().await.ok()?;
         let p = peers.into_iter().find(|p| p.peer_id == c_id.to_string())?;
-        p.connections.into_iter().next()
+        p.connections.into_iter().find(|c| c.path == Path::Direct)
     })
     .await;
-    assert_eq!(conn.path, Path::Direct);
     assert!(conn.outbound);
     assert_eq!(conn.address, format!("{c_addr}/p2p/{c_id}"));
 
     for n in [a, c, x] {
+        n.shutdown().await;
+    }
+}
+
+/// A relay that names made-up peers cannot make a node a reflector. X, A's own bootstrap
+/// relay (the most a relay can be trusted with), sends 1,000 introductions of peers that
+/// have no circuit through it, each with 16 addresses (loopback, private, DNS, global,
+/// memory): A dials none of them. Then one for a real circuit (C reaches A through X),
+/// with C's address among 15 others: A dials at most
+/// [`MAX_PUNCH_ADDRS`](holepunch::MAX_PUNCH_ADDRS), none of them loopback, private or a
+/// name, and reaches C. (On the previous code A dialled all 16,000.)
+#[tokio::test]
+async fn introductions_for_made_up_peers_make_no_dials() {
+    use futures::StreamExt;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let x = relay_node(dirs[0].path()).await;
+    let x_addr = addr_of(&x).await;
+    let dialled = Arc::new(Mutex::new(Vec::<Multiaddr>::new()));
+    let a = start(
+        dirs[1].path(),
+        Config {
+            listen: memory(),
+            bootstrap: vec![x_addr.clone()],
+            dht_bootstrap_interval_secs: 0,
+            ..Config::default()
+        },
+        TransportKind::Custom(recording_transport(dialled.clone())),
+    )
+    .await;
+    let c = memory_node(
+        dirs[2].path(),
+        Config {
+            hole_punch: HolePunchMode::Off,
+            ..Config::default()
+        },
+    )
+    .await;
+    let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
+    reserved(&a).await;
+    // C's own listener, read before C meets the relay (and lists a circuit address too).
+    let mut c_addr = addr_of(&c).await;
+    c_addr.pop();
+    let before = dialled.lock().unwrap().len();
+    let junk = |i: usize| -> Vec<Multiaddr> {
+        let port = 1000 + i % 60000;
+        [
+            format!("/ip4/127.0.0.1/tcp/{port}"),
+            format!("/ip4/10.0.0.1/tcp/{port}"),
+            format!("/ip4/192.168.1.1/udp/{port}/quic-v1"),
+            format!("/ip6/::1/tcp/{port}"),
+            format!("/ip6/fd00::1/tcp/{port}"),
+            format!("/dns4/localhost/tcp/{port}"),
+            format!("/dns/internal.example/tcp/{port}"),
+            format!("/ip4/169.254.1.1/tcp/{port}"),
+            format!("/ip4/198.51.100.9/tcp/{port}"),
+            format!("/ip4/203.0.113.9/udp/{port}/quic-v1"),
+            format!("/ip6/2001:db8::9/tcp/{port}"),
+            format!("/ip4/0.0.0.0/tcp/{port}"),
+            format!("/ip4/100.64.0.1/tcp/{port}"),
+            format!("/ip4/172.16.0.1/tcp/{port}"),
+            format!("/memory/{port}"),
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
+    };
+    let x = &x;
+    let answered = futures::stream::iter(0..1000)
+        .map(|i| async move {
+            let mut addrs = junk(i);
+            addrs.push(
+                format!("/ip4/198.51.100.10/tcp/{}", 1000 + i)
+                    .parse()
+                    .unwrap(),
+            );
+            let intro = Introduction {
+                peer: p2pnode_node::PeerId::random(),
+                addrs,
+                as_listener: i % 2 == 0,
+            };
+            // A ends the stream once its event loop has refused: the refusal is the event.
+            let mut stream = introduce(x, a_id, &intro).await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            rest
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(
+        answered.iter().all(Vec::is_empty),
+        "A agreed to a made-up circuit"
+    );
+    let made_up = dialled.lock().unwrap()[before..].to_vec();
+    assert!(made_up.is_empty(), "dialled for made-up peers: {made_up:?}");
+
+    // A real circuit: C reaches A through X, and X introduces C with 15 other addresses.
+    let circuit: Multiaddr = format!("{x_addr}/p2p-circuit/p2p/{a_id}").parse().unwrap();
+    let relayed = c.client().connect_addr(circuit).await.unwrap();
+    assert_eq!(relayed.path, Path::Relayed);
+    let mut addrs = junk(7);
+    addrs.insert(6, c_addr.clone());
+    let before = dialled.lock().unwrap().len();
+    let intro = Introduction {
+        peer: c_id,
+        addrs,
+        as_listener: false,
+    };
+    let _stream = introduce(x, a_id, &intro).await;
+    wait_for(|| async {
+        let peers = a.client().peers().await.ok()?;
+        let p = peers.into_iter().find(|p| p.peer_id == c_id.to_string())?;
+        p.connections.into_iter().find(|c| c.path == Path::Direct)
+    })
+    .await;
+    let real: Vec<Multiaddr> = dialled.lock().unwrap()[before..]
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            a.pop(); // the swarm appends the peer id
+            a
+        })
+        .collect();
+    assert!(real.len() <= holepunch::MAX_PUNCH_ADDRS, "{real:?}");
+    assert!(real.contains(&c_addr), "{real:?}");
+    for addr in &real {
+        let text = addr.to_string();
+        assert!(
+            text.starts_with("/memory/")
+                || text.starts_with("/ip4/198.51.100.")
+                || text.starts_with("/ip4/203.0.113.")
+                || text.starts_with("/ip6/2001:db8::"),
+            "dialled {text} on a relay's word"
+        );
+    }
+
+    for n in [a, c] {
+        n.shutdown().await;
+    }
+}
+
+/// The relay tells A where B is only once B agrees to the circuit: B has revoked A, so A,
+/// dialling B through the relay, learns nothing from the relay's introduction. (On the
+/// previous code the relay told A B's address whatever B thought of A.)
+#[tokio::test]
+async fn a_peer_we_revoked_does_not_learn_our_address_from_the_relay() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let relay = memory_node(
+        dirs[0].path(),
+        Config {
+            relay: true,
+            ..Config::default()
+        },
+    )
+    .await;
+    let r = addr_of(&relay).await;
+    let end = |hole_punch| Config {
+        listen: memory(),
+        bootstrap: vec![r.clone()],
+        dht_bootstrap_interval_secs: 0,
+        hole_punch,
+        ..Config::default()
+    };
+    // A reads its introductions itself; B runs the real code.
+    let a = start(
+        dirs[1].path(),
+        end(HolePunchMode::Off),
+        TransportKind::Memory,
+    )
+    .await;
+    let b = start(
+        dirs[2].path(),
+        end(HolePunchMode::P2pnode),
+        TransportKind::Memory,
+    )
+    .await;
+    let mut a_intros = a.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
+    let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
+    reserved(&b).await;
+    b.client().revoke(a_id).await.unwrap();
+
+    let circuit: Multiaddr = format!("{r}/p2p-circuit/p2p/{b_id}").parse().unwrap();
+    let _ = a.client().connect_addr(circuit).await;
+    // The relay opens A's stream when the circuit is accepted and ends it without a word
+    // once B refuses.
+    let (from, mut stream) = next_stream(&mut a_intros).await;
+    assert_eq!(from, relay.client().peer_id());
+    let mut told = Vec::new();
+    let _ = stream.read_to_end(&mut told).await;
+    assert!(told.is_empty(), "A learnt where B is: {told:?}");
+
+    for n in [a, b, relay] {
         n.shutdown().await;
     }
 }
@@ -612,4 +828,57 @@ fn stalling_transport(stall: Arc<Stall>) -> TransportFactory {
         let stall = endpoint.is_dialer().then(|| stall.clone());
         Ok(Stalled { inner: conn, stall })
     })
+}
+
+/// The memory transport, recording every address this node dials (before the dial is
+/// tried, so addresses the memory transport cannot dial are recorded too).
+fn recording_transport(dialled: Arc<Mutex<Vec<Multiaddr>>>) -> TransportFactory {
+    Arc::new(move |key| {
+        Ok(Recording {
+            inner: p2pnode_node::swarm::memory_transport(key)?,
+            dialled: dialled.clone(),
+        }
+        .boxed())
+    })
+}
+
+struct Recording {
+    inner: Boxed<(p2pnode_node::PeerId, StreamMuxerBox)>,
+    dialled: Arc<Mutex<Vec<Multiaddr>>>,
+}
+
+impl Transport for Recording {
+    type Output = (p2pnode_node::PeerId, StreamMuxerBox);
+    type Error = std::io::Error;
+    type ListenerUpgrade =
+        <Boxed<(p2pnode_node::PeerId, StreamMuxerBox)> as Transport>::ListenerUpgrade;
+    type Dial = <Boxed<(p2pnode_node::PeerId, StreamMuxerBox)> as Transport>::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        self.dialled.lock().unwrap().push(addr.clone());
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        Pin::new(&mut self.inner).poll(cx)
+    }
 }

@@ -72,16 +72,80 @@ pub(super) fn is_private(addr: &Multiaddr) -> bool {
     })
 }
 
-/// Whether `addr` is a relay circuit through `relay` (`.../p2p/<relay>/p2p-circuit`).
-pub(super) fn is_circuit_via(addr: &Multiaddr, relay: &PeerId) -> bool {
+/// The relay an address goes through (`.../p2p/<relay>/p2p-circuit...`), if any.
+pub(super) fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     let mut previous = None;
     for p in addr.iter() {
         if p == Protocol::P2pCircuit {
-            return previous == Some(Protocol::P2p(*relay));
+            return match previous {
+                Some(Protocol::P2p(relay)) => Some(relay),
+                _ => None,
+            };
         }
         previous = Some(p);
     }
-    false
+    None
+}
+
+/// How far an address reaches, from the narrowest to the widest. Hole punching dials only
+/// addresses no narrower than the network we reached the relay over: a relay on the
+/// Internet has no business sending us into our own LAN or to our own loopback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Scope {
+    /// The in-process memory transport (tests and the simulator).
+    Memory,
+    /// This host's loopback interface.
+    Loopback,
+    /// A private network (see [`is_private`]).
+    Private,
+    /// The Internet.
+    Global,
+}
+
+impl Scope {
+    /// Whether an address of this scope may be dialled on the word of a relay reached
+    /// over `reach`.
+    pub(crate) fn allowed_from(self, reach: Scope) -> bool {
+        match (self, reach) {
+            (Scope::Memory, reach) => reach == Scope::Memory,
+            (scope, Scope::Memory) => scope == Scope::Global,
+            (scope, reach) => scope >= reach,
+        }
+    }
+}
+
+/// The scope of a dialable IP or memory address; `None` for anything a hole punch must not
+/// dial: names (a DNS name resolves to whatever its owner likes, loopback included),
+/// unspecified, multicast or broadcast addresses, relay circuits.
+pub(crate) fn scope_of(addr: &Multiaddr) -> Option<Scope> {
+    if path_of(addr) == Path::Relayed {
+        return None;
+    }
+    match addr.iter().next()? {
+        Protocol::Memory(_) => Some(Scope::Memory),
+        Protocol::Ip4(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() => None,
+        Protocol::Ip6(ip) if ip.is_unspecified() || ip.is_multicast() => None,
+        Protocol::Ip4(_) | Protocol::Ip6(_) if is_loopback(addr) => Some(Scope::Loopback),
+        Protocol::Ip4(_) | Protocol::Ip6(_) if is_private(addr) => Some(Scope::Private),
+        Protocol::Ip4(_) | Protocol::Ip6(_) => Some(Scope::Global),
+        _ => None,
+    }
+}
+
+/// The addresses a hole punch may dial, out of those a relay or a peer named: at most
+/// `max`, each allowed from `reach`, the scope we reached the relay over.
+pub(crate) fn punch_addrs(addrs: Vec<Multiaddr>, reach: Scope, max: usize) -> Vec<Multiaddr> {
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for addr in addrs {
+        let allowed = scope_of(&addr).is_some_and(|s| s.allowed_from(reach));
+        if allowed && !out.contains(&addr) {
+            out.push(addr);
+            if out.len() == max {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Whether an address can be dialled: not `0.0.0.0`/`::` (which listeners report).
@@ -114,12 +178,56 @@ mod tests {
         let circuit: Multiaddr = format!("/ip4/198.51.100.2/tcp/4001/p2p/{relay}/p2p-circuit")
             .parse()
             .unwrap();
-        assert!(is_circuit_via(&circuit, &relay));
-        assert!(!is_circuit_via(&circuit, &PeerId::random()));
+        assert_eq!(relay_of(&circuit), Some(relay));
+
         let direct: Multiaddr = format!("/ip4/198.51.100.2/tcp/4001/p2p/{relay}")
             .parse()
             .unwrap();
-        assert!(!is_circuit_via(&direct, &relay));
+        assert_eq!(relay_of(&direct), None);
+    }
+
+    #[test]
+    fn punch_addresses_reach_no_further_in_than_the_relay() {
+        let list: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/tcp/1",
+            "/dns4/example.com/tcp/1",
+            "/ip4/192.168.1.2/tcp/1",
+            "/ip4/0.0.0.0/tcp/1",
+            "/ip4/224.0.0.1/udp/1/quic-v1",
+            "/ip4/198.51.100.2/tcp/1",
+            "/ip4/198.51.100.2/tcp/1",
+            "/memory/7",
+            "/ip6/::1/tcp/1",
+            "/ip6/2001:db8::2/udp/1/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let show = |reach| -> Vec<String> {
+            punch_addrs(list.clone(), reach, 16)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let global = ["/ip4/198.51.100.2/tcp/1", "/ip6/2001:db8::2/udp/1/quic-v1"];
+        assert_eq!(show(Scope::Global), global);
+        assert_eq!(
+            show(Scope::Private),
+            ["/ip4/192.168.1.2/tcp/1", global[0], global[1]]
+        );
+        assert_eq!(show(Scope::Loopback).len(), 5);
+        assert_eq!(
+            show(Scope::Memory),
+            ["/ip4/198.51.100.2/tcp/1", "/memory/7", global[1]]
+        );
+        assert_eq!(punch_addrs(list.clone(), Scope::Loopback, 2).len(), 2);
+        let relay = PeerId::random();
+        let circuit: Multiaddr = format!("/ip4/198.51.100.2/tcp/1/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        assert_eq!(relay_of(&circuit), Some(relay));
+        assert_eq!(scope_of(&circuit), None);
+        assert_eq!(relay_of(&list[5]), None);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) struct Conn {
     /// remote address does not show the circuit, its local (listen) address does.
     pub(super) path: Path,
     pub(super) outbound: bool,
+    /// The relay a relayed connection goes through.
+    pub(super) relay: Option<PeerId>,
     pub(super) rtt: Option<Duration>,
 }
 
@@ -72,6 +74,9 @@ impl EventLoop {
             always: false,
         });
         keep.always |= why == KeepFor::Relay;
+        if why == KeepFor::Bootstrap {
+            self.introducers.insert(peer);
+        }
         for addr in addrs {
             if !keep.addrs.contains(&addr) {
                 keep.addrs.push(addr);
@@ -96,9 +101,11 @@ impl EventLoop {
                 .kad
                 .add_address(&peer, addr.clone());
         }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, "cannot redial known peer: {e}");
+        let opts = DialOpts::peer_id(peer).addresses(addrs.clone()).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => self.circuits.dialling(id, peer, &addrs),
+            Err(e) => tracing::debug!(%peer, "cannot redial known peer: {e}"),
         }
     }
 
@@ -128,6 +135,10 @@ impl EventLoop {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
+                if let Some(peer) = peer {
+                    self.circuits
+                        .dialling(id, peer, std::slice::from_ref(&addr));
+                }
                 self.addr_dials.insert(id, reply);
             }
             Err(e) => {
@@ -147,10 +158,14 @@ impl EventLoop {
             return;
         }
         let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
+            .addresses(addrs.clone())
             .condition(PeerCondition::Always)
             .build();
+        let id = opts.connection_id();
         self.dial_and_reply(peer, opts, reply);
+        if self.dials.contains_key(&id) {
+            self.circuits.dialling(id, peer, &addrs);
+        }
     }
 
     /// Dials; `reply` hears of the connection or of why there is none.
@@ -191,10 +206,12 @@ impl EventLoop {
             .collect();
         for (peer, addrs) in due {
             tracing::debug!(%peer, "dialling kept peer");
-            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            let opts = DialOpts::peer_id(peer).addresses(addrs.clone()).build();
+            let id = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => {
                     self.dialing.insert(peer);
+                    self.circuits.dialling(id, peer, &addrs);
                 }
                 Err(e) => tracing::debug!(%peer, "redial refused: {e}"),
             }
@@ -214,6 +231,12 @@ impl EventLoop {
         } else {
             Path::Direct
         };
+        // An inbound relayed connection's remote address is just `/p2p/<peer>`; the
+        // circuit, with the relay, is in the local (listen) address.
+        let relay = match &endpoint {
+            ConnectedPoint::Dialer { address, .. } => self.circuit_relay(address),
+            ConnectedPoint::Listener { local_addr, .. } => self.circuit_relay(local_addr),
+        };
         tracing::info!(%peer, %address, ?path, "connected");
         self.dialing.remove(&peer);
         if let Some(k) = self.keep.get_mut(&peer) {
@@ -227,6 +250,7 @@ impl EventLoop {
             address: address.clone(),
             path,
             outbound,
+            relay,
             rtt: None,
         });
         if path == Path::Direct {

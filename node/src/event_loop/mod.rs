@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::api::Connected;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::error::NodeError;
-use crate::holepunch::{Candidates, PunchDial, Puncher};
+use crate::holepunch::{Candidates, IntroBudget, PunchDial, Puncher};
 
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of};
@@ -36,6 +36,7 @@ pub use topics::TopicMessage;
 use addrs::is_concrete;
 use connections::{Conn, Keep, dial_error};
 use lookups::PendingLookup;
+use punching::PendingCircuits;
 use relays::Reservation;
 use topics::Joined;
 
@@ -99,6 +100,13 @@ pub struct EventLoop {
     /// came (an introduction's dial usually wins), so they do not retry on the relayed
     /// connection being closed under them and report a failure that is none.
     punches: HashMap<PeerId, tokio::task::AbortHandle>,
+    /// Relay circuits being set up, in either direction: what an introduction must name.
+    circuits: PendingCircuits,
+    /// Relays we may obey introductions from: the bootstrap peers we were given. A relay
+    /// we found on our own may hold our reservation, but not send us dialling.
+    introducers: HashSet<PeerId>,
+    /// Introductions obeyed, per relay and per (relay, peer).
+    intro_budget: IntroBudget,
 }
 
 type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
@@ -134,6 +142,9 @@ impl EventLoop {
             our_addrs,
             punch_dials: HashMap::new(),
             punches: HashMap::new(),
+            circuits: PendingCircuits::default(),
+            introducers: HashSet::new(),
+            intro_budget: IntroBudget::default(),
         }
     }
 
@@ -187,12 +198,23 @@ impl EventLoop {
                     tracing::info!(relay = %r.relay, ?reason, "relay reservation ended");
                 }
             }
+            SwarmEvent::IncomingConnection {
+                connection_id,
+                local_addr,
+                send_back_addr,
+            } => self.on_incoming(connection_id, &local_addr, &send_back_addr),
+            SwarmEvent::IncomingConnectionError { connection_id, .. } => {
+                self.circuits.ended(connection_id)
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 ..
-            } => self.on_connection(peer_id, connection_id, endpoint),
+            } => {
+                self.circuits.ended(connection_id);
+                self.on_connection(peer_id, connection_id, endpoint)
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
@@ -219,6 +241,7 @@ impl EventLoop {
                 if let Some(peer) = peer_id {
                     self.dialing.remove(&peer);
                 }
+                self.circuits.ended(connection_id);
                 let err = || dial_error(peer_id, &error);
                 if let Some(peer) = peer_id
                     && self

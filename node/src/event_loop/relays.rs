@@ -4,7 +4,7 @@
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-use super::addrs::{is_circuit_via, strip_p2p};
+use super::addrs::{relay_of, strip_p2p};
 use super::{EventLoop, KeepFor};
 use crate::api::Path;
 
@@ -49,7 +49,7 @@ impl EventLoop {
             Some(bucket) => bucket
                 .iter()
                 .filter(|e| *e.node.key.preimage() == peer)
-                .flat_map(|e| e.node.value.iter().filter(|a| is_circuit_via(a, &me)))
+                .flat_map(|e| e.node.value.iter().filter(|a| relay_of(a) == Some(me)))
                 .cloned()
                 .collect(),
             None => Vec::new(),

@@ -1,17 +1,22 @@
 //! Introductions (`/p2pnode/holepunch/introduce/1`): the relay's side, and either end's
 //! dial on one.
 
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId};
 use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
 
 use super::{
-    EXCHANGE_TIMEOUT, HolePunchError, INTRODUCE_PROTOCOL, Introduction, MAX_MESSAGE, Puncher,
+    AGREED, EXCHANGE_TIMEOUT, HolePunchError, INTRODUCE_PROTOCOL, Introducer, Introduction,
+    MAX_MESSAGE, Puncher,
 };
 
 impl Puncher {
-    /// Either end of a circuit: `relay` introduced the other end; dial it at once.
+    /// Either end of a circuit: `relay` introduced the other end; dial it at once if the
+    /// event loop agrees (a circuit with that peer through that relay exists or is being
+    /// set up, the budget allows it, the addresses pass the filter). Agreeing is written
+    /// back before the dial: the relay waits for it before telling the other end where we
+    /// are.
     pub(super) async fn introduced(
         &self,
         relay: PeerId,
@@ -28,10 +33,18 @@ impl Puncher {
         if intro.addrs.is_empty() {
             return Err(HolePunchError::NoPeerAddrs);
         }
-        tracing::debug!(%relay, peer = %intro.peer, addrs = ?intro.addrs, as_listener = intro.as_listener, "hole punching on the relay's introduction");
-        let c = self
-            .dial(intro.peer, intro.addrs, intro.as_listener, Some(relay))
-            .await?;
+        tracing::debug!(%relay, peer = %intro.peer, addrs = ?intro.addrs, as_listener = intro.as_listener, "introduction received");
+        let (agreed, agreement) = oneshot::channel();
+        let introducer = Introducer { relay, agreed };
+        let dial = self.dial(intro.peer, intro.addrs, intro.as_listener, Some(introducer));
+        let agree = async move {
+            if agreement.await.is_ok() {
+                let _ = stream.write_all(&[AGREED]).await;
+                let _ = stream.close().await;
+            }
+        };
+        let (c, ()) = futures::join!(dial, agree);
+        let c = c?;
         tracing::info!(peer = %intro.peer, %relay, address = %c.address, "hole punch succeeded: direct connection (introduced by the relay)");
         Ok(())
     }
@@ -60,37 +73,38 @@ impl Puncher {
     }
 
     /// Both streams are opened before either message is written, so that a peer that does
-    /// not speak the protocol gets the other end no dial it could not answer. B dials (as
-    /// listener) the moment its message arrives, which opens B's NAT towards A; A's dial
-    /// should not reach B's NAT before that: most routers drop it (harmless while B's
-    /// packets still reach A), some answer with a TCP reset, which ends A's attempt and
-    /// leaves the punch to the exchange. Opening a stream takes one round trip to that
-    /// end, which is how long the relay waits for it; a message arrives half of that after
-    /// it is written. So A's is written no earlier than B's arrival less A's half round
-    /// trip. That ignores the direct path being shorter than the relay's, as it usually
-    /// is, so A usually waits longer than it must.
+    /// not speak the protocol gets the other end no dial it could not answer. B (the
+    /// circuit's destination) is told first and dials (as listener) the moment its
+    /// message arrives, which opens B's NAT towards A; it writes back that it agrees
+    /// before it dials. Only then is A told where B is: B may refuse the circuit (it
+    /// revoked A, or sees no circuit from A through us), and A must not learn B's address
+    /// then. A's dial thus leaves about one round trip through us after B's, so B's NAT
+    /// is open by the time it arrives; B's early packets towards A's NAT are dropped by
+    /// most routers (harmless), and some answer with a TCP reset, which ends B's attempt
+    /// and leaves the punch to the exchange.
     async fn send_introductions(
         &self,
         (a, a_addrs): (PeerId, Vec<Multiaddr>),
         (b, b_addrs): (PeerId, Vec<Multiaddr>),
     ) -> Result<(), HolePunchError> {
-        let start = Instant::now();
-        let timed_open = |peer| async move {
-            let stream = self.open(peer, INTRODUCE_PROTOCOL).await?;
-            Ok::<_, HolePunchError>((stream, start.elapsed()))
+        let (to_a, mut to_b) = futures::try_join!(
+            self.open(a, INTRODUCE_PROTOCOL),
+            self.open(b, INTRODUCE_PROTOCOL)
+        )?;
+        let to_b_intro = Introduction {
+            peer: a,
+            addrs: a_addrs,
+            as_listener: true,
         };
-        let ((to_a, rtt_a), (to_b, rtt_b)) = futures::try_join!(timed_open(a), timed_open(b))?;
-        let b_arrives = start.elapsed() + rtt_b / 2;
-        send_introduction(
-            to_b,
-            Introduction {
-                peer: a,
-                addrs: a_addrs,
-                as_listener: true,
-            },
-        )
-        .await?;
-        tokio::time::sleep_until(start + b_arrives.saturating_sub(rtt_a / 2)).await;
+        write_length_prefixed(&mut to_b, &to_b_intro.encode())
+            .await
+            .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+        let mut answer = [0u8; 1];
+        let agreed = matches!(to_b.read(&mut answer).await, Ok(1) if answer[0] == AGREED);
+        let _ = to_b.close().await;
+        if !agreed {
+            return Err(HolePunchError::Refused);
+        }
         send_introduction(
             to_a,
             Introduction {

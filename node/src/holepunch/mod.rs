@@ -7,12 +7,21 @@
 //! circuit at their public addresses (behind a NAT, the mapping of the port each also
 //! dials from), so the moment it accepts a circuit from A to B it tells each where the
 //! other is, and both dial before the circuit's own handshake is done: B "as listener"
-//! the moment its message arrives, A timed so that its dial does not reach B's NAT
-//! before B's dial has opened it. In the NAT lab (+50 ms RTT, p95) the direct
-//! connection exists 1.6 RTT after the relayed one over TCP and 0.6 over QUIC (DCUtR:
-//! 5.3 and 4.3 in the same run). A node obeys an introduction only from a relay it chose
-//! (one holding its reservation, or a bootstrap peer), since the addresses come from the
-//! relay alone.
+//! the moment its message arrives, A once B has written back that it agrees to the
+//! circuit (so a peer B revoked never learns B's address from the relay), by which time
+//! B's dial has opened B's NAT. In the NAT lab (+50 ms RTT, p50) the direct connection
+//! exists about 2 RTT after the relayed one over TCP and 1 over QUIC (DCUtR: 5.2 and 4.2;
+//! `simulations/LAB.md` has the figures).
+//!
+//! An introduction makes us dial addresses the relay alone names, so a node obeys one
+//! only when (a) the relay is one of its bootstrap peers: holding our reservation is
+//! not enough, since a node reserves on any relay it meets; (b) a circuit with the named
+//! peer through that relay exists or is being set up, in either direction: without it a
+//! relay could name made-up peers and use us as a reflector; (c) that relay has not
+//! introduced that peer in the last [`INTRO_WINDOW`] and has had fewer than
+//! [`MAX_INTRODUCTIONS`] obeyed in it; and it dials at most [`MAX_PUNCH_ADDRS`] of the
+//! addresses, none reaching further in than the network we reached the relay over (a
+//! relay on the Internet cannot send us to our LAN or loopback; names are never dialled).
 //!
 //! **The exchange** (`/p2pnode/holepunch/1`), for a relay that does not introduce or a
 //! punch the introduction could not make. libp2p's DCUtR is started by the relayed
@@ -36,7 +45,8 @@
 //! packets while A dials (B dials "as listener", exactly as in DCUtR). In the NAT lab
 //! (+50 ms RTT, p95, introductions off): direct at 2.8 RTT over QUIC and 3.8 over TCP,
 //! against DCUtR's 4.3 and 5.3 in the same run. The messages carry what DCUtR's CONNECT
-//! and SYNC carry. When an introduction's dial is under way the exchange's dial takes its
+//! and SYNC carry. A peer gets [`MAX_ANSWERS`] exchanges answered per [`ANSWER_WINDOW`],
+//! and the addresses it names pass the same filter as an introduction's. When an introduction's dial is under way the exchange's dial takes its
 //! outcome instead of dialling again (one punch dial per peer at a time).
 //!
 //! Both carry only addresses, which the connections' Noise sessions already protect; they
@@ -60,7 +70,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::api::Connected;
 use crate::error::NodeError;
 
-pub use budget::{ANSWER_WINDOW, MAX_ANSWERS};
+pub(crate) use budget::IntroBudget;
+pub use budget::{ANSWER_WINDOW, INTRO_WINDOW, MAX_ANSWERS, MAX_INTRODUCTIONS};
 pub use candidates::Candidates;
 pub use codec::{Introduction, decode, encode};
 
@@ -74,6 +85,12 @@ pub const INTRODUCE_PROTOCOL: StreamProtocol =
 /// Most addresses one message may carry (DCUtR's candidate cache holds 20; a NATed host
 /// rarely has more than a few observed addresses).
 pub const MAX_ADDRS: usize = 16;
+/// Most addresses one punch dials: a host has a public address or two per transport, and
+/// each dial is a connection attempt to whatever the sender named.
+pub const MAX_PUNCH_ADDRS: usize = 4;
+/// What the introduced end writes back to say it agrees to the circuit; the relay tells
+/// the other end where it is only then (see [`Puncher::introduce`]).
+pub const AGREED: u8 = 1;
 /// Largest message accepted.
 const MAX_MESSAGE: usize = 4096;
 /// The whole exchange of one attempt, before the dial.
@@ -113,6 +130,9 @@ pub enum HolePunchError {
     /// The node is stopping.
     #[error("the node is shutting down")]
     Stopped,
+    /// The introduced end did not agree to the circuit.
+    #[error("the introduced peer refused the circuit")]
+    Refused,
     /// The peer already had its exchanges answered recently.
     #[error("the peer had {MAX_ANSWERS} exchanges answered in the last {} s", ANSWER_WINDOW.as_secs())]
     TooMany,
@@ -127,8 +147,16 @@ pub(crate) struct PunchDial {
     /// connection; for TCP: take the responder's role in the simultaneous open).
     pub(crate) as_listener: bool,
     /// The relay whose introduction asked for the dial; `None` for the exchange's dials.
-    pub(crate) introduced_by: Option<PeerId>,
+    pub(crate) introduced_by: Option<Introducer>,
     pub(crate) reply: oneshot::Sender<Result<Connected, NodeError>>,
+}
+
+/// The relay behind an introduction, and whom to tell once the event loop obeys it.
+#[derive(Debug)]
+pub(crate) struct Introducer {
+    pub(crate) relay: PeerId,
+    /// Sent to when the introduction is obeyed (before the dial); dropped when refused.
+    pub(crate) agreed: oneshot::Sender<()>,
 }
 
 /// What a hole-punch task needs: streams, our current addresses, the event loop's dialler.
@@ -173,7 +201,7 @@ impl Puncher {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         as_listener: bool,
-        introduced_by: Option<PeerId>,
+        introduced_by: Option<Introducer>,
     ) -> Result<Connected, HolePunchError> {
         let (reply, answer) = oneshot::channel();
         self.dials
