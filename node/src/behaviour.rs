@@ -181,13 +181,13 @@ fn relay_server(peer_id: PeerId, cfg: &Config) -> relay::Behaviour {
     .circuit_src_per_peer(per_peer, Duration::from_secs(60));
     let prefixes = NonZeroUsize::new(l.max_tracked_prefixes).unwrap_or(NonZeroUsize::MIN);
     if let Some(burst) = NonZeroU32::new(l.reservation_burst_per_prefix) {
-        let refill = Duration::from_secs(l.reservation_refill_secs);
+        let refill = Duration::from_secs(l.reservation_refill_secs.max(1));
         config
             .reservation_rate_limiters
             .push(Box::new(PrefixLimiter::new(burst, refill, prefixes)));
     }
     if let Some(burst) = NonZeroU32::new(l.circuit_burst_per_prefix) {
-        let refill = Duration::from_secs(l.circuit_refill_secs);
+        let refill = Duration::from_secs(l.circuit_refill_secs.max(1));
         config
             .circuit_src_rate_limiters
             .push(Box::new(PrefixLimiter::new(burst, refill, prefixes)));

@@ -125,13 +125,13 @@ pub struct RelayLimits {
     /// make at once; fresh peer ids cost nothing, so the per-peer limits alone let one host
     /// take every reservation. 0 turns the limit off.
     pub reservation_burst_per_prefix: u32,
-    /// A network gains one more reservation request every this many seconds (at most a
-    /// day). The default lets a /24 keep about 270 reservations renewed.
+    /// A network gains one more reservation request every this many seconds (1 to 86400).
+    /// The default lets a /24 keep about 270 reservations renewed (each every 45 minutes).
     pub reservation_refill_secs: u64,
     /// Circuits one network (IPv4 /24, IPv6 /48) may open through the relay at once, counted
     /// by the dialing side. 0 turns the limit off.
     pub circuit_burst_per_prefix: u32,
-    /// A network gains one more circuit every this many seconds (at most a day).
+    /// A network gains one more circuit every this many seconds (1 to 86400).
     pub circuit_refill_secs: u64,
     /// How many networks each of these two limits remembers. Past it the network closest
     /// to its full allowance is forgotten, so memory stays bounded however many addresses

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, relay};
 
-/// The longest refill interval a limiter uses: keeps every theoretical arrival time within
-/// a few centuries of now, so adding to an [`Instant`] cannot overflow.
+/// The longest refill interval a limiter uses: a prefix's arrival time then stays within
+/// `burst` days of now, far from the end of an [`Instant`].
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The network a request is counted against.
@@ -131,7 +131,7 @@ impl PrefixLimiter {
             tracing::debug!(?prefix, "relay request over the prefix's rate limit");
             return false;
         }
-        // Cannot overflow for any sane clock: `tat` is at most `burst` days ahead.
+        // `tat` is at most `burst` days ahead (see MAX_INTERVAL); refuse rather than panic.
         let Some(next) = tat.checked_add(self.interval) else {
             return false;
         };
