@@ -2,7 +2,7 @@
 //! traversal (AutoNAT, relay client, DCUtR, and on `--relay` nodes the relay server),
 //! liveness (ping), limits, and `libp2p-stream` on which the application protocols run.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use libp2p::kad::store::MemoryStore;
@@ -15,6 +15,7 @@ use libp2p::{
 
 use crate::config::{Config, HolePunchMode};
 use crate::gossip_idle::IdleGossip;
+use crate::relay_limits::PrefixLimiter;
 
 /// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
 pub const KAD_PROTOCOL: StreamProtocol = kad::PROTOCOL_NAME;
@@ -162,7 +163,7 @@ fn gossip(key: &identity::Keypair) -> Result<gossipsub::Behaviour, std::io::Erro
 fn relay_server(peer_id: PeerId, cfg: &Config) -> relay::Behaviour {
     let l = &cfg.relay_limits;
     let per_peer = NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN);
-    let config = relay::Config {
+    let mut config = relay::Config {
         max_reservations: l.max_reservations,
         max_reservations_per_peer: l.max_reservations_per_peer,
         reservation_duration: Duration::from_secs(l.reservation_duration_secs),
@@ -170,12 +171,26 @@ fn relay_server(peer_id: PeerId, cfg: &Config) -> relay::Behaviour {
         max_circuits_per_peer: l.max_circuits_per_peer,
         max_circuit_duration: Duration::from_secs(l.max_circuit_duration_secs),
         max_circuit_bytes: l.max_circuit_bytes,
-        // A restarting fleet of clients behind one NAT re-reserves at once; libp2p's
-        // default per-IP limiters would refuse them, so rate-limit per peer only.
+        // libp2p's per-IP limiters (60 per address) would refuse a fleet restarting
+        // behind one NAT, yet let a host with a /24 or /48 take everything: ours below
+        // count per network, with allowances set in the config.
         reservation_rate_limiters: Vec::new(),
         circuit_src_rate_limiters: Vec::new(),
     }
     .reservation_rate_per_peer(per_peer, Duration::from_secs(60))
     .circuit_src_per_peer(per_peer, Duration::from_secs(60));
+    let prefixes = NonZeroUsize::new(l.max_tracked_prefixes).unwrap_or(NonZeroUsize::MIN);
+    if let Some(burst) = NonZeroU32::new(l.reservation_burst_per_prefix) {
+        let refill = Duration::from_secs(l.reservation_refill_secs.max(1));
+        config
+            .reservation_rate_limiters
+            .push(Box::new(PrefixLimiter::new(burst, refill, prefixes)));
+    }
+    if let Some(burst) = NonZeroU32::new(l.circuit_burst_per_prefix) {
+        let refill = Duration::from_secs(l.circuit_refill_secs.max(1));
+        config
+            .circuit_src_rate_limiters
+            .push(Box::new(PrefixLimiter::new(burst, refill, prefixes)));
+    }
     relay::Behaviour::new(peer_id, config)
 }

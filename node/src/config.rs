@@ -121,6 +121,22 @@ pub struct RelayLimits {
     pub max_circuit_duration_secs: u64,
     /// How many bytes one circuit may carry (both directions).
     pub max_circuit_bytes: u64,
+    /// Reservation requests (new or renewed) one network, an IPv4 /24 or an IPv6 /48, may
+    /// make at once; fresh peer ids cost nothing, so the per-peer limits alone let one host
+    /// take every reservation. 0 turns the limit off.
+    pub reservation_burst_per_prefix: u32,
+    /// A network gains one more reservation request every this many seconds (1 to 86400).
+    /// The default lets a /24 keep about 270 reservations renewed (each every 45 minutes).
+    pub reservation_refill_secs: u64,
+    /// Circuits one network (IPv4 /24, IPv6 /48) may open through the relay at once, counted
+    /// by the dialing side. 0 turns the limit off.
+    pub circuit_burst_per_prefix: u32,
+    /// A network gains one more circuit every this many seconds (1 to 86400).
+    pub circuit_refill_secs: u64,
+    /// How many networks each of these two limits remembers. Past it the network closest
+    /// to its full allowance is forgotten, so memory stays bounded however many addresses
+    /// a client has.
+    pub max_tracked_prefixes: usize,
 }
 
 impl Default for RelayLimits {
@@ -133,6 +149,13 @@ impl Default for RelayLimits {
             max_circuits_per_peer: 8,
             max_circuit_duration_secs: 600,
             max_circuit_bytes: 64 * 1024 * 1024,
+            // Generous: a NAT of 128 peers restarting at once is served at once, yet one
+            // network needs an hour to take the 512 reservations.
+            reservation_burst_per_prefix: 128,
+            reservation_refill_secs: 10,
+            circuit_burst_per_prefix: 64,
+            circuit_refill_secs: 5,
+            max_tracked_prefixes: 4096,
         }
     }
 }
@@ -254,7 +277,7 @@ mod tests {
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "relay = true\nmdns = false\nmax_memory_mb = 0\ndht_bootstrap_interval_secs = 0\n\
-             [relay_limits]\nmax_circuit_bytes = 10\n",
+             [relay_limits]\nmax_circuit_bytes = 10\nreservation_burst_per_prefix = 7\n",
         )
         .unwrap();
         let cfg = Config::load(dir.path()).unwrap();
@@ -264,6 +287,11 @@ mod tests {
         assert_eq!(cfg.dht_bootstrap_interval_secs, 0);
         assert_eq!(cfg.dht_query_timeout_secs, 30);
         assert_eq!(cfg.relay_limits.max_circuit_bytes, 10);
+        assert_eq!(cfg.relay_limits.reservation_burst_per_prefix, 7);
+        assert_eq!(
+            cfg.relay_limits.reservation_refill_secs,
+            RelayLimits::default().reservation_refill_secs
+        );
         assert_eq!(
             cfg.relay_limits.max_circuits,
             RelayLimits::default().max_circuits

@@ -12,10 +12,11 @@
 //! Parts: [`config`] (defaults, TOML file, flags), [`identity`] (the Ed25519 key on disk),
 //! [`peer`] (peer ids and keys), [`store`] (the embedded database and peer store),
 //! [`behaviour`] and [`swarm`] (the network stack, also on the memory transport for tests
-//! and simulations), [`api`] (the reported types), [`error`], [`trust`] (the trust store),
-//! [`secure`] (the gate every application stream passes: trust check, then the
-//! post-quantum handshake), [`streams`] (bounded accept loops, echo) and [`protocol`] (the
-//! contract a protocol implements; [`NodeBuilder`] registers it).
+//! and simulations), [`relay_limits`] (a relay's per-network rate limits), [`api`] (the
+//! reported types), [`error`], [`trust`] (the trust store), [`secure`] (the gate every
+//! application stream passes: trust check, then the post-quantum handshake), [`streams`]
+//! (bounded accept loops, echo) and [`protocol`] (the contract a protocol implements;
+//! [`NodeBuilder`] registers it).
 
 pub mod api;
 pub mod behaviour;
@@ -32,6 +33,7 @@ mod node;
 pub mod peer;
 pub mod privacy;
 pub mod protocol;
+pub mod relay_limits;
 mod route;
 pub mod secure;
 pub mod store;
