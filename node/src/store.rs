@@ -6,7 +6,7 @@
 //! state) live in the same file and reach it through [`Store::database`].
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,6 +37,14 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         source: Box<redb::Error>,
+    },
+    /// Other users may read or write the database (room keys, history, peers).
+    #[error("{path} is open to other users (mode {mode:o}); run `chmod 600 {path}`")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
     },
     /// A read or write failed.
     #[error("database error: {0}")]
@@ -80,16 +88,33 @@ impl Store {
     /// Opens (or creates) the database in the data directory.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
+        let io_err = |e| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(redb::Error::Io(e)),
+        };
+        // It holds room keys and chat history: the owner's alone. Created 0600 (redb
+        // initialises an empty file), and an existing one others may read is refused.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                return Err(StoreError::Exposed {
+                    path: path.clone(),
+                    mode: meta.permissions().mode() & 0o7777,
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
         let db = Database::create(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
             source: Box::new(e.into()),
-        })?;
-        // It holds room keys and chat history: the owner's alone.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            StoreError::Open {
-                path: path.clone(),
-                source: Box::new(redb::Error::Io(e)),
-            }
         })?;
         // Create the tables up front so readers never see "table does not exist".
         let txn = db.begin_write().map_err(db_err)?;

@@ -189,6 +189,40 @@ async fn a_data_directory_others_may_write_is_refused_with_how_to_fix_it() {
 }
 
 #[tokio::test]
+async fn a_database_others_may_read_is_refused_and_a_new_one_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_in(dir.path()).await;
+    node.shutdown().await;
+    let db = dir.path().join(p2pnode_node::store::DB_FILE);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Node::start_with(
+        dir.path(),
+        common::memory_config(),
+        p2pnode_node::TransportKind::Memory,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("open to other users") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_control_socket_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let _listener = p2pnode_node::control::bind(dir.path()).await.unwrap();
+    let path = dir.path().join(p2pnode_node::control::SOCKET_FILE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
 async fn a_control_socket_left_by_another_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(p2pnode_node::control::SOCKET_FILE);
@@ -234,6 +268,44 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         .await
         .unwrap();
     assert_eq!(status.peer_id, node.client().peer_id().to_string());
+    stop.notify_one();
+    server.await.unwrap();
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_control_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_in(dir.path()).await;
+    let listener = p2pnode_node::control::bind(dir.path()).await.unwrap();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn(p2pnode_node::control::serve(
+        listener,
+        node.client().clone(),
+        node.protocols().clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        stop.clone(),
+    ));
+    let mut idle =
+        tokio::net::UnixStream::connect(dir.path().join(p2pnode_node::control::SOCKET_FILE))
+            .await
+            .unwrap();
+    // One whole request on a keep-alive connection, then silence: the server answers, then
+    // closes the connection instead of holding a slot for ever.
+    idle.write_all(b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, idle.read_to_end(&mut all))
+        .await
+        .expect("an idle keep-alive connection was kept open")
+        .unwrap();
+    assert!(
+        all.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
     stop.notify_one();
     server.await.unwrap();
     node.shutdown().await;

@@ -102,7 +102,13 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
         }
         std::fs::remove_file(&path).map_err(io_err)?;
     }
-    let listener = UnixListener::bind(&path).map_err(io_err)?;
+    // Created 0600 from the start (bind has no mode argument, so under a umask of 077);
+    // the umask is the process's, and any file another thread creates meanwhile only
+    // comes out stricter. The chmod after is for a umask restored by someone else.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io_err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     Ok(listener)
 }
