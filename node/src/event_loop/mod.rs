@@ -203,6 +203,10 @@ impl EventLoop {
                 local_addr,
                 send_back_addr,
             } => self.on_incoming(connection_id, &local_addr, &send_back_addr),
+            SwarmEvent::Dialing {
+                peer_id: Some(peer),
+                connection_id,
+            } => self.circuits.dialing(connection_id, peer),
             SwarmEvent::IncomingConnectionError { connection_id, .. } => {
                 self.circuits.ended(connection_id)
             }

@@ -21,13 +21,15 @@ const MAX_PENDING_CIRCUITS: usize = 256;
 /// Relays one dial's addresses may go through, as tracked.
 const MAX_DIAL_RELAYS: usize = 8;
 
-/// Relay circuits being set up, by connection: our dials with a circuit address, and
-/// circuits a relay brought us (accepted, not yet through their handshake). An
-/// introduction is obeyed only for one of these, or for an established relayed connection.
+/// Relay circuits being set up, by connection: our dials, and circuits a relay brought us
+/// (accepted, not yet through their handshake). An introduction is obeyed only for one of
+/// these, or for an established relayed connection.
 #[derive(Default)]
 pub(super) struct PendingCircuits {
-    /// Connection -> (the peer at the other end, the relays it goes through).
-    list: HashMap<ConnectionId, (PeerId, Vec<PeerId>)>,
+    /// Connection -> (the peer at the other end, the relays its addresses go through;
+    /// `None` for a dial whose addresses we do not see: Kademlia's own dials of the peers
+    /// a lookup visits, which is how a lookup usually reaches a peer behind a relay).
+    list: HashMap<ConnectionId, (PeerId, Option<Vec<PeerId>>)>,
 }
 
 impl PendingCircuits {
@@ -36,16 +38,23 @@ impl PendingCircuits {
         let mut relays: Vec<PeerId> = addrs.iter().filter_map(relay_of).collect();
         relays.dedup();
         relays.truncate(MAX_DIAL_RELAYS);
-        self.note(id, peer, relays);
+        self.note(id, peer, Some(relays));
+    }
+
+    /// The swarm dials `peer`: a dial we did not note ourselves (see `list`).
+    pub(super) fn dialing(&mut self, id: ConnectionId, peer: PeerId) {
+        if !self.list.contains_key(&id) {
+            self.note(id, peer, None);
+        }
     }
 
     /// A circuit from `peer` through `relay` is coming in.
     pub(super) fn incoming(&mut self, id: ConnectionId, relay: PeerId, peer: PeerId) {
-        self.note(id, peer, vec![relay]);
+        self.note(id, peer, Some(vec![relay]));
     }
 
-    fn note(&mut self, id: ConnectionId, peer: PeerId, relays: Vec<PeerId>) {
-        if !relays.is_empty() && self.list.len() < MAX_PENDING_CIRCUITS {
+    fn note(&mut self, id: ConnectionId, peer: PeerId, relays: Option<Vec<PeerId>>) {
+        if self.list.len() < MAX_PENDING_CIRCUITS {
             self.list.insert(id, (peer, relays));
         }
     }
@@ -55,11 +64,11 @@ impl PendingCircuits {
         self.list.remove(&id);
     }
 
-    /// Whether a circuit with `peer` through `relay` is being set up.
+    /// Whether a circuit with `peer` through `relay` may be being set up.
     fn contains(&self, relay: PeerId, peer: PeerId) -> bool {
-        self.list
-            .values()
-            .any(|(p, relays)| *p == peer && relays.contains(&relay))
+        self.list.values().any(|(p, relays)| {
+            *p == peer && relays.as_ref().is_none_or(|list| list.contains(&relay))
+        })
     }
 }
 

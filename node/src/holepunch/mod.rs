@@ -16,8 +16,9 @@
 //! An introduction makes us dial addresses the relay alone names, so a node obeys one
 //! only when (a) the relay is one of its bootstrap peers: holding our reservation is
 //! not enough, since a node reserves on any relay it meets; (b) a circuit with the named
-//! peer through that relay exists or is being set up, in either direction: without it a
-//! relay could name made-up peers and use us as a reflector; (c) that relay has not
+//! peer through that relay exists or is being set up, in either direction (for a dial
+//! Kademlia makes itself, whose addresses libp2p does not show, a dial to that peer under
+//! way): without it a relay could name made-up peers and use us as a reflector; (c) that relay has not
 //! introduced that peer in the last [`INTRO_WINDOW`] and has had fewer than
 //! [`MAX_INTRODUCTIONS`] obeyed in it; and it dials at most [`MAX_PUNCH_ADDRS`] of the
 //! addresses, none reaching further in than the network we reached the relay over (a
