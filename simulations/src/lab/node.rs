@@ -64,6 +64,8 @@ pub struct NodeSpec {
     pub mdns: bool,
     /// More arguments for `start`.
     pub extra_args: Vec<String>,
+    /// A `config.toml` written into the data directory before the start, if any.
+    pub config_toml: Option<String>,
 }
 
 impl NodeSpec {
@@ -227,6 +229,9 @@ impl Lab {
             &data_dir,
             <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
         )?;
+        if let Some(config) = &spec.config_toml {
+            std::fs::write(data_dir.join(p2pnode_node::config::CONFIG_FILE), config)?;
+        }
         let mut node = Node {
             name: name.to_string(),
             host: host.to_string(),
@@ -507,6 +512,7 @@ mod tests {
             external: vec![],
             mdns: false,
             extra_args: vec![],
+            config_toml: None,
         };
         let args = spec.start_args(Path::new("/d"));
         assert_eq!(

@@ -30,6 +30,13 @@ pub async fn start_relay(
         external: addrs,
         mdns: false,
         extra_args: vec!["--hole-punch".into(), punch.relay_mode().as_str().into()],
+        // Every NAT router of the lab sits in one /24 (198.51.100.0/24), so the relay's
+        // per-network limits would count the whole lab as one host; a benchmark of many
+        // trials would run into them.
+        config_toml: Some(
+            "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n"
+                .into(),
+        ),
     };
     lab.start_node("relay", name, spec).await
 }
@@ -82,6 +89,7 @@ pub async fn start_peer(
         external: vec![],
         mdns,
         extra_args: vec!["--hole-punch".into(), hole_punch.as_str().into()],
+        config_toml: None,
     };
     lab.start_node(host, name, spec).await
 }
