@@ -17,8 +17,9 @@
 //!
 //! Files: [`Chat`] and [`ChatService`] here are the protocol contract with the node;
 //! `owner` is the batch loop, `links` the 1:1 inputs and streams, `commands` the handle's
-//! requests, `rooms` rooms and timers, `io` the stream tasks, `db` the tables, `handle`
-//! the [`ChatHandle`], `routes` the control routes.
+//! requests, `rooms` rooms and timers, `strangers` the quota of message requests, `io`
+//! the stream tasks, `db` the tables, `handle` the [`ChatHandle`], `routes` the control
+//! routes.
 
 mod commands;
 mod db;
@@ -28,9 +29,12 @@ mod links;
 mod owner;
 mod rooms;
 mod routes;
+mod strangers;
+#[cfg(test)]
+mod tests;
 
 // What the submodules share; each brings it in with `use super::*`.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +59,7 @@ use db::{Batch, ChatDb, Row, cbor, message_of};
 pub use handle::ChatHandle;
 use io::{read_frames, write_frames};
 use rooms::{not_joined, room_event, room_info};
+use strangers::Usage;
 
 /// Conversation state: peer id -> [`Snapshot`] (CBOR).
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("chat_conversations");
@@ -261,6 +266,8 @@ struct Peer {
     /// `reserved_up_to` of the last committed snapshot: message frames numbered up to
     /// here may go out before their batch commits (see `p2pnode_chat::conversation`).
     durable_reserved: u64,
+    /// What its stored messages take while it is a requester (see `strangers`).
+    request_usage: Usage,
 }
 
 struct JoinedRoom {
@@ -282,6 +289,8 @@ struct Service {
     me: PeerId,
     signer: SigningKey,
     peers: HashMap<PeerId, Peer>,
+    /// Pending requesters, oldest first, at most `strangers::MAX_REQUESTERS`.
+    requesters: VecDeque<PeerId>,
     rooms: HashMap<String, JoinedRoom>,
     events: Events,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -407,6 +416,7 @@ impl Protocol for Chat {
             me,
             signer: ctx.signing_key().clone(),
             peers: HashMap::new(),
+            requesters: VecDeque::new(),
             rooms: HashMap::new(),
             events,
             inbound_tx,
