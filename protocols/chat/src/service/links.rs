@@ -128,18 +128,25 @@ impl Service {
                 }
             }
             Input::Opened(Opened::Ok(peer, stream)) => {
-                let p = self.peer(peer);
-                p.opening = false;
-                self.attach(
-                    peer,
-                    *stream,
-                    true,
-                    Admission::Accept,
-                    now,
-                    batch,
-                    after,
-                    dirty,
-                );
+                self.peer(peer).opening = false;
+                // Trust was checked before the dial and the handshake: a block since wins.
+                match self.trust_now(peer).await {
+                    Some(Admission::Block | Admission::KeyChanged) | None => {
+                        tracing::info!(%peer, "chat stream dropped: the peer is no longer trusted");
+                    }
+                    Some(_) => {
+                        self.attach(
+                            peer,
+                            *stream,
+                            true,
+                            Admission::Accept,
+                            now,
+                            batch,
+                            after,
+                            dirty,
+                        );
+                    }
+                }
             }
             Input::Opened(Opened::Failed(peer, reason)) => {
                 let p = self.peer(peer);
@@ -148,7 +155,11 @@ impl Service {
             }
             Input::Accepted(a) => {
                 let a = *a;
-                let admission = admit(a.decision);
+                // The node decided before the handshake and the queue to us; what the
+                // trust store says now (a block or an accept in between) is what counts.
+                let Some(admission) = self.trust_now(a.peer).await else {
+                    return;
+                };
                 match admission {
                     Admission::Block | Admission::KeyChanged => {
                         tracing::info!(peer = %a.peer, ?admission, "chat stream refused");
@@ -288,6 +299,35 @@ impl Service {
         for o in out {
             if let Output::Send(f) = o {
                 after.frames.push((peer, f));
+            }
+        }
+    }
+
+    /// The peer's admission as the trust store has it now, or `None` (logged) when it
+    /// cannot be read.
+    pub(super) async fn trust_now(&self, peer: PeerId) -> Option<Admission> {
+        use p2pnode_secure::TrustStore;
+        let key = match p2pnode_node::peer::verifying_key_of(&peer) {
+            Ok(k) => k.to_bytes(),
+            Err(e) => {
+                tracing::warn!(%peer, "chat: no trust decision: {e}");
+                return None;
+            }
+        };
+        let trust = self.trust.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            trust.check(&peer.to_bytes(), &key, crate::PROTOCOL)
+        })
+        .await;
+        match checked {
+            Ok(Ok(decision)) => Some(admit(decision)),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "chat: cannot read the trust store: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "chat: trust check did not finish: {e}");
+                None
             }
         }
     }

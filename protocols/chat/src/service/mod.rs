@@ -42,6 +42,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_node::event_loop::TopicMessage;
 use p2pnode_node::secure::{Accepted, SecureListener};
+use p2pnode_node::trust::TrustDb;
 use p2pnode_node::{Client, Context, NodeError, Protocol, ProtocolError, ProtocolHandler};
 use p2pnode_secure::stream::{LENGTH_PREFIX_LEN, read_length_prefixed};
 use p2pnode_secure::{Session, SigningKey};
@@ -291,6 +292,8 @@ struct Service {
     peers: HashMap<PeerId, Peer>,
     /// Pending requesters, oldest first, at most `strangers::MAX_REQUESTERS`.
     requesters: VecDeque<PeerId>,
+    /// The node's trust store, read again when a stream is attached.
+    trust: TrustDb,
     rooms: HashMap<String, JoinedRoom>,
     events: Events,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -393,6 +396,8 @@ impl Protocol for Chat {
     fn start(self, ctx: Context) -> Result<ChatService, ProtocolError> {
         let err = |e: ChatError| ProtocolError::new(crate::PROTOCOL, e);
         let db = ChatDb::open(ctx.database().clone()).map_err(err)?;
+        let trust =
+            TrustDb::open(ctx.database().clone()).map_err(|e| err(ChatError::Node(e.into())))?;
         let listener = ctx
             .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))
             .map_err(|e| err(e.into()))?;
@@ -417,6 +422,7 @@ impl Protocol for Chat {
             signer: ctx.signing_key().clone(),
             peers: HashMap::new(),
             requesters: VecDeque::new(),
+            trust,
             rooms: HashMap::new(),
             events,
             inbound_tx,

@@ -13,11 +13,13 @@ use super::strangers::{MAX_REQUESTERS, REQUEST_BYTES, REQUEST_MESSAGES};
 use super::*;
 use crate::{Hello, Message, MessageId};
 
+/// How long a test waits for any one event.
+const WAIT: Duration = Duration::from_secs(30);
+
 /// The service's state, built on a node but not running: the test hands it its inputs.
 struct Parts {
     service: Service,
-    // Held so the node keeps chat's stream protocol registered.
-    _listener: SecureListener,
+    listener: SecureListener,
 }
 
 /// A protocol named `chat` (so the trust store and the stream protocol are chat's) that
@@ -62,6 +64,7 @@ impl Protocol for Probe {
             signer: ctx.signing_key().clone(),
             peers: HashMap::new(),
             requesters: VecDeque::new(),
+            trust: TrustDb::open(ctx.database().clone()).unwrap(),
             rooms: HashMap::new(),
             events: Events::default(),
             inbound_tx,
@@ -69,10 +72,7 @@ impl Protocol for Probe {
             room_tx,
             next_link: 1,
         };
-        *self.0.lock().unwrap() = Some(Parts {
-            service,
-            _listener: listener,
-        });
+        *self.0.lock().unwrap() = Some(Parts { service, listener });
         Ok(Idle)
     }
 }
@@ -332,6 +332,68 @@ async fn ten_thousand_messages_from_a_thousand_strangers_stay_under_the_quota() 
     assert_eq!(stored(s)[&peer.to_string()].0, before + EACH);
     assert_eq!(acked(writers.get_mut(&peer).unwrap()), before + EACH);
     node.shutdown().await;
+}
+
+/// Issue #18, finding 10 (chat side). The node checks trust before the handshake and
+/// after it; the stream then waits in the listener's queue until the owner attaches it.
+/// A peer revoked in that gap is not attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_revoked_before_its_stream_is_attached_is_dropped() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let (a, mut parts) = probe(dir_a.path()).await;
+    let b = Node::builder(dir_b.path(), config())
+        .transport(TransportKind::Memory)
+        .start()
+        .await
+        .unwrap();
+    let a_id = a.client().peer_id();
+    let b_id = b.client().peer_id();
+    let addr = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(addr) = a.client().status().await.unwrap().listen_addrs.first() {
+                break addr.clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a listens");
+    b.client()
+        .connect_addr(format!("{addr}/p2p/{a_id}").parse().unwrap())
+        .await
+        .unwrap();
+
+    // b opens a chat stream; a's node admits it (b is a stranger: a request) and queues it.
+    let opener = {
+        let client = b.client().clone();
+        tokio::spawn(async move {
+            client
+                .open_secure(
+                    a_id,
+                    StreamProtocol::new(crate::STREAM_PROTOCOL),
+                    crate::PROTOCOL,
+                )
+                .await
+        })
+    };
+    let accepted = tokio::time::timeout(WAIT, parts.listener.next())
+        .await
+        .expect("the stream reaches a's chat queue")
+        .unwrap();
+    assert_eq!(accepted.peer, b_id);
+    let _stream = opener.await.unwrap().unwrap();
+
+    // The user blocks b before the owner gets to the stream.
+    a.client().revoke(b_id).await.unwrap();
+    let s = &mut parts.service;
+    step(s, vec![Input::Accepted(Box::new(accepted))]).await;
+    assert!(
+        s.peers.get(&b_id).is_none_or(|p| p.link.is_none()),
+        "a stream of a revoked peer was attached"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 /// The quota and the cap hold across restarts: a requester's stored messages count
