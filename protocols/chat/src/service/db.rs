@@ -219,6 +219,7 @@ impl ChatDb {
             out.push(ChatRequest {
                 peer_id: k.value().to_string(),
                 first_at: v.value(),
+                verified: false,
             });
         }
         Ok(out)
