@@ -86,13 +86,19 @@ pub struct ChatPeerState {
     pub blocked: bool,
 }
 
-/// A pending message request.
+/// A pending message request: a peer we did not accept wrote to us. A peer id says
+/// nothing about who holds it; a verified contact who comes back with a new peer id is
+/// a new, unverified peer here.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatRequest {
     /// The peer asking.
     pub peer_id: String,
     /// When its first message arrived (unix ms).
     pub first_at: u64,
+    /// Whether this peer id's key was verified by SAS comparison (`p2pnode verify`);
+    /// false for every stranger, whoever it claims to be.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// A joined room.

@@ -97,3 +97,53 @@ async fn shutdown_drains_and_keeps_every_acknowledged_message() {
     );
     node.shutdown().await;
 }
+
+/// Issue #18, finding 7: a peer that writes without being accepted is listed as a request
+/// marked unverified, whatever it says, so a contact who comes back with a new peer id is
+/// not taken for the verified one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_a_new_peer_id_is_marked_unverified() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (start(dir_a.path()).await, start(dir_b.path()).await);
+    let a_id = a.client().peer_id();
+    let b_id = b.client().peer_id();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(addr) = a.client().status().await.unwrap().listen_addrs.first() {
+                break addr.clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a listens");
+    b.client()
+        .connect_addr(format!("{addr}/p2p/{a_id}").parse().unwrap())
+        .await
+        .unwrap();
+    let mut events = chat(&a).subscribe();
+    chat(&b)
+        .send(
+            a_id,
+            "it's me, your verified friend, on a new laptop".into(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let ChatEvent::Request { peer_id } = events.recv().await.unwrap()
+                && peer_id == b_id.to_string()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("b's message arrives as a request");
+    let requests = chat(&a).requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].peer_id, b_id.to_string());
+    assert!(!requests[0].verified, "a stranger's request is unverified");
+    b.shutdown().await;
+    a.shutdown().await;
+}

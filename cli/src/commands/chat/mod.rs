@@ -62,10 +62,7 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
                     println!("no message requests");
                 }
                 for r in list {
-                    println!(
-                        "{}  (accept: p2pnode chat accept {0}; block: p2pnode chat block {0})",
-                        r.peer_id
-                    );
+                    println!("{}", request_text(r));
                 }
             });
         }
@@ -94,6 +91,25 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
         }
     }
     Ok(())
+}
+
+/// A message request as listed: the peer, who it is (a stranger unless this very peer
+/// id's key was verified: a contact who comes back with a new id is a stranger too), and
+/// how to answer it.
+fn request_text(r: &ChatRequest) -> String {
+    let who = if r.verified {
+        "verified key, not yet allowed to chat".to_string()
+    } else {
+        format!(
+            "not a verified contact: if you expect someone you verified, compare the code \
+             with `p2pnode verify {}`",
+            r.peer_id
+        )
+    };
+    format!(
+        "{0}\n  {who}\n  accept: p2pnode chat accept {0}; block: p2pnode chat block {0}",
+        r.peer_id
+    )
 }
 
 fn print_message(m: &ChatMessage) {
@@ -341,5 +357,28 @@ async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_from_an_unverified_peer_says_so() {
+        let mut r = ChatRequest {
+            peer_id: "12D3KooWStranger".into(),
+            first_at: 1,
+            verified: false,
+        };
+        let text = request_text(&r);
+        assert!(text.contains("not a verified contact"), "{text}");
+        assert!(text.contains("p2pnode verify 12D3KooWStranger"), "{text}");
+        r.verified = true;
+        assert!(!request_text(&r).contains("not a verified contact"));
+        // A daemon from before the field reports no verification: a stranger.
+        let old: ChatRequest =
+            serde_json::from_str(r#"{"peer_id":"12D3KooWStranger","first_at":1}"#).unwrap();
+        assert!(!old.verified);
     }
 }

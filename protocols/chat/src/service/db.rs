@@ -36,6 +36,9 @@ pub(super) struct Batch {
     pub(super) requests_remove: Vec<String>,
     pub(super) rooms_add: Vec<(String, String)>,
     pub(super) rooms_remove: Vec<String>,
+    /// Peers whose conversation, history and request are deleted (before this batch's
+    /// other writes, so a peer forgotten and met again in one batch keeps the new rows).
+    pub(super) forget: Vec<String>,
 }
 
 impl Batch {
@@ -46,6 +49,7 @@ impl Batch {
             && self.requests_remove.is_empty()
             && self.rooms_add.is_empty()
             && self.rooms_remove.is_empty()
+            && self.forget.is_empty()
     }
 }
 
@@ -64,18 +68,26 @@ impl ChatDb {
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut convs = txn.open_table(CONVERSATIONS).map_err(store_err)?;
+            let mut history = txn.open_table(HISTORY).map_err(store_err)?;
+            let mut requests = txn.open_table(REQUESTS).map_err(store_err)?;
+            for peer in &batch.forget {
+                let peer = peer.as_str();
+                convs.remove(peer).map_err(store_err)?;
+                requests.remove(peer).map_err(store_err)?;
+                history
+                    .retain_in((peer, 0)..=(peer, u64::MAX), |_, _| false)
+                    .map_err(store_err)?;
+            }
             for (peer, snap) in &batch.snapshots {
                 convs
                     .insert(peer.as_str(), snap.as_slice())
                     .map_err(store_err)?;
             }
-            let mut history = txn.open_table(HISTORY).map_err(store_err)?;
             for (peer, index, row) in &batch.rows {
                 history
                     .insert((peer.as_str(), *index), row.as_slice())
                     .map_err(store_err)?;
             }
-            let mut requests = txn.open_table(REQUESTS).map_err(store_err)?;
             for (peer, at) in &batch.requests_add {
                 if requests.get(peer.as_str()).map_err(store_err)?.is_none() {
                     requests.insert(peer.as_str(), *at).map_err(store_err)?;
@@ -179,6 +191,25 @@ impl ChatDb {
         Ok(out)
     }
 
+    /// What `peer`'s stored incoming messages take (a requester's quota use).
+    pub(super) fn usage(&self, peer: &PeerId) -> Result<Usage, ChatError> {
+        let key = peer.to_string();
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let history = txn.open_table(HISTORY).map_err(db_err)?;
+        let mut usage = Usage::default();
+        for entry in history
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(db_err)?
+        {
+            let (_, v) = entry.map_err(db_err)?;
+            let row: Row = ciborium::from_reader(v.value()).map_err(corrupt)?;
+            if !row.outgoing {
+                usage.add(row.body.len());
+            }
+        }
+        Ok(usage)
+    }
+
     pub(super) fn requests(&self) -> Result<Vec<ChatRequest>, ChatError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let requests = txn.open_table(REQUESTS).map_err(db_err)?;
@@ -188,6 +219,7 @@ impl ChatDb {
             out.push(ChatRequest {
                 peer_id: k.value().to_string(),
                 first_at: v.value(),
+                verified: false,
             });
         }
         Ok(out)

@@ -51,12 +51,25 @@ impl ChatHandle {
             .map_err(DbError::from)?
     }
 
-    /// Pending message requests.
+    /// Pending message requests, each marked verified only when the trust store holds
+    /// a verified key for that very peer id.
     pub async fn requests(&self) -> Result<Vec<ChatRequest>, ChatError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.requests())
+        let mut requests = tokio::task::spawn_blocking(move || db.requests())
             .await
-            .map_err(DbError::from)?
+            .map_err(DbError::from)??;
+        let verified: std::collections::HashSet<String> = self
+            .client
+            .trust_list()
+            .await?
+            .into_iter()
+            .filter(|t| t.verified)
+            .map(|t| t.peer_id)
+            .collect();
+        for r in &mut requests {
+            r.verified = verified.contains(&r.peer_id);
+        }
+        Ok(requests)
     }
 
     /// Accepts `peer`'s request: chat is allowed from now on.

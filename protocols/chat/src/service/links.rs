@@ -30,10 +30,10 @@ impl Service {
                 return;
             }
         };
-        let requests: HashSet<String> = requests.into_iter().map(|r| r.peer_id).collect();
+        let pending: HashSet<String> = requests.iter().map(|r| r.peer_id.clone()).collect();
         for (peer, snap, next_index) in convs {
             // An unanswered request stays one across restarts.
-            let admission = if requests.contains(&peer.to_string()) {
+            let admission = if pending.contains(&peer.to_string()) {
                 Admission::Request
             } else {
                 Admission::Accept
@@ -51,14 +51,17 @@ impl Service {
                             opening: false,
                             last_attempt: None,
                             next_index,
+                            request_usage: Usage::default(),
                         },
                     );
                 }
                 Err(e) => tracing::warn!(%peer, "chat: cannot restore conversation: {e}"),
             }
         }
+        self.restore_requesters(requests).await;
         tracing::info!(
             conversations = self.peers.len(),
+            requests = self.requesters.len(),
             "chat: conversations restored"
         );
         for (_, code) in rooms {
@@ -80,6 +83,7 @@ impl Service {
             last_attempt: None,
             next_index: 0,
             durable_reserved: 0,
+            request_usage: Usage::default(),
         })
     }
 
@@ -103,6 +107,9 @@ impl Service {
                 if p.admission == Admission::Block || p.admission == Admission::KeyChanged {
                     return;
                 }
+                if p.admission == Admission::Request && !strangers::admits(peer, p, &frame) {
+                    return;
+                }
                 let out = p.conv.handle_frame(frame, now);
                 dirty.insert(peer);
                 self.outputs(peer, out, now, batch, after);
@@ -121,9 +128,25 @@ impl Service {
                 }
             }
             Input::Opened(Opened::Ok(peer, stream)) => {
-                let p = self.peer(peer);
-                p.opening = false;
-                self.attach(peer, *stream, true, Admission::Accept, now, after, dirty);
+                self.peer(peer).opening = false;
+                // Trust was checked before the dial and the handshake: a block since wins.
+                match self.trust_now(peer).await {
+                    Some(Admission::Block | Admission::KeyChanged) | None => {
+                        tracing::info!(%peer, "chat stream dropped: the peer is no longer trusted");
+                    }
+                    Some(_) => {
+                        self.attach(
+                            peer,
+                            *stream,
+                            true,
+                            Admission::Accept,
+                            now,
+                            batch,
+                            after,
+                            dirty,
+                        );
+                    }
+                }
             }
             Input::Opened(Opened::Failed(peer, reason)) => {
                 let p = self.peer(peer);
@@ -132,13 +155,17 @@ impl Service {
             }
             Input::Accepted(a) => {
                 let a = *a;
-                let admission = admit(a.decision);
+                // The node decided before the handshake and the queue to us; what the
+                // trust store says now (a block or an accept in between) is what counts.
+                let Some(admission) = self.trust_now(a.peer).await else {
+                    return;
+                };
                 match admission {
                     Admission::Block | Admission::KeyChanged => {
                         tracing::info!(peer = %a.peer, ?admission, "chat stream refused");
                     }
                     Admission::Accept | Admission::Request => {
-                        self.attach(a.peer, a.stream, false, admission, now, after, dirty);
+                        self.attach(a.peer, a.stream, false, admission, now, batch, after, dirty);
                     }
                 }
             }
@@ -161,6 +188,8 @@ impl Service {
         }
     }
 
+    /// Takes a stream to `peer` (opened by us when `outbound`) as its link, unless the
+    /// peer is blocked or the stream loses the tie-break.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attach(
         &mut self,
@@ -169,34 +198,16 @@ impl Service {
         outbound: bool,
         admission: Admission,
         now: u64,
+        batch: &mut Batch,
         after: &mut After,
         dirty: &mut HashSet<PeerId>,
     ) {
-        let me = self.me;
+        let Some(preferred) = self.admit_link(peer, outbound, admission, batch, after) else {
+            return;
+        };
         let id = self.next_link;
         self.next_link += 1;
         let inbound_tx = self.inbound_tx.clone();
-        let p = self.peer(peer);
-        if matches!(p.admission, Admission::Block | Admission::KeyChanged)
-            && admission != Admission::Accept
-        {
-            return;
-        }
-        // An outbound stream means we chose to talk, and so does having written to the
-        // peer; otherwise the trust store's word for this stream decides.
-        let we_wrote = p.conv.cursor().next_seq > 1;
-        if outbound || admission == Admission::Accept || !we_wrote {
-            p.admission = admission;
-        }
-        let preferred = preferred(me, peer, outbound);
-        if let Some(old) = &p.link
-            && old.preferred
-            && !preferred
-            && old.opened.elapsed() < TIE_WINDOW
-        {
-            tracing::debug!(%peer, "simultaneous chat streams: keeping the preferred one");
-            return;
-        }
         let (session_io, session) = stream.into_parts();
         let session = Arc::new(Mutex::new(session));
         let (read, write) = session_io.split();
@@ -215,16 +226,70 @@ impl Service {
         ))
         .abort_handle();
         spawn(write_frames(peer, id, write, session, rx, inbound_tx));
-        if p.link.is_some() {
-            p.conv.disconnected();
-        }
-        p.link = Some(Link {
+        let link = Link {
             id,
             preferred,
             opened: Instant::now(),
             writer: tx,
             reader,
-        });
+        };
+        self.install_link(peer, link, now, after, dirty);
+    }
+
+    /// Whether a new stream to `peer` is to become its link (`Some(preferred)`), setting
+    /// the peer's admission from it; a new requester may evict the oldest one.
+    pub(super) fn admit_link(
+        &mut self,
+        peer: PeerId,
+        outbound: bool,
+        admission: Admission,
+        batch: &mut Batch,
+        after: &mut After,
+    ) -> Option<bool> {
+        let me = self.me;
+        let p = self.peer(peer);
+        if matches!(p.admission, Admission::Block | Admission::KeyChanged)
+            && admission != Admission::Accept
+        {
+            return None;
+        }
+        // An outbound stream means we chose to talk, and so does having written to the
+        // peer; otherwise the trust store's word for this stream decides.
+        let we_wrote = p.conv.cursor().next_seq > 1;
+        if outbound || admission == Admission::Accept || !we_wrote {
+            p.admission = admission;
+        }
+        let preferred = preferred(me, peer, outbound);
+        if let Some(old) = &p.link
+            && old.preferred
+            && !preferred
+            && old.opened.elapsed() < TIE_WINDOW
+        {
+            tracing::debug!(%peer, "simultaneous chat streams: keeping the preferred one");
+            return None;
+        }
+        if p.admission == Admission::Request {
+            self.add_requester(peer, batch, after);
+        }
+        Some(preferred)
+    }
+
+    /// Makes `link` the peer's live stream (replacing any older one) and says hello.
+    pub(super) fn install_link(
+        &mut self,
+        peer: PeerId,
+        link: Link,
+        now: u64,
+        after: &mut After,
+        dirty: &mut HashSet<PeerId>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.link.is_some() {
+            p.conv.disconnected();
+        }
+        p.link = Some(link);
         let out = p.conv.connected(now);
         dirty.insert(peer);
         after.events.push(ChatEvent::PeerState {
@@ -234,6 +299,35 @@ impl Service {
         for o in out {
             if let Output::Send(f) = o {
                 after.frames.push((peer, f));
+            }
+        }
+    }
+
+    /// The peer's admission as the trust store has it now, or `None` (logged) when it
+    /// cannot be read.
+    pub(super) async fn trust_now(&self, peer: PeerId) -> Option<Admission> {
+        use p2pnode_secure::TrustStore;
+        let key = match p2pnode_node::peer::verifying_key_of(&peer) {
+            Ok(k) => k.to_bytes(),
+            Err(e) => {
+                tracing::warn!(%peer, "chat: no trust decision: {e}");
+                return None;
+            }
+        };
+        let trust = self.trust.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            trust.check(&peer.to_bytes(), &key, crate::PROTOCOL)
+        })
+        .await;
+        match checked {
+            Ok(Ok(decision)) => Some(admit(decision)),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "chat: cannot read the trust store: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "chat: trust check did not finish: {e}");
+                None
             }
         }
     }
@@ -255,6 +349,9 @@ impl Service {
                 Output::Send(f) => after.frames.push((peer, f)),
                 Output::Deliver(m) => {
                     let request = p.admission == Admission::Request;
+                    if request {
+                        p.request_usage.add(m.body.len());
+                    }
                     let row = Row {
                         id: m.id.to_string(),
                         seq: m.seq,

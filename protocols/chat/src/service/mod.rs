@@ -17,8 +17,9 @@
 //!
 //! Files: [`Chat`] and [`ChatService`] here are the protocol contract with the node;
 //! `owner` is the batch loop, `links` the 1:1 inputs and streams, `commands` the handle's
-//! requests, `rooms` rooms and timers, `io` the stream tasks, `db` the tables, `handle`
-//! the [`ChatHandle`], `routes` the control routes.
+//! requests, `rooms` rooms and timers, `strangers` the quota of message requests, `io`
+//! the stream tasks, `db` the tables, `handle` the [`ChatHandle`], `routes` the control
+//! routes.
 
 mod commands;
 mod db;
@@ -28,9 +29,12 @@ mod links;
 mod owner;
 mod rooms;
 mod routes;
+mod strangers;
+#[cfg(test)]
+mod tests;
 
 // What the submodules share; each brings it in with `use super::*`.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +42,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_node::event_loop::TopicMessage;
 use p2pnode_node::secure::{Accepted, SecureListener};
+use p2pnode_node::trust::TrustDb;
 use p2pnode_node::{Client, Context, NodeError, Protocol, ProtocolError, ProtocolHandler};
 use p2pnode_secure::stream::{LENGTH_PREFIX_LEN, read_length_prefixed};
 use p2pnode_secure::{Session, SigningKey};
@@ -55,6 +60,7 @@ use db::{Batch, ChatDb, Row, cbor, message_of};
 pub use handle::ChatHandle;
 use io::{read_frames, write_frames};
 use rooms::{not_joined, room_event, room_info};
+use strangers::Usage;
 
 /// Conversation state: peer id -> [`Snapshot`] (CBOR).
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("chat_conversations");
@@ -261,6 +267,8 @@ struct Peer {
     /// `reserved_up_to` of the last committed snapshot: message frames numbered up to
     /// here may go out before their batch commits (see `p2pnode_chat::conversation`).
     durable_reserved: u64,
+    /// What its stored messages take while it is a requester (see `strangers`).
+    request_usage: Usage,
 }
 
 struct JoinedRoom {
@@ -282,6 +290,10 @@ struct Service {
     me: PeerId,
     signer: SigningKey,
     peers: HashMap<PeerId, Peer>,
+    /// Pending requesters, oldest first, at most `strangers::MAX_REQUESTERS`.
+    requesters: VecDeque<PeerId>,
+    /// The node's trust store, read again when a stream is attached.
+    trust: TrustDb,
     rooms: HashMap<String, JoinedRoom>,
     events: Events,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -384,6 +396,8 @@ impl Protocol for Chat {
     fn start(self, ctx: Context) -> Result<ChatService, ProtocolError> {
         let err = |e: ChatError| ProtocolError::new(crate::PROTOCOL, e);
         let db = ChatDb::open(ctx.database().clone()).map_err(err)?;
+        let trust =
+            TrustDb::open(ctx.database().clone()).map_err(|e| err(ChatError::Node(e.into())))?;
         let listener = ctx
             .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))
             .map_err(|e| err(e.into()))?;
@@ -407,6 +421,8 @@ impl Protocol for Chat {
             me,
             signer: ctx.signing_key().clone(),
             peers: HashMap::new(),
+            requesters: VecDeque::new(),
+            trust,
             rooms: HashMap::new(),
             events,
             inbound_tx,

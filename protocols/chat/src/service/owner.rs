@@ -60,21 +60,7 @@ impl Service {
                     break;
                 }
             }
-            let mut batch = Batch::default();
-            let mut after = After::default();
-            let mut dirty = HashSet::new();
-            for input in inputs {
-                self.handle(input, &mut batch, &mut after, &mut dirty).await;
-            }
-            let mut reserved = Vec::new();
-            for peer in dirty {
-                if let Some(p) = self.peers.get(&peer) {
-                    batch
-                        .snapshots
-                        .push((peer.to_string(), p.conv.snapshot().encode()));
-                    reserved.push((peer, p.conv.cursor().reserved_up_to));
-                }
-            }
+            let (batch, mut after, reserved) = self.apply(inputs).await;
             // Keep the disk off the latency path: messages within a committed
             // reservation, and incoming messages, go out before the batch commits.
             for (peer, frame) in self.take_early(&mut after.frames) {
@@ -104,6 +90,27 @@ impl Service {
             self.settle(done, c).await;
         }
         tracing::debug!("chat service stopped");
+    }
+
+    /// Applies a batch's inputs to the state machines: what to commit, what follows the
+    /// commit, and the `reserved_up_to` of each conversation it changed.
+    pub(super) async fn apply(&mut self, inputs: Vec<Input>) -> (Batch, After, Vec<(PeerId, u64)>) {
+        let mut batch = Batch::default();
+        let mut after = After::default();
+        let mut dirty = HashSet::new();
+        for input in inputs {
+            self.handle(input, &mut batch, &mut after, &mut dirty).await;
+        }
+        let mut reserved = Vec::new();
+        for peer in dirty {
+            if let Some(p) = self.peers.get(&peer).filter(|p| Service::keeps_state(p)) {
+                batch
+                    .snapshots
+                    .push((peer.to_string(), p.conv.snapshot().encode()));
+                reserved.push((peer, p.conv.cursor().reserved_up_to));
+            }
+        }
+        (batch, after, reserved)
     }
 
     /// A batch's commit ended: what it reserved is now durable, and its actions follow.
