@@ -182,6 +182,17 @@ fn queued_messages_survive_sigkill_of_both_ends() {
     let (mut hello, _) = chat(&a.dir, &[&b.peer_id, "--line", "--wait-delivered"]);
     feed(&mut hello, vec!["hello".to_string()], true);
     wait_exit(&mut hello, "A's first message");
+    // A is not in B's trust store: its hello arrived as a message request, listed for B
+    // to answer. B accepts it, so what A queues next is not held to a stranger's quota.
+    let requests = json(&b.dir, &["chat", "requests"]);
+    assert!(
+        requests
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["peer_id"] == a.peer_id.as_str() && r["verified"] == false)
+    );
+    json(&b.dir, &["chat", "accept", &a.peer_id]);
     let b_id = b.peer_id.clone();
     let b_dir = b.dir.clone();
     // B is killed: no goodbye, no flush.
@@ -214,15 +225,6 @@ fn queued_messages_survive_sigkill_of_both_ends() {
             .all(|m| m["delivered"] == true)
             .then_some(())
     });
-    // They arrived as a request (A is not in B's trust store), listed for B to answer.
-    let requests = json(&b.dir, &["chat", "requests"]);
-    assert!(
-        requests
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["peer_id"] == a.peer_id.as_str())
-    );
     // Restarting B again re-delivers nothing.
     let b_dir = b.dir.clone();
     b.stop();
