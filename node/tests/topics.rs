@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use p2pnode_node::event_loop::Validation;
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -62,6 +63,12 @@ async fn five_members_who_know_only_the_bootstrap_node_all_get_every_message() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 for (j, inbox) in inboxes.iter_mut().enumerate() {
                     while let Ok(m) = inbox.try_recv() {
+                        // Gossipsub forwards only what the subscriber accepted.
+                        members[j]
+                            .client()
+                            .report_topic_message(m.id.clone(), Validation::Accept)
+                            .await
+                            .unwrap();
                         if m.data == text.as_bytes() {
                             assert_eq!(m.source, Some(sender.client().peer_id()));
                             heard[j] = true;
