@@ -687,6 +687,11 @@ impl RoomConfig {
         self
     }
 
+    /// The accepted window's age limit, unix ms (default 1 h).
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age_ms
+    }
+
     /// Also accept messages sent this long before our join (default 10 s): members' clocks
     /// differ by a few seconds. Any value is replay-safe, since ids are remembered from
     /// this point on.
