@@ -17,8 +17,9 @@
 //!
 //! Files: [`Chat`] and [`ChatService`] here are the protocol contract with the node;
 //! `owner` is the batch loop, `links` the 1:1 inputs and streams, `commands` the handle's
-//! requests, `rooms` rooms and timers, `room_store` the rooms' replay gates and their tables, `io` the stream tasks, `db` the tables, `handle`
-//! the [`ChatHandle`], `routes` the control routes.
+//! requests, `rooms` rooms and timers, `room_store` the rooms' replay gates and their
+//! tables, `io` the stream tasks, `db` the tables, `handle` the [`ChatHandle`], `routes`
+//! the control routes.
 
 mod commands;
 mod db;

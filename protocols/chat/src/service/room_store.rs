@@ -175,7 +175,10 @@ impl Gate {
                         .and_then(|r| r);
                 if let Err(e) = stored {
                     // Shown but not stored, a text could be replayed after a restart.
-                    tracing::error!(room = %self.room_id, "room message ids not stored, messages dropped: {e}");
+                    tracing::error!(
+                        room = %self.room_id,
+                        "room message ids not stored, messages dropped: {e}"
+                    );
                     for (v, text) in &mut verdicts {
                         if *text {
                             *v = Validation::Ignore;
@@ -218,7 +221,9 @@ impl Gate {
                 (Validation::Accept, text)
             }
             Ok((message, admit)) => {
-                tracing::debug!(room = %self.room_id, id = %message.id, ?admit, "room message not taken");
+                tracing::debug!(
+                    room = %self.room_id, id = %message.id, ?admit, "room message not taken"
+                );
                 (Validation::Ignore, false)
             }
             // Late or early, not forged: no blame on whoever forwarded it.
@@ -227,7 +232,9 @@ impl Gate {
                 (Validation::Ignore, false)
             }
             Err(e) => {
-                tracing::debug!(room = %self.room_id, source = ?m.source, "room message rejected: {e}");
+                tracing::debug!(
+                    room = %self.room_id, source = ?m.source, "room message rejected: {e}"
+                );
                 (Validation::Reject, false)
             }
         }
