@@ -1125,8 +1125,24 @@ mod tests {
         let (sent, captured) = b.send_text("pay bob 10", NOW + 1, &mut OsRng).unwrap();
         let first = a.handle_message(&captured, NOW + 1).unwrap();
         assert!(first.contains(&RoomEvent::Message(sent)));
-        // 20 000 other texts (a chatty or hostile member), all inside the hour.
+        // 20 000 presence messages of another member, then 20 000 other texts (a chatty
+        // or hostile member), all inside the hour: the replay is refused after each.
+        let key = inv.room_key();
+        let f_key = SigningKey::generate(&mut OsRng);
         let mut now = NOW + 2;
+        for _ in 0..20_000 {
+            now += 1;
+            let msg = RoomMessage::new(&f_key.verifying_key(), RoomBody::Presence, now, &mut OsRng);
+            let sealed = seal_room_message(&key, &f_key, &msg, &mut OsRng).unwrap();
+            let _ = a.handle_message(&sealed, now);
+        }
+        let delivered =
+            |events: &Vec<RoomEvent>| events.iter().any(|e| matches!(e, RoomEvent::Message(_)));
+        let replayed = a.handle_message(&captured, now);
+        assert!(
+            !matches!(&replayed, Ok(events) if delivered(events)),
+            "the replay was delivered again after the presence flood: {replayed:?}"
+        );
         for i in 0..20_000 {
             now += 1;
             let (_, text) = b.send_text(format!("{i}"), now, &mut OsRng).unwrap();
