@@ -152,6 +152,10 @@ fn gossip(key: &identity::Keypair) -> Result<gossipsub::Behaviour, std::io::Erro
     let config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(MAX_GOSSIP_MESSAGE)
         .validation_mode(gossipsub::ValidationMode::Strict)
+        // Forward a message only once its subscriber accepted it (Client::
+        // report_topic_message): a forged or replayed room message stops at the first
+        // member that sees through it instead of spreading through the mesh.
+        .validate_messages()
         // Rooms are small; a quick heartbeat lets a fresh mesh form within a second.
         .heartbeat_interval(Duration::from_millis(500))
         .build()

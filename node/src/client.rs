@@ -132,6 +132,19 @@ impl Client {
         Ok(rx)
     }
 
+    /// Reports a message received on a joined topic as valid or not. Gossipsub forwards a
+    /// message to the other members only once it is accepted here, so every subscriber
+    /// reports every message it gets. Returns whether gossipsub still held the message (it
+    /// drops unreported ones after a few heartbeats).
+    pub async fn report_topic_message(
+        &self,
+        id: crate::event_loop::TopicMessageId,
+        validation: crate::event_loop::Validation,
+    ) -> Result<bool, NodeError> {
+        self.ask(|reply| Command::ValidateTopicMessage(id, validation, reply))
+            .await
+    }
+
     /// Leaves a topic.
     pub async fn leave_topic(&self, topic: &str) -> Result<(), NodeError> {
         self.ask(|reply| Command::LeaveTopic(topic.to_string(), reply))

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use p2pnode_node::event_loop::Validation;
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -62,6 +63,12 @@ async fn five_members_who_know_only_the_bootstrap_node_all_get_every_message() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 for (j, inbox) in inboxes.iter_mut().enumerate() {
                     while let Ok(m) = inbox.try_recv() {
+                        // Gossipsub forwards only what the subscriber accepted.
+                        members[j]
+                            .client()
+                            .report_topic_message(m.id.clone(), Validation::Accept)
+                            .await
+                            .unwrap();
                         if m.data == text.as_bytes() {
                             assert_eq!(m.source, Some(sender.client().peer_id()));
                             heard[j] = true;
@@ -77,4 +84,115 @@ async fn five_members_who_know_only_the_bootstrap_node_all_get_every_message() {
         m.shutdown().await;
     }
     boot.shutdown().await;
+}
+
+/// A message its first receiver rejects goes no further; one it accepts does. C hears A
+/// only through B (C refuses A's connections).
+#[tokio::test]
+async fn a_rejected_message_is_not_forwarded_and_an_accepted_one_is() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(vec![], false, dirs[0].path()).await;
+    let b = start(vec![], false, dirs[1].path()).await;
+    let c = start(vec![], false, dirs[2].path()).await;
+    c.client().revoke(a.client().peer_id()).await.unwrap();
+    let b_addr: Multiaddr = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(addr) = b.client().status().await.unwrap().listen_addrs.first() {
+                return format!("{addr}/p2p/{}", b.client().peer_id())
+                    .parse()
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    a.client().connect_addr(b_addr.clone()).await.unwrap();
+    c.client().connect_addr(b_addr).await.unwrap();
+    let _a_inbox = a.client().join_topic("validated", 64).await.unwrap();
+    let mut b_inbox = b.client().join_topic("validated", 64).await.unwrap();
+    let mut c_inbox = c.client().join_topic("validated", 64).await.unwrap();
+
+    // B accepts A's greetings until one reaches C: the mesh A-B-C is up.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            a.client()
+                .publish("validated", b"hello".to_vec())
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    tokio::select! {
+                        Some(m) = b_inbox.recv() => {
+                            b.client().report_topic_message(m.id, Validation::Accept).await.unwrap();
+                        }
+                        Some(m) = c_inbox.recv() => {
+                            c.client().report_topic_message(m.id, Validation::Accept).await.unwrap();
+                            return;
+                        }
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the mesh never formed");
+
+    a.client()
+        .publish("validated", b"bad".to_vec())
+        .await
+        .unwrap();
+    a.client()
+        .publish("validated", b"good".to_vec())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let m = b_inbox.recv().await.unwrap();
+            let verdict = if m.data == b"bad" {
+                Validation::Reject
+            } else {
+                Validation::Accept
+            };
+            assert_eq!(m.source, Some(a.client().peer_id()));
+            assert_eq!(m.propagation_source, a.client().peer_id());
+            let good = m.data == b"good";
+            assert!(
+                b.client()
+                    .report_topic_message(m.id, verdict)
+                    .await
+                    .unwrap()
+            );
+            if good {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("B never got the good message");
+    let at_c = tokio::time::timeout(WAIT, async {
+        let mut seen = Vec::new();
+        loop {
+            let m = c_inbox.recv().await.unwrap();
+            assert_eq!(m.propagation_source, b.client().peer_id());
+            c.client()
+                .report_topic_message(m.id, Validation::Accept)
+                .await
+                .unwrap();
+            seen.push(String::from_utf8_lossy(&m.data).into_owned());
+            if m.data == b"good" {
+                return seen;
+            }
+        }
+    })
+    .await
+    .expect("C never got the good message");
+    assert!(!at_c.iter().any(|d| d == "bad"), "{at_c:?}");
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
 }

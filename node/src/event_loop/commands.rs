@@ -5,7 +5,7 @@ use libp2p::{Multiaddr, PeerId, autonat};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::Conn;
-use super::{EventLoop, TopicMessage};
+use super::{EventLoop, TopicMessage, TopicMessageId, Validation};
 use crate::api::{Connected, ConnectionInfo, Found, Path, PeerInfo, Status};
 use crate::error::NodeError;
 
@@ -39,6 +39,9 @@ pub enum Command {
     LeaveTopic(String, oneshot::Sender<()>),
     /// Publish on a joined topic.
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
+    /// Report a received topic message valid (forward it) or not; replies whether
+    /// gossipsub still held it.
+    ValidateTopicMessage(TopicMessageId, Validation, oneshot::Sender<bool>),
 }
 
 impl EventLoop {
@@ -64,6 +67,9 @@ impl EventLoop {
             Command::JoinTopic(name, subscriber, reply) => self.join_topic(name, subscriber, reply),
             Command::LeaveTopic(name, reply) => self.leave_topic(name, reply),
             Command::Publish(name, data, reply) => self.publish(name, data, reply),
+            Command::ValidateTopicMessage(id, v, reply) => {
+                let _ = reply.send(self.validate_topic_message(id, v));
+            }
             Command::Listen(addr, reply) => {
                 let result =
                     self.swarm

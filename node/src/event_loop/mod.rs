@@ -31,7 +31,7 @@ use crate::holepunch::{Candidates, IntroBudget, PunchDial, Puncher};
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of};
 pub use commands::Command;
-pub use topics::TopicMessage;
+pub use topics::{TopicMessage, TopicMessageId, Validation};
 
 use addrs::is_concrete;
 use connections::{Conn, Keep, dial_error};
@@ -321,9 +321,11 @@ impl EventLoop {
                     c.rtt = Some(rtt);
                 }
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                self.on_topic_message(message)
-            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_topic_message(propagation_source, message_id, message),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "NAT status changed");
             }

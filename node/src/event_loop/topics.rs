@@ -9,13 +9,51 @@ use tokio::sync::{mpsc, oneshot};
 use super::EventLoop;
 use crate::error::NodeError;
 
-/// A message received on a joined topic.
+/// A message received on a joined topic. Gossipsub forwards it to other members only once
+/// the subscriber reports it valid ([`Client::report_topic_message`]); every message must
+/// be reported (one left unreported is dropped from gossipsub's cache unforwarded after a
+/// few heartbeats).
+///
+/// [`Client::report_topic_message`]: crate::Client::report_topic_message
 #[derive(Debug, Clone)]
 pub struct TopicMessage {
-    /// The peer that published it (gossipsub signs messages with the publisher's key).
+    /// Names this message in its validation report.
+    pub id: TopicMessageId,
+    /// The peer that published it (gossipsub signs messages with the publisher's key, and
+    /// `Strict` validation refuses unsigned ones, so this is authenticated).
     pub source: Option<PeerId>,
+    /// The peer that forwarded it to us (not necessarily the publisher).
+    pub propagation_source: PeerId,
     /// The payload.
     pub data: Vec<u8>,
+}
+
+/// A received topic message as gossipsub knows it: its id and the peer it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMessageId {
+    id: gossipsub::MessageId,
+    from: PeerId,
+}
+
+/// The subscriber's judgement of a topic message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Valid: deliver it and forward it to the other members.
+    Accept,
+    /// Invalid (forged, malformed): not forwarded, and held against the peer that sent it.
+    Reject,
+    /// Not forwarded, without blame (a duplicate, too old, or no room to take it).
+    Ignore,
+}
+
+impl From<Validation> for gossipsub::MessageAcceptance {
+    fn from(v: Validation) -> Self {
+        match v {
+            Validation::Accept => Self::Accept,
+            Validation::Reject => Self::Reject,
+            Validation::Ignore => Self::Ignore,
+        }
+    }
 }
 
 /// A joined topic: where its messages go, and when to look for its members again.
@@ -90,19 +128,49 @@ impl EventLoop {
         let _ = reply.send(result);
     }
 
-    /// A message on a topic: to its subscriber, if we joined it.
-    pub(super) fn on_topic_message(&self, message: gossipsub::Message) {
-        if let Some(joined) = self.topics.get(&message.topic) {
-            let msg = TopicMessage {
-                source: message.source,
-                data: message.data,
-            };
-            // A subscriber that cannot keep up loses messages rather than stalling
-            // the event loop; gossip is best-effort anyway.
-            if joined.subscriber.try_send(msg).is_err() {
-                tracing::warn!(topic = %message.topic, "topic subscriber is behind; message dropped");
+    /// A message on a topic: to its subscriber, if we joined it. A message nobody takes
+    /// is reported as ignored at once, so gossipsub neither forwards nor keeps it.
+    pub(super) fn on_topic_message(
+        &mut self,
+        propagation_source: PeerId,
+        message_id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let id = TopicMessageId {
+            id: message_id,
+            from: propagation_source,
+        };
+        let topic = message.topic.clone();
+        let delivered = match self.topics.get(&topic) {
+            Some(joined) => {
+                let msg = TopicMessage {
+                    id: id.clone(),
+                    source: message.source,
+                    propagation_source,
+                    data: message.data,
+                };
+                // A subscriber that cannot keep up loses messages rather than stalling
+                // the event loop; gossip is best-effort anyway.
+                let sent = joined.subscriber.try_send(msg).is_ok();
+                if !sent {
+                    tracing::warn!(%topic, "topic subscriber is behind; message dropped");
+                }
+                sent
             }
+            None => false,
+        };
+        if !delivered {
+            self.validate_topic_message(id, Validation::Ignore);
         }
+    }
+
+    /// [`Command::ValidateTopicMessage`](super::Command::ValidateTopicMessage): forwards an
+    /// accepted message, drops the others. False if gossipsub no longer held it.
+    pub(super) fn validate_topic_message(&mut self, id: TopicMessageId, v: Validation) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id.id, &id.from, v.into())
     }
 
     /// Asks the DHT for the members of joined topics that are due, and dials them.

@@ -76,8 +76,8 @@ pub use id::{MESSAGE_ID_LEN, MessageId};
 pub use invite::{INVITE_PREFIX, Invite, RoomSecret};
 pub use request::{Admission, admit};
 pub use room::{
-    Member, Members, Room, RoomBody, RoomConfig, RoomEvent, RoomKey, RoomMessage, RoomOutput,
-    SeenSet, open_room_message, seal_room_message,
+    Admit, Member, Members, ReplayGuard, Room, RoomBody, RoomConfig, RoomEvent, RoomKey,
+    RoomMessage, RoomOutput, SeenSet, open_room_message, seal_room_message,
 };
 pub use wire::{Frame, Hello, MAX_BODY_LEN, MAX_FRAME_LEN, Message, Receipt};
 

@@ -8,10 +8,20 @@
 //! for another or replay a message into a different room.
 //!
 //! [`seal_room_message`] and [`open_room_message`] are the pure primitives; [`Room`] is
-//! the sans-IO state the node keeps per joined room: de-duplication ([`SeenSet`]), the
-//! member list ([`Members`]) kept fresh by periodic presence messages, and expiry.
+//! the sans-IO state the node keeps per joined room: the replay defence
+//! ([`ReplayGuard`]), the member list ([`Members`]) kept fresh by periodic presence
+//! messages, and expiry.
+//!
+//! Replays: a message is accepted only inside a time window (not older than `max_age`,
+//! not sent before we joined); a text's id is remembered ([`SeenSet`]) until it leaves
+//! that window, so a replay is always either too old or found, and a full [`SeenSet`]
+//! refuses new texts rather than forget; the service stores the ids so this holds across
+//! restarts. Presence and Leave are not in the [`SeenSet`]: each member's latest
+//! timestamp is kept instead, and only a newer Presence or Leave counts, so a replayed
+//! Leave cannot remove a member who came back. The gossipsub publisher must be the
+//! signer ([`ReplayGuard::check`]): others cannot republish a member's messages.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -276,51 +286,236 @@ pub fn open_room_message(
     Ok((message, sender))
 }
 
-/// A bounded set of recently seen message ids; the oldest are forgotten first.
+/// What the replay checks decided about an authentic message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// First sight inside the accepted window: deliver it.
+    Fresh,
+    /// Seen before (a text id), or a Presence or Leave not newer than the latest from its
+    /// sender: drop it quietly.
+    Duplicate,
+    /// The [`SeenSet`] is full of ids still inside the window: refused, since forgetting
+    /// one would let its message be replayed.
+    Full,
+}
+
+/// Ids of recently accepted messages, each kept until its message would be refused as too
+/// old anyway (the caller forgets them with [`SeenSet::forget_before`]). Bounded, and never
+/// forgets early: when full it refuses new ids, so a flood cannot flush it.
 #[derive(Debug, Clone)]
 pub struct SeenSet {
     capacity: usize,
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
+    ids: HashMap<MessageId, u64>,
+    by_time: BTreeSet<(u64, MessageId)>,
 }
 
 impl SeenSet {
-    /// An empty set remembering at most `capacity` ids (at least 1).
+    /// An empty set holding at most `capacity` ids (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            set: HashSet::new(),
-            order: VecDeque::new(),
+            ids: HashMap::new(),
+            by_time: BTreeSet::new(),
         }
     }
 
-    /// Records `id`; true if it was not seen before (deliver it), false for a duplicate.
-    pub fn insert(&mut self, id: MessageId) -> bool {
-        if !self.set.insert(id) {
-            return false;
+    /// Records `id` of a message sent at `sent_at` (unix ms).
+    pub fn insert(&mut self, id: MessageId, sent_at: u64) -> Admit {
+        if self.ids.contains_key(&id) {
+            return Admit::Duplicate;
         }
-        self.order.push_back(id);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        if self.ids.len() >= self.capacity {
+            return Admit::Full;
+        }
+        self.ids.insert(id, sent_at);
+        self.by_time.insert((sent_at, id));
+        Admit::Fresh
+    }
+
+    /// Forgets the ids of messages sent before `cutoff` (unix ms); returns how many.
+    pub fn forget_before(&mut self, cutoff: u64) -> usize {
+        let mut n = 0;
+        while let Some(&(sent_at, id)) = self.by_time.first() {
+            if sent_at >= cutoff {
+                break;
             }
+            self.by_time.pop_first();
+            self.ids.remove(&id);
+            n += 1;
         }
-        true
+        n
     }
 
     /// Whether `id` is remembered.
     pub fn contains(&self, id: &MessageId) -> bool {
-        self.set.contains(id)
+        self.ids.contains_key(id)
+    }
+
+    /// Remembered ids with their messages' `sent_at`, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (MessageId, u64)> + '_ {
+        self.by_time.iter().map(|&(t, id)| (id, t))
     }
 
     /// Number of remembered ids.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.ids.len()
     }
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.ids.is_empty()
+    }
+}
+
+/// The latest timestamp heard from each sender, for Presence and Leave, which are
+/// idempotent per member: only a newer one counts. Bounded: when full, the oldest entry
+/// goes and the floor rises to its time, so nothing it could have refused is accepted.
+#[derive(Debug, Clone)]
+struct Latest {
+    max: usize,
+    at: HashMap<PeerKey, u64>,
+    by_time: BTreeSet<(u64, PeerKey)>,
+    /// Senders not in the table: refused at or before this time.
+    floor: u64,
+}
+
+impl Latest {
+    fn new(max: usize, floor: u64) -> Self {
+        Self {
+            max: max.max(1),
+            at: HashMap::new(),
+            by_time: BTreeSet::new(),
+            floor,
+        }
+    }
+
+    /// Raises `key`'s latest to `sent_at`; false (and no change) unless it is newer than
+    /// everything known of `key`.
+    fn advance(&mut self, key: PeerKey, sent_at: u64) -> bool {
+        let known = self.at.get(&key).copied();
+        if sent_at <= known.unwrap_or(0).max(self.floor) {
+            return false;
+        }
+        match known {
+            Some(old) => {
+                self.by_time.remove(&(old, key));
+            }
+            None if self.at.len() >= self.max => {
+                // Evict the oldest, unless this one is older still (it would go first).
+                let Some(&(oldest, evicted)) = self.by_time.first() else {
+                    return false;
+                };
+                if sent_at <= oldest {
+                    return false;
+                }
+                self.by_time.pop_first();
+                self.at.remove(&evicted);
+                self.floor = self.floor.max(oldest);
+            }
+            None => {}
+        }
+        self.at.insert(key, sent_at);
+        self.by_time.insert((sent_at, key));
+        true
+    }
+}
+
+/// A room's replay defence: the accepted window, the [`SeenSet`] of text ids and the
+/// latest Presence/Leave per member. Kept apart from [`Room`] so a node can run it where
+/// messages arrive, before deciding whether gossipsub forwards them.
+#[derive(Debug, Clone)]
+pub struct ReplayGuard {
+    max_age_ms: u64,
+    max_skew_ms: u64,
+    joined_at: u64,
+    /// Nothing sent before this is accepted: our join, less a grace for clock skew. The
+    /// seen set holds every text accepted since, so no earlier id is ever needed.
+    floor: u64,
+    seen: SeenSet,
+    latest: Latest,
+}
+
+impl ReplayGuard {
+    /// The guard of a room joined at `joined_at`, started at `now` (the join or a restart).
+    /// The latest-per-member table starts empty, so Presence and Leave sent before `now`
+    /// (less the grace) are refused: presence repeats every interval, nothing is lost.
+    pub fn new(config: &RoomConfig, joined_at: u64, now: u64) -> Self {
+        let floor = joined_at.saturating_sub(config.join_grace_ms);
+        let control_floor = now.max(joined_at).saturating_sub(config.join_grace_ms);
+        Self {
+            max_age_ms: config.max_age_ms,
+            max_skew_ms: config.max_skew_ms,
+            joined_at,
+            floor,
+            seen: SeenSet::new(config.seen_capacity),
+            latest: Latest::new(config.max_tracked_senders(), control_floor),
+        }
+    }
+
+    /// When we joined the room (unix ms).
+    pub fn joined_at(&self) -> u64 {
+        self.joined_at
+    }
+
+    /// The remembered text ids.
+    pub fn seen(&self) -> &SeenSet {
+        &self.seen
+    }
+
+    /// Takes back a stored id (after a restart); false if it is too old to matter or the
+    /// set is full.
+    pub fn remember(&mut self, id: MessageId, sent_at: u64, now: u64) -> bool {
+        if sent_at < self.floor || sent_at.saturating_add(self.max_age_ms) < now {
+            return false;
+        }
+        self.seen.insert(id, sent_at) == Admit::Fresh
+    }
+
+    /// Opens bytes received on the topic and decides on them. `publisher` is the key of
+    /// the peer that published them (gossipsub's signed source): a message it did not
+    /// sign itself is refused ([`RoomError::SenderMismatch`]), since only the signer may
+    /// publish its messages. A fresh message is recorded.
+    pub fn check(
+        &mut self,
+        key: &RoomKey,
+        data: &[u8],
+        publisher: Option<&PeerKey>,
+        now: u64,
+    ) -> Result<(RoomMessage, Admit), RoomError> {
+        let (message, _sender) = open_room_message(key, data, now)?;
+        if publisher.is_some_and(|p| *p != message.sender) {
+            return Err(RoomError::SenderMismatch);
+        }
+        let admit = self.admit(&message, now)?;
+        Ok((message, admit))
+    }
+
+    /// Decides on an authentic message (opened and verified) and records it when fresh.
+    pub fn admit(&mut self, message: &RoomMessage, now: u64) -> Result<Admit, RoomError> {
+        let sent_at = message.sent_at;
+        let too_old = sent_at.saturating_add(self.max_age_ms) < now || sent_at < self.floor;
+        let too_new = sent_at > now.saturating_add(self.max_skew_ms);
+        if too_old || too_new {
+            return Err(RoomError::Stale { sent_at, now });
+        }
+        Ok(match message.body {
+            RoomBody::Text(_) => {
+                self.seen.forget_before(now.saturating_sub(self.max_age_ms));
+                let admit = self.seen.insert(message.id, sent_at);
+                if admit == Admit::Fresh {
+                    // A member who spoke since an old Leave is back: that Leave is stale.
+                    self.latest.advance(message.sender, sent_at);
+                }
+                admit
+            }
+            RoomBody::Presence | RoomBody::Leave => {
+                if self.latest.advance(message.sender, sent_at) {
+                    Admit::Fresh
+                } else {
+                    Admit::Duplicate
+                }
+            }
+        })
     }
 }
 
@@ -335,8 +530,10 @@ pub struct Member {
     pub last_seen: u64,
 }
 
-/// The member list of a room, kept from received messages. Bounded: when full, the
-/// member heard of least recently makes room.
+/// The member list of a room, kept from received messages. Bounded: when full, a new key
+/// is not listed until a member leaves or times out. Members are never pushed out, so
+/// fresh keys (free to make for anyone with the invite) can take only free places, not
+/// those of members who keep speaking.
 #[derive(Debug, Clone)]
 pub struct Members {
     max: usize,
@@ -352,20 +549,15 @@ impl Members {
         }
     }
 
-    /// Records a message from `key` at `now_ms`; true if it is a new member.
+    /// Records a message from `key` at `now_ms`; true if it is a new member (false for a
+    /// known one, or a new one while the list is full).
     pub fn observe(&mut self, key: PeerKey, now_ms: u64) -> bool {
         if let Some(member) = self.members.get_mut(&key) {
             member.last_seen = member.last_seen.max(now_ms);
             return false;
         }
-        if self.members.len() >= self.max
-            && let Some(oldest) = self
-                .members
-                .values()
-                .min_by_key(|m| m.last_seen)
-                .map(|m| m.key)
-        {
-            self.members.remove(&oldest);
+        if self.is_full() {
+            return false;
         }
         self.members.insert(
             key,
@@ -376,6 +568,11 @@ impl Members {
             },
         );
         true
+    }
+
+    /// Whether no new member can be listed.
+    pub fn is_full(&self) -> bool {
+        self.members.len() >= self.max
     }
 
     /// Removes `key`; true if it was a member.
@@ -436,6 +633,7 @@ pub struct RoomConfig {
     max_members: usize,
     max_age_ms: u64,
     max_skew_ms: u64,
+    join_grace_ms: u64,
 }
 
 impl Default for RoomConfig {
@@ -447,6 +645,7 @@ impl Default for RoomConfig {
             max_members: 1_000,
             max_age_ms: 60 * 60 * 1000,
             max_skew_ms: 5 * 60 * 1000,
+            join_grace_ms: 10_000,
         }
     }
 }
@@ -465,13 +664,16 @@ impl RoomConfig {
         self
     }
 
-    /// How many message ids to remember for de-duplication (default 16 384).
+    /// Most text ids remembered against replays (default 16 384): each is kept for the
+    /// accepted window (`max_age`), so this is how many texts a room takes per window; past
+    /// it new texts are refused until old ones age out (a flood cannot flush the set).
     pub fn with_seen_capacity(mut self, n: usize) -> Self {
         self.seen_capacity = n.max(1);
         self
     }
 
-    /// Most members listed (default 1000).
+    /// Most members listed (default 1000); the latest Presence/Leave time is kept for four
+    /// times as many senders.
     pub fn with_max_members(mut self, n: usize) -> Self {
         self.max_members = n.max(1);
         self
@@ -483,6 +685,25 @@ impl RoomConfig {
         self.max_age_ms = age_ms;
         self.max_skew_ms = skew_ms;
         self
+    }
+
+    /// The accepted window's age limit, unix ms (default 1 h).
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age_ms
+    }
+
+    /// Also accept messages sent this long before our join (default 10 s): members' clocks
+    /// differ by a few seconds. Any value is replay-safe, since ids are remembered from
+    /// this point on.
+    pub fn with_join_grace_ms(mut self, ms: u64) -> Self {
+        self.join_grace_ms = ms;
+        self
+    }
+
+    /// Senders whose latest Presence/Leave time is kept: a few times the member limit, so
+    /// departed members stay known for a while after they leave the list.
+    fn max_tracked_senders(&self) -> usize {
+        self.max_members.saturating_mul(4)
     }
 }
 
@@ -516,7 +737,7 @@ pub struct Room {
     signer: SigningKey,
     me: PeerKey,
     config: RoomConfig,
-    seen: SeenSet,
+    guard: ReplayGuard,
     members: Members,
     next_presence_at: u64,
     expired_reported: bool,
@@ -532,6 +753,19 @@ impl Room {
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Self, Vec<u8>), RoomError> {
+        Self::resume(invite, signer, config, now_ms, now_ms, rng)
+    }
+
+    /// [`Room::join`] for a room first joined at `joined_at` (after a restart): messages
+    /// sent before `joined_at` stay refused.
+    pub fn resume(
+        invite: &Invite,
+        signer: SigningKey,
+        config: RoomConfig,
+        joined_at: u64,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Self, Vec<u8>), RoomError> {
         let key = invite.room_key();
         key.check_expiry(now_ms)?;
         let me = signer.verifying_key().to_bytes();
@@ -541,7 +775,7 @@ impl Room {
             signer,
             me,
             config,
-            seen: SeenSet::new(config.seen_capacity),
+            guard: ReplayGuard::new(&config, joined_at.min(now_ms), now_ms),
             members: Members::new(config.max_members),
             next_presence_at: now_ms,
             expired_reported: false,
@@ -572,6 +806,11 @@ impl Room {
         &self.members
     }
 
+    /// The replay defence (join time, remembered ids).
+    pub fn guard(&self) -> &ReplayGuard {
+        &self.guard
+    }
+
     /// Our own key.
     pub fn me(&self) -> &PeerKey {
         &self.me
@@ -592,7 +831,9 @@ impl Room {
             rng,
         );
         let sealed = seal_room_message(&self.key, &self.signer, &message, rng)?;
-        self.seen.insert(message.id);
+        // Our own id: a copy coming back is a duplicate (a full set only means others
+        // may refuse it too).
+        let _ = self.guard.admit(&message, now_ms);
         self.members.observe(self.me, now_ms);
         Ok((message, sealed))
     }
@@ -606,24 +847,28 @@ impl Room {
         self.publish(RoomBody::Leave, now_ms, rng)
     }
 
-    /// Handles bytes received on the topic. Duplicates give no events; errors mean the
-    /// message was dropped (log at debug level: anyone on the topic can send garbage).
+    /// Handles bytes received on the topic. Duplicates and replays give no events; errors
+    /// mean the message was dropped (log at debug level: anyone on the topic can send
+    /// garbage). The publisher is not checked: see [`Room::handle_message_from`].
     pub fn handle_message(
         &mut self,
         data: &[u8],
         now_ms: u64,
     ) -> Result<Vec<RoomEvent>, RoomError> {
-        let (message, _sender) = open_room_message(&self.key, data, now_ms)?;
-        let too_old = message.sent_at.saturating_add(self.config.max_age_ms) < now_ms;
-        let too_new = message.sent_at > now_ms.saturating_add(self.config.max_skew_ms);
-        if too_old || too_new {
-            return Err(RoomError::Stale {
-                sent_at: message.sent_at,
-                now: now_ms,
-            });
-        }
-        if !self.seen.insert(message.id) {
-            debug!(id = %message.id, "duplicate room message");
+        self.handle_message_from(data, None, now_ms)
+    }
+
+    /// [`Room::handle_message`] for bytes that `publisher` (gossipsub's signed source, as
+    /// an Ed25519 key) published: refused unless it signed them itself.
+    pub fn handle_message_from(
+        &mut self,
+        data: &[u8],
+        publisher: Option<&PeerKey>,
+        now_ms: u64,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        let (message, admit) = self.guard.check(&self.key, data, publisher, now_ms)?;
+        if admit != Admit::Fresh {
+            debug!(id = %message.id, ?admit, "room message not delivered");
             return Ok(Vec::new());
         }
         let mut events = Vec::new();
@@ -633,6 +878,15 @@ impl Room {
                 events.push(RoomEvent::Left(sender));
             }
             return Ok(events);
+        }
+        if self.members.is_full() && self.members.get(&sender).is_none() {
+            // Make room from members already gone before refusing a newcomer.
+            for key in self
+                .members
+                .expire(now_ms, self.config.member_timeout_ms, &self.me)
+            {
+                events.push(RoomEvent::Left(key));
+            }
         }
         if self.members.observe(sender, now_ms) && sender != self.me {
             events.push(RoomEvent::Joined(sender));
@@ -692,7 +946,7 @@ impl Room {
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, RoomError> {
         let message = RoomMessage::new(&self.signer.verifying_key(), body, now_ms, rng);
-        self.seen.insert(message.id);
+        let _ = self.guard.admit(&message, now_ms);
         self.members.observe(self.me, now_ms);
         seal_room_message(&self.key, &self.signer, &message, rng)
     }
@@ -830,17 +1084,265 @@ mod tests {
     }
 
     #[test]
-    fn seen_set_is_bounded() {
+    fn seen_set_is_bounded_and_forgets_only_by_time() {
         let mut seen = SeenSet::new(3);
         let ids: Vec<_> = (0..5u8).map(|i| MessageId([i; 16])).collect();
-        assert!(seen.insert(ids[0]));
-        assert!(!seen.insert(ids[0]));
-        for id in &ids[1..] {
-            assert!(seen.insert(*id));
-        }
+        assert_eq!(seen.insert(ids[0], 10), Admit::Fresh);
+        assert_eq!(seen.insert(ids[0], 10), Admit::Duplicate);
+        assert_eq!(seen.insert(ids[1], 20), Admit::Fresh);
+        assert_eq!(seen.insert(ids[2], 30), Admit::Fresh);
+        // Full of ids still needed: the new one is refused, none is forgotten.
+        assert_eq!(seen.insert(ids[3], 40), Admit::Full);
         assert_eq!(seen.len(), 3);
-        assert!(!seen.contains(&ids[0]) && !seen.contains(&ids[1]));
-        assert!(seen.contains(&ids[4]));
+        assert!(seen.contains(&ids[0]));
+        assert_eq!(seen.forget_before(20), 1);
+        assert!(!seen.contains(&ids[0]) && seen.contains(&ids[1]));
+        assert_eq!(seen.insert(ids[3], 40), Admit::Fresh);
+    }
+
+    /// Finding 5 (a): the seen set used to forget the oldest ids once 16 384 newer ones
+    /// arrived, while a message stays acceptable for an hour.
+    #[test]
+    fn a_captured_message_replayed_after_a_flood_of_other_ids_is_refused() {
+        let inv = invite(None);
+        let config = RoomConfig::default();
+        let (mut a, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        let (mut b, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        let (sent, captured) = b.send_text("pay bob 10", NOW + 1, &mut OsRng).unwrap();
+        let first = a.handle_message(&captured, NOW + 1).unwrap();
+        assert!(first.contains(&RoomEvent::Message(sent)));
+        // 20 000 presence messages of another member, then 20 000 other texts (a chatty
+        // or hostile member), all inside the hour: the replay is refused after each.
+        let key = inv.room_key();
+        let f_key = SigningKey::generate(&mut OsRng);
+        let mut now = NOW + 2;
+        for _ in 0..20_000 {
+            now += 1;
+            let msg = RoomMessage::new(&f_key.verifying_key(), RoomBody::Presence, now, &mut OsRng);
+            let sealed = seal_room_message(&key, &f_key, &msg, &mut OsRng).unwrap();
+            let _ = a.handle_message(&sealed, now);
+        }
+        let delivered =
+            |events: &Vec<RoomEvent>| events.iter().any(|e| matches!(e, RoomEvent::Message(_)));
+        let replayed = a.handle_message(&captured, now);
+        assert!(
+            !matches!(&replayed, Ok(events) if delivered(events)),
+            "the replay was delivered again after the presence flood: {replayed:?}"
+        );
+        for i in 0..20_000 {
+            now += 1;
+            let (_, text) = b.send_text(format!("{i}"), now, &mut OsRng).unwrap();
+            let _ = a.handle_message(&text, now);
+        }
+        let later = NOW + 30 * 60 * 1000;
+        let replayed = a.handle_message(&captured, later);
+        let delivered =
+            |events: &Vec<RoomEvent>| events.iter().any(|e| matches!(e, RoomEvent::Message(_)));
+        assert!(
+            !matches!(&replayed, Ok(events) if delivered(events)),
+            "the replay was delivered again: {replayed:?}"
+        );
+        // An hour later it is refused as too old; the ids that kept it out are forgotten.
+        assert!(matches!(
+            a.handle_message(&captured, NOW + 61 * 60 * 1000),
+            Err(RoomError::Stale { .. })
+        ));
+    }
+
+    /// Finding 5 (d): a member's old Leave, replayed after they came back, used to remove
+    /// them once its id had left the seen set (flooded out, or a restart).
+    #[test]
+    fn an_old_leave_replayed_after_the_member_rejoined_does_not_remove_them() {
+        let inv = invite(None);
+        let config = RoomConfig::default();
+        let a_key = SigningKey::generate(&mut OsRng);
+        let m_key = SigningKey::generate(&mut OsRng);
+        let f_key = SigningKey::generate(&mut OsRng);
+        let km = m_key.verifying_key().to_bytes();
+        let (mut a, _) = Room::join(&inv, a_key.clone(), config, NOW, &mut OsRng).unwrap();
+        let (mut m, hello) = Room::join(&inv, m_key.clone(), config, NOW, &mut OsRng).unwrap();
+        assert_eq!(
+            a.handle_message(&hello, NOW).unwrap(),
+            [RoomEvent::Joined(km)]
+        );
+        let bye = m.leave(NOW + 10, &mut OsRng).unwrap();
+        assert_eq!(
+            a.handle_message(&bye, NOW + 10).unwrap(),
+            [RoomEvent::Left(km)]
+        );
+        let (_, back) = Room::join(&inv, m_key.clone(), config, NOW + 20, &mut OsRng).unwrap();
+        assert_eq!(
+            a.handle_message(&back, NOW + 20).unwrap(),
+            [RoomEvent::Joined(km)]
+        );
+        // 20 000 presence messages of another member.
+        let key = inv.room_key();
+        let mut now = NOW + 30;
+        for _ in 0..20_000 {
+            now += 1;
+            let msg = RoomMessage::new(&f_key.verifying_key(), RoomBody::Presence, now, &mut OsRng);
+            let sealed = seal_room_message(&key, &f_key, &msg, &mut OsRng).unwrap();
+            let _ = a.handle_message(&sealed, now);
+        }
+        let replayed = a.handle_message(&bye, now + 1);
+        assert!(
+            !matches!(&replayed, Ok(events) if events.contains(&RoomEvent::Left(km))),
+            "{replayed:?}"
+        );
+        assert!(a.members().get(&km).is_some(), "the member was removed");
+
+        // After a restart: the member's presence, then the old Leave.
+        let restart = NOW + 60_000;
+        let (mut a2, _) = Room::join(&inv, a_key, config, restart, &mut OsRng).unwrap();
+        let msg = RoomMessage::new(
+            &m_key.verifying_key(),
+            RoomBody::Presence,
+            restart,
+            &mut OsRng,
+        );
+        let presence = seal_room_message(&key, &m_key, &msg, &mut OsRng).unwrap();
+        assert_eq!(
+            a2.handle_message(&presence, restart).unwrap(),
+            [RoomEvent::Joined(km)]
+        );
+        let replayed = a2.handle_message(&bye, restart + 1);
+        assert!(
+            !matches!(&replayed, Ok(events) if events.contains(&RoomEvent::Left(km))),
+            "{replayed:?}"
+        );
+        assert!(
+            a2.members().get(&km).is_some(),
+            "the member was removed after a restart"
+        );
+    }
+
+    #[test]
+    fn presence_is_idempotent_and_messages_from_before_the_join_are_refused() {
+        let inv = invite(None);
+        let config = RoomConfig::default().with_join_grace_ms(0);
+        let key = inv.room_key();
+        let m_key = SigningKey::generate(&mut OsRng);
+        let km = m_key.verifying_key().to_bytes();
+        let seal = |body: RoomBody, at: u64| {
+            let msg = RoomMessage::new(&m_key.verifying_key(), body, at, &mut OsRng);
+            seal_room_message(&key, &m_key, &msg, &mut OsRng).unwrap()
+        };
+        let before = seal(RoomBody::Text("before".into()), NOW - 1);
+        let p1 = seal(RoomBody::Presence, NOW + 1);
+        let p2 = seal(RoomBody::Presence, NOW + 2);
+        let (mut a, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        assert!(matches!(
+            a.handle_message(&before, NOW + 5),
+            Err(RoomError::Stale { .. })
+        ));
+        assert_eq!(
+            a.handle_message(&p2, NOW + 5).unwrap(),
+            [RoomEvent::Joined(km)]
+        );
+        // Older or equal presence changes nothing and never enters the seen set.
+        assert!(a.handle_message(&p1, NOW + 5).unwrap().is_empty());
+        assert!(a.handle_message(&p2, NOW + 5).unwrap().is_empty());
+        assert!(a.guard().seen().is_empty());
+        // Resumed after a restart with the stored join time: still refused.
+        let (mut b, _) = Room::resume(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            NOW + 100,
+            &mut OsRng,
+        )
+        .unwrap();
+        assert_eq!(b.guard().joined_at(), NOW);
+        assert!(matches!(
+            b.handle_message(&before, NOW + 100),
+            Err(RoomError::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn a_message_published_by_another_than_its_signer_is_refused() {
+        let inv = invite(None);
+        let alice = SigningKey::generate(&mut OsRng);
+        let mallory = SigningKey::generate(&mut OsRng).verifying_key().to_bytes();
+        let ka = alice.verifying_key().to_bytes();
+        let (mut a, _) = Room::join(&inv, alice, RoomConfig::default(), NOW, &mut OsRng).unwrap();
+        let (_, sealed) = a.send_text("hi", NOW, &mut OsRng).unwrap();
+        let (mut b, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            RoomConfig::default(),
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        assert_eq!(
+            b.handle_message_from(&sealed, Some(&mallory), NOW),
+            Err(RoomError::SenderMismatch)
+        );
+        assert!(
+            b.handle_message_from(&sealed, Some(&ka), NOW)
+                .unwrap()
+                .len()
+                == 2
+        );
+    }
+
+    #[test]
+    fn a_full_seen_set_refuses_new_texts_until_old_ones_age_out() {
+        let inv = invite(None);
+        let config = RoomConfig::default().with_seen_capacity(2);
+        let (mut a, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        let (mut b, _) = Room::join(
+            &inv,
+            SigningKey::generate(&mut OsRng),
+            config,
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        let texts: Vec<_> = (0..4)
+            .map(|i| b.send_text(format!("{i}"), NOW + i, &mut OsRng).unwrap().1)
+            .collect();
+        let delivered = |r: Vec<RoomEvent>| r.iter().any(|e| matches!(e, RoomEvent::Message(_)));
+        assert!(delivered(a.handle_message(&texts[0], NOW + 5).unwrap()));
+        assert!(delivered(a.handle_message(&texts[1], NOW + 5).unwrap()));
+        assert!(
+            !delivered(a.handle_message(&texts[2], NOW + 5).unwrap()),
+            "full"
+        );
+        // Once the first two are older than the window, there is room again.
+        let later = NOW + 3_600_000 + 2;
+        let (_, fresh) = b.send_text("fresh", later, &mut OsRng).unwrap();
+        assert!(delivered(a.handle_message(&fresh, later).unwrap()));
     }
 
     #[test]
@@ -903,15 +1405,15 @@ mod tests {
         assert!(left[0].1 >= NOW + 3_000 + 3_500, "{:?}", left[0].1 - NOW);
         assert_eq!(a.members().len(), 1, "only a itself");
 
+        // A full list takes no newcomer: nobody who is listed is pushed out.
         let mut members = Members::new(2);
-        members.observe([1; 32], 1);
-        members.observe([2; 32], 2);
-        members.observe([3; 32], 3);
-        assert!(
-            members.get(&[1; 32]).is_none(),
-            "least recently seen evicted"
-        );
+        assert!(members.observe([1; 32], 1));
+        assert!(members.observe([2; 32], 2));
+        assert!(!members.observe([3; 32], 3));
+        assert!(members.get(&[1; 32]).is_some() && members.get(&[3; 32]).is_none());
         assert_eq!(members.len(), 2);
+        assert_eq!(members.expire(10, 5, &[2; 32]), [[1; 32]]);
+        assert!(members.observe([3; 32], 10));
     }
 
     #[test]

@@ -17,9 +17,9 @@
 //!
 //! Files: [`Chat`] and [`ChatService`] here are the protocol contract with the node;
 //! `owner` is the batch loop, `links` the 1:1 inputs and streams, `commands` the handle's
-//! requests, `rooms` rooms and timers, `strangers` the quota of message requests, `io`
-//! the stream tasks, `db` the tables, `handle` the [`ChatHandle`], `routes` the control
-//! routes.
+//! requests, `rooms` rooms and timers, `room_store` the rooms' replay gates and their
+//! tables, `strangers` the quota of message requests, `io` the stream tasks, `db` the
+//! tables, `handle` the [`ChatHandle`], `routes` the control routes.
 
 mod commands;
 mod db;
@@ -27,6 +27,7 @@ mod handle;
 mod io;
 mod links;
 mod owner;
+mod room_store;
 mod rooms;
 mod routes;
 mod strangers;

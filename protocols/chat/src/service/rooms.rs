@@ -1,11 +1,12 @@
-//! Rooms: joining (and rejoining at start), timers of conversations and rooms, and the
-//! reports rooms produce.
+//! Rooms: joining (and rejoining at start, with the stored join time and ids), timers of
+//! conversations and rooms, and the reports rooms produce.
 
 use std::collections::HashSet;
 
 use libp2p::PeerId;
 
 use super::*;
+use crate::ReplayGuard;
 
 impl Service {
     pub(super) fn find_room(&mut self, room: &str) -> Option<(String, &mut JoinedRoom)> {
@@ -42,26 +43,44 @@ impl Service {
         let config = RoomConfig::default()
             .with_presence_interval_ms(PRESENCE_EVERY_MS)
             .with_member_timeout_ms(MEMBER_TIMEOUT_MS);
-        let (room, presence) = Room::join(
+        invite
+            .room_key()
+            .check_expiry(now)
+            .map_err(|e| ChatError::Invalid(format!("cannot join the room: {e}")))?;
+        // The join time and accepted ids survive restarts (room_store).
+        let db = self.db.db.clone();
+        let room_id = id.clone();
+        let max_age = config.max_age_ms();
+        let stored =
+            tokio::task::spawn_blocking(move || room_store::open_room(&db, &room_id, now, max_age))
+                .await
+                .map_err(|e| ChatError::Db(e.into()))??;
+        let (room, presence) = Room::resume(
             &invite,
             self.signer.clone(),
             config,
+            stored.joined_at,
             now,
             &mut rand::rngs::OsRng,
         )
         .map_err(|e| ChatError::Invalid(format!("cannot join the room: {e}")))?;
+        let mut guard = ReplayGuard::new(&config, stored.joined_at, now);
+        for (msg_id, sent_at) in stored.seen {
+            guard.remember(msg_id, sent_at, now);
+        }
         let topic = room.topic().to_string();
-        let mut rx = self.client.join_topic(&topic, ROOM_QUEUE).await?;
-        let tx = self.room_tx.clone();
-        let room_id = id.clone();
-        let forwarder = spawn(async move {
-            while let Some(m) = rx.recv().await {
-                if tx.send((room_id.clone(), m)).await.is_err() {
-                    break;
-                }
-            }
-        })
-        .abort_handle();
+        let rx = self.client.join_topic(&topic, ROOM_QUEUE).await?;
+        // Every message passes the room's gate, which stores accepted ids and tells
+        // gossipsub whether to forward it, before the owner sees it.
+        let gate = room_store::Gate {
+            room_id: id.clone(),
+            key: room.key().clone(),
+            guard,
+            max_age_ms: max_age,
+            db: self.db.db.clone(),
+            client: self.client.clone(),
+        };
+        let forwarder = spawn(gate.run(rx, self.room_tx.clone())).abort_handle();
         // The creator is a good first member to know; best effort.
         if let Some(creator) = invite.creator().and_then(|b| PeerId::from_bytes(b).ok())
             && creator != self.me
