@@ -10,8 +10,8 @@
 //! the moment its message arrives, A once B has written back that it agrees to the
 //! circuit (so a peer B revoked never learns B's address from the relay), by which time
 //! B's dial has opened B's NAT. In the NAT lab (+50 ms RTT, p50) the direct connection
-//! exists about 2 RTT after the relayed one over TCP and 1 over QUIC (DCUtR: 5.2 and 4.2;
-//! `simulations/LAB.md` has the figures).
+//! exists 2.0 RTT after the relayed one over TCP and 1.1 over QUIC (DCUtR: 5.2 and 4.2
+//! in the same run; `simulations/LAB.md` has the figures).
 //!
 //! An introduction makes us dial addresses the relay alone names, so a node obeys one
 //! only when (a) the relay is one of its bootstrap peers: holding our reservation is
