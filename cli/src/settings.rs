@@ -29,6 +29,9 @@ pub(crate) fn start_config(data_dir: &Path, args: &StartArgs) -> Result<Config> 
     }
     cfg.relay_only |= args.relay_only;
     cfg.pad |= args.pad;
+    if args.metrics.is_some() {
+        cfg.metrics = args.metrics;
+    }
     if let Some(mode) = &args.hole_punch {
         cfg.hole_punch = HolePunchMode::parse(mode)
             .ok_or_else(|| anyhow::anyhow!("unknown hole-punch mode {mode:?}"))?;

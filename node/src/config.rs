@@ -67,6 +67,10 @@ pub struct Config {
     /// Pad application frames to a few fixed sizes to hide message lengths. Costs
     /// bandwidth, so it is off by default.
     pub pad: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on this TCP address, e.g.
+    /// `127.0.0.1:9464`. Off by default; the metrics say who we talk to and how much, so
+    /// keep the address private.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Which hole-punching protocol a node runs (see [`Config::hole_punch`]).
@@ -182,6 +186,7 @@ impl Default for Config {
             hole_punch: HolePunchMode::P2pnode,
             relay_only: false,
             pad: false,
+            metrics: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod gate;
 pub mod gossip_idle;
 pub mod holepunch;
 pub mod identity;
+pub mod metrics;
 mod node;
 pub mod peer;
 pub mod privacy;

@@ -17,6 +17,7 @@ use crate::error::NodeError;
 use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
 use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
 use crate::identity::{self, IdentityError};
+use crate::metrics::Metrics;
 use crate::peer::{short_id, signing_key_of};
 use crate::protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols, Registered};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
@@ -78,6 +79,9 @@ pub enum StartError {
     /// No listener could be opened at all.
     #[error("could not listen on any address")]
     NoListener,
+    /// The metrics endpoint could not be bound.
+    #[error("cannot serve metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
     /// Two registered protocols share a name or a control route prefix.
     #[error("protocol {0:?} is registered twice (by name or control route prefix)")]
     DuplicateProtocol(String),
@@ -98,6 +102,9 @@ pub struct Node {
     protocols: Protocols,
     store_writer: Option<std::thread::JoinHandle<()>>,
     span: tracing::Span,
+    metrics: Arc<Metrics>,
+    /// The metrics endpoint's address and its task, when `metrics` is configured.
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -182,7 +189,23 @@ impl NodeBuilder {
         let store = Store::open(data_dir)?;
         let trust = TrustDb::open(store.database().clone())?;
         let revoked = trust.revoked()?;
-        let security = Arc::new(Security::new(signing_key.clone(), trust, config.pad, names));
+        let metrics = Arc::new(Metrics::new());
+        // Bound before anything runs: a taken port is a start error, not a log line.
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Metrics(addr, e))?,
+            ),
+            None => None,
+        };
+        let security = Arc::new(Security::new(
+            signing_key.clone(),
+            trust,
+            config.pad,
+            names,
+            metrics.clone(),
+        ));
 
         let mut bootstrap = Vec::new();
         for addr in &config.bootstrap {
@@ -232,7 +255,8 @@ impl NodeBuilder {
         } else {
             None
         };
-        let (puncher, our_addrs, punch_dials) = holepunch::channels(streams.clone());
+        let (puncher, our_addrs, punch_dials) =
+            holepunch::channels(streams.clone(), metrics.clone());
 
         let (store_tx, store_rx) = std::sync::mpsc::sync_channel::<StoreUpdate>(STORE_QUEUE);
         let writer_store = store.clone();
@@ -270,6 +294,7 @@ impl NodeBuilder {
                 ours: our_addrs,
                 dials: punch_dials,
             },
+            metrics.clone(),
         );
         // Revocations hold across restarts.
         for peer in revoked {
@@ -313,6 +338,20 @@ impl NodeBuilder {
             ),
             span.clone(),
         ));
+        let metrics_server = match metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|e| {
+                    StartError::Metrics(config.metrics.unwrap_or(([0, 0, 0, 0], 0).into()), e)
+                })?;
+                tracing::info!(%addr, "serving metrics");
+                let task = tokio::spawn(tracing::Instrument::instrument(
+                    crate::metrics::serve(listener, metrics.clone(), stop.clone()),
+                    span.clone(),
+                ));
+                Some((addr, task))
+            }
+            None => None,
+        };
         let client = Client::new(cmd_tx, streams, security, peer_id);
         let mut node = Node {
             client,
@@ -325,6 +364,8 @@ impl NodeBuilder {
             protocols: Protocols::default(),
             store_writer: Some(store_writer),
             span: span.clone(),
+            metrics,
+            metrics_server,
         };
         let accepted = Arc::default();
         let mut running = Vec::new();
@@ -414,6 +455,17 @@ impl Node {
         self.protocols.get::<H>()
     }
 
+    /// The node's metrics: a protocol may record into them, and they are served on
+    /// [`Config::metrics`].
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where the metrics endpoint listens (the port chosen when the config gave 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// The node's tracing span (`node{peer=...}`): tasks that serve this node, such as the
     /// control server, run in it.
     pub fn span(&self) -> &tracing::Span {
@@ -444,6 +496,10 @@ impl Node {
         // again on this data directory finds its database closed.
         self.client.security().stop_listeners().await;
         if let Some(task) = self.holepunch.as_mut() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some((_, task)) = self.metrics_server.as_mut() {
             task.abort();
             let _ = task.await;
         }

@@ -18,7 +18,8 @@ use p2pnode_secure::{
 use tokio::sync::mpsc;
 
 use crate::error::NodeError;
-use crate::gate::{FIRST_MESSAGE_TIMEOUT, Gate};
+use crate::gate::{FIRST_MESSAGE_TIMEOUT, Gate, Refusal};
+use crate::metrics::Metrics;
 use crate::peer::verifying_key_of;
 use crate::streams::ServeTasks;
 use crate::trust::TrustDb;
@@ -64,6 +65,7 @@ pub struct Security {
     listeners: Arc<ServeTasks>,
     /// Admission to the handshakes we answer, shared by every listener.
     gate: Gate,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Security {
@@ -83,6 +85,7 @@ impl Security {
         trust: TrustDb,
         pad: bool,
         protocols: Vec<&'static str>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             signing,
@@ -92,6 +95,7 @@ impl Security {
             protocols,
             listeners: Arc::default(),
             gate: Gate::default(),
+            metrics,
         }
     }
 
@@ -294,6 +298,23 @@ fn handshake_err(peer: PeerId, e: p2pnode_secure::HandshakeError) -> NodeError {
     }
 }
 
+/// A short, bounded label for why a handshake failed (a metrics label).
+fn failure_reason(e: &NodeError) -> &'static str {
+    use p2pnode_secure::HandshakeError as H;
+    match e {
+        NodeError::Timeout { .. } => "timeout",
+        NodeError::Handshake { source, .. } => match source.as_ref() {
+            H::Decode(_) | H::MessageTooLarge { .. } => "malformed",
+            H::RemoteKeyMismatch | H::BadSignature | H::CommitmentMismatch => "authentication",
+            H::InvalidKemKey | H::Kem => "kem",
+            H::Io(_) => "io",
+            #[allow(unreachable_patterns)]
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
 fn handshake_timeout(peer: PeerId) -> NodeError {
     NodeError::Timeout {
         what: format!("the secure handshake with {peer}"),
@@ -414,27 +435,46 @@ async fn admit(
     protocol: &StreamProtocol,
     app: &'static str,
 ) -> Option<Accepted> {
+    let metrics = &security.metrics;
+    let refused = |e: Refusal| {
+        tracing::debug!(%peer, %protocol, "refused stream: {e}");
+        metrics.refused(match e {
+            Refusal::PeerBusy => "gate_peer_busy",
+            Refusal::RateLimited => "gate_rate",
+            Refusal::Full => "gate_full",
+        });
+        metrics.stream(app, "refused");
+    };
     let mut slot = match security.gate.enter(peer, Instant::now()) {
         Ok(slot) => slot,
         Err(e) => {
-            tracing::debug!(%peer, %protocol, "refused stream: {e}");
+            refused(e);
             return None;
         }
     };
-    let decision = trusted(security, peer, protocol, app).await?;
+    let Some(decision) = trusted(security, peer, protocol, app).await else {
+        metrics.stream(app, "refused");
+        return None;
+    };
     if let Err(e) = slot.classify(decision != TrustDecision::UnknownPeer) {
-        tracing::debug!(%peer, %protocol, "refused stream: {e}");
+        refused(e);
         return None;
     }
     let stream = match security.respond(peer, stream, protocol).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::warn!(%peer, %protocol, "handshake failed: {e}");
+            metrics.stream(app, "failed");
+            metrics.handshake_failed(failure_reason(&e));
             return None;
         }
     };
     drop(slot);
-    let decision = trusted(security, peer, protocol, app).await?;
+    let Some(decision) = trusted(security, peer, protocol, app).await else {
+        metrics.stream(app, "refused");
+        return None;
+    };
+    metrics.stream(app, "accepted");
     Some(Accepted {
         peer,
         stream,
@@ -508,7 +548,7 @@ mod tests {
             })
             .unwrap();
         let me = crate::peer::signing_key_of(&me).unwrap();
-        let security = Security::new(me, trust, false, PROTOCOLS.to_vec());
+        let security = Security::new(me, trust, false, PROTOCOLS.to_vec(), Arc::default());
         for app in PROTOCOLS {
             let decision = security.decide(peer, app).await.unwrap();
             assert_eq!(decision, TrustDecision::KeyChanged);

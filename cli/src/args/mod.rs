@@ -144,6 +144,12 @@ pub(crate) struct StartArgs {
     #[arg(long)]
     pub(crate) pad: bool,
 
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 127.0.0.1:9464
+    /// (`curl http://127.0.0.1:9464/metrics`). They show whom the node talks to: keep the
+    /// address private.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+
     /// Relay nodes: longest life of one relayed circuit, in seconds.
     #[arg(long, value_name = "SECS")]
     pub(crate) max_circuit_duration: Option<u64>,

@@ -32,6 +32,22 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// The path, as a metrics label.
+    pub(super) fn path_label(&self) -> &'static str {
+        match self.path {
+            Path::Direct => "direct",
+            Path::Relayed => "relayed",
+        }
+    }
+
+    /// The transport, as a metrics label.
+    pub(super) fn transport_label(&self) -> &'static str {
+        match self.path {
+            Path::Relayed => "relay",
+            Path::Direct => transport_of(&self.address),
+        }
+    }
+
     pub(super) fn info(&self) -> ConnectionInfo {
         ConnectionInfo {
             address: self.address.to_string(),
@@ -245,14 +261,17 @@ impl EventLoop {
         if outbound && path == Path::Direct {
             self.remember(peer, vec![strip_p2p(&address)]);
         }
-        self.conns.entry(peer).or_default().push(Conn {
+        let conn = Conn {
             id,
             address: address.clone(),
             path,
             outbound,
             relay,
             rtt: None,
-        });
+        };
+        self.metrics
+            .connection(conn.path_label(), conn.transport_label(), 1);
+        self.conns.entry(peer).or_default().push(conn);
         if path == Path::Direct {
             self.close_relayed(peer);
             if let Some(punch) = self.punches.remove(&peer) {

@@ -12,11 +12,13 @@ mod relays;
 mod topics;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::metrics::Recorder;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
@@ -27,6 +29,7 @@ use crate::api::Connected;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::error::NodeError;
 use crate::holepunch::{Candidates, IntroBudget, PunchDial, Puncher};
+use crate::metrics::Metrics;
 
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of};
@@ -107,6 +110,7 @@ pub struct EventLoop {
     introducers: HashSet<PeerId>,
     /// Introductions obeyed, per relay and per (relay, peer).
     intro_budget: IntroBudget,
+    metrics: Arc<Metrics>,
 }
 
 type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
@@ -118,6 +122,7 @@ impl EventLoop {
         store: Option<SyncSender<StoreUpdate>>,
         cfg: LoopConfig,
         punching: HolePunching,
+        metrics: Arc<Metrics>,
     ) -> Self {
         // Addresses given as external (`--external-address`) are candidates from the start.
         let mut our_addrs = Candidates::default();
@@ -145,6 +150,7 @@ impl EventLoop {
             circuits: PendingCircuits::default(),
             introducers: HashSet::new(),
             intro_budget: IntroBudget::default(),
+            metrics,
         }
     }
 
@@ -172,6 +178,7 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
@@ -196,6 +203,7 @@ impl EventLoop {
             } => {
                 if let Some(r) = self.reservations.remove(&listener_id) {
                     tracing::info!(relay = %r.relay, ?reason, "relay reservation ended");
+                    self.count_reservations();
                 }
             }
             SwarmEvent::IncomingConnection {
@@ -227,6 +235,10 @@ impl EventLoop {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if let Some(list) = self.conns.get_mut(&peer_id) {
+                    if let Some(c) = list.iter().find(|c| c.id == connection_id) {
+                        self.metrics
+                            .connection(c.path_label(), c.transport_label(), -1);
+                    }
                     list.retain(|c| c.id != connection_id);
                     if list.is_empty() {
                         self.conns.remove(&peer_id);
@@ -271,7 +283,22 @@ impl EventLoop {
         }
     }
 
+    /// Hands libp2p's own recorders the events they know.
+    fn record(&self, event: &BehaviourEvent) {
+        let m = &self.metrics.libp2p;
+        match event {
+            BehaviourEvent::Identify(e) => m.record(e),
+            BehaviourEvent::Kad(e) => m.record(e),
+            BehaviourEvent::RelayServer(e) => m.record(e),
+            BehaviourEvent::Dcutr(e) => m.record(e),
+            BehaviourEvent::Ping(e) => m.record(e),
+            BehaviourEvent::Gossipsub(e) => m.record(e),
+            _ => {}
+        }
+    }
+
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        self.record(&event);
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identify(peer_id, info)
@@ -293,19 +320,40 @@ impl EventLoop {
                 dst_peer_id,
             }) => {
                 tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit accepted");
+                self.metrics.circuit_served();
                 if self.cfg.introduce {
                     self.introduce(src_peer_id, dst_peer_id);
                 }
             }
-            BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
+            BehaviourEvent::RelayServer(event) => {
+                match &event {
+                    relay::Event::ReservationReqAccepted { renewed: false, .. } => {
+                        self.metrics.reservation_served(1)
+                    }
+                    relay::Event::ReservationClosed { .. }
+                    | relay::Event::ReservationTimedOut { .. } => {
+                        self.metrics.reservation_served(-1)
+                    }
+                    relay::Event::ReservationReqDenied { .. } => {
+                        self.metrics.refused("relay_reservation")
+                    }
+                    relay::Event::CircuitReqDenied { .. } => self.metrics.refused("relay_circuit"),
+                    _ => {}
+                }
+                tracing::debug!(?event, "relay server")
+            }
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
             }) => match result {
                 Ok(_) => {
+                    self.metrics.punch("dcutr", "success");
                     tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
                 }
-                Err(e) => tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}"),
+                Err(e) => {
+                    self.metrics.punch("dcutr", "failure");
+                    tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}")
+                }
             },
             BehaviourEvent::Ping(ping::Event {
                 peer,

@@ -115,6 +115,11 @@ impl EventLoop {
             Ok(addrs) => addrs,
             Err(why) => {
                 tracing::debug!(%peer, "hole punch refused: {why}");
+                self.metrics.refused(if agreed.is_some() {
+                    "introduction"
+                } else {
+                    "exchange_addresses"
+                });
                 let _ = reply.send(Err(NodeError::InvalidInput(format!(
                     "hole punch refused: {why}"
                 ))));

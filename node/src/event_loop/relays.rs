@@ -26,6 +26,7 @@ impl EventLoop {
                 r.accepted = true;
             }
         }
+        self.count_reservations();
         // A relay that gave us a slot is worth staying connected to.
         let addrs = self
             .conns
@@ -36,6 +37,12 @@ impl EventLoop {
             .map(|c| strip_p2p(&c.address))
             .collect();
         self.keep_connected(relay_peer_id, addrs, KeepFor::Relay);
+    }
+
+    /// Tells the metrics how many reservations we hold.
+    pub(super) fn count_reservations(&self) {
+        let held = self.reservations.values().filter(|r| r.accepted).count();
+        self.metrics.reservations_held(held);
     }
 
     /// Drops from the DHT table the circuit addresses through us of a peer that is no

@@ -21,6 +21,7 @@ impl Puncher {
             match self.attempt(peer).await {
                 Ok(c) => {
                     tracing::debug!(%peer, attempt, address = %c.address, "hole punch: direct connection");
+                    self.metrics.punch("exchange", "success");
                     return;
                 }
                 // Another try cannot do better than these.
@@ -30,6 +31,7 @@ impl Puncher {
                     | HolePunchError::Unsupported),
                 ) => {
                     tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
+                    self.metrics.punch("exchange", "failure");
                     return;
                 }
                 Err(HolePunchError::Stopped) => return,
@@ -37,6 +39,7 @@ impl Puncher {
             }
         }
         tracing::info!(%peer, "hole punch failed: gave up after {ATTEMPTS} attempts");
+        self.metrics.punch("exchange", "failure");
     }
 
     async fn attempt(&self, peer: PeerId) -> Result<Connected, HolePunchError> {
@@ -90,6 +93,7 @@ impl Puncher {
             .map(|mut a| a.admit(peer, std::time::Instant::now()))
             .unwrap_or(false);
         if !admitted {
+            self.metrics.refused("exchange_budget");
             return Err(HolePunchError::TooMany);
         }
         let ours = self.ours.borrow().clone();

@@ -70,6 +70,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::api::Connected;
 use crate::error::NodeError;
+use crate::metrics::Metrics;
 
 pub(crate) use budget::IntroBudget;
 pub use budget::{ANSWER_WINDOW, INTRO_WINDOW, MAX_ANSWERS, MAX_INTRODUCTIONS};
@@ -170,12 +171,14 @@ pub(crate) struct Puncher {
     introducing: Arc<Semaphore>,
     /// Exchanges answered per peer: each answer makes us dial, so they are few.
     answers: Arc<std::sync::Mutex<budget::AnswerBudget>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Builds a [`Puncher`], the sender the event loop publishes our addresses on, and the
 /// receiver of the dials it must make.
 pub(crate) fn channels(
     streams: libp2p_stream::Control,
+    metrics: Arc<Metrics>,
 ) -> (
     Puncher,
     watch::Sender<Vec<Multiaddr>>,
@@ -190,6 +193,7 @@ pub(crate) fn channels(
             dials,
             introducing: Arc::new(Semaphore::new(MAX_EXCHANGES)),
             answers: Arc::default(),
+            metrics,
         },
         ours_tx,
         dial_rx,
@@ -249,9 +253,17 @@ impl Puncher {
             move |relay, stream| {
                 let puncher = self.clone();
                 async move {
-                    if let Err(e) = puncher.introduced(relay, stream).await {
-                        tracing::debug!(%relay, "introduced dial failed: {e}");
-                    }
+                    let outcome = match puncher.introduced(relay, stream).await {
+                        Ok(()) => "success",
+                        Err(e) => {
+                            tracing::debug!(%relay, "introduced dial failed: {e}");
+                            match e {
+                                HolePunchError::Dial(NodeError::InvalidInput(_)) => "refused",
+                                _ => "failure",
+                            }
+                        }
+                    };
+                    puncher.metrics.punch("introduction", outcome);
                 }
             },
         );
