@@ -38,6 +38,9 @@
 
 pub mod error;
 mod id;
+pub mod manifest;
+pub mod path;
+pub mod scan;
 pub mod tree;
 
 pub use error::{
@@ -45,6 +48,9 @@ pub use error::{
     VerifyError,
 };
 pub use id::{CONTENT_ID_PREFIX, ContentId};
+pub use manifest::{Entry, Manifest};
+pub use path::{check_path, safe_join};
+pub use scan::{Scan, ScannedFile, SkipReason, Skipped, hash_file, scan};
 
 pub use tree::{
     GROUP_SIZE, OutboardBuilder, Proof, ReadAt, compute_outboard, group_count, group_range,
