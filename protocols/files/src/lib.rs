@@ -40,6 +40,8 @@ pub mod error;
 mod id;
 pub mod manifest;
 pub mod path;
+pub mod plan;
+pub mod resume;
 pub mod scan;
 pub mod tree;
 
@@ -50,6 +52,8 @@ pub use error::{
 pub use id::{CONTENT_ID_PREFIX, ContentId};
 pub use manifest::{Entry, Manifest};
 pub use path::{check_path, safe_join};
+pub use plan::{Answer, GroupRef, PlanConfig, Planner, Request};
+pub use resume::{GroupBitmap, TransferState};
 pub use scan::{Scan, ScannedFile, SkipReason, Skipped, hash_file, scan};
 
 pub use tree::{
