@@ -3,7 +3,7 @@
 //! A receiver marks a group once it is verified, written and synced; the state is saved
 //! (CBOR, [`TransferState::encode`]) with the partial files, so a receiver killed at any
 //! point asks only for [`TransferState::missing`] when it runs again. One bit per 64 KiB
-//! group: 2 KiB for a GiB, and [`MAX_TOTAL_SIZE`](crate::manifest::MAX_TOTAL_SIZE) bounds
+//! group: 2 KiB for a GiB, and [`MAX_TOTAL_SIZE`] bounds
 //! it to 8 MiB.
 
 use std::fmt;

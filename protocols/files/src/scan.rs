@@ -37,7 +37,7 @@ pub enum SkipReason {
     /// Not a regular file or directory (socket, FIFO, device).
     Special,
     /// A name the receiving side would refuse (not UTF-8, or unsafe by
-    /// [`check_path`](crate::check_path)).
+    /// [`check_path`]).
     Name,
 }
 
@@ -93,7 +93,7 @@ pub fn hash_file(
         path: source.to_owned(),
         source: e,
     })?;
-    compute_outboard(io::BufReader::new(file), size, outboard).map_err(|e| ScanError::Hash {
+    compute_outboard(file, size, outboard).map_err(|e| ScanError::Hash {
         path: source.to_owned(),
         source: e,
     })
