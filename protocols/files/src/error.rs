@@ -249,6 +249,12 @@ pub enum ScanError {
     /// A path given to scan has no usable file name (`/`, `..`, or not UTF-8).
     #[error("{}: cannot be sent under this name", .0.display())]
     BadName(PathBuf),
+    /// The tree has more directories than the limit.
+    #[error("more than {max} directories")]
+    TooManyDirectories {
+        /// The limit.
+        max: usize,
+    },
     /// Hashing a file failed.
     #[error("hashing {}: {source}", path.display())]
     Hash {
@@ -285,8 +291,8 @@ pub enum ResumeError {
     /// Not well-formed CBOR of a resume state.
     #[error("malformed resume state: {0}")]
     Malformed(String),
-    /// More chunk groups than the limit.
-    #[error("transfer of more than {max} bytes")]
+    /// More files or bytes than a manifest may have.
+    #[error("transfer larger than the limits (files, or {max} bytes)")]
     TotalTooLarge {
         /// The limit.
         max: u64,

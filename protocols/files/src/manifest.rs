@@ -8,7 +8,6 @@
 //! then [`Manifest::decode`] checks its size before decoding, the entry count while
 //! decoding, and every path and the total size after.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -66,7 +65,6 @@ impl Manifest {
             return Err(ManifestError::TooManyEntries { max: MAX_ENTRIES });
         }
         let mut total_size = 0u64;
-        let mut dirs = HashSet::new();
         for entry in &entries {
             check_path(&entry.path).map_err(|source| ManifestError::Path {
                 path: entry.path.chars().take(200).collect(),
@@ -78,21 +76,25 @@ impl Manifest {
                 .ok_or(ManifestError::TotalTooLarge {
                     max: MAX_TOTAL_SIZE,
                 })?;
-            let mut prefix = entry.path.as_str();
-            while let Some((parent, _)) = prefix.rsplit_once('/') {
-                if !dirs.insert(parent) {
-                    break; // its own parents are in already
-                }
-                prefix = parent;
-            }
         }
-        for pair in entries.windows(2) {
-            if pair[0].path == pair[1].path {
-                return Err(ManifestError::Conflict(pair[0].path.clone()));
+        // Sorted by bytes, the paths under "a/" are one run starting at the first path
+        // >= "a/": one binary search per entry finds a file that is also a directory,
+        // with no set of every prefix (that would grow with the path depth).
+        let mut probe = String::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if entries
+                .get(i + 1)
+                .is_some_and(|next| next.path == entry.path)
+            {
+                return Err(ManifestError::Conflict(entry.path.clone()));
             }
-        }
-        if let Some(e) = entries.iter().find(|e| dirs.contains(e.path.as_str())) {
-            return Err(ManifestError::Conflict(e.path.clone()));
+            probe.clear();
+            probe.push_str(&entry.path);
+            probe.push('/');
+            let at = entries.partition_point(|e| e.path.as_str() < probe.as_str());
+            if entries.get(at).is_some_and(|e| e.path.starts_with(&probe)) {
+                return Err(ManifestError::Conflict(entry.path.clone()));
+            }
         }
         Ok(Self {
             entries,

@@ -228,6 +228,22 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn an_accepted_path_never_climbs(p in "[a./\\\\:\\x00\\nCONULTP1 ]{0,12}") {
+            if check_path(&p).is_ok() {
+                use std::path::Component;
+                let joined = Path::new("/target").join(&p);
+                proptest::prop_assert!(joined.starts_with("/target"));
+                proptest::prop_assert!(
+                    Path::new(&p).components().all(|c| matches!(c, Component::Normal(_))),
+                    "{:?}", p
+                );
+                proptest::prop_assert_eq!(Path::new(&p).components().count(), p.split('/').count());
+            }
+        }
+    }
+
     #[test]
     fn safe_join_stays_under_the_target() {
         let dir = tempfile::tempdir().unwrap();

@@ -50,13 +50,20 @@ pub struct Skipped {
     pub reason: SkipReason,
 }
 
+/// Entries left out that [`Scan::skipped`] lists; the rest are only counted.
+pub const MAX_SKIPPED_LISTED: usize = 1000;
+/// Directories a scan enters, at most (each is held until walked).
+pub const MAX_DIRECTORIES: usize = MAX_ENTRIES;
+
 /// The files found by [`scan`] and what was left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scan {
     /// Regular files, sorted by manifest path.
     pub files: Vec<ScannedFile>,
-    /// Entries left out, in the order found.
+    /// Entries left out, in the order found (the first [`MAX_SKIPPED_LISTED`]).
     pub skipped: Vec<Skipped>,
+    /// Entries left out in all, listed or not.
+    pub skipped_count: u64,
 }
 
 impl Scan {
@@ -116,10 +123,13 @@ pub fn scan<P: AsRef<Path>>(paths: &[P]) -> Result<Scan, ScanError> {
         } else if meta.is_file() {
             push_file(&mut out, name.to_owned(), path.to_owned(), &meta)?;
         } else {
-            out.skipped.push(Skipped {
-                source: path.to_owned(),
-                reason: SkipReason::Special,
-            });
+            skip(
+                &mut out,
+                Skipped {
+                    source: path.to_owned(),
+                    reason: SkipReason::Special,
+                },
+            );
         }
     }
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -132,6 +142,7 @@ pub fn scan<P: AsRef<Path>>(paths: &[P]) -> Result<Scan, ScanError> {
 /// Depth-first with an explicit stack, so a deep tree cannot overflow ours.
 fn walk(root: &Path, root_name: &str, out: &mut Scan) -> Result<(), ScanError> {
     let mut stack = vec![(root.to_owned(), root_name.to_owned())];
+    let mut directories = 1;
     while let Some((dir, prefix)) = stack.pop() {
         let entries = fs::read_dir(&dir).map_err(|e| io_error(&dir, e))?;
         for entry in entries {
@@ -143,33 +154,55 @@ fn walk(root: &Path, root_name: &str, out: &mut Scan) -> Result<(), ScanError> {
                 .map(|n| format!("{prefix}/{n}"))
                 .filter(|p| check_path(p).is_ok())
             else {
-                out.skipped.push(Skipped {
-                    source,
-                    reason: SkipReason::Name,
-                });
+                skip(
+                    out,
+                    Skipped {
+                        source,
+                        reason: SkipReason::Name,
+                    },
+                );
                 continue;
             };
             // symlink_metadata: the entry itself, never what a link points to.
             let meta = fs::symlink_metadata(&source).map_err(|e| io_error(&source, e))?;
             let kind = meta.file_type();
             if kind.is_symlink() {
-                out.skipped.push(Skipped {
-                    source,
-                    reason: SkipReason::Symlink,
-                });
+                skip(
+                    out,
+                    Skipped {
+                        source,
+                        reason: SkipReason::Symlink,
+                    },
+                );
             } else if kind.is_dir() {
+                directories += 1;
+                if directories > MAX_DIRECTORIES {
+                    return Err(ScanError::TooManyDirectories {
+                        max: MAX_DIRECTORIES,
+                    });
+                }
                 stack.push((source, path));
             } else if kind.is_file() {
                 push_file(out, path, source, &meta)?;
             } else {
-                out.skipped.push(Skipped {
-                    source,
-                    reason: SkipReason::Special,
-                });
+                skip(
+                    out,
+                    Skipped {
+                        source,
+                        reason: SkipReason::Special,
+                    },
+                );
             }
         }
     }
     Ok(())
+}
+
+fn skip(out: &mut Scan, skipped: Skipped) {
+    out.skipped_count += 1;
+    if out.skipped.len() < MAX_SKIPPED_LISTED {
+        out.skipped.push(skipped);
+    }
 }
 
 fn push_file(
@@ -273,6 +306,7 @@ mod tests {
                 ("link-to-file".into(), SkipReason::Symlink),
             ]
         );
+        assert_eq!(scan.skipped_count, 4);
         let m = scan.hash().unwrap();
         assert_eq!(m.entries().len(), 3);
         assert_eq!(m.entries()[2].root, ContentId::of(b"fn main() {}"));

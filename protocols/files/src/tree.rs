@@ -619,6 +619,52 @@ mod tests {
     }
 
     #[test]
+    fn outboard_is_bao_trees_post_order_outboard() {
+        // n0's bao-tree as an independent reference for the tree's shape and the order of
+        // the parent pairs (its post-order outboard at 2^6-chunk blocks).
+        use bao_tree::BlockSize;
+        use bao_tree::io::outboard::PostOrderMemOutboard;
+        for &len in SIZES {
+            let data = content(len, 11 + len as u64);
+            let (id, outboard) = build(&data);
+            let reference = PostOrderMemOutboard::create(
+                &data,
+                BlockSize::from_chunk_log(GROUP_CHUNKS_LOG as u8),
+            );
+            assert_eq!(id.as_bytes(), reference.root.as_bytes(), "len {len}");
+            assert_eq!(outboard, reference.data, "len {len}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_size_verifies_and_any_flip_fails(
+            len in 0usize..(12 * G),
+            pick in 0usize..usize::MAX,
+            bit in 0u8..8,
+        ) {
+            let data = content(len, len as u64 ^ 0x55);
+            let (id, outboard) = build(&data);
+            let size = len as u64;
+            let reference = blake3::hash(&data);
+            proptest::prop_assert_eq!(id.as_bytes(), reference.as_bytes());
+            for g in 0..group_count(size) {
+                let p = proof(&outboard, size, g).unwrap();
+                proptest::prop_assert!(verify_group(&id, size, g, group_of(&data, g), &p).is_ok());
+            }
+            if len > 0 {
+                let pos = pick % len;
+                let g = pos as u64 / GROUP_SIZE;
+                let mut bad = group_of(&data, g).to_vec();
+                bad[pos % G] ^= 1 << bit;
+                let p = proof(&outboard, size, g).unwrap();
+                proptest::prop_assert!(verify_group(&id, size, g, &bad, &p).is_err());
+            }
+        }
+    }
+
+    #[test]
     fn path_indices_cover_the_outboard_once() {
         // Every parent index appears on some path, each is in range, and the root is last.
         for groups in 2..200u64 {
