@@ -7,7 +7,9 @@
 //!   bytes. [`compute_outboard`] streams a file once and writes its *outboard* (the hash
 //!   tree's parents above 64 KiB chunk groups, 0.1 % of the size); [`proof()`] reads a
 //!   group's proof from it, and [`verify_group`] checks a group from any provider against
-//!   the root alone, so every group is verified before it is written.
+//!   the root alone, so every group is verified before it is written; what a proof
+//!   establishes also builds the receiver's own outboard ([`VerifiedGroup`]), so it can
+//!   serve the groups it has while still fetching.
 //! - [`manifest`]: a [`Manifest`] lists the files of a push or share (safe relative path,
 //!   size, root, executable bit) and its own root is the content id of a directory share.
 //!   [`scan()`] builds one from paths without following symlinks; [`path`] refuses unsafe
@@ -92,6 +94,6 @@ pub use resume::{GroupBitmap, TransferState};
 pub use scan::{Scan, ScannedFile, SkipReason, Skipped, hash_file, scan};
 
 pub use tree::{
-    GROUP_SIZE, OutboardBuilder, Proof, ReadAt, compute_outboard, group_count, group_range,
-    outboard_size, proof, verify_group,
+    GROUP_SIZE, OutboardBuilder, Proof, ReadAt, VerifiedGroup, compute_outboard, group_count,
+    group_range, outboard_size, proof, verify_group,
 };

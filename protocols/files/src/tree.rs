@@ -324,6 +324,23 @@ pub fn proof<O: ReadAt + ?Sized>(outboard: &O, size: u64, group: u64) -> Result<
     Ok(Proof { nodes })
 }
 
+/// A group that verified, with the outboard entries its proof established: the parent
+/// pair at each level of its path. Written at their offsets into a file of
+/// [`outboard_size`] bytes, they make a partial outboard from which [`proof`] serves every
+/// verified group, so a receiver can provide what it has while it is still fetching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedGroup {
+    pairs: Vec<(u64, [u8; PAIR_SIZE as usize])>,
+}
+
+impl VerifiedGroup {
+    /// The outboard entries the proof established: byte offset in the outboard, and the
+    /// 64-byte parent pair to write there.
+    pub fn outboard_entries(&self) -> impl Iterator<Item = (u64, &[u8; PAIR_SIZE as usize])> {
+        self.pairs.iter().map(|(offset, pair)| (*offset, pair))
+    }
+}
+
 /// Checks that `data` is group `group` of the content `root` of `size` bytes, given the
 /// sender's `proof`. A byte changed anywhere, a wrong offset, a short or long group or a
 /// proof of the wrong depth all fail.
@@ -333,7 +350,7 @@ pub fn verify_group(
     group: u64,
     data: &[u8],
     proof: &Proof,
-) -> Result<(), VerifyError> {
+) -> Result<VerifiedGroup, VerifyError> {
     let groups = group_count(size);
     let range = group_range(size, group).ok_or(VerifyError::NoSuchGroup { group, groups })?;
     let expected = range.end - range.start;
@@ -350,7 +367,7 @@ pub fn verify_group(
             got: proof.nodes.len(),
         });
     }
-    // blake3::Hash compares in constant time.
+    let mut pairs = Vec::with_capacity(steps.len());
     let computed = if groups == 1 {
         blake3::hash(data)
     } else {
@@ -365,14 +382,19 @@ pub fn verify_group(
             } else {
                 (sibling, &cv)
             };
+            let mut pair = [0u8; PAIR_SIZE as usize];
+            pair[..32].copy_from_slice(left);
+            pair[32..].copy_from_slice(right);
+            pairs.push((step.parent * PAIR_SIZE, pair));
             if levels.peek().is_none() {
                 break merge_subtrees_root(left, right, Mode::Hash);
             }
             cv = merge_subtrees_non_root(left, right, Mode::Hash);
         }
     };
+    // blake3::Hash compares in constant time.
     if computed == blake3::Hash::from(*root.as_bytes()) {
-        Ok(())
+        Ok(VerifiedGroup { pairs })
     } else {
         Err(VerifyError::Mismatch { group })
     }
@@ -662,6 +684,29 @@ mod tests {
                 proptest::prop_assert!(verify_group(&id, size, g, &bad, &p).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_receiver_builds_the_outboard_from_what_it_verified() {
+        let len = 11 * G + 100;
+        let data = content(len, 12);
+        let (id, outboard) = build(&data);
+        let size = len as u64;
+        let mut partial = vec![0u8; outboard_size(size) as usize];
+        // Groups arrive out of order; after each, the receiver can prove what it has.
+        let order = [7u64, 0, 11, 3, 4, 10, 1, 2, 9, 5, 8, 6];
+        for (n, &g) in order.iter().enumerate() {
+            let p = proof(&outboard, size, g).unwrap();
+            let verified = verify_group(&id, size, g, group_of(&data, g), &p).unwrap();
+            for (offset, pair) in verified.outboard_entries() {
+                partial[offset as usize..offset as usize + 64].copy_from_slice(pair);
+            }
+            for &have in &order[..=n] {
+                let from_partial = proof(&partial, size, have).unwrap();
+                verify_group(&id, size, have, group_of(&data, have), &from_partial).unwrap();
+            }
+        }
+        assert_eq!(partial, outboard, "all groups: the whole outboard");
     }
 
     #[test]
