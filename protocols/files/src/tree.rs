@@ -620,6 +620,21 @@ mod tests {
     }
 
     #[test]
+    fn streams_content_it_never_holds() {
+        // 48 MiB from a reader that has no buffer behind it: the builder holds one group.
+        use std::io::Read as _;
+        let size = 48 << 20;
+        let mut outboard = Vec::new();
+        let id = compute_outboard(io::repeat(0xa5).take(size), size, &mut outboard).unwrap();
+        let mut reference = blake3::Hasher::new();
+        reference
+            .update_reader(io::repeat(0xa5).take(size))
+            .unwrap();
+        assert_eq!(id.as_bytes(), reference.finalize().as_bytes());
+        assert_eq!(outboard.len() as u64, outboard_size(size));
+    }
+
+    #[test]
     fn streaming_refuses_content_that_changed_size() {
         let data = content(2 * G + 5, 8);
         let mut sink = Vec::new();
