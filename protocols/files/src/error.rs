@@ -177,6 +177,9 @@ pub enum PathError {
     /// Something under the target directory on the way to the path is not a directory.
     #[error("{} is in the way: not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// A directory exists where the file is to be written.
+    #[error("{} is a directory; a file of that name is to be written", .0.display())]
+    IsADirectory(PathBuf),
     /// Checking the existing components failed.
     #[error("checking {}: {source}", path.display())]
     Io {

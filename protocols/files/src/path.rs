@@ -98,7 +98,7 @@ pub fn safe_join(target: &Path, path: &str) -> Result<PathBuf, PathError> {
         match std::fs::symlink_metadata(&out) {
             Ok(meta) if meta.file_type().is_symlink() => return Err(PathError::Symlink(out)),
             Ok(meta) if !last && !meta.is_dir() => return Err(PathError::NotADirectory(out)),
-            Ok(meta) if last && meta.is_dir() => return Err(PathError::NotADirectory(out)),
+            Ok(meta) if last && meta.is_dir() => return Err(PathError::IsADirectory(out)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Nothing below a missing component exists either.
@@ -318,7 +318,7 @@ mod tests {
         std::fs::create_dir(target.join("d")).unwrap();
         assert!(matches!(
             safe_join(target, "d"),
-            Err(PathError::NotADirectory(_))
+            Err(PathError::IsADirectory(_))
         ));
     }
 }
