@@ -1,0 +1,637 @@
+//! Striping the missing chunk groups across providers, sans-IO.
+//!
+//! The [`Planner`] owns the queue of groups still to fetch and, per provider, a window of
+//! outstanding requests. The service asks it for [`Request`]s whenever a provider may take
+//! more, and reports each answer: verified, bad (the provider is dropped for this
+//! transfer and its outstanding groups go back to the front of the queue), or failed (the
+//! group goes back, the provider stays). A fast provider frees its window sooner and so
+//! gets more groups: the split follows each link's rate without measuring it.
+//!
+//! Endgame: when the queue is empty, a provider with a free slot also gets a group that
+//! has been outstanding elsewhere for [`PlanConfig::endgame_after`]; whichever copy
+//! verifies first wins and the planner names the other requests to cancel. So one slow
+//! or silently dead provider cannot hold back the last groups.
+//!
+//! Time comes in as `now`; [`Planner::poll_timeout`] says when to call again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// One chunk group of one file of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupRef {
+    /// Index of the file in the manifest (0 for a single file).
+    pub file: u32,
+    /// Index of the group in the file.
+    pub group: u64,
+}
+
+/// Settings of a [`Planner`], built by value: `PlanConfig::default().with_window(32)`.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Requests outstanding per provider at most. 16 groups are 1 MiB in flight, which
+    /// covers 1 Gbit/s at 8 ms round trip.
+    pub window: usize,
+    /// How long a request must be outstanding, with nothing left in the queue, before the
+    /// group is also asked of another provider.
+    pub endgame_after: Duration,
+    /// Providers asked for the same group at once, at most (2: one duplicate).
+    pub max_copies: usize,
+    /// Providers in the transfer at once, at most.
+    pub max_providers: usize,
+    /// Dropped providers remembered (refused if offered again), at most.
+    pub max_dropped: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            window: 16,
+            endgame_after: Duration::from_millis(500),
+            max_copies: 2,
+            max_providers: 32,
+            max_dropped: 256,
+        }
+    }
+}
+
+impl PlanConfig {
+    /// Sets [`window`](Self::window) (at least 1).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Sets [`endgame_after`](Self::endgame_after).
+    pub fn with_endgame_after(mut self, after: Duration) -> Self {
+        self.endgame_after = after;
+        self
+    }
+
+    /// Sets [`max_copies`](Self::max_copies) (at least 1; 1 turns the endgame off).
+    pub fn with_max_copies(mut self, copies: usize) -> Self {
+        self.max_copies = copies.max(1);
+        self
+    }
+
+    /// Sets [`max_providers`](Self::max_providers).
+    pub fn with_max_providers(mut self, providers: usize) -> Self {
+        self.max_providers = providers;
+        self
+    }
+}
+
+/// Ask `provider` for `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<P> {
+    /// Who to ask.
+    pub provider: P,
+    /// What to ask for.
+    pub group: GroupRef,
+    /// Whether the group is also outstanding at another provider (endgame).
+    pub duplicate: bool,
+}
+
+/// What a provider's answer did to the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<P> {
+    /// The group is done; cancel these other requests for it (endgame duplicates).
+    Done {
+        /// Providers still asked for the same group.
+        cancel: Vec<P>,
+    },
+    /// The planner had no request for this group at this provider (already done elsewhere
+    /// and cancelled, or never asked): discard the data.
+    Unexpected,
+}
+
+#[derive(Debug, Default)]
+struct ProviderState {
+    outstanding: BTreeSet<GroupRef>,
+    served: u64,
+}
+
+/// Hands out missing groups to providers (see the [module docs](self)). Memory is the
+/// queue of missing ranges (one entry per run of consecutive groups) plus the outstanding
+/// requests, bounded by providers x window x copies.
+#[derive(Debug)]
+pub struct Planner<P> {
+    config: PlanConfig,
+    /// Runs of missing groups of one file, fetched front first.
+    queue: VecDeque<(u32, Range<u64>)>,
+    /// Outstanding requests per group: who was asked, and when.
+    in_flight: HashMap<GroupRef, Vec<(P, Instant)>>,
+    providers: BTreeMap<P, ProviderState>,
+    dropped: VecDeque<P>,
+    remaining: u64,
+}
+
+impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
+    /// A plan for the `missing` groups, fetched in the order given (runs of consecutive
+    /// groups of a file are kept as ranges, so a resumed transfer costs little memory).
+    pub fn new(config: PlanConfig, missing: impl IntoIterator<Item = GroupRef>) -> Self {
+        let mut queue: VecDeque<(u32, Range<u64>)> = VecDeque::new();
+        let mut remaining = 0;
+        for g in missing {
+            remaining += 1;
+            match queue.back_mut() {
+                Some((file, range)) if *file == g.file && range.end == g.group => range.end += 1,
+                _ => queue.push_back((g.file, g.group..g.group + 1)),
+            }
+        }
+        Self {
+            config,
+            queue,
+            in_flight: HashMap::new(),
+            providers: BTreeMap::new(),
+            dropped: VecDeque::new(),
+            remaining,
+        }
+    }
+
+    /// Adds a provider; false if it was dropped before or the transfer has
+    /// [`max_providers`](PlanConfig::max_providers) already.
+    pub fn add_provider(&mut self, provider: P) -> bool {
+        if self.dropped.contains(&provider)
+            || (self.providers.len() >= self.config.max_providers
+                && !self.providers.contains_key(&provider))
+        {
+            return false;
+        }
+        self.providers.entry(provider).or_default();
+        true
+    }
+
+    /// Removes a provider that went away (disconnected, stream closed): its outstanding
+    /// groups go back to the queue unless asked elsewhere too. Returns those requeued.
+    pub fn remove_provider(&mut self, provider: &P) -> Vec<GroupRef> {
+        let Some(state) = self.providers.remove(provider) else {
+            return Vec::new();
+        };
+        let mut requeued = Vec::new();
+        // Back to the front in order: the lowest group first.
+        for g in state.outstanding.into_iter().rev() {
+            if self.forget_copy(g, provider) {
+                self.queue.push_front((g.file, g.group..g.group + 1));
+                requeued.push(g);
+            }
+        }
+        requeued.reverse();
+        requeued
+    }
+
+    /// The provider sent a group that failed verification: it is dropped for this
+    /// transfer (and refused if offered again), and its outstanding groups go back to the
+    /// queue. Returns those requeued.
+    pub fn on_bad(&mut self, provider: &P, group: GroupRef) -> Vec<GroupRef> {
+        tracing::debug!(
+            ?provider,
+            ?group,
+            "provider sent a bad chunk group; dropped"
+        );
+        let requeued = self.remove_provider(provider);
+        if self.dropped.len() == self.config.max_dropped {
+            self.dropped.pop_front();
+        }
+        self.dropped.push_back(provider.clone());
+        requeued
+    }
+
+    /// The provider could not serve the group (an error, a timeout): the group goes back
+    /// to the front of the queue unless asked elsewhere too; the provider stays.
+    pub fn on_failed(&mut self, provider: &P, group: GroupRef) {
+        let Some(state) = self.providers.get_mut(provider) else {
+            return;
+        };
+        if state.outstanding.remove(&group) && self.forget_copy(group, provider) {
+            self.queue
+                .push_front((group.file, group.group..group.group + 1));
+        }
+    }
+
+    /// The provider's group verified (and is written): it is done.
+    pub fn on_verified(&mut self, provider: &P, group: GroupRef) -> Answer<P> {
+        let asked = self
+            .providers
+            .get_mut(provider)
+            .is_some_and(|s| s.outstanding.remove(&group));
+        if !asked {
+            return Answer::Unexpected;
+        }
+        if let Some(s) = self.providers.get_mut(provider) {
+            s.served += 1;
+        }
+        self.remaining -= 1;
+        let cancel: Vec<P> = self
+            .in_flight
+            .remove(&group)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p != provider)
+            .collect();
+        for p in &cancel {
+            if let Some(s) = self.providers.get_mut(p) {
+                s.outstanding.remove(&group);
+            }
+        }
+        Answer::Done { cancel }
+    }
+
+    /// The next request to send, if a provider has room and there is something to ask:
+    /// from the queue first, then (endgame) a group outstanding elsewhere for long enough.
+    /// Call until `None`, and again after any answer or at [`poll_timeout`](Self::poll_timeout).
+    pub fn next_request(&mut self, now: Instant) -> Option<Request<P>> {
+        let window = self.config.window;
+        if !self.queue.is_empty() {
+            // The provider with the most room.
+            let provider = self
+                .providers
+                .iter()
+                .filter(|(_, s)| s.outstanding.len() < window)
+                .min_by_key(|(_, s)| s.outstanding.len())
+                .map(|(p, _)| p.clone())?;
+            let group = self.pop_queue()?;
+            self.ask(&provider, group, now);
+            return Some(Request {
+                provider,
+                group,
+                duplicate: false,
+            });
+        }
+        let (provider, group) = self.endgame_candidate(now)?;
+        self.ask(&provider, group, now);
+        Some(Request {
+            provider,
+            group,
+            duplicate: true,
+        })
+    }
+
+    /// When [`next_request`](Self::next_request) may next have something without any
+    /// answer arriving first (an endgame duplicate coming due), if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.queue.is_empty() {
+            return None; // only answers free a slot
+        }
+        self.in_flight
+            .iter()
+            .filter(|(_, copies)| copies.len() < self.config.max_copies)
+            .filter(|(_, copies)| {
+                self.providers.iter().any(|(p, s)| {
+                    s.outstanding.len() < self.config.window && copies.iter().all(|(c, _)| c != p)
+                })
+            })
+            .filter_map(|(_, copies)| copies.iter().map(|(_, t)| *t).max())
+            .min()
+            .map(|t| t + self.config.endgame_after)
+    }
+
+    /// Groups not verified yet (queued or outstanding).
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Whether every group is verified.
+    pub fn is_done(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Groups verified per provider in the transfer.
+    pub fn served(&self) -> impl Iterator<Item = (&P, u64)> {
+        self.providers.iter().map(|(p, s)| (p, s.served))
+    }
+
+    /// Requests outstanding at `provider`.
+    pub fn outstanding(&self, provider: &P) -> usize {
+        self.providers
+            .get(provider)
+            .map_or(0, |s| s.outstanding.len())
+    }
+
+    fn pop_queue(&mut self) -> Option<GroupRef> {
+        let (file, range) = self.queue.front_mut()?;
+        let g = GroupRef {
+            file: *file,
+            group: range.start,
+        };
+        range.start += 1;
+        if range.is_empty() {
+            self.queue.pop_front();
+        }
+        Some(g)
+    }
+
+    fn ask(&mut self, provider: &P, group: GroupRef, now: Instant) {
+        if let Some(s) = self.providers.get_mut(provider) {
+            s.outstanding.insert(group);
+        }
+        self.in_flight
+            .entry(group)
+            .or_default()
+            .push((provider.clone(), now));
+    }
+
+    /// Drops `provider`'s copy of an outstanding group; true if no copy is left.
+    fn forget_copy(&mut self, group: GroupRef, provider: &P) -> bool {
+        let Some(copies) = self.in_flight.get_mut(&group) else {
+            return false;
+        };
+        copies.retain(|(p, _)| p != provider);
+        if copies.is_empty() {
+            self.in_flight.remove(&group);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The group outstanding longest (by its newest copy) past `endgame_after`, with room
+    /// for another copy, and the provider with the most room not already asked for it.
+    fn endgame_candidate(&self, now: Instant) -> Option<(P, GroupRef)> {
+        let mut best: Option<(Instant, GroupRef, P)> = None;
+        for (group, copies) in &self.in_flight {
+            if copies.len() >= self.config.max_copies {
+                continue;
+            }
+            let Some(sent) = copies.iter().map(|(_, t)| *t).max() else {
+                continue;
+            };
+            if now.saturating_duration_since(sent) < self.config.endgame_after {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_some_and(|(t, g, _)| (*t, *g) <= (sent, *group))
+            {
+                continue;
+            }
+            let provider = self
+                .providers
+                .iter()
+                .filter(|(p, s)| {
+                    s.outstanding.len() < self.config.window && copies.iter().all(|(c, _)| c != *p)
+                })
+                .min_by_key(|(_, s)| s.outstanding.len())
+                .map(|(p, _)| p.clone());
+            if let Some(p) = provider {
+                best = Some((sent, *group, p));
+            }
+        }
+        best.map(|(_, g, p)| (p, g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(n: u64) -> Vec<GroupRef> {
+        (0..n).map(|group| GroupRef { file: 0, group }).collect()
+    }
+
+    /// Fills every free slot; returns what was asked.
+    fn fill(plan: &mut Planner<&'static str>, now: Instant) -> Vec<Request<&'static str>> {
+        std::iter::from_fn(|| plan.next_request(now)).collect()
+    }
+
+    #[test]
+    fn stripes_across_three_providers() {
+        let t0 = Instant::now();
+        let mut plan = Planner::new(PlanConfig::default().with_window(4), groups(60));
+        for p in ["a", "b", "c"] {
+            assert!(plan.add_provider(p));
+        }
+        let mut verified = BTreeSet::new();
+        let mut outstanding: VecDeque<Request<&str>> = VecDeque::new();
+        let mut tick = 0;
+        while !plan.is_done() {
+            let now = t0 + Duration::from_millis(10 * tick);
+            let asked = fill(&mut plan, now);
+            for r in &asked {
+                assert!(!r.duplicate, "no endgame while all answer in time");
+                // Never one group at two providers while the queue has work.
+                assert!(outstanding.iter().all(|o| o.group != r.group));
+            }
+            outstanding.extend(asked);
+            assert!(["a", "b", "c"].iter().all(|p| plan.outstanding(p) <= 4));
+            // Every provider answers its oldest request each tick (equal rates).
+            for p in ["a", "b", "c"] {
+                if let Some(i) = outstanding.iter().position(|r| r.provider == p) {
+                    let Some(r) = outstanding.remove(i) else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        plan.on_verified(&r.provider, r.group),
+                        Answer::Done { cancel: vec![] }
+                    );
+                    assert!(verified.insert(r.group), "{:?} twice", r.group);
+                }
+            }
+            tick += 1;
+        }
+        assert_eq!(verified.len(), 60);
+        let served: Vec<u64> = plan.served().map(|(_, n)| n).collect();
+        assert_eq!(served, [20, 20, 20], "an even split at equal rates");
+        assert_eq!(plan.poll_timeout(), None);
+        assert!(plan.next_request(t0 + Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn a_faster_provider_gets_more() {
+        let t0 = Instant::now();
+        let mut plan = Planner::new(PlanConfig::default().with_window(2), groups(90));
+        plan.add_provider("fast");
+        plan.add_provider("slow");
+        let mut outstanding: Vec<Request<&str>> = Vec::new();
+        let mut tick = 0u64;
+        while !plan.is_done() {
+            let now = t0 + Duration::from_millis(tick);
+            outstanding.extend(fill(&mut plan, now));
+            // "fast" answers every tick, "slow" every third.
+            for (p, every) in [("fast", 1), ("slow", 3)] {
+                if tick.is_multiple_of(every)
+                    && let Some(i) = outstanding.iter().position(|r| r.provider == p)
+                {
+                    let r = outstanding.remove(i);
+                    plan.on_verified(&r.provider, r.group);
+                }
+            }
+            tick += 1;
+        }
+        let served: BTreeMap<&str, u64> = plan.served().map(|(p, n)| (*p, n)).collect();
+        assert!(served["fast"] >= 2 * served["slow"], "{served:?}");
+    }
+
+    #[test]
+    fn a_provider_that_sent_a_bad_group_is_dropped_and_its_groups_requeued() {
+        let t0 = Instant::now();
+        let mut plan = Planner::new(PlanConfig::default().with_window(3), groups(30));
+        for p in ["a", "bad", "c"] {
+            plan.add_provider(p);
+        }
+        let first = fill(&mut plan, t0);
+        assert_eq!(first.len(), 9);
+        let bad: Vec<GroupRef> = first
+            .iter()
+            .filter(|r| r.provider == "bad")
+            .map(|r| r.group)
+            .collect();
+        assert_eq!(bad.len(), 3);
+        let requeued = plan.on_bad(&"bad", bad[0]);
+        assert_eq!(requeued, bad, "all its outstanding groups go back");
+        assert!(
+            !plan.add_provider("bad"),
+            "not taken back for this transfer"
+        );
+        assert_eq!(plan.outstanding(&"bad"), 0);
+
+        let mut outstanding: Vec<Request<&str>> =
+            first.into_iter().filter(|r| r.provider != "bad").collect();
+        let mut verified = BTreeSet::new();
+        let mut tick = 1;
+        while !plan.is_done() {
+            for r in std::mem::take(&mut outstanding) {
+                plan.on_verified(&r.provider, r.group);
+                verified.insert(r.group);
+            }
+            let asked = fill(&mut plan, t0 + Duration::from_millis(tick));
+            assert!(asked.iter().all(|r| r.provider != "bad"));
+            // The requeued groups are asked again first.
+            if tick == 1 {
+                let again: Vec<GroupRef> = asked.iter().map(|r| r.group).collect();
+                assert_eq!(&again[..3], &bad[..]);
+            }
+            outstanding.extend(asked);
+            tick += 1;
+        }
+        assert_eq!(verified.len(), 30);
+        // Late data from the dropped provider is not wanted.
+        assert_eq!(plan.on_verified(&"bad", bad[1]), Answer::Unexpected);
+    }
+
+    #[test]
+    fn endgame_asks_a_slow_providers_groups_elsewhere() {
+        let t0 = Instant::now();
+        let after = Duration::from_millis(500);
+        let config = PlanConfig::default()
+            .with_window(2)
+            .with_endgame_after(after);
+        let mut plan = Planner::new(config, groups(10));
+        plan.add_provider("fast");
+        plan.add_provider("stuck");
+        // The stuck provider takes two groups and never answers.
+        let first = fill(&mut plan, t0);
+        let stuck: Vec<GroupRef> = first
+            .iter()
+            .filter(|r| r.provider == "stuck")
+            .map(|r| r.group)
+            .collect();
+        assert_eq!(stuck.len(), 2);
+        let mut outstanding: Vec<Request<&str>> =
+            first.into_iter().filter(|r| r.provider == "fast").collect();
+        // The fast one drains the queue.
+        let mut now = t0;
+        while !outstanding.is_empty() {
+            now += Duration::from_millis(10);
+            for r in std::mem::take(&mut outstanding) {
+                assert_eq!(
+                    plan.on_verified(&r.provider, r.group),
+                    Answer::Done { cancel: vec![] }
+                );
+            }
+            outstanding.extend(fill(&mut plan, now));
+        }
+        assert_eq!(plan.remaining(), 2, "only the stuck groups are left");
+        // Not yet: they were asked at t0, the endgame starts at t0 + 500 ms.
+        assert_eq!(plan.poll_timeout(), Some(t0 + after));
+        assert!(
+            plan.next_request(t0 + after - Duration::from_millis(1))
+                .is_none()
+        );
+        let dup = fill(&mut plan, t0 + after);
+        assert_eq!(dup.len(), 2);
+        assert!(dup.iter().all(|r| r.provider == "fast" && r.duplicate));
+        let mut dup_groups: Vec<GroupRef> = dup.iter().map(|r| r.group).collect();
+        dup_groups.sort();
+        assert_eq!(dup_groups, stuck);
+        // Two copies each at most: nothing more to hand out, ever.
+        assert_eq!(plan.poll_timeout(), None);
+        assert!(plan.next_request(t0 + 10 * after).is_none());
+        // The duplicate wins and names the stuck request to cancel.
+        for r in dup {
+            assert_eq!(
+                plan.on_verified(&"fast", r.group),
+                Answer::Done {
+                    cancel: vec!["stuck"]
+                }
+            );
+        }
+        assert!(plan.is_done());
+        assert_eq!(
+            plan.outstanding(&"stuck"),
+            0,
+            "cancelled requests are freed"
+        );
+        // The stuck provider's answer arriving after all is discarded.
+        assert_eq!(plan.on_verified(&"stuck", stuck[0]), Answer::Unexpected);
+    }
+
+    #[test]
+    fn a_provider_that_leaves_or_fails_gives_its_groups_back() {
+        let t0 = Instant::now();
+        let mut plan = Planner::new(
+            PlanConfig::default().with_window(2).with_max_providers(2),
+            groups(6),
+        );
+        plan.add_provider("a");
+        plan.add_provider("b");
+        assert!(!plan.add_provider("c"), "max_providers");
+        let first = fill(&mut plan, t0);
+        assert_eq!(first.len(), 4);
+        let a: Vec<GroupRef> = first
+            .iter()
+            .filter(|r| r.provider == "a")
+            .map(|r| r.group)
+            .collect();
+        assert_eq!(plan.remove_provider(&"a"), a);
+        assert!(plan.add_provider("a"), "a provider that left may come back");
+        let b0 = first.iter().find(|r| r.provider == "b").unwrap().group;
+        plan.on_failed(&"b", b0);
+        assert_eq!(plan.outstanding(&"b"), 1);
+        // The failed group is asked first, then a's.
+        let next: Vec<GroupRef> = fill(&mut plan, t0).iter().map(|r| r.group).collect();
+        assert_eq!(next[0], b0);
+        assert_eq!(next[1], a[0]);
+        assert_eq!(plan.remaining(), 6);
+    }
+
+    #[test]
+    fn missing_runs_are_kept_as_ranges() {
+        let missing = [0, 1, 2, 3, 7, 8, 100]
+            .into_iter()
+            .map(|group| GroupRef { file: 0, group })
+            .chain([GroupRef { file: 1, group: 0 }]);
+        let mut plan = Planner::new(PlanConfig::default().with_window(100), missing);
+        assert_eq!(plan.queue.len(), 4);
+        plan.add_provider("a");
+        let got: Vec<(u32, u64)> = fill(&mut plan, Instant::now())
+            .iter()
+            .map(|r| (r.group.file, r.group.group))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (0, 7),
+                (0, 8),
+                (0, 100),
+                (1, 0)
+            ]
+        );
+    }
+}
