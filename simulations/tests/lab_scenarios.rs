@@ -1,6 +1,7 @@
 //! The p2pnode scenarios in the NAT lab, with real `p2pnode` daemons behind nftables NAT
 //! routers: cone-cone hole punching over TCP and QUIC, symmetric-symmetric and
-//! cone-symmetric staying relayed, two peers on one LAN, and a relay restart. Peers punch
+//! cone-symmetric staying relayed, two peers on one LAN, and a relay restart; the cone-cone
+//! TCP run also scrapes each daemon's metrics endpoint. Peers punch
 //! with p2pnode's own hole-punch protocol, and once more with libp2p's DCUtR.
 //!
 //! Needs root and the `p2pnode` binary (env `P2PNODE_BIN`, else
@@ -76,8 +77,60 @@ async fn cone_cone_tcp_goes_direct_and_works_without_the_relay() {
         return;
     }
     let _alone = MACHINE.write().await;
-    let outcome = hole_punch(NatKind::Cone, NatKind::Cone, Transport::Tcp).await;
+    init_tracing();
+    let cfg = ScenarioConfig {
+        metrics: true,
+        ..config()
+    };
+    let outcome = scenarios::hole_punch(NatKind::Cone, NatKind::Cone, Transport::Tcp, cfg)
+        .await
+        .expect("scenario runs");
+    report(&outcome);
+    assert!(outcome.introduced, "{outcome:?}");
     assert_direct_without_relay(&outcome);
+    // The documented metrics, scraped from each daemon with curl, show what happened.
+    // A series given with its labels is read as is; one without them sums every label set.
+    let value = |node: &str, series: &str| -> f64 {
+        let text = &outcome.metrics[node];
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(series)?;
+                let rest = if series.ends_with('}') {
+                    rest
+                } else if rest.starts_with('{') {
+                    rest.split_once("} ")?.1
+                } else {
+                    rest
+                };
+                rest.trim().parse().ok()
+            })
+            .collect();
+        assert!(!values.is_empty(), "{node} has no {series}:\n{text}");
+        values.iter().sum()
+    };
+    assert!(value("a", r#"p2pnode_connections{path="direct",transport="tcp"}"#) >= 1.0);
+    assert!(value("b", "p2pnode_reservations_held") >= 1.0);
+    let introduced: f64 = ["a", "b"]
+        .iter()
+        .map(|n| {
+            outcome.metrics[*n]
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        r#"p2pnode_holepunch_total{method="introduction",outcome="success"}"#,
+                    )?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                })
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(introduced >= 1.0, "{:?}", outcome.metrics);
+    assert!(value("relay", "p2pnode_circuits_served_total") >= 1.0);
+    assert!(value("relay", "p2pnode_reservations_served") >= 2.0);
+    assert!(value("a", "libp2p_swarm_connections_established_total") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,9 @@ pub struct ScenarioConfig {
     pub keep_logs: bool,
     /// How the peers punch holes, and whether the relay introduces them.
     pub hole_punch: Punch,
+    /// Start the relay and the peers with `--metrics 127.0.0.1:9464` (in their own
+    /// namespaces) and scrape them at the end of a hole-punching trial.
+    pub metrics: bool,
 }
 
 /// A hole-punching set-up the lab runs: the peers' protocol (`--hole-punch`), and whether
@@ -140,6 +143,7 @@ impl Default for ScenarioConfig {
             listen_any: false,
             keep_logs: false,
             hole_punch: Punch::default(),
+            metrics: false,
         }
     }
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::peers::{
-    PeerOptions, dcutr_gave_up, is_direct, start_peer, start_relay, wait_direct, wait_reservation,
+    PeerOptions, dcutr_gave_up, is_direct, scrape_metrics, start_peer, start_relay, wait_direct,
+    wait_reservation,
 };
 use super::{PEER_PORT, ScenarioConfig, Transport, keep_logs, ms};
 use crate::lab::node::PathKind;
@@ -75,6 +76,10 @@ pub struct HolePunchOutcome {
     pub still_connected: bool,
     /// When no direct connection came: ms until the daemon logged that DCUtR gave up.
     pub gave_up_ms: Option<f64>,
+    /// Each node's metrics (`a`, `b`, `relay`), scraped at the end when the config asks
+    /// for metrics.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, String>,
 }
 
 /// Lab for hole punching: relay on the public segment, A behind r1 (`nat_a`), B behind
@@ -109,7 +114,7 @@ impl HolePunchLab {
             .host("b", "r2")
             .build()
             .await?;
-        let relay = start_relay(&lab, "relay", &[transport], config.hole_punch).await?;
+        let relay = start_relay(&lab, "relay", &[transport], &config).await?;
         Ok(Self {
             lab,
             relay,
@@ -141,6 +146,7 @@ impl HolePunchLab {
             mdns: false,
             listen_any: cfg.listen_any,
             hole_punch: cfg.hole_punch.mode(),
+            metrics: cfg.metrics,
         };
         let (a, b) = tokio::try_join!(
             start_peer(&self.lab, "a", &a_name, &self.relay, options),
@@ -205,6 +211,14 @@ impl HolePunchLab {
         } else {
             None
         };
+
+        // Scraped before the relay may be killed, while every node still runs.
+        let mut metrics = std::collections::BTreeMap::new();
+        if cfg.metrics {
+            for (node, host) in [("a", "a"), ("b", "b"), ("relay", "relay")] {
+                metrics.insert(node.to_string(), scrape_metrics(&self.lab, host).await?);
+            }
+        }
 
         let kill_relay = kill_relay_if_direct && direct_address.is_some();
         if kill_relay {
@@ -276,6 +290,7 @@ impl HolePunchLab {
             ping_rtt_ms,
             still_connected,
             gave_up_ms,
+            metrics,
         };
         a.kill().await?;
         b.kill().await?;

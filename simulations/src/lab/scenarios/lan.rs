@@ -50,13 +50,14 @@ pub async fn same_lan(config: ScenarioConfig) -> Result<SameLanOutcome, LabError
 
 async fn same_lan_in(lab: &Lab, config: &ScenarioConfig) -> Result<SameLanOutcome, LabError> {
     let t = Transport::Tcp;
-    let relay = start_relay(lab, "relay", &[t], config.hole_punch).await?;
+    let relay = start_relay(lab, "relay", &[t], &config).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,
         mdns: true,
         listen_any: config.listen_any,
         hole_punch: config.hole_punch.mode(),
+        metrics: config.metrics,
     };
     let start = Instant::now();
     let (a, b) = tokio::try_join!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use p2pnode_node::config::HolePunchMode;
 use tokio::time::Instant;
 
-use super::{Punch, RELAY_IP, RELAY_PORT, Transport};
+use super::{RELAY_IP, RELAY_PORT, ScenarioConfig, Transport};
 use crate::lab::node::{ConnectionInfo, PathKind, PeerInfo};
 use crate::lab::poll::{Poll, wait_for};
 use crate::lab::{Lab, LabError, Node, NodeSpec, logscan};
@@ -17,8 +17,13 @@ pub async fn start_relay(
     lab: &Lab,
     name: &str,
     transports: &[Transport],
-    punch: Punch,
+    config: &ScenarioConfig,
 ) -> Result<Node, LabError> {
+    let punch = config.hole_punch;
+    let mut extra_args = vec!["--hole-punch".into(), punch.relay_mode().as_str().into()];
+    if config.metrics {
+        extra_args.extend(["--metrics".into(), METRICS_ADDR.into()]);
+    }
     let addrs: Vec<String> = transports
         .iter()
         .map(|t| t.addr(RELAY_IP, RELAY_PORT))
@@ -29,7 +34,7 @@ pub async fn start_relay(
         relay: true,
         external: addrs,
         mdns: false,
-        extra_args: vec!["--hole-punch".into(), punch.relay_mode().as_str().into()],
+        extra_args,
         // Every NAT router of the lab sits in one /24 (198.51.100.0/24), so the relay's
         // per-network limits would count the whole lab as one host; a benchmark of many
         // trials would run into them.
@@ -60,6 +65,19 @@ pub struct PeerOptions {
     pub listen_any: bool,
     /// Its hole-punching protocol.
     pub hole_punch: HolePunchMode,
+    /// Serve metrics on [`METRICS_ADDR`] in its namespace.
+    pub metrics: bool,
+}
+
+/// Where a node serves metrics when a scenario asks for them (each host is its own
+/// namespace, so every node can use the same address).
+pub(super) const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// The metrics of the node on `host`, scraped from inside its namespace.
+pub(super) async fn scrape_metrics(lab: &Lab, host: &str) -> Result<String, LabError> {
+    let url = format!("http://{METRICS_ADDR}/metrics");
+    lab.exec(host, "curl", &["-sS", "--max-time", "5", url.as_str()])
+        .await
 }
 
 /// Starts a peer on `host`, bootstrapping from the relay on the same transport.
@@ -76,7 +94,12 @@ pub async fn start_peer(
         mdns,
         listen_any,
         hole_punch,
+        metrics,
     } = options;
+    let mut extra_args = vec!["--hole-punch".into(), hole_punch.as_str().into()];
+    if metrics {
+        extra_args.extend(["--metrics".into(), METRICS_ADDR.into()]);
+    }
     let ip = if listen_any {
         Ipv4Addr::UNSPECIFIED
     } else {
@@ -88,7 +111,7 @@ pub async fn start_peer(
         relay: false,
         external: vec![],
         mdns,
-        extra_args: vec!["--hole-punch".into(), hole_punch.as_str().into()],
+        extra_args,
         config_toml: None,
     };
     lab.start_node(host, name, spec).await

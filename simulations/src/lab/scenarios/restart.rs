@@ -58,13 +58,14 @@ async fn relay_restart_in(
     t: Transport,
     config: &ScenarioConfig,
 ) -> Result<RelayRestartOutcome, LabError> {
-    let relay = start_relay(lab, "relay", &[t], config.hole_punch).await?;
+    let relay = start_relay(lab, "relay", &[t], &config).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,
         mdns: false,
         listen_any: config.listen_any,
         hole_punch: config.hole_punch.mode(),
+        metrics: config.metrics,
     };
     let (a, b) = tokio::try_join!(
         start_peer(lab, "a", "a", &relay, options),
