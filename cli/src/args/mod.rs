@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 mod chat;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
@@ -13,8 +13,19 @@ pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
 ///
 /// Start a node with `p2pnode start`; other commands talk to that running node through its
 /// control socket in the data directory.
+/// `p2pnode --version`: the package version, the git revision and the build date (both
+/// stamped by `build.rs`; "unknown" revision in a build outside git).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("P2PNODE_GIT_REV"),
+    ", built ",
+    env!("P2PNODE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "p2pnode", version, propagate_version = true)]
+#[command(name = "p2pnode", version = VERSION, propagate_version = true)]
 pub(crate) struct Cli {
     /// Data directory holding the identity, database and control socket
     /// [default: $P2PNODE_HOME, else ~/.local/share/p2pnode].
@@ -24,6 +35,15 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+
+    /// Log only errors on stderr (results are still printed). RUST_LOG, when set, wins.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    /// Log more on stderr: -v debug for p2pnode itself, -vv debug for everything, -vvv
+    /// trace. RUST_LOG, when set, wins.
+    #[arg(long, short = 'v', global = true, action = ArgAction::Count)]
+    pub(crate) verbose: u8,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -83,6 +103,21 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Install it where your shell looks, for example:
+  bash: p2pnode completions bash > ~/.local/share/bash-completion/completions/p2pnode
+  zsh:  p2pnode completions zsh > ~/.zfunc/_p2pnode   (with ~/.zfunc in $fpath)
+  fish: p2pnode completions fish > ~/.config/fish/completions/p2pnode.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `p2pnode man > ~/.local/share/man/man1/p2pnode.1`.
+    #[command(after_help = "Install it with:
+  mkdir -p ~/.local/share/man/man1 && p2pnode man > ~/.local/share/man/man1/p2pnode.1
+then `man p2pnode`; or read it at once with `p2pnode man | man -l -`.")]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ mod find;
 mod id;
 mod peers;
 mod ping;
+mod shell;
 mod start;
 mod status;
 mod stop;
@@ -19,6 +20,12 @@ use crate::args::{Cli, Command};
 use crate::settings;
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
+    // These need no data directory (a packager runs them on a build machine).
+    match cli.command {
+        Command::Completions { shell } => return shell::completions(shell),
+        Command::Man => return shell::man(),
+        _ => {}
+    }
     let data_dir = settings::data_dir(cli.data_dir.as_deref())?;
     let json = cli.json;
     let control = ControlClient::new(&data_dir);
@@ -37,5 +44,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
