@@ -29,7 +29,7 @@ fn completions_for_each_shell_name_the_subcommands() {
         let out = p2pnode(&["completions", shell]);
         let script = String::from_utf8(out.stdout).unwrap();
         assert!(!script.trim().is_empty(), "{shell}: empty script");
-        for sub in ["start", "verify", "chat"] {
+        for sub in ["start", "verify", "contacts"] {
             assert!(script.contains(sub), "{shell}: no {sub} in the script");
         }
     }
@@ -55,7 +55,7 @@ fn the_man_page_is_roff_and_documents_the_commands() {
         "{first_request}"
     );
     assert!(page.contains(".SH NAME") && page.contains(".SH SYNOPSIS"));
-    assert!(page.contains("completions") && page.contains("verify"));
+    assert!(page.contains("completions") && page.contains("contacts"));
     assert!(page.contains(env!("CARGO_PKG_VERSION")));
     // Where groff is installed, it must read the page without a complaint.
     let Ok(mut groff) = Command::new("groff")

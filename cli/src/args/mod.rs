@@ -61,17 +61,20 @@ pub(crate) enum Command {
     Peers,
     /// Connect to a peer by multiaddr, or by peer id alone (found through the DHT).
     Connect {
-        /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., or a peer id.
+        /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., a peer id, or a
+        /// contact's name.
         target: String,
     },
     /// Look a peer up in the DHT and print the addresses found.
     Find {
-        /// The peer id to look up.
+        /// The peer id to look up, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
     },
     /// Send echo probes to a peer over an application stream and print round-trip times.
     Ping {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// How many probes.
         #[arg(long, short = 'c', default_value_t = 3)]
@@ -85,7 +88,8 @@ pub(crate) enum Command {
     /// nobody intercepts. Confirming pins the peer's key as verified: if it ever changes,
     /// every protocol refuses the peer with an alarm.
     Verify {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// Record that the codes were compared elsewhere and matched, without asking.
         #[arg(long)]
@@ -94,6 +98,12 @@ pub(crate) enum Command {
     /// Manage the trust store: who may use which protocol, who is revoked.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Name peers: every command that takes a peer id takes a contact's name too.
+    ///
+    /// A name stands for one peer id for good: someone who comes back with a new peer id
+    /// is a new peer (add it under a new name, and verify it again).
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
     /// Chat with a peer (end-to-end encrypted, queued while it is offline), or in a room.
     ///
     /// `p2pnode chat <peer-id> --line` sends each line of stdin as a message and prints
@@ -126,7 +136,8 @@ pub(crate) enum TrustCommand {
     List,
     /// Allow a peer the given protocols (all when none given); lifts a revocation.
     Allow {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// Comma-separated names of protocols this node runs (today: chat).
         #[arg(long, value_delimiter = ',')]
@@ -134,8 +145,35 @@ pub(crate) enum TrustCommand {
     },
     /// Revoke a peer: its connections close now and it is refused from then on.
     Revoke {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContactsCommand {
+    /// Give a peer id a name (1 to 32 characters of a-z, 0-9, '.', '_', '-').
+    Add {
+        /// The name; upper case is folded to lower case.
+        name: String,
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
+        peer_id: String,
+    },
+    /// List contacts with their peer ids and whether each key was verified.
+    List,
+    /// Rename a contact; its peer id stays.
+    Rename {
+        /// The current name.
+        old: String,
+        /// The new name.
+        new: String,
+    },
+    /// Remove a contact (the trust store and chat history are left as they are).
+    Remove {
+        /// The name.
+        name: String,
     },
 }
 

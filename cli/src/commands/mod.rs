@@ -2,6 +2,7 @@
 
 mod chat;
 mod connect;
+mod contacts;
 mod find;
 mod id;
 mod peers;
@@ -18,6 +19,7 @@ use p2pnode_node::control::ControlClient;
 
 use crate::args::{Cli, Command};
 use crate::settings;
+pub(crate) use contacts::{Book, resolve_peer};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     // These need no data directory (a packager runs them on a build machine).
@@ -42,6 +44,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             verify::run(&control, &peer_id, confirm, json).await
         }
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
+        Command::Contacts(cmd) => contacts::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
