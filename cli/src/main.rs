@@ -31,17 +31,38 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. The daemon logs at `info`; one-shot commands only warn, so their
-/// output stays clean for people and scripts. `RUST_LOG` overrides both.
+/// output stays clean for people and scripts. `--quiet` lowers both to errors, each `-v`
+/// raises them a step; `RUST_LOG`, when set, overrides all of it.
 fn init_tracing(cli: &args::Cli) {
-    let default = match cli.command {
-        args::Command::Start(_) => "info",
-        _ => "warn",
+    let daemon = matches!(cli.command, args::Command::Start(_));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                // Say so rather than silently logging at some other level.
+                eprintln!("warning: ignoring RUST_LOG={v:?}: {e}");
+                tracing_subscriber::EnvFilter::new(log_level(daemon, cli.quiet, cli.verbose))
+            })
+        }
+        _ => tracing_subscriber::EnvFilter::new(log_level(daemon, cli.quiet, cli.verbose)),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// The log filter for the flags. `-v` opens debug for our crates only, over info for the
+/// rest: libp2p's and hyper's debug logs would bury ours.
+fn log_level(daemon: bool, quiet: bool, verbose: u8) -> &'static str {
+    match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) if daemon => "info",
+        (false, 0) => "warn",
+        (false, 1) => {
+            "info,p2pnode=debug,p2pnode_node=debug,p2pnode_chat=debug,p2pnode_secure=debug"
+        }
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    }
 }

@@ -180,3 +180,55 @@ fn the_terminal_ui_sends_and_shows_messages() {
         .then_some(())
     });
 }
+
+#[test]
+fn the_terminal_ui_names_a_contact_and_says_it_is_not_verified() {
+    if !have_tmux() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing but CI is set"
+        );
+        eprintln!("skipping: tmux is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&tmp.path().join("a"), &LOOPBACK);
+    let b = Daemon::start(&tmp.path().join("b"), &LOOPBACK);
+    json(&a.dir, &["connect", &b.tcp_addr()]);
+    json(&a.dir, &["contacts", "add", "bob", &b.peer_id]);
+
+    let session = format!("p2pnode-chat-tui-contact-{}", std::process::id());
+    let cmd = format!(
+        "env -u RUST_LOG {} --data-dir {} chat bob",
+        sh_quote(BIN),
+        sh_quote(a.dir.to_str().unwrap()),
+    );
+    let tmux = Tmux::start(&session, &cmd);
+    tmux.wait_screen("the header with the contact's name", |s| {
+        s.contains(&format!("chat with bob ({})", b.peer_id)) && s.contains("not verified")
+    });
+
+    let mut reply = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&b.dir)
+        .args(["chat", &a.peer_id, "--line"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(reply.stdin.take().unwrap(), "hello from b").unwrap();
+    assert!(reply.wait().unwrap().success());
+    // A never wrote to B, so B's first message is a request; it still carries the name.
+    tmux.wait_screen("B's message under its name", |s| {
+        s.contains("bob (request): hello from b")
+    });
+    tmux.send_keys(&["Escape"]);
+    wait_for("the UI to exit", || {
+        (!Tmux::tmux(&["has-session", "-t", &session])
+            .status
+            .success())
+        .then_some(())
+    });
+}

@@ -39,11 +39,15 @@ fn malformed_peer_id() {
     // The last one is valid base58 but too short to hold a public key.
     for args in [
         &["find", "12D3KooW0OIl"][..],
-        &["connect", "bob"],
-        &["ping", "xyz"],
         &["find", "12D3KooWnope"],
+        &["ping", "bad name!"],
     ] {
         assert_fails_with(&run(tmp.path(), args), "invalid peer id");
+    }
+    // A word could be a contact's name, which only the daemon knows.
+    for args in [&["connect", "bob"][..], &["ping", "xyz"]] {
+        assert_fails_with(&run(tmp.path(), args), "is not a peer id");
+        assert_fails_with(&run(tmp.path(), args), "no p2pnode daemon is running");
     }
 }
 

@@ -22,6 +22,7 @@ pub mod api;
 pub mod behaviour;
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod control;
 pub mod error;
 pub mod event_loop;

@@ -72,6 +72,11 @@ impl TrustDb {
         Ok(Self { db })
     }
 
+    /// The node's database, for the node's other tables (the contacts).
+    pub(crate) fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
     /// Every entry, by peer id.
     pub fn list(&self) -> Result<Vec<(PeerId, TrustEntry)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;

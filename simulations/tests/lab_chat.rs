@@ -263,6 +263,7 @@ async fn conversation(nat: NatKind, expected: PathKind) {
         mdns: false,
         listen_any: false,
         hole_punch: Default::default(),
+        metrics: false,
     };
     let (lab, relay) = (&hp.0.lab, &hp.0.relay);
     let (a, b) = tokio::try_join!(

@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 pub(crate) struct ChatArgs {
     #[command(subcommand)]
     pub(crate) command: Option<ChatCommand>,
-    /// The peer to chat with.
+    /// The peer to chat with: a peer id or a contact's name.
+    #[arg(value_name = "PEER")]
     pub(crate) peer_id: Option<String>,
     /// Chat in the room of this invite code instead.
     #[arg(long, value_name = "CODE", conflicts_with = "peer_id")]
@@ -26,17 +27,20 @@ pub(crate) enum ChatCommand {
     Requests,
     /// Accept a peer's message request (allows it chat).
     Accept {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
     },
     /// Block a peer: its messages are dropped from now on.
     Block {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
     },
     /// Print the stored conversation with a peer.
     History {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// Most messages shown (the newest).
         #[arg(long, default_value_t = 1000)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 mod chat;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
@@ -13,8 +13,19 @@ pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
 ///
 /// Start a node with `p2pnode start`; other commands talk to that running node through its
 /// control socket in the data directory.
+/// `p2pnode --version`: the package version, the git revision and the build date (both
+/// stamped by `build.rs`; "unknown" revision in a build outside git).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("P2PNODE_GIT_REV"),
+    ", built ",
+    env!("P2PNODE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "p2pnode", version, propagate_version = true)]
+#[command(name = "p2pnode", version = VERSION, propagate_version = true)]
 pub(crate) struct Cli {
     /// Data directory holding the identity, database and control socket
     /// [default: $P2PNODE_HOME, else ~/.local/share/p2pnode].
@@ -24,6 +35,15 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+
+    /// Log only errors on stderr (results are still printed). RUST_LOG, when set, wins.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    /// Log more on stderr: -v debug for p2pnode itself, -vv debug for everything, -vvv
+    /// trace. RUST_LOG, when set, wins.
+    #[arg(long, short = 'v', global = true, action = ArgAction::Count)]
+    pub(crate) verbose: u8,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -41,17 +61,20 @@ pub(crate) enum Command {
     Peers,
     /// Connect to a peer by multiaddr, or by peer id alone (found through the DHT).
     Connect {
-        /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., or a peer id.
+        /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., a peer id, or a
+        /// contact's name.
         target: String,
     },
     /// Look a peer up in the DHT and print the addresses found.
     Find {
-        /// The peer id to look up.
+        /// The peer id to look up, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
     },
     /// Send echo probes to a peer over an application stream and print round-trip times.
     Ping {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// How many probes.
         #[arg(long, short = 'c', default_value_t = 3)]
@@ -65,7 +88,8 @@ pub(crate) enum Command {
     /// nobody intercepts. Confirming pins the peer's key as verified: if it ever changes,
     /// every protocol refuses the peer with an alarm.
     Verify {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// Record that the codes were compared elsewhere and matched, without asking.
         #[arg(long)]
@@ -74,6 +98,12 @@ pub(crate) enum Command {
     /// Manage the trust store: who may use which protocol, who is revoked.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Name peers: every command that takes a peer id takes a contact's name too.
+    ///
+    /// A name stands for one peer id for good: someone who comes back with a new peer id
+    /// is a new peer (add it under a new name, and verify it again).
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
     /// Chat with a peer (end-to-end encrypted, queued while it is offline), or in a room.
     ///
     /// `p2pnode chat <peer-id> --line` sends each line of stdin as a message and prints
@@ -83,6 +113,21 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Install it where your shell looks, for example:
+  bash: p2pnode completions bash > ~/.local/share/bash-completion/completions/p2pnode
+  zsh:  p2pnode completions zsh > ~/.zfunc/_p2pnode   (with ~/.zfunc in $fpath)
+  fish: p2pnode completions fish > ~/.config/fish/completions/p2pnode.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `p2pnode man > ~/.local/share/man/man1/p2pnode.1`.
+    #[command(after_help = "Install it with:
+  mkdir -p ~/.local/share/man/man1 && p2pnode man > ~/.local/share/man/man1/p2pnode.1
+then `man p2pnode`; or read it at once with `p2pnode man | man -l -`.")]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +136,8 @@ pub(crate) enum TrustCommand {
     List,
     /// Allow a peer the given protocols (all when none given); lifts a revocation.
     Allow {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
         /// Comma-separated names of protocols this node runs (today: chat).
         #[arg(long, value_delimiter = ',')]
@@ -99,8 +145,35 @@ pub(crate) enum TrustCommand {
     },
     /// Revoke a peer: its connections close now and it is refused from then on.
     Revoke {
-        /// The peer id.
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
         peer_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContactsCommand {
+    /// Give a peer id a name (1 to 32 characters of a-z, 0-9, '.', '_', '-').
+    Add {
+        /// The name; upper case is folded to lower case.
+        name: String,
+        /// The peer id, or a contact's name.
+        #[arg(value_name = "PEER")]
+        peer_id: String,
+    },
+    /// List contacts with their peer ids and whether each key was verified.
+    List,
+    /// Rename a contact; its peer id stays.
+    Rename {
+        /// The current name.
+        old: String,
+        /// The new name.
+        new: String,
+    },
+    /// Remove a contact (the trust store and chat history are left as they are).
+    Remove {
+        /// The name.
+        name: String,
     },
 }
 

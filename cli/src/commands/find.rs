@@ -7,12 +7,12 @@ use p2pnode_node::control::ControlClient;
 use crate::output;
 
 pub(crate) async fn run(control: &ControlClient, peer_id: &str, json: bool) -> Result<()> {
-    p2pnode_node::parse_peer_id(peer_id)?;
+    let peer_id = super::resolve_peer(control, peer_id).await?;
     let f: Found = control
         .post(
             "find",
             &PeerRequest {
-                peer_id: peer_id.to_string(),
+                peer_id: peer_id.clone(),
             },
         )
         .await?;

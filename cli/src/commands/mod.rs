@@ -2,10 +2,12 @@
 
 mod chat;
 mod connect;
+mod contacts;
 mod find;
 mod id;
 mod peers;
 mod ping;
+mod shell;
 mod start;
 mod status;
 mod stop;
@@ -17,8 +19,15 @@ use p2pnode_node::control::ControlClient;
 
 use crate::args::{Cli, Command};
 use crate::settings;
+pub(crate) use contacts::{Book, resolve_peer};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
+    // These need no data directory (a packager runs them on a build machine).
+    match cli.command {
+        Command::Completions { shell } => return shell::completions(shell),
+        Command::Man => return shell::man(),
+        _ => {}
+    }
     let data_dir = settings::data_dir(cli.data_dir.as_deref())?;
     let json = cli.json;
     let control = ControlClient::new(&data_dir);
@@ -35,7 +44,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             verify::run(&control, &peer_id, confirm, json).await
         }
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
+        Command::Contacts(cmd) => contacts::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }

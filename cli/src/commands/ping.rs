@@ -12,15 +12,15 @@ pub(crate) async fn run(
     count: u32,
     json: bool,
 ) -> Result<()> {
-    p2pnode_node::parse_peer_id(peer_id)?;
     if count == 0 || count > MAX_PING_COUNT {
         bail!("--count must be 1 to {MAX_PING_COUNT}");
     }
+    let peer_id = super::resolve_peer(control, peer_id).await?;
     let p: Pinged = control
         .post(
             "ping",
             &PingRequest {
-                peer_id: peer_id.to_string(),
+                peer_id: peer_id.clone(),
                 count,
             },
         )

@@ -11,34 +11,38 @@ pub(crate) async fn run(control: &ControlClient, cmd: TrustCommand, json: bool) 
     match cmd {
         TrustCommand::List => {
             let list: Vec<TrustInfo> = control.get("trust").await?;
-            output::show(json, &list, |list| {
+            let book = super::Book::load(control).await;
+            let named: Vec<_> = list.iter().map(|t| book.named(&t.peer_id, t)).collect();
+            output::show(json, &named, |_| {
                 if list.is_empty() {
                     println!("the trust store is empty");
                 }
-                for t in list {
-                    print_entry(t);
+                for t in &list {
+                    print_entry(&book, t);
                 }
             });
         }
         TrustCommand::Allow { peer_id, protocols } => {
-            p2pnode_node::parse_peer_id(&peer_id)?;
+            let peer_id = super::resolve_peer(control, &peer_id).await?;
             let t: TrustInfo = control
                 .post("trust/allow", &AllowRequest { peer_id, protocols })
                 .await?;
-            output::show(json, &t, print_entry);
+            let book = super::Book::load(control).await;
+            output::show(json, &t, |t| print_entry(&book, t));
         }
         TrustCommand::Revoke { peer_id } => {
-            p2pnode_node::parse_peer_id(&peer_id)?;
+            let peer_id = super::resolve_peer(control, &peer_id).await?;
             let t: TrustInfo = control
                 .post("trust/revoke", &PeerRequest { peer_id })
                 .await?;
-            output::show(json, &t, print_entry);
+            let book = super::Book::load(control).await;
+            output::show(json, &t, |t| print_entry(&book, t));
         }
     }
     Ok(())
 }
 
-fn print_entry(t: &TrustInfo) {
+fn print_entry(book: &super::Book, t: &TrustInfo) {
     let state = if t.revoked {
         "REVOKED"
     } else if t.verified {
@@ -51,5 +55,8 @@ fn print_entry(t: &TrustInfo) {
     } else {
         t.allowed_protocols.join(",")
     };
-    println!("{}  {state}  protocols: {protocols}", t.peer_id);
+    println!(
+        "{}  {state}  protocols: {protocols}",
+        book.label(&t.peer_id)
+    );
 }

@@ -1,5 +1,5 @@
-//! `p2pnode verify <peer-id>`: show the short authentication string, ask whether the peer
-//! sees the same, and pin the peer's key when it does.
+//! `p2pnode verify <peer-id | name>`: show the short authentication string, ask whether
+//! the peer sees the same, and pin the peer's key when it does.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -15,10 +15,10 @@ pub(crate) async fn run(
     confirm: bool,
     json: bool,
 ) -> Result<()> {
-    p2pnode_node::parse_peer_id(peer_id)?;
-    let req = PeerRequest {
-        peer_id: peer_id.to_string(),
-    };
+    let resolved = super::resolve_peer(control, peer_id).await?;
+    // Name the peer id itself beside any contact name: the code is that key's alone.
+    let who = super::Book::load(control).await.label(&resolved);
+    let req = PeerRequest { peer_id: resolved };
     let info: VerifyInfo = control.post("verify", &req).await?;
     if json && !confirm {
         // Scripts get the code and compare it themselves.
@@ -26,7 +26,7 @@ pub(crate) async fn run(
         return Ok(());
     }
     if !json {
-        println!("Verification code with {peer_id}:");
+        println!("Verification code with {who}:");
         println!();
         println!("    {}", info.sas_words);
         println!("    {}", info.sas_digits);
@@ -38,7 +38,7 @@ pub(crate) async fn run(
         if !std::io::stdin().is_terminal() && !json {
             println!("(reading the answer from standard input)");
         }
-        print!("Does {peer_id} see exactly the same code? [y/N] ");
+        print!("Does {who} see exactly the same code? [y/N] ");
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
@@ -46,10 +46,10 @@ pub(crate) async fn run(
     };
     if !matched {
         bail!(
-            "codes not confirmed; {peer_id} is NOT verified (if the codes differ, someone may be intercepting)"
+            "codes not confirmed; {who} is NOT verified (if the codes differ, someone may be intercepting)"
         );
     }
     let t: TrustInfo = control.post("verify/confirm", &req).await?;
-    output::show(json, &t, |t| println!("{} is now verified", t.peer_id));
+    output::show(json, &t, |_| println!("{who} is now verified"));
     Ok(())
 }

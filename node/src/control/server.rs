@@ -170,6 +170,9 @@ async fn route(req: ControlRequest, client: &Client, shutdown: &Notify) -> Contr
             Ok(peer) => ControlReply::from_result(client.revoke(peer).await),
             Err(e) => ControlReply::error(&e),
         },
+        (_, r) if r == "contacts" || r.starts_with("contacts/") => {
+            crate::contacts::handle(req, client).await
+        }
         (Post, "shutdown") => {
             shutdown.notify_one();
             ControlReply::ok(&serde_json::json!({ "stopping": true }))

@@ -1,4 +1,5 @@
-//! `p2pnode chat <peer-id>`, `p2pnode chat --room <code>`, and the request commands.
+//! `p2pnode chat <peer-id | name>`, `p2pnode chat --room <code>`, and the request commands.
+//! A contact's name stands in for its peer id everywhere, and is shown beside it.
 //!
 //! Without `--line`, on a terminal, the chat is a terminal UI (see `ui`).
 //!
@@ -21,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::args::{ChatArgs, ChatCommand};
+use crate::commands::{Book, resolve_peer};
 use crate::output;
 
 // Chat's commands live under this one module: the terminal UI and `p2pnode room`.
@@ -57,35 +59,38 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
     match cmd {
         ChatCommand::Requests => {
             let list: Vec<ChatRequest> = control.get(routes::REQUESTS).await?;
-            output::show(json, &list, |list| {
+            let book = Book::load(control).await;
+            let named: Vec<_> = list.iter().map(|r| book.named(&r.peer_id, r)).collect();
+            output::show(json, &named, |_| {
                 if list.is_empty() {
                     println!("no message requests");
                 }
-                for r in list {
-                    println!("{}", request_text(r));
+                for r in &list {
+                    println!("{}", request_text(r, &book));
                 }
             });
         }
         ChatCommand::Accept { peer_id } => {
-            p2pnode_node::parse_peer_id(&peer_id)?;
+            let peer_id = resolve_peer(control, &peer_id).await?;
             let s: ChatPeerState = control
                 .post(routes::REQUESTS, &act(peer_id, "accept"))
                 .await?;
             output::show(json, &s, |s| println!("accepted {}", s.peer_id));
         }
         ChatCommand::Block { peer_id } => {
-            p2pnode_node::parse_peer_id(&peer_id)?;
+            let peer_id = resolve_peer(control, &peer_id).await?;
             let s: ChatPeerState = control
                 .post(routes::REQUESTS, &act(peer_id, "block"))
                 .await?;
             output::show(json, &s, |s| println!("blocked {}", s.peer_id));
         }
         ChatCommand::History { peer_id, limit } => {
-            p2pnode_node::parse_peer_id(&peer_id)?;
+            let peer_id = resolve_peer(control, &peer_id).await?;
             let list: Vec<ChatMessage> = control.get(&routes::history(&peer_id, limit)).await?;
+            let book = Book::load(control).await;
             output::show(json, &list, |list| {
                 for m in list {
-                    print_message(m);
+                    print_message(&book, m);
                 }
             });
         }
@@ -93,38 +98,42 @@ async fn requests(control: &ControlClient, cmd: ChatCommand, json: bool) -> Resu
     Ok(())
 }
 
-/// A message request as listed: the peer, who it is (a stranger unless this very peer
-/// id's key was verified: a contact who comes back with a new id is a stranger too), and
-/// how to answer it.
-fn request_text(r: &ChatRequest) -> String {
-    let who = if r.verified {
-        "verified key, not yet allowed to chat".to_string()
-    } else {
-        format!(
-            "not a verified contact: if you expect someone you verified, compare the code \
-             with `p2pnode verify {}`",
+/// A message request as listed: the peer (with its contact name when this very peer id
+/// is a contact's), who it is (a stranger unless this peer id's key was verified: a
+/// contact who comes back with a new id is a new peer id, so no name and no verification),
+/// and how to answer it.
+fn request_text(r: &ChatRequest, book: &Book) -> String {
+    let name = book.name(&r.peer_id);
+    let who = match (name, r.verified) {
+        (Some(name), true) => format!("your contact {name}, verified key; not yet allowed to chat"),
+        (Some(name), false) => format!(
+            "your contact {name}, but this key was never verified: compare the code with \
+             `p2pnode verify {name}`"
+        ),
+        (None, true) => "verified key, not yet allowed to chat".to_string(),
+        (None, false) => format!(
+            "NOT one of your contacts and not a verified contact: if you expect someone you \
+             know under a new peer id, compare the code with `p2pnode verify {}` first",
             r.peer_id
-        )
+        ),
     };
+    // The answer names the peer the way the user would type it.
+    let arg = name.unwrap_or(&r.peer_id);
     format!(
-        "{0}\n  {who}\n  accept: p2pnode chat accept {0}; block: p2pnode chat block {0}",
-        r.peer_id
+        "{}\n  {who}\n  accept: p2pnode chat accept {arg}; block: p2pnode chat block {arg}",
+        book.label(&r.peer_id)
     )
 }
 
-fn print_message(m: &ChatMessage) {
+fn print_message(book: &Book, m: &ChatMessage) {
     if m.outgoing {
         let mark = if m.delivered { "✓" } else { " " };
         println!("{mark} me: {}", m.body);
     } else {
-        let from = short(&m.peer_id);
+        let from = book.short(&m.peer_id);
         let req = if m.request { " (request)" } else { "" };
         println!("  {from}{req}: {}", m.body);
     }
-}
-
-fn short(peer: &str) -> &str {
-    &peer[peer.len().saturating_sub(8)..]
 }
 
 /// The daemon's next chat event; lines of event kinds this CLI does not know are skipped.
@@ -191,7 +200,8 @@ async fn direct(
     line_mode: bool,
     wait_delivered: bool,
 ) -> Result<()> {
-    let peer = p2pnode_node::parse_peer_id(peer)?.to_string();
+    let peer = resolve_peer(control, peer).await?;
+    let book = Book::load(control).await;
     // Subscribe before anything is sent, so no receipt can slip by.
     let mut events = control.lines(routes::EVENTS).await?;
     let state: ChatPeerState = control
@@ -202,12 +212,17 @@ async fn direct(
             },
         )
         .await
-        .with_context(|| format!("cannot chat with {peer}"))?;
+        .with_context(|| format!("cannot chat with {}", book.label(&peer)))?;
     if !line_mode && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        return ui::run(control, &peer, state, events).await;
+        return ui::run(control, &peer, book.name(&peer), state, events).await;
     }
     if line_mode {
-        print_json(&serde_json::json!({ "type": "state", "state": state }));
+        // The contact's name rides beside the state; absent for a peer without one.
+        print_json(&serde_json::json!({
+            "type": "state",
+            "state": state,
+            "contact": book.name(&peer),
+        }));
     } else {
         let path = state.path.map_or("not connected".to_string(), |p| {
             format!("{p:?}").to_lowercase()
@@ -217,12 +232,15 @@ async fn direct(
         } else {
             "not verified"
         };
-        eprintln!("chat with {peer} ({path}, {verified}); type lines, Ctrl-D to end");
+        eprintln!(
+            "chat with {} ({path}, {verified}); type lines, Ctrl-D to end",
+            book.label(&peer)
+        );
         if let Ok(history) = control
             .get::<Vec<ChatMessage>>(&routes::history(&peer, 50))
             .await
         {
-            history.iter().for_each(print_message);
+            history.iter().for_each(|m| print_message(&book, m));
         }
     }
 
@@ -261,7 +279,7 @@ async fn direct(
                 let event = event?;
                 match &event {
                     ChatEvent::Message(m) if m.peer_id == peer => {
-                        if line_mode { print_json(&event) } else { print_message(m) }
+                        if line_mode { print_json(&event) } else { print_message(&book, m) }
                     }
                     ChatEvent::Delivered { peer_id, up_to_seq, .. } if *peer_id == peer => {
                         delivered_up_to = delivered_up_to.max(*up_to_seq);
@@ -271,7 +289,7 @@ async fn direct(
                         if line_mode {
                             print_json(&event)
                         } else {
-                            eprintln!("-- {} is {}", short(peer_id), if *online { "online" } else { "offline" });
+                            eprintln!("-- {} is {}", book.short(peer_id), if *online { "online" } else { "offline" });
                         }
                     }
                     ChatEvent::Lagged { .. } if line_mode => print_json(&event),
@@ -290,6 +308,7 @@ async fn direct(
 }
 
 async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()> {
+    let book = Book::load(control).await;
     let mut events = control.lines(routes::EVENTS).await?;
     let info: RoomInfo = control
         .post(
@@ -346,9 +365,9 @@ async fn room(control: &ControlClient, code: &str, line_mode: bool) -> Result<()
                     print_json(&event);
                 } else {
                     match &event {
-                        ChatEvent::RoomMessage(m) => println!("  {}: {}", short(&m.sender), m.body),
-                        ChatEvent::MemberJoined { member, .. } => eprintln!("-- {} joined", short(member)),
-                        ChatEvent::MemberLeft { member, .. } => eprintln!("-- {} left", short(member)),
+                        ChatEvent::RoomMessage(m) => println!("  {}: {}", book.short(&m.sender), m.body),
+                        ChatEvent::MemberJoined { member, .. } => eprintln!("-- {} joined", book.short(member)),
+                        ChatEvent::MemberLeft { member, .. } => eprintln!("-- {} left", book.short(member)),
                         _ => eprintln!("-- the room expired"),
                     }
                 }
@@ -371,14 +390,48 @@ mod tests {
             first_at: 1,
             verified: false,
         };
-        let text = request_text(&r);
+        let nobody = Book::default();
+        let text = request_text(&r, &nobody);
         assert!(text.contains("not a verified contact"), "{text}");
+        assert!(text.contains("NOT one of your contacts"), "{text}");
         assert!(text.contains("p2pnode verify 12D3KooWStranger"), "{text}");
         r.verified = true;
-        assert!(!request_text(&r).contains("not a verified contact"));
+        assert!(!request_text(&r, &nobody).contains("not a verified contact"));
         // A daemon from before the field reports no verification: a stranger.
         let old: ChatRequest =
             serde_json::from_str(r#"{"peer_id":"12D3KooWStranger","first_at":1}"#).unwrap();
         assert!(!old.verified);
+    }
+
+    #[test]
+    fn a_request_names_the_contact_of_this_very_peer_id_only() {
+        let contact = |name: &str, peer_id: &str| p2pnode_node::contacts::Contact {
+            name: name.into(),
+            peer_id: peer_id.into(),
+            added_at: 0,
+            verified: false,
+        };
+        let book = Book::of(vec![contact("alice", "12D3KooWAlice")]);
+        let mut r = ChatRequest {
+            peer_id: "12D3KooWAlice".into(),
+            first_at: 1,
+            verified: false,
+        };
+        let text = request_text(&r, &book);
+        assert!(text.starts_with("12D3KooWAlice (alice)\n"), "{text}");
+        assert!(text.contains("never verified"), "{text}");
+        assert!(text.contains("p2pnode verify alice"), "{text}");
+        assert!(text.contains("p2pnode chat accept alice"), "{text}");
+        r.verified = true;
+        assert!(request_text(&r, &book).contains("your contact alice, verified key"));
+        // Alice under a new peer id is a stranger: no name, and said so.
+        let stranger = ChatRequest {
+            peer_id: "12D3KooWNewAlice".into(),
+            first_at: 1,
+            verified: false,
+        };
+        let text = request_text(&stranger, &book);
+        assert!(!text.contains("alice"), "{text}");
+        assert!(text.contains("NOT one of your contacts"), "{text}");
     }
 }

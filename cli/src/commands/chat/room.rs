@@ -34,10 +34,11 @@ pub(crate) async fn run(control: &ControlClient, cmd: RoomCommand, json: bool) -
             return Ok(());
         }
     };
+    let book = crate::commands::Book::load(control).await;
     output::show(json, &info, |i| {
         println!("room {} ({})", i.name, i.room_id);
         for m in &i.members {
-            println!("  {m}");
+            println!("  {}", book.label(m));
         }
     });
     Ok(())

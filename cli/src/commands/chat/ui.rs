@@ -1,5 +1,5 @@
-//! The terminal UI of `p2pnode chat <peer-id>` (without `--line`): a header with the
-//! peer's state, the conversation as scrollback (✓ on what the peer has received), and an
+//! The terminal UI of `p2pnode chat <peer-id | name>` (without `--line`): a header with
+//! the peer's contact name and state, the conversation as scrollback (✓ on what the peer has received), and an
 //! input line (Enter sends, Esc or Ctrl-C quits, PageUp/PageDown scroll).
 //!
 //! One `tokio::select!` loop drives it, over terminal events and the daemon's chat events.
@@ -52,6 +52,8 @@ impl Drop for TerminalGuard {
 
 struct App {
     peer: String,
+    /// The contact's name for this very peer id, if it has one.
+    name: Option<String>,
     state: ChatPeerState,
     messages: Vec<ChatMessage>,
     input: String,
@@ -96,7 +98,18 @@ impl App {
         } else {
             "not verified"
         };
-        format!(" chat with {} ({online}, {path}, {verified}) ", self.peer)
+        let who = match &self.name {
+            Some(name) => format!("{name} ({})", self.peer),
+            None => self.peer.clone(),
+        };
+        format!(" chat with {who} ({online}, {path}, {verified}) ")
+    }
+
+    /// Who wrote an incoming message: the contact's name, else the end of the peer id.
+    fn who(&self) -> &str {
+        self.name
+            .as_deref()
+            .unwrap_or(&self.peer[self.peer.len().saturating_sub(8)..])
     }
 
     fn draw(&self, frame: &mut ratatui::Frame<'_>) {
@@ -112,7 +125,11 @@ impl App {
             header,
         );
 
-        let lines: Vec<Line<'_>> = self.messages.iter().map(message_line).collect();
+        let lines: Vec<Line<'_>> = self
+            .messages
+            .iter()
+            .map(|m| message_line(m, self.who()))
+            .collect();
         let height = body.height.saturating_sub(1) as usize;
         let end = lines.len().saturating_sub(self.scroll.min(lines.len()));
         let start = end.saturating_sub(height);
@@ -142,7 +159,7 @@ impl App {
     }
 }
 
-fn message_line(m: &ChatMessage) -> Line<'_> {
+fn message_line<'a>(m: &'a ChatMessage, who: &str) -> Line<'a> {
     if m.outgoing {
         let mark = if m.delivered { "✓ " } else { "  " };
         Line::from(vec![
@@ -151,11 +168,10 @@ fn message_line(m: &ChatMessage) -> Line<'_> {
             Span::raw(m.body.as_str()),
         ])
     } else {
-        let peer = &m.peer_id[m.peer_id.len().saturating_sub(8)..];
         let req = if m.request { " (request)" } else { "" };
         Line::from(vec![
             Span::raw("  "),
-            Span::styled(format!("{peer}{req}: "), Style::default().fg(Color::Yellow)),
+            Span::styled(format!("{who}{req}: "), Style::default().fg(Color::Yellow)),
             Span::raw(m.body.as_str()),
         ])
     }
@@ -165,6 +181,7 @@ fn message_line(m: &ChatMessage) -> Line<'_> {
 pub(crate) async fn run(
     control: &ControlClient,
     peer: &str,
+    name: Option<&str>,
     state: ChatPeerState,
     events: Lines,
 ) -> Result<()> {
@@ -174,6 +191,7 @@ pub(crate) async fn run(
         .unwrap_or_default();
     let mut app = App {
         peer: peer.to_string(),
+        name: name.map(str::to_string),
         state,
         messages: Vec::new(),
         input: String::new(),

@@ -50,7 +50,7 @@ pub async fn same_lan(config: ScenarioConfig) -> Result<SameLanOutcome, LabError
 
 async fn same_lan_in(lab: &Lab, config: &ScenarioConfig) -> Result<SameLanOutcome, LabError> {
     let t = Transport::Tcp;
-    let relay = start_relay(lab, "relay", &[t], &config).await?;
+    let relay = start_relay(lab, "relay", &[t], config).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,

@@ -58,7 +58,7 @@ async fn relay_restart_in(
     t: Transport,
     config: &ScenarioConfig,
 ) -> Result<RelayRestartOutcome, LabError> {
-    let relay = start_relay(lab, "relay", &[t], &config).await?;
+    let relay = start_relay(lab, "relay", &[t], config).await?;
     let options = PeerOptions {
         transport: t,
         port: PEER_PORT,

@@ -1,0 +1,77 @@
+//! Stamps the binary with its git revision and build date for `p2pnode --version`.
+//!
+//! Without git (a tarball build) both still come out: the revision as "unknown". Reruns
+//! only when HEAD moves (its file, the branch ref it names, packed refs), not on every
+//! source change, so an edit-build cycle does not pay for it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    watch_head();
+    println!("cargo:rustc-env=P2PNODE_GIT_REV={rev}");
+    println!("cargo:rustc-env=P2PNODE_BUILD_DATE={}", build_date());
+}
+
+/// Runs git in the package directory; `None` when git is missing or this is no checkout.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// Asks cargo to rerun when HEAD moves. In a worktree HEAD lives in the worktree's git
+/// dir and the branch refs in the common dir, so both are asked for.
+fn watch_head() {
+    let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let abs = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { here.join(p) }
+    };
+    let Some(git_dir) = git(&["rev-parse", "--git-dir"]).map(abs) else {
+        return;
+    };
+    let common = git(&["rev-parse", "--git-common-dir"])
+        .map(abs)
+        .unwrap_or_else(|| git_dir.clone());
+    let mut watched = vec![git_dir.join("HEAD"), common.join("packed-refs")];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(common.join(branch));
+    }
+    // A path that does not exist would make cargo rerun the script on every build.
+    for path in watched.iter().filter(|p| Path::exists(p)) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+}
+
+/// Today's date (UTC), or that of `SOURCE_DATE_EPOCH` for reproducible builds.
+fn build_date() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        });
+    let Some(secs) = secs else {
+        return "unknown".into();
+    };
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), to need no
+    // date crate for one line of output.
+    let days = (secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
