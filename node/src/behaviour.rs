@@ -9,12 +9,13 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
-    identify, identity, kad, mdns, memory_connection_limits, ping, relay,
+    PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, gossipsub, identify,
+    identity, kad, mdns, memory_connection_limits, ping, relay,
 };
 
 use crate::config::{Config, HolePunchMode};
 use crate::gossip_idle::IdleGossip;
+use crate::holepunch::DcutrForOthers;
 use crate::relay_limits::PrefixLimiter;
 
 /// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
@@ -40,7 +41,7 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     /// Upgrades relayed connections to direct ones by hole punching (off in relay-only
     /// mode: it would tell peers our observed address).
-    pub dcutr: Toggle<dcutr::Behaviour>,
+    pub dcutr: Toggle<DcutrForOthers>,
     /// Tells peers our listen addresses and learns theirs and our observed address.
     pub identify: identify::Behaviour,
     /// Peer routing and content discovery.
@@ -133,8 +134,9 @@ impl Behaviour {
                 .into(),
             relay_client,
             relay_server: relay_server.into(),
-            dcutr: (!cfg.relay_only && cfg.hole_punch == HolePunchMode::Dcutr)
-                .then(|| dcutr::Behaviour::new(peer_id))
+            // DCUtR runs beside ours for peers that speak only DCUtR; in `dcutr` mode alone.
+            dcutr: (!cfg.relay_only && cfg.hole_punch != HolePunchMode::Off)
+                .then(|| DcutrForOthers::new(peer_id, cfg.hole_punch == HolePunchMode::P2pnode))
                 .into(),
             identify,
             kad,

@@ -59,8 +59,9 @@ enum Commands {
         pairs: Vec<String>,
         /// Hole-punching set-ups, comma separated: p2pnode (ours, the default: the relay's
         /// introductions, the exchange as fallback), exchange (ours without introductions:
-        /// the relay runs with --hole-punch off), dcutr (libp2p's); give several to measure
-        /// them side by side.
+        /// the relay runs with --hole-punch off), dcutr (libp2p's), p2pnode-dcutr and
+        /// dcutr-p2pnode (A ours and B DCUtR only, or the other way round); give several
+        /// to measure them side by side.
         #[arg(long, value_delimiter = ',', default_value = "p2pnode")]
         hole_punch: Vec<String>,
         /// Also write the full report (every trial) as JSON here.

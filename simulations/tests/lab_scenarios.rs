@@ -131,6 +131,33 @@ async fn cone_cone_tcp_goes_direct_and_works_without_the_relay() {
     assert!(value("relay", "p2pnode_circuits_served_total") >= 1.0);
     assert!(value("relay", "p2pnode_reservations_served") >= 2.0);
     assert!(value("a", "libp2p_swarm_connections_established_total") >= 1.0);
+    // DCUtR runs beside ours but stands down between two nodes that both speak ours: no
+    // double dials.
+    for node in ["a", "b"] {
+        assert!(
+            !outcome.metrics[node].contains(r#"method="dcutr""#),
+            "{node} ran DCUtR against a p2pnode peer:\n{}",
+            outcome.metrics[node]
+        );
+    }
+}
+
+/// A node running ours also punches with a peer that speaks only DCUtR (a node started
+/// with `--hole-punch dcutr` stands in for go-libp2p or js-libp2p), in both roles: as the
+/// relayed connection's listener it starts DCUtR once identify shows the dialer does not
+/// speak ours; as its dialer it answers the other's DCUtR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_cone_goes_direct_with_a_dcutr_only_peer() {
+    if !lab_allowed() {
+        return;
+    }
+    let _alone = MACHINE.write().await;
+    for punch in [Punch::P2pnodeToDcutr, Punch::DcutrToP2pnode] {
+        for transport in [Transport::Tcp, Transport::Quic] {
+            let outcome = hole_punch_with(NatKind::Cone, NatKind::Cone, transport, punch).await;
+            assert_direct_without_relay(&outcome);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

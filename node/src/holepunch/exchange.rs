@@ -24,12 +24,14 @@ impl Puncher {
                     self.metrics.punch("exchange", "success");
                     return;
                 }
+                // A peer that speaks only DCUtR starts DCUtR itself (see `dcutr`): not a
+                // failure of ours.
+                Err(HolePunchError::Unsupported) => {
+                    tracing::debug!(%peer, "the peer does not speak our hole punching; DCUtR is its way");
+                    return;
+                }
                 // Another try cannot do better than these.
-                Err(
-                    e @ (HolePunchError::NoOwnAddrs
-                    | HolePunchError::NoPeerAddrs
-                    | HolePunchError::Unsupported),
-                ) => {
+                Err(e @ (HolePunchError::NoOwnAddrs | HolePunchError::NoPeerAddrs)) => {
                     tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
                     self.metrics.punch("exchange", "failure");
                     return;

@@ -59,6 +59,7 @@
 mod budget;
 mod candidates;
 mod codec;
+mod dcutr;
 mod exchange;
 mod introductions;
 
@@ -76,6 +77,7 @@ pub(crate) use budget::IntroBudget;
 pub use budget::{ANSWER_WINDOW, INTRO_WINDOW, MAX_ANSWERS, MAX_INTRODUCTIONS};
 pub use candidates::Candidates;
 pub use codec::{Introduction, decode, encode};
+pub use dcutr::DcutrForOthers;
 
 /// The protocol name.
 pub const HOLEPUNCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pnode/holepunch/1");

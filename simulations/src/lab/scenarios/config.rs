@@ -95,11 +95,22 @@ pub enum Punch {
     Exchange,
     /// libp2p's DCUtR (the relay introduces nobody either).
     Dcutr,
+    /// A runs ours (with DCUtR beside it), B only DCUtR: B stands for another libp2p
+    /// implementation (the relay introduces, and skips B, which does not speak it).
+    P2pnodeToDcutr,
+    /// A only DCUtR, B ours: the other way round.
+    DcutrToP2pnode,
 }
 
 impl Punch {
     /// Every set-up, in the order `--hole-punch` lists them.
-    pub const ALL: [Punch; 3] = [Punch::P2pnode, Punch::Exchange, Punch::Dcutr];
+    pub const ALL: [Punch; 5] = [
+        Punch::P2pnode,
+        Punch::Exchange,
+        Punch::Dcutr,
+        Punch::P2pnodeToDcutr,
+        Punch::DcutrToP2pnode,
+    ];
 
     /// Its name on the command line and in outcomes.
     pub fn as_str(self) -> &'static str {
@@ -107,6 +118,8 @@ impl Punch {
             Punch::P2pnode => "p2pnode",
             Punch::Exchange => "exchange",
             Punch::Dcutr => "dcutr",
+            Punch::P2pnodeToDcutr => "p2pnode-dcutr",
+            Punch::DcutrToP2pnode => "dcutr-p2pnode",
         }
     }
 
@@ -115,18 +128,29 @@ impl Punch {
         Self::ALL.into_iter().find(|p| p.as_str() == text)
     }
 
-    /// The peers' `--hole-punch` mode.
+    /// The `--hole-punch` mode of A (the peer that connects) or of every other peer.
     pub fn mode(self) -> HolePunchMode {
         match self {
-            Punch::P2pnode | Punch::Exchange => HolePunchMode::P2pnode,
-            Punch::Dcutr => HolePunchMode::Dcutr,
+            Punch::P2pnode | Punch::Exchange | Punch::P2pnodeToDcutr => HolePunchMode::P2pnode,
+            Punch::Dcutr | Punch::DcutrToP2pnode => HolePunchMode::Dcutr,
+        }
+    }
+
+    /// The `--hole-punch` mode of B (the peer A connects to).
+    pub fn mode_b(self) -> HolePunchMode {
+        match self {
+            Punch::P2pnodeToDcutr => HolePunchMode::Dcutr,
+            Punch::DcutrToP2pnode => HolePunchMode::P2pnode,
+            other => other.mode(),
         }
     }
 
     /// The relay's `--hole-punch` mode: introductions only where they are measured.
     pub(super) fn relay_mode(self) -> HolePunchMode {
         match self {
-            Punch::P2pnode => HolePunchMode::P2pnode,
+            Punch::P2pnode | Punch::P2pnodeToDcutr | Punch::DcutrToP2pnode => {
+                HolePunchMode::P2pnode
+            }
             Punch::Exchange | Punch::Dcutr => HolePunchMode::Off,
         }
     }

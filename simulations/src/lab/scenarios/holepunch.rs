@@ -77,8 +77,8 @@ pub struct HolePunchOutcome {
     /// When no direct connection came: ms until the daemon logged that DCUtR gave up.
     pub gave_up_ms: Option<f64>,
     /// Each node's metrics (`a`, `b`, `relay`), scraped at the end when the config asks
-    /// for metrics.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    /// for metrics (kept out of the JSON report: pages of text per node).
+    #[serde(skip)]
     pub metrics: std::collections::BTreeMap<String, String>,
 }
 
@@ -148,9 +148,13 @@ impl HolePunchLab {
             hole_punch: cfg.hole_punch.mode(),
             metrics: cfg.metrics,
         };
+        let options_b = PeerOptions {
+            hole_punch: cfg.hole_punch.mode_b(),
+            ..options
+        };
         let (a, b) = tokio::try_join!(
             start_peer(&self.lab, "a", &a_name, &self.relay, options),
-            start_peer(&self.lab, "b", &b_name, &self.relay, options)
+            start_peer(&self.lab, "b", &b_name, &self.relay, options_b)
         )?;
         tokio::try_join!(
             wait_reservation(&a, cfg.setup_timeout),
