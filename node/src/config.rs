@@ -58,8 +58,9 @@ pub struct Config {
     /// networks (loopback, TEST-NET) where no address is globally routable.
     pub autonat_private_ips: bool,
     /// How a relayed connection is turned into a direct one: `p2pnode` (our own exchange,
-    /// started by the peer that dialled through the relay; the fastest), `dcutr` (libp2p's
-    /// DCUtR, for peers that do not speak ours) or `off`. Relay-only nodes never punch.
+    /// started by the peer that dialled through the relay; the fastest, with libp2p's DCUtR
+    /// beside it for peers that speak only DCUtR), `dcutr` (libp2p's DCUtR alone) or
+    /// `off`. Relay-only nodes never punch.
     pub hole_punch: HolePunchMode,
     /// Privacy mode: never dial or accept direct connections (except to the bootstrap
     /// relays) and never advertise our own addresses; peers only see the relay's.

@@ -208,7 +208,8 @@ pub(crate) struct StartArgs {
     pub(crate) relay_only: bool,
 
     /// How to turn a relayed connection into a direct one: "p2pnode" (the default: our own
-    /// exchange, the fastest), "dcutr" (libp2p's DCUtR, for other libp2p peers) or "off".
+    /// introductions and exchange, the fastest, with libp2p's DCUtR for peers that speak
+    /// only that), "dcutr" (libp2p's DCUtR alone) or "off".
     #[arg(long, value_name = "MODE", value_parser = ["p2pnode", "dcutr", "off"])]
     pub(crate) hole_punch: Option<String>,
 
