@@ -137,8 +137,9 @@ pub struct Conflict {
 pub struct HistoryEntry {
     /// The change's hash.
     pub hash: ChangeHash,
-    /// The author's peer id: the actor id without its session suffix. For an actor id not
-    /// made here (8 bytes or shorter), the whole actor id.
+    /// The author's peer id: the actor id without its last 8 bytes (the session suffix).
+    /// Every actor id is read this way, so one made by another automerge client shows its
+    /// first bytes (or all of it, when 8 bytes or shorter).
     pub author: Vec<u8>,
     /// Milliseconds since the Unix epoch, from the author's clock.
     pub time_ms: i64,
@@ -155,8 +156,9 @@ pub(crate) struct Persisted {
     pub(crate) heads: Vec<ChangeHash>,
     pub(crate) snapshot_len: u64,
     pub(crate) log_len: u64,
-    /// Whether the document has been saved or loaded by the store at all.
-    pub(crate) on_disk: bool,
+    /// The snapshot file this document was last saved to or loaded from: a save to any
+    /// other name writes a full snapshot, since that name's log does not follow it.
+    pub(crate) file: Option<std::path::PathBuf>,
 }
 
 /// A JSON document backed by automerge, written as one peer.
@@ -328,25 +330,31 @@ impl Document {
 
     /// Writes `value` at `path` in one change. The parent must exist; under a list, an
     /// index replaces that element, the list's length or `-` appends. The empty path
-    /// replaces the whole document, which must then be an object.
-    pub fn put(&mut self, path: &str, value: &Value) -> Result<ChangeHash> {
+    /// replaces the whole document, which must then be an object. Returns the change's
+    /// hash, `None` if nothing was written (an empty object put at an empty root).
+    pub fn put(&mut self, path: &str, value: &Value) -> Result<Option<ChangeHash>> {
         self.put_with(path, value, &Commit::new())
     }
 
     /// [`Self::put`] with a message or time for the change.
-    pub fn put_with(&mut self, path: &str, value: &Value, commit: &Commit) -> Result<ChangeHash> {
+    pub fn put_with(
+        &mut self,
+        path: &str,
+        value: &Value,
+        commit: &Commit,
+    ) -> Result<Option<ChangeHash>> {
         check_json(value, 0)?;
         let parsed = Path::parse(path)?;
         self.write(&parsed, value, commit, Walk::Strict(self.strategy))
     }
 
     /// Removes the key or list element at `path` in one change.
-    pub fn delete(&mut self, path: &str) -> Result<ChangeHash> {
+    pub fn delete(&mut self, path: &str) -> Result<Option<ChangeHash>> {
         self.delete_with(path, &Commit::new())
     }
 
     /// [`Self::delete`] with a message or time for the change.
-    pub fn delete_with(&mut self, path: &str, commit: &Commit) -> Result<ChangeHash> {
+    pub fn delete_with(&mut self, path: &str, commit: &Commit) -> Result<Option<ChangeHash>> {
         let parsed = Path::parse(path)?;
         let Some(last) = parsed.segments.len().checked_sub(1) else {
             return Err(Error::InvalidPath {
@@ -447,7 +455,7 @@ impl Document {
         // Resolution navigates like `conflicts` does, so a conflict listed there can be
         // resolved under Manual even when it sits inside another one.
         let walk = Walk::Descend(self.strategy);
-        self.write(&parsed, &value, commit, walk).map(Some)
+        self.write(&parsed, &value, commit, walk)
     }
 
     // --- navigation -----------------------------------------------------------------------
@@ -691,7 +699,7 @@ impl Document {
 
     // --- writing --------------------------------------------------------------------------
 
-    fn commit<F>(&mut self, commit: &Commit, f: F) -> Result<ChangeHash>
+    fn commit<F>(&mut self, commit: &Commit, f: F) -> Result<Option<ChangeHash>>
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
     {
@@ -700,9 +708,7 @@ impl Document {
             .doc
             .transact_with(|_| options, f)
             .map_err(|failure| Error::Automerge(failure.error))?;
-        // A write that replaces a value by an equal one is still an operation, so every
-        // transaction here makes a change.
-        Ok(done.hash.unwrap_or(ChangeHash([0; 32])))
+        Ok(done.hash)
     }
 
     fn write(
@@ -711,7 +717,7 @@ impl Document {
         value: &Value,
         commit: &Commit,
         walk: Walk,
-    ) -> Result<ChangeHash> {
+    ) -> Result<Option<ChangeHash>> {
         let Some(last) = parsed.segments.len().checked_sub(1) else {
             let Value::Object(map) = value else {
                 return Err(Error::InvalidJson(

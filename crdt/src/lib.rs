@@ -25,6 +25,33 @@
 //! Authors: the actor id of each change is the writing peer's id followed by 8 random
 //! bytes per opened document (a fresh actor per process, as automerge requires); history
 //! strips the suffix. Peer ids are opaque bytes here (libp2p's `PeerId::to_bytes`).
+//! Change times are milliseconds since the Unix epoch (automerge's field is advisory and
+//! documented in seconds; milliseconds make "latest wins" meaningful within a second).
+//!
+//! ```
+//! use p2pnode_crdt::{Document, SyncSession};
+//! use serde_json::json;
+//!
+//! let mut a = SyncSession::new(Document::new(b"peer-a")?);
+//! let mut b = SyncSession::new(Document::new(b"peer-b")?);
+//! a.document_mut().put("todos", &json!([{"title": "milk"}]))?;
+//! // What a transport does: carry each message to the other side until both are quiet.
+//! loop {
+//!     let to_b = a.generate_message(b"peer-b");
+//!     if let Some(m) = &to_b {
+//!         b.receive_message(b"peer-a", m)?;
+//!     }
+//!     let to_a = b.generate_message(b"peer-a");
+//!     if let Some(m) = &to_a {
+//!         a.receive_message(b"peer-b", m)?;
+//!     }
+//!     if to_b.is_none() && to_a.is_none() {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(b.document().get("todos/0/title")?, json!("milk"));
+//! # Ok::<(), p2pnode_crdt::Error>(())
+//! ```
 
 mod document;
 mod error;

@@ -202,11 +202,11 @@ impl Store {
 
     /// Saves the changes since the last save or load: appended to the log, or as a new
     /// snapshot when the log has grown past the snapshot's size and the threshold, or when
-    /// this document was not loaded from or saved to this store before (its file, if any,
-    /// is replaced). Durable when it returns.
+    /// this document was not last loaded from or saved to this name (the file, if any, is
+    /// replaced). Durable when it returns.
     pub fn save(&self, name: &str, doc: &mut Document) -> Result<Saved> {
         check_name(name)?;
-        if !doc.persisted.on_disk {
+        if doc.persisted.file.as_deref() != Some(self.snapshot_path(name).as_path()) {
             return self.compact(name, doc);
         }
         let heads = doc.heads();
@@ -259,7 +259,7 @@ impl Store {
         doc.persisted.heads = heads;
         doc.persisted.snapshot_len = bytes.len() as u64;
         doc.persisted.log_len = 0;
-        doc.persisted.on_disk = true;
+        doc.persisted.file = Some(self.snapshot_path(name));
         tracing::debug!(name, bytes = bytes.len(), "snapshot written");
         Ok(Saved::Snapshot(bytes.len() as u64))
     }
@@ -284,7 +284,7 @@ impl Store {
         doc.persisted.heads = doc.heads();
         doc.persisted.snapshot_len = snapshot_len;
         doc.persisted.log_len = log_len;
-        doc.persisted.on_disk = true;
+        doc.persisted.file = Some(path);
         Ok(doc)
     }
 
