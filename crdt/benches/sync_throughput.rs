@@ -139,7 +139,7 @@ fn peak_rss_kib() -> Option<u64> {
 fn main() {
     let changes = arg("--changes", 10_000);
     let load_changes = arg("--load-changes", 100_000);
-    let runs = arg("--runs", 5).max(1);
+    let runs = arg("--runs", 15).max(1);
 
     // 1. Sync of `changes` changes made through our API: list appends and map writes.
     let start = Instant::now();
@@ -165,9 +165,15 @@ fn main() {
     );
     let mut ours = Vec::new();
     let mut base = Vec::new();
-    for _ in 0..runs {
-        ours.push(sync_ours(&doc).0);
-        base.push(sync_automerge(doc.automerge()));
+    // Alternate which goes first, so neither always runs on a warmer heap.
+    for run in 0..runs {
+        if run % 2 == 0 {
+            ours.push(sync_ours(&doc).0);
+            base.push(sync_automerge(doc.automerge()));
+        } else {
+            base.push(sync_automerge(doc.automerge()));
+            ours.push(sync_ours(&doc).0);
+        }
     }
     compare(
         &format!("sync {changes} changes to an empty peer (median of {runs})"),
@@ -194,19 +200,20 @@ fn main() {
     store.compact("big", &mut stored).unwrap();
     drop(stored);
     let (mut t_ours, mut t_store, mut t_base) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs.min(3) {
-        let start = Instant::now();
-        let d = Document::load(b"reader", &bytes).unwrap();
-        t_ours.push(start.elapsed());
-        assert_eq!(d.heads(), big.get_heads());
-        let start = Instant::now();
-        let d = store.load("big", b"reader").unwrap();
-        t_store.push(start.elapsed());
-        assert_eq!(d.heads(), big.get_heads());
-        let start = Instant::now();
-        let d = Automerge::load(&bytes).unwrap();
-        t_base.push(start.elapsed());
-        assert_eq!(d.get_heads(), big.get_heads());
+    let heads = big.get_heads();
+    for run in 0..runs.min(5) {
+        // The three loads in a rotating order, so none always goes first.
+        for step in 0..3 {
+            let start = Instant::now();
+            let loaded_heads = match (run + step) % 3 {
+                0 => Document::load(b"reader", &bytes).unwrap().heads(),
+                1 => store.load("big", b"reader").unwrap().heads(),
+                _ => Automerge::load(&bytes).unwrap().get_heads(),
+            };
+            let time = start.elapsed();
+            assert_eq!(loaded_heads, heads);
+            [&mut t_ours, &mut t_store, &mut t_base][(run + step) % 3].push(time);
+        }
     }
     for t in [&mut t_ours, &mut t_store, &mut t_base] {
         t.sort();
@@ -217,7 +224,8 @@ fn main() {
         t_base[t_base.len() / 2],
     );
     println!(
-        "load {load_changes} changes: Document::load {:.1} ms, Store::load {:.1} ms | Automerge::load {:.1} ms | ratio {:.2}x, {:.2}x",
+        "load {load_changes} changes (median of {}): Document::load {:.1} ms, Store::load {:.1} ms | Automerge::load {:.1} ms | ratio {:.2}x, {:.2}x",
+        runs.min(5),
         ms(o),
         ms(s),
         ms(b),
@@ -225,12 +233,23 @@ fn main() {
         s.as_secs_f64() / b.as_secs_f64(),
     );
     let source = Document::load(b"writer", &bytes).unwrap();
-    let (ours, _) = sync_ours(&source);
-    let base = sync_automerge(&big);
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for run in 0..runs.min(3) {
+        if run % 2 == 0 {
+            ours.push(sync_ours(&source).0);
+            base.push(sync_automerge(&big));
+        } else {
+            base.push(sync_automerge(&big));
+            ours.push(sync_ours(&source).0);
+        }
+    }
     compare(
-        &format!("sync {load_changes} changes to a fresh peer (one run)"),
-        ours,
-        base,
+        &format!(
+            "sync {load_changes} changes to a fresh peer (median of {})",
+            runs.min(3)
+        ),
+        median(ours),
+        median(base),
     );
     std::fs::remove_dir_all(&dir).ok();
     if let Some(kib) = peak_rss_kib() {

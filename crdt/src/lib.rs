@@ -53,6 +53,8 @@
 //! # Ok::<(), p2pnode_crdt::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 mod document;
 mod error;
 mod path;

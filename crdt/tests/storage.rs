@@ -204,7 +204,10 @@ fn saving_a_loaded_document_under_another_name_writes_a_snapshot() {
     let (store, saved) = store_with_log(dir.path());
     let mut doc = store.load("doc", b"writer").unwrap();
     doc.put("copy", &json!(true)).unwrap();
-    assert!(matches!(store.save("copy", &mut doc).unwrap(), Saved::Snapshot(_)));
+    assert!(matches!(
+        store.save("copy", &mut doc).unwrap(),
+        Saved::Snapshot(_)
+    ));
     assert_eq!(heads(&store.load("doc", b"writer").unwrap()), saved[5]);
     assert_eq!(heads(&store.load("copy", b"writer").unwrap()), heads(&doc));
     assert_eq!(store.list().unwrap(), ["copy", "doc"]);
@@ -216,13 +219,21 @@ fn saving_a_loaded_document_under_another_name_writes_a_snapshot() {
 fn sync_states_round_trip_per_peer() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.save_sync_state("doc", &[1, 2, 255], b"state-1").unwrap();
+    store
+        .save_sync_state("doc", &[1, 2, 255], b"state-1")
+        .unwrap();
     store.save_sync_state("doc", b"peer", b"state-2").unwrap();
     store.save_sync_state("doc", b"peer", b"state-3").unwrap();
     assert_eq!(
         store.load_sync_states("doc").unwrap(),
-        [(vec![1, 2, 255], b"state-1".to_vec()), (b"peer".to_vec(), b"state-3".to_vec())]
+        [
+            (vec![1, 2, 255], b"state-1".to_vec()),
+            (b"peer".to_vec(), b"state-3".to_vec())
+        ]
     );
     assert!(store.load_sync_states("other").unwrap().is_empty());
-    assert!(matches!(store.save_sync_state("doc", &[], b"x"), Err(Error::InvalidPeerId(0))));
+    assert!(matches!(
+        store.save_sync_state("doc", &[], b"x"),
+        Err(Error::InvalidPeerId(0))
+    ));
 }
