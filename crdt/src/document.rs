@@ -1014,6 +1014,10 @@ mod tests {
         a.merge(&mut b).unwrap();
         let (v, _) = a.automerge().get(ROOT, "k").unwrap().unwrap();
         assert_eq!(a.get("k").unwrap(), scalar_json(v.as_scalar().unwrap()));
+        // Candidates come in automerge's order: its winner last.
+        let conflicts = a.conflicts().unwrap();
+        let last = conflicts[0].candidates.last().unwrap();
+        assert_eq!(last.value, scalar_json(v.as_scalar().unwrap()));
     }
 
     #[test]

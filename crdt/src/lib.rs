@@ -21,6 +21,10 @@
 //! than merge by character). Integers stay integers (i64, or u64 above i64's range),
 //! other numbers are f64. Reading maps automerge's other kinds back as numbers (counters,
 //! timestamps), strings (text objects) or arrays of numbers (bytes).
+//! Objects and lists have an identity: two peers that each `put` an object at the same
+//! key concurrently make two objects in conflict, and a read shows one of them with only
+//! the edits made inside it. Create shared containers once (with the document), then
+//! write inside them.
 //!
 //! Authors: the actor id of each change is the writing peer's id followed by 8 random
 //! bytes per opened document (a fresh actor per process, as automerge requires); history

@@ -109,3 +109,30 @@ fn a_disconnect_mid_sync_recovers_on_reconnect() {
     run(&mut a, b"peer-a", &mut b, b"peer-b");
     assert_eq!(a.document().heads(), b.document().heads());
 }
+
+#[test]
+fn a_peer_that_lost_unsaved_changes_gets_them_again() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (store_a, store_b) = (
+        Store::open(da.path()).unwrap(),
+        Store::open(db.path()).unwrap(),
+    );
+    let mut a = SyncSession::new(big_doc());
+    let mut b = SyncSession::new(Document::new(b"peer-b").unwrap());
+    run(&mut a, b"peer-a", &mut b, b"peer-b");
+    store_a.save_session("doc", &mut a).unwrap();
+    store_b.save_session("doc", &mut b).unwrap();
+    // A edits and syncs; A saves, B is killed before it saves what it received.
+    a.document_mut().put("late", &json!("edit")).unwrap();
+    run(&mut a, b"peer-a", &mut b, b"peer-b");
+    store_a.save_session("doc", &mut a).unwrap();
+    drop((a, b));
+    let mut a = store_a.load_session("doc", b"peer-a").unwrap();
+    let mut b = store_b.load_session("doc", b"peer-b").unwrap();
+    assert!(b.document().get("late").is_err());
+    // A's state says B has the edit; B's first message tells otherwise and A resends.
+    run(&mut a, b"peer-a", &mut b, b"peer-b");
+    assert_eq!(a.document().heads(), b.document().heads());
+    assert_eq!(b.document().get("late").unwrap(), json!("edit"));
+}
