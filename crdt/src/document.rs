@@ -48,7 +48,8 @@ pub enum Strategy {
     /// local, the latest local one. Replicas may pick differently.
     RemoteWins,
     /// No pick: a read or write whose path meets several values fails with
-    /// [`Error::Conflict`] until [`Document::resolve`] replaces them.
+    /// [`Error::Conflict`] until [`Document::resolve`] replaces them (a delete of the path
+    /// itself is allowed: it removes them all).
     /// [`Document::conflicts`] descends through such places along automerge's own winner.
     Manual,
 }
@@ -387,9 +388,14 @@ impl Document {
     /// Every register holding several values, found by descending from the root along the
     /// document's strategy (under [`Strategy::Manual`], along automerge's winner).
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        self.conflicts_with(self.strategy)
+    }
+
+    /// [`Self::conflicts`] with `strategy` for the picks and the descent.
+    pub fn conflicts_with(&self, strategy: Strategy) -> Result<Vec<Conflict>> {
         let mut out = Vec::new();
         let mut at = Vec::new();
-        self.collect_conflicts(&ROOT, Walk::Descend(self.strategy), &mut at, &mut out)?;
+        self.collect_conflicts(&ROOT, Walk::Descend(strategy), &mut at, &mut out)?;
         Ok(out)
     }
 
@@ -983,6 +989,11 @@ mod tests {
         assert_eq!(conflicts[0].path, "k");
         let pick = conflicts[0].pick.unwrap();
         assert_eq!(conflicts[0].candidates[pick].value, json!("remote"));
+        let local = a.conflicts_with(Strategy::LocalWins).unwrap();
+        assert_eq!(
+            local[0].candidates[local[0].pick.unwrap()].value,
+            json!("local")
+        );
         assert!(
             conflicts[0]
                 .candidates
@@ -1018,6 +1029,37 @@ mod tests {
         let conflicts = a.conflicts().unwrap();
         let last = conflicts[0].candidates.last().unwrap();
         assert_eq!(last.value, scalar_json(v.as_scalar().unwrap()));
+    }
+
+    #[test]
+    fn list_elements_and_nested_objects_conflict_too() {
+        let mut a = doc("a");
+        a.put_with("l", &json!([1, 2]), &Commit::new().time_ms(1))
+            .unwrap();
+        let mut b = a.fork(b"b").unwrap();
+        a.put_with("l/1", &json!("a"), &Commit::new().time_ms(10))
+            .unwrap();
+        b.put_with("l/1", &json!("b"), &Commit::new().time_ms(20))
+            .unwrap();
+        // Both create `o` concurrently, then write inside their own object.
+        a.put_with("o", &json!({"x": 1}), &Commit::new().time_ms(30))
+            .unwrap();
+        b.put_with("o", &json!({"x": 2}), &Commit::new().time_ms(5))
+            .unwrap();
+        a.merge(&mut b).unwrap();
+        assert_eq!(a.get("").unwrap(), json!({"l": [1, "b"], "o": {"x": 1}}));
+        let paths: Vec<String> = a.conflicts().unwrap().into_iter().map(|c| c.path).collect();
+        assert_eq!(paths, ["l/1", "o"]);
+        a.set_strategy(Strategy::Manual);
+        assert!(matches!(a.get("o/x"), Err(Error::Conflict { path, .. }) if path == "o"));
+        assert!(matches!(
+            a.put("l/1", &json!(0)),
+            Err(Error::Conflict { .. })
+        ));
+        assert_eq!(a.get("l/0").unwrap(), json!(1));
+        a.resolve("l/1", Keep::Remote).unwrap();
+        a.resolve("o", Keep::Local).unwrap();
+        assert_eq!(a.get("").unwrap(), json!({"l": [1, "b"], "o": {"x": 1}}));
     }
 
     #[test]
