@@ -381,21 +381,27 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
     }
 }
 
-/// A node dials the peer its relay introduces, at once and directly, for a circuit that
-/// relay carries: C (which punches nothing itself) reaches A through X, and the test,
-/// speaking for X (A's bootstrap peer), introduces C to A, which dials C directly.
-#[tokio::test]
-async fn an_introduction_from_our_relay_makes_a_direct_dial() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+/// X, a relay that introduces nobody itself; A on `a_transport`, reserved on X (its
+/// bootstrap peer); C, which punches nothing, and C's own listen address (read before C
+/// meets the relay, after which it lists a circuit address too).
+struct Trio {
+    x: Node,
+    a: Node,
+    c: Node,
+    c_addr: Multiaddr,
+}
+
+async fn relay_and_two(dirs: &[tempfile::TempDir], a_transport: TransportKind) -> Trio {
     let x = relay_node(dirs[0].path()).await;
-    let x_addr = addr_of(&x).await;
-    let a = memory_node(
+    let a = start(
         dirs[1].path(),
         Config {
-            bootstrap: vec![x_addr.clone()],
+            listen: memory(),
+            bootstrap: vec![addr_of(&x).await],
             dht_bootstrap_interval_secs: 0,
             ..Config::default()
         },
+        a_transport,
     )
     .await;
     let c = memory_node(
@@ -406,14 +412,30 @@ async fn an_introduction_from_our_relay_makes_a_direct_dial() {
         },
     )
     .await;
-    let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
     reserved(&a).await;
-    // C's own listener, read before C meets the relay (and lists a circuit address too).
     let mut c_addr = addr_of(&c).await;
     c_addr.pop();
-    let circuit: Multiaddr = format!("{x_addr}/p2p-circuit/p2p/{a_id}").parse().unwrap();
+    Trio { x, a, c, c_addr }
+}
+
+/// C connects to A through X's circuit: the circuit an introduction must name.
+async fn c_reaches_a_through_x(c: &Node, x: &Node, a_id: p2pnode_node::PeerId) {
+    let circuit: Multiaddr = format!("{}/p2p-circuit/p2p/{a_id}", addr_of(x).await)
+        .parse()
+        .unwrap();
     let relayed = c.client().connect_addr(circuit).await.unwrap();
     assert_eq!(relayed.path, Path::Relayed);
+}
+
+/// A node dials the peer its relay introduces, at once and directly, for a circuit that
+/// relay carries: C (which punches nothing itself) reaches A through X, and the test,
+/// speaking for X (A's bootstrap peer), introduces C to A, which dials C directly.
+#[tokio::test]
+async fn an_introduction_from_our_relay_makes_a_direct_dial() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Trio { x, a, c, c_addr } = relay_and_two(&dirs, TransportKind::Memory).await;
+    let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
+    c_reaches_a_through_x(&c, &x, a_id).await;
 
     let intro = Introduction {
         peer: c_id,
@@ -451,33 +473,10 @@ async fn an_introduction_from_our_relay_makes_a_direct_dial() {
 async fn introductions_for_made_up_peers_make_no_dials() {
     use futures::StreamExt;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let x = relay_node(dirs[0].path()).await;
-    let x_addr = addr_of(&x).await;
     let dialled = Arc::new(Mutex::new(Vec::<Multiaddr>::new()));
-    let a = start(
-        dirs[1].path(),
-        Config {
-            listen: memory(),
-            bootstrap: vec![x_addr.clone()],
-            dht_bootstrap_interval_secs: 0,
-            ..Config::default()
-        },
-        TransportKind::Custom(recording_transport(dialled.clone())),
-    )
-    .await;
-    let c = memory_node(
-        dirs[2].path(),
-        Config {
-            hole_punch: HolePunchMode::Off,
-            ..Config::default()
-        },
-    )
-    .await;
+    let recording = TransportKind::Custom(recording_transport(dialled.clone()));
+    let Trio { x, a, c, c_addr } = relay_and_two(&dirs, recording).await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
-    reserved(&a).await;
-    // C's own listener, read before C meets the relay (and lists a circuit address too).
-    let mut c_addr = addr_of(&c).await;
-    c_addr.pop();
     let before = dialled.lock().unwrap().len();
     let junk = |i: usize| -> Vec<Multiaddr> {
         let port = 1000 + i % 60000;
@@ -533,9 +532,7 @@ async fn introductions_for_made_up_peers_make_no_dials() {
     assert!(made_up.is_empty(), "dialled for made-up peers: {made_up:?}");
 
     // A real circuit: C reaches A through X, and X introduces C with 15 other addresses.
-    let circuit: Multiaddr = format!("{x_addr}/p2p-circuit/p2p/{a_id}").parse().unwrap();
-    let relayed = c.client().connect_addr(circuit).await.unwrap();
-    assert_eq!(relayed.path, Path::Relayed);
+    c_reaches_a_through_x(&c, &x, a_id).await;
     let mut addrs = junk(7);
     addrs.insert(6, c_addr.clone());
     let before = dialled.lock().unwrap().len();

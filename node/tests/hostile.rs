@@ -235,8 +235,10 @@ async fn a_control_socket_left_by_another_user_is_refused() {
     assert!(path.exists(), "another user's file was removed");
 }
 
-#[tokio::test]
-async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+/// Starts a node and its control server, writes `request` on a raw connection and returns
+/// what the server wrote before it closed that connection (failing the test if it keeps it
+/// open); another client is served meanwhile.
+async fn control_closes_after(request: &[u8], what: &str) -> Vec<u8> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
     let node = start_in(dir.path()).await;
@@ -249,20 +251,14 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         std::sync::Arc::new(tokio::sync::Notify::new()),
         stop.clone(),
     ));
-    let mut slow =
-        tokio::net::UnixStream::connect(dir.path().join(p2pnode_node::control::SOCKET_FILE))
-            .await
-            .unwrap();
-    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\n")
+    let socket = dir.path().join(p2pnode_node::control::SOCKET_FILE);
+    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    raw.write_all(request).await.unwrap();
+    let mut written = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut written))
         .await
+        .unwrap_or_else(|_| panic!("{what} was kept open"))
         .unwrap();
-    // The server closes the connection (with or without a 408) instead of waiting.
-    let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, slow.read_to_end(&mut rest))
-        .await
-        .expect("a slow-header connection was kept open")
-        .unwrap();
-    // Others are still served meanwhile.
     let status: p2pnode_node::api::Status = p2pnode_node::control::ControlClient::new(dir.path())
         .get("status")
         .await
@@ -271,42 +267,31 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     stop.notify_one();
     server.await.unwrap();
     node.shutdown().await;
+    written
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    // The server closes the connection (with or without a 408) instead of waiting.
+    control_closes_after(
+        b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\n",
+        "a slow-header connection",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_idle_control_connection_is_closed() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let dir = tempfile::tempdir().unwrap();
-    let node = start_in(dir.path()).await;
-    let listener = p2pnode_node::control::bind(dir.path()).await.unwrap();
-    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
-    let server = tokio::spawn(p2pnode_node::control::serve(
-        listener,
-        node.client().clone(),
-        node.protocols().clone(),
-        std::sync::Arc::new(tokio::sync::Notify::new()),
-        stop.clone(),
-    ));
-    let mut idle =
-        tokio::net::UnixStream::connect(dir.path().join(p2pnode_node::control::SOCKET_FILE))
-            .await
-            .unwrap();
     // One whole request on a keep-alive connection, then silence: the server answers, then
     // closes the connection instead of holding a slot for ever.
-    idle.write_all(b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(WAIT, idle.read_to_end(&mut all))
-        .await
-        .expect("an idle keep-alive connection was kept open")
-        .unwrap();
+    let written = control_closes_after(
+        b"GET /v1/status HTTP/1.1\r\nHost: p2pnode\r\nConnection: keep-alive\r\n\r\n",
+        "an idle keep-alive connection",
+    )
+    .await;
     assert!(
-        all.starts_with(b"HTTP/1.1 200"),
+        written.starts_with(b"HTTP/1.1 200"),
         "{}",
-        String::from_utf8_lossy(&all)
+        String::from_utf8_lossy(&written)
     );
-    stop.notify_one();
-    server.await.unwrap();
-    node.shutdown().await;
 }
