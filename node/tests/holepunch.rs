@@ -532,7 +532,7 @@ async fn introductions_for_made_up_peers_make_no_dials() {
     assert!(made_up.is_empty(), "dialled for made-up peers: {made_up:?}");
 
     // A real circuit: C reaches A through X, and X introduces C with 15 other addresses.
-    c_reaches_a_through_x(&c, &x, a_id).await;
+    c_reaches_a_through_x(&c, x, a_id).await;
     let mut addrs = junk(7);
     addrs.insert(6, c_addr.clone());
     let before = dialled.lock().unwrap().len();
