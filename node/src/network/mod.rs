@@ -37,19 +37,20 @@
 //!   seen it and revoked anyway). Why: deps are chosen by the author, so a revoked (perhaps
 //!   stolen) admin key could otherwise keep minting ops that claim not to have seen its
 //!   revocation, adding itself new identities or promoting accomplices forever.
-//! - `Revoke` ops themselves are never voided by concurrency, only by the causal check: a
-//!   revoke stands if its author had the right when it made it. This breaks the cycles a
-//!   concurrent mutual revocation (A revokes B while B revokes A, directly or through
+//! - `Revoke` ops are judged once, on their causal past before any voiding, and never
+//!   voided by concurrency: a revocation that took effect stays in effect whatever arrives
+//!   later, so a revoked member stays revoked after any merge. This also breaks the cycles
+//!   a concurrent mutual revocation (A revokes B while B revokes A, directly or through
 //!   admins they appointed) would create: both revocations take effect, in the spirit of
 //!   revoke-wins. The cost, stated plainly: a revoked admin can still backdate revocations
-//!   of others, which it could equally have made the moment its key was stolen; it can no
-//!   longer add or promote anyone.
-//! - Voiding cascades (an op voided makes ops that relied on it lose their right), so the
-//!   evaluation runs in passes: each pass judges every op given the set of voided ops, then
-//!   voids the unseen ops of every peer revoked in that pass; the voided set only grows, so
-//!   this ends (at most one pass per op) and the result depends on the DAG alone. A void is
-//!   kept even if the revocation that caused it is voided in a later pass: it can only
-//!   over-revoke, never bring a revoked peer back.
+//!   of others (directly, or through an admin it backdates an appointment of), which it
+//!   could equally have made the moment its key was stolen; it can no longer add, promote,
+//!   name or lease anyone.
+//! - So the evaluation is two passes over the DAG: the first judges every op on its causal
+//!   past and fixes the revocations; the second voids the ops of revoked peers that none of
+//!   their revocations had seen and judges every other op again on the effective ops of its
+//!   past, so the voids cascade (an `Add` by an admin appointed through a voided op is void
+//!   too). Both passes depend on the DAG alone.
 //!
 //! # Invites
 //! An admin issues an [`InviteToken`]: a fresh Ed25519 key pair, whose public half, with the

@@ -74,7 +74,8 @@ impl Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// Stored, with any pending ops it unblocked. Whether it took effect is
-    /// [`Membership::is_effective`]'s answer (it may change as concurrent ops arrive).
+    /// [`Membership::is_effective`]'s answer (it may change as concurrent ops arrive,
+    /// except for a `Revoke`).
     Stored {
         /// Ids stored, this op first.
         ids: Vec<OpId>,
@@ -362,37 +363,29 @@ impl Membership {
     }
 
     /// Recomputes effectiveness and the member set from the DAG alone (see the module
-    /// docs): passes until the set of voided ops stops growing.
+    /// docs) in two passes: the first judges everything on causal pasts with nothing voided
+    /// and fixes the revocations; the second voids the ops of revoked peers that no
+    /// revocation of theirs had seen, and judges the rest again.
     fn evaluate(&mut self) {
         let n = self.ops.len();
+        let first = self.pass(&vec![false; n], None);
         let mut voided = vec![false; n];
-        let pass = loop {
-            let pass = self.pass(&voided);
-            let mut grew = false;
-            for (peer, revokes) in &pass.revokes {
-                for &j in self.by_author.get(peer).into_iter().flatten() {
-                    if voided[j]
-                        || !pass.valid[j]
-                        || matches!(self.ops[j].op.op(), Op::Revoke { .. })
-                    {
-                        continue;
-                    }
-                    if !revokes.iter().any(|&r| self.ops[r].past.has(j)) {
-                        voided[j] = true;
-                        grew = true;
-                    }
+        for (peer, revokes) in &first.revokes {
+            for &j in self.by_author.get(peer).into_iter().flatten() {
+                let is_revoke = matches!(self.ops[j].op.op(), Op::Revoke { .. });
+                if !is_revoke && !revokes.iter().any(|&r| self.ops[r].past.has(j)) {
+                    voided[j] = true;
                 }
             }
-            if !grew {
-                break pass;
-            }
-        };
+        }
+        let pass = self.pass(&voided, Some(&first.valid));
         self.members = self.member_set(&pass);
         self.valid = pass.valid;
     }
 
     /// Judges every op in causal order, on the effective ops of its own past only.
-    fn pass(&self, voided: &[bool]) -> Pass {
+    /// `revokes_from`: revocations already judged, kept as they were.
+    fn pass(&self, voided: &[bool], revokes_from: Option<&[bool]>) -> Pass {
         let mut p = Pass {
             valid: vec![false; self.ops.len()],
             ..Pass::default()
@@ -433,6 +426,7 @@ impl Membership {
                             }
                         }
                 }
+                Op::Revoke { .. } if revokes_from.is_some() => revokes_from.is_some_and(|v| v[i]),
                 Op::Revoke { peer } => {
                     *peer != self.creator
                         && (admin(&p, author) || (author == peer && member(&p, author)))
