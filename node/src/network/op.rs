@@ -99,7 +99,7 @@ pub enum Op {
         /// Its name, if known.
         name: Option<String>,
         /// The joiner's proof of holding an invite, when a member admits it.
-        invite: Option<JoinRequest>,
+        invite: Option<Box<JoinRequest>>,
     },
     /// Revokes `peer`, for good. By an admin, or by the peer itself (leaving).
     Revoke {
@@ -255,7 +255,7 @@ fn to_wire(op: &Op) -> WireOp {
             peer: p(peer),
             role: *role,
             name: name.clone(),
-            invite: invite.as_ref().map(JoinRequest::to_wire),
+            invite: invite.as_deref().map(JoinRequest::to_wire),
         },
         Op::Revoke { peer } => WireOp::Revoke { peer: p(peer) },
         Op::Promote { peer } => WireOp::Promote { peer: p(peer) },
@@ -305,7 +305,7 @@ fn from_wire(w: WireOp, network: Option<NetworkId>) -> Result<Op, OpError> {
                         return Err(OpError::Malformed("role differs from the invite's"));
                     }
                     req.verify_for(&peer)?;
-                    Some(req)
+                    Some(Box::new(req))
                 }
                 None => None,
             };

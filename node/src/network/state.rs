@@ -626,7 +626,7 @@ impl Membership {
                 peer: *joiner,
                 role,
                 name,
-                invite: Some(request),
+                invite: Some(Box::new(request)),
             },
             now_ms,
         )

@@ -399,7 +399,7 @@ fn used_up_invite_does_not_admit() {
             peer: peer(&j2),
             role: Role::Admin,
             name: None,
-            invite: Some(token.join_request(&peer(&j2))),
+            invite: Some(Box::new(token.join_request(&peer(&j2)))),
         },
     );
     m.apply(op.clone()).unwrap();
@@ -428,7 +428,7 @@ fn expired_invite_does_not_admit() {
             peer: peer(&j),
             role: Role::Member,
             name: None,
-            invite: Some(token.join_request(&peer(&j))),
+            invite: Some(Box::new(token.join_request(&peer(&j)))),
         },
     );
     m.apply(op.clone()).unwrap();
@@ -472,7 +472,7 @@ fn invites_of_non_admins_and_revoked_issuers_do_not_admit() {
                 peer: peer(&j),
                 role: token.invite().role,
                 name: None,
-                invite: Some(token.join_request(&peer(&j))),
+                invite: Some(Box::new(token.join_request(&peer(&j)))),
             },
         );
         m.apply(op.clone()).unwrap();
@@ -501,7 +501,7 @@ fn join_proof_is_bound_to_the_joiner() {
             peer: peer(&key(11)),
             role: Role::Member,
             name: None,
-            invite: Some(req),
+            invite: Some(Box::new(req)),
         },
     );
     assert_eq!(bad, Err(OpError::BadSignature));
@@ -729,7 +729,7 @@ fn random_history(seed: u64, steps: usize) -> (SignedOp, Vec<SignedOp>, Vec<Memb
                     peer: target,
                     role: Role::Member,
                     name: None,
-                    invite: Some(token.join_request(&target)),
+                    invite: Some(Box::new(token.join_request(&target))),
                 }
             }
             _ => {
