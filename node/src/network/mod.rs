@@ -79,6 +79,10 @@
 //! [`MAX_INVITE_TEXT`]. An op is stored only if its author was named (created the network
 //! or was the subject of an add or promote) in its causal past, so strangers cannot fill
 //! the record; a revoked member still can, up to [`MAX_OPS`].
+//! Every stored change re-evaluates the whole record (two passes over the ops, each
+//! checking small per-peer lists against a bitset of the op's past; about 1 MB of bitsets
+//! at [`MAX_OPS`]): a sync batch or a saved record goes through
+//! [`Membership::apply_all`], which evaluates once.
 
 mod bytes;
 mod invite;

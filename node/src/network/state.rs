@@ -480,9 +480,14 @@ impl Membership {
     /// seen, then the latest by (time, id).
     fn latest(&self, list: Option<&Vec<usize>>) -> Option<usize> {
         let list = list?;
+        // One union of pasts, not a pairwise check: linear in the number of setters.
+        let mut seen = Bits::default();
+        for &o in list {
+            seen.union_with(&self.ops[o].past);
+        }
         list.iter()
             .copied()
-            .filter(|&c| !list.iter().any(|&o| o != c && self.ops[o].past.has(c)))
+            .filter(|&c| !seen.has(c))
             .max_by_key(|&i| (self.ops[i].op.time_ms(), self.ops[i].op.id()))
     }
 

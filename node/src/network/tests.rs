@@ -855,3 +855,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn record_is_bounded() {
+    let (mut m, c) = net();
+    let g = m.heads();
+    let ops: Vec<SignedOp> = (0..MAX_OPS as u32)
+        .map(|i| {
+            let mut b = [7u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            let k = SigningKey::from_bytes(&b);
+            raw(&m, &c, g.clone(), 2_000, add(peer(&k), Role::Member))
+        })
+        .collect();
+    let results = m.apply_all(ops);
+    assert_eq!(m.len(), MAX_OPS);
+    assert_eq!(results.last(), Some(&Err(OpError::Full)));
+    assert_eq!(m.members().count(), MAX_OPS);
+    // Heads beyond MAX_DEPS: a new op names the newest MAX_DEPS.
+    let op = m.make(
+        &c,
+        Op::Revoke {
+            peer: peer(&key(2)),
+        },
+        3_000,
+    );
+    assert_eq!(op, Err(OpError::Full));
+}
