@@ -229,6 +229,15 @@ impl Membership {
         self.index.get(id).is_some_and(|&i| self.valid[i])
     }
 
+    /// Whether stored op `a` is in the causal past of stored op `b`.
+    #[cfg(test)]
+    pub(crate) fn is_ancestor(&self, a: &OpId, b: &OpId) -> bool {
+        match (self.index.get(a), self.index.get(b)) {
+            (Some(&a), Some(&b)) => self.ops[b].past.has(a),
+            _ => false,
+        }
+    }
+
     /// The ops nothing stored depends on, sorted.
     pub fn heads(&self) -> Vec<OpId> {
         let mut h: Vec<OpId> = (0..self.ops.len())

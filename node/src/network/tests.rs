@@ -335,6 +335,50 @@ fn revoked_member_stays_revoked_after_any_merge() {
 }
 
 #[test]
+fn concurrent_names_settle_the_same_everywhere() {
+    let (mut m, c) = net();
+    let b = key(3);
+    m.make(&c, add(peer(&b), Role::Member), 2_000).unwrap();
+    let base = m.heads();
+    let name = |k: &SigningKey, n: &str, t| {
+        raw(
+            &m,
+            k,
+            base.clone(),
+            t,
+            Op::SetName {
+                peer: peer(&b),
+                name: n.into(),
+            },
+        )
+    };
+    let (own, admins) = (name(&b, "mine", 3_000), name(&c, "theirs", 3_001));
+    let mut one = replica(&m);
+    let mut two = replica(&m);
+    one.apply_all([own.clone(), admins.clone()]);
+    two.apply_all([admins, own.clone()]);
+    for r in [&one, &two] {
+        assert_eq!(r.member(&peer(&b)).unwrap().name.as_deref(), Some("theirs"));
+    }
+    // A name set after seeing both wins whatever its clock says.
+    let after = raw(
+        &one,
+        &b,
+        one.heads(),
+        1,
+        Op::SetName {
+            peer: peer(&b),
+            name: "final".into(),
+        },
+    );
+    one.apply(after.clone()).unwrap();
+    two.apply(after).unwrap();
+    for r in [&one, &two] {
+        assert_eq!(r.member(&peer(&b)).unwrap().name.as_deref(), Some("final"));
+    }
+}
+
+#[test]
 fn members_can_leave_but_the_creator_cannot_be_revoked() {
     let (mut m, c) = net();
     let (a, b) = (key(2), key(3));
@@ -790,6 +834,21 @@ proptest! {
             let effective: Vec<bool> = all.iter().map(|o| m.is_effective(&o.id())).collect();
             let expected: Vec<bool> = all.iter().map(|o| reference.is_effective(&o.id())).collect();
             prop_assert_eq!(effective, expected);
+        }
+        // A revoked peer's effective ops (other than revocations) were all seen by one of
+        // its effective revocations.
+        for m in reference.members().filter(|m| m.revoked()) {
+            let revokes: Vec<OpId> = all
+                .iter()
+                .filter(|o| reference.is_effective(&o.id()))
+                .filter(|o| matches!(o.op(), Op::Revoke { peer } if *peer == m.peer))
+                .map(SignedOp::id)
+                .collect();
+            for o in all.iter().filter(|o| o.author() == &m.peer && reference.is_effective(&o.id())) {
+                if !matches!(o.op(), Op::Revoke { .. }) {
+                    prop_assert!(revokes.iter().any(|r| reference.is_ancestor(&o.id(), r)));
+                }
+            }
         }
         // Replicas that sync with each other get there too.
         let mut nodes = nodes;
