@@ -63,7 +63,8 @@
 //! the expiry, the role is the invite's, and fewer than `max_uses` effective adds citing the
 //! invite ([`InviteId`] = its public key) are in the causal past. Expiry is checked by the
 //! admitting member against its clock ([`Membership::admit`]) and by everyone against the
-//! op's recorded time, the only time all replicas share. Members admitting in different
+//! op's recorded time, the only time all replicas share (so a dishonest member can admit
+//! late by lying about its clock; it could as well leak the network's data). Members admitting in different
 //! partitions at once can exceed `max_uses` by one use per partition; the alternative (void
 //! an add later when a concurrent use turns up) would take members away after the fact.
 //!
@@ -78,7 +79,8 @@
 //! [`MAX_DEPS`], [`MAX_NAME_LEN`], [`MAX_LEASE_LEN`], [`MAX_SYNC_BATCH`], [`MAX_HEADS`],
 //! [`MAX_INVITE_TEXT`]. An op is stored only if its author was named (created the network
 //! or was the subject of an add or promote) in its causal past, so strangers cannot fill
-//! the record; a revoked member still can, up to [`MAX_OPS`].
+//! the record; a revoked member still can, up to [`MAX_OPS`]. A pending op has only its
+//! signature and network checked, so the sync layer should take ops from members only.
 //! Every stored change re-evaluates the whole record (two passes over the ops, each
 //! checking small per-peer lists against a bitset of the op's past; about 1 MB of bitsets
 //! at [`MAX_OPS`]): a sync batch or a saved record goes through
