@@ -31,6 +31,7 @@ pub mod gossip_idle;
 pub mod holepunch;
 pub mod identity;
 pub mod metrics;
+pub mod network;
 mod node;
 pub mod peer;
 pub mod privacy;
