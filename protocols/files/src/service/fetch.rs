@@ -163,7 +163,9 @@ async fn run(
             .map(|e| (e.size, e.root))
             .collect(),
     );
-    let config = PlanConfig::default().with_window(inner.config.window);
+    let config = PlanConfig::default()
+        .with_window(inner.config.window)
+        .with_endgame_after(inner.config.endgame_after);
     let mut plan = Planner::new(config, missing);
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
@@ -185,6 +187,7 @@ async fn run(
     }
     let mut fetched = 0u64;
     let mut dropped: HashSet<PeerId> = HashSet::new();
+    let mut last_failure = String::from("none");
     while !plan.is_done() {
         let now = Instant::now();
         while let Some(r) = plan.next_request(now) {
@@ -202,7 +205,7 @@ async fn run(
         }
         if workers.is_empty() {
             return Err(FilesError::NoProvider(format!(
-                "no provider left with {} groups missing; run the same command again to resume",
+                "no provider left with {} groups missing (last failure: {last_failure}); run the same command again to resume",
                 plan.remaining()
             )));
         }
@@ -229,6 +232,7 @@ async fn run(
                 Event::Verified { peer, group, data } => writes.push((peer, group, data)),
                 Event::Bad { peer, group } => {
                     tracing::warn!(%peer, ?group, "provider sent a group that failed verification; dropped");
+                    last_failure = format!("{peer} sent a group that failed verification");
                     plan.on_bad(&peer, group);
                     workers.remove(&peer);
                     dropped.insert(peer);
@@ -241,6 +245,7 @@ async fn run(
                 }
                 Event::Gone { peer, reason } => {
                     tracing::info!(%peer, "provider left the transfer: {reason}");
+                    last_failure = format!("{peer}: {reason}");
                     plan.remove_provider(&peer);
                     workers.remove(&peer);
                 }
@@ -429,6 +434,10 @@ async fn fetch_batch(
         }
     }
     for (req, file, groups) in &requests {
+        #[cfg(test)]
+        inner
+            .requested_groups
+            .fetch_add(groups.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let msg = Request::Groups {
             req: *req,
             content,

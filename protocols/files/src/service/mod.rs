@@ -64,6 +64,9 @@ pub struct Config {
     pub reannounce_every: Duration,
     /// Groups outstanding per provider in a transfer.
     pub window: usize,
+    /// How long a group is outstanding, with nothing else left to ask, before another
+    /// provider is asked for it too (the endgame).
+    pub endgame_after: Duration,
     /// Test hook: serve every group with one byte flipped (a lying provider).
     #[cfg(test)]
     pub(crate) corrupt: bool,
@@ -77,6 +80,7 @@ impl Default for Config {
         Self {
             reannounce_every: Duration::from_secs(600),
             window: 16,
+            endgame_after: Duration::from_millis(500),
             #[cfg(test)]
             corrupt: false,
             #[cfg(test)]
@@ -180,6 +184,9 @@ pub(crate) struct Inner {
     running: Arc<Semaphore>,
     next_id: AtomicU64,
     served_groups: AtomicU64,
+    /// Groups this node asked providers for (tests count what a resume fetches).
+    #[cfg(test)]
+    requested_groups: AtomicU64,
     tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -373,6 +380,8 @@ impl Protocol for Files {
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
             next_id: AtomicU64::new(1),
             served_groups: AtomicU64::new(0),
+            #[cfg(test)]
+            requested_groups: AtomicU64::new(0),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
         });
         let span = ctx.span().clone();

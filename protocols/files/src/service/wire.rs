@@ -99,7 +99,9 @@ impl<'de> Deserialize<'de> for Blob {
                 Ok(Blob(v))
             }
         }
-        d.deserialize_bytes(V)
+        // ciborium's `deserialize_bytes` takes only strings that fit its small scratch
+        // buffer; `deserialize_byte_buf` takes any length.
+        d.deserialize_byte_buf(V)
     }
 }
 
