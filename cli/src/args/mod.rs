@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 mod chat;
+mod files;
 
 use clap::{Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
+pub(crate) use files::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
 
 /// p2pnode: a serverless peer-to-peer node.
 ///
@@ -83,6 +85,31 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
+    /// Share files or directories: prints a content id others fetch with `p2pnode get`.
+    Share(ShareArgs),
+    /// Stop sharing a content id.
+    Unshare {
+        /// The content id.
+        content_id: String,
+    },
+    /// List what this node shares.
+    Shares,
+    /// Fetch a content id from every provider at once, verifying every chunk; running
+    /// it again after an interruption resumes from the verified chunks on disk.
+    Get(GetArgs),
+    /// Offer files or directories to a peer (it needs to accept them).
+    Send(SendArgs),
+    /// List file offers waiting for an answer.
+    Inbox,
+    /// Accept a file offer and fetch it from the offering peer.
+    Accept(AcceptArgs),
+    /// Reject a file offer.
+    Reject {
+        /// The offer id.
+        offer: u64,
+    },
+    /// List running and finished transfers.
+    Transfers,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,7 +120,7 @@ pub(crate) enum TrustCommand {
     Allow {
         /// The peer id.
         peer_id: String,
-        /// Comma-separated names of protocols this node runs (today: chat).
+        /// Comma-separated names of protocols this node runs (today: chat, files).
         #[arg(long, value_delimiter = ',')]
         protocols: Vec<String>,
     },

@@ -2,6 +2,7 @@
 
 mod chat;
 mod connect;
+mod files;
 mod find;
 mod id;
 mod peers;
@@ -37,5 +38,14 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Trust(cmd) => trust::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
+        Command::Share(args) => files::share(&control, args, json).await,
+        Command::Unshare { content_id } => files::unshare(&control, content_id, json).await,
+        Command::Shares => files::shares(&control, json).await,
+        Command::Get(args) => files::get(&control, args, json).await,
+        Command::Send(args) => files::send(&control, args, json).await,
+        Command::Inbox => files::inbox(&control, json).await,
+        Command::Accept(args) => files::accept(&control, args, json).await,
+        Command::Reject { offer } => files::reject(&control, offer, json).await,
+        Command::Transfers => files::transfers(&control, json).await,
     }
 }
