@@ -5,7 +5,7 @@
 //! in batches (write, sync, save state) and drops a provider whose group failed.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,6 +60,21 @@ pub(super) fn start(
     if !to.is_absolute() {
         return Err(FilesError::Invalid(format!(
             "{} is not an absolute path",
+            to.display()
+        )));
+    }
+    let busy = inner.transfers.lock().ok().and_then(|t| {
+        t.values()
+            .find(|t| {
+                t.status == TransferStatus::Running
+                    && t.content_id == content.to_string()
+                    && Path::new(&t.target) == to
+            })
+            .map(|t| t.id)
+    });
+    if let Some(other) = busy {
+        return Err(FilesError::Busy(format!(
+            "transfer {other} is already fetching {content} into {}",
             to.display()
         )));
     }
@@ -273,7 +288,9 @@ async fn run(
             fetched += written;
         }
         for (peer, group) in done {
-            if let Answer::Done { .. } = plan.on_verified(&peer, group) {}
+            // Endgame copies still asked elsewhere are not cancelled on the wire: they
+            // are at most a window per provider, and their answers are discarded above.
+            let _: Answer<PeerId> = plan.on_verified(&peer, group);
         }
         let providers: Vec<ProviderInfo> = plan
             .served()

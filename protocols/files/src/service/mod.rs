@@ -44,6 +44,9 @@ const MAX_RUNNING: usize = 16;
 /// Offers waiting in the inbox at most, in all and per peer.
 const MAX_OFFERS: usize = 64;
 const MAX_OFFERS_PER_PEER: usize = 4;
+/// An offer not answered within this long expires (the sender is told nothing; its
+/// content stays shared with the peer until unshared).
+const OFFER_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Streams served at once, in all and per peer: each holds at most one group in memory,
 /// so this bounds the bytes in flight per peer to 4 groups.
 const MAX_SERVING: usize = 128;
@@ -167,6 +170,11 @@ struct Offer {
     peer: PeerId,
     content: ContentId,
     info: OfferInfo,
+}
+
+/// Forgets offers older than [`OFFER_TTL_MS`].
+fn expire_offers(offers: &mut BTreeMap<u64, Offer>, now: u64) {
+    offers.retain(|_, o| now.saturating_sub(o.info.received_at) < OFFER_TTL_MS);
 }
 
 /// The state every route, stream and transfer shares.
@@ -308,7 +316,10 @@ impl FilesHandle {
         self.inner
             .offers
             .lock()
-            .map(|o| o.values().map(|o| o.info.clone()).collect())
+            .map(|mut o| {
+                expire_offers(&mut o, now_ms());
+                o.values().map(|o| o.info.clone()).collect()
+            })
             .unwrap_or_default()
     }
 
@@ -328,8 +339,11 @@ impl FilesHandle {
             .offers
             .lock()
             .ok()
-            .and_then(|mut o| o.remove(&offer))
-            .ok_or_else(|| FilesError::NotFound(format!("no offer {offer}")))
+            .and_then(|mut o| {
+                expire_offers(&mut o, now_ms());
+                o.remove(&offer)
+            })
+            .ok_or_else(|| FilesError::NotFound(format!("no offer {offer} (expired or answered)")))
     }
 
     /// Groups this node served to others (for tests and status).

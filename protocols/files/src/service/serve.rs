@@ -1,6 +1,11 @@
 //! The provider side of `/p2pnode/files/1`: streams accepted through the secure gate,
 //! each served one request at a time (so a peer has at most one group in memory per
 //! stream, and at most [`MAX_STREAMS_PER_PEER`] streams), and offers taken into the inbox.
+//!
+//! Access: a public share is served to any peer the gate let through (not revoked, key
+//! unchanged): its content id is the capability, as with iroh's tickets. Content shared
+//! for an offer is served only to the peer it was offered to, and an offer is taken only
+//! from a peer holding the files permission.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -237,6 +242,7 @@ fn take_offer(
         .offers
         .lock()
         .map_err(|_| (Refusal::Busy, "inbox unavailable".to_string()))?;
+    super::expire_offers(&mut offers, now_ms());
     let from_peer = offers.values().filter(|o| o.peer == peer).count();
     if from_peer >= MAX_OFFERS_PER_PEER || offers.len() >= MAX_OFFERS {
         return Err((Refusal::Busy, "the inbox is full".into()));

@@ -262,6 +262,22 @@ pub(super) async fn unshare(inner: &Arc<Inner>, id: ContentId) -> Result<ShareIn
     if share.only.is_none() {
         inner.client.stop_providing(id.as_bytes().to_vec()).await?;
     }
+    // Outboards are kept per file root, shared by every share holding that file: remove
+    // only those no other share uses.
+    let in_use: std::collections::HashSet<ContentId> = inner
+        .shares
+        .lock()
+        .map(|s| {
+            s.values()
+                .flat_map(|s| s.entries.iter().map(|e| e.1))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (_, root) in &share.entries {
+        if !in_use.contains(root) {
+            let _ = std::fs::remove_file(inner.outboards.join(root.to_string()));
+        }
+    }
     Ok(share.info.clone())
 }
 

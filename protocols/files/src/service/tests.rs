@@ -352,3 +352,33 @@ async fn an_offer_needs_the_files_permission_and_an_accepted_one_arrives() {
         "an accepted offer is gone"
     );
 }
+
+#[tokio::test]
+async fn unsharing_forgets_the_share_its_outboards_and_its_table_row() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let p = start(dirs[0].path(), vec![], Config::default()).await;
+    let (path, data) = random_file(dirs[2].path(), "a.bin", 200_000);
+    let info = files(&p).share(vec![path]).await.unwrap();
+    let root = ContentId::of(&data);
+    let outboard = p.data_dir().join("files/outboards").join(root.to_string());
+    assert!(outboard.exists());
+    // The share outlives a restart (it is in the table).
+    p.shutdown().await;
+    let p = start(dirs[0].path(), vec![], Config::default()).await;
+    assert_eq!(files(&p).shares(), vec![info.clone()]);
+    files(&p).unshare(&info.content_id).await.unwrap();
+    assert!(files(&p).shares().is_empty());
+    assert!(!outboard.exists());
+    let r = start(dirs[1].path(), vec![addr_of(&p).await], Config::default()).await;
+    let to = dirs[1].path().join("out");
+    let t = files(&r)
+        .get(&info.content_id, to, vec![p.client().peer_id()])
+        .await
+        .unwrap();
+    let t = finished(&files(&r), t.id).await;
+    assert_eq!(t.status, TransferStatus::Failed);
+    assert!(t.error.unwrap().contains("is not shared"));
+    p.shutdown().await;
+    let p = start(dirs[0].path(), vec![], Config::default()).await;
+    assert!(files(&p).shares().is_empty(), "the row is gone too");
+}

@@ -172,9 +172,9 @@ pub(super) async fn recv_data(
                 }
                 out.extend_from_slice(&data.0);
             }
-            other => {
+            _ => {
                 return Err(WireError::Violation(format!(
-                    "expected data of request {req}, got {other:?}"
+                    "expected data of request {req}, got another message"
                 )));
             }
         }
