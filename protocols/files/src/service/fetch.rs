@@ -1,10 +1,10 @@
 //! Transfers: find providers, fetch and verify the manifest, then stripe the missing
 //! groups over every provider at once with the [`Planner`]. One worker task per provider
-//! holds its stream and fetches the batches the driver hands it, verifying each group
-//! against the content's root before handing it back; the driver writes verified groups
+//! holds its stream and keeps the groups the driver hands it requested (pipelined),
+//! verifying each group against the content's root before handing it back; the driver writes verified groups
 //! in batches (write, sync, save state) and drops a provider whose group failed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +27,8 @@ use crate::{
 const EVENT_QUEUE: usize = 256;
 /// Events handled (and groups written) in one batch at most.
 const MAX_BATCH: usize = 64;
+/// Batches queued for one worker at most.
+const WORKER_QUEUE: usize = 4;
 /// Providers asked for the manifest before giving up.
 const MANIFEST_TRIES: usize = 8;
 
@@ -42,8 +44,6 @@ enum Event {
     Bad { peer: PeerId, group: GroupRef },
     /// The provider could not serve a group.
     Failed { peer: PeerId, group: GroupRef },
-    /// The worker finished its batch and takes another.
-    Idle(PeerId),
     /// The provider's stream failed; the worker ended.
     Gone { peer: PeerId, reason: String },
 }
@@ -186,15 +186,14 @@ async fn run(
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
     for p in providers {
         if plan.add_provider(p) {
-            // One batch at a time: the worker asks for more by reporting Idle.
-            let (tx, rx) = mpsc::channel(1);
+            // A few batches queued at most; the planner's window bounds what they hold.
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
             inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
             workers.insert(
                 p,
                 Worker {
                     tx,
-                    idle: true,
                     pending: Vec::new(),
                 },
             );
@@ -211,10 +210,11 @@ async fn run(
             }
         }
         for w in workers.values_mut() {
-            if w.idle && !w.pending.is_empty() {
+            if !w.pending.is_empty() {
                 let batch = std::mem::take(&mut w.pending);
-                if w.tx.try_send(batch).is_ok() {
-                    w.idle = false;
+                // A full queue keeps the groups here for the next round.
+                if let Err(mpsc::error::TrySendError::Full(batch)) = w.tx.try_send(batch) {
+                    w.pending = batch;
                 }
             }
         }
@@ -253,11 +253,6 @@ async fn run(
                     dropped.insert(peer);
                 }
                 Event::Failed { peer, group } => plan.on_failed(&peer, group),
-                Event::Idle(peer) => {
-                    if let Some(w) = workers.get_mut(&peer) {
-                        w.idle = true;
-                    }
-                }
                 Event::Gone { peer, reason } => {
                     tracing::info!(%peer, "provider left the transfer: {reason}");
                     last_failure = format!("{peer}: {reason}");
@@ -322,7 +317,6 @@ async fn run(
 
 struct Worker {
     tx: mpsc::Sender<Vec<GroupRef>>,
-    idle: bool,
     pending: Vec<GroupRef>,
 }
 
@@ -389,7 +383,10 @@ async fn manifest_from(
     Ok(bytes)
 }
 
-/// One provider's worker: opens its stream at the first batch, fetches batch after batch.
+/// One provider's worker: opens its stream at the first batch, then keeps its requests
+/// pipelined: between reading two groups it sends the requests of any batch that arrived
+/// meanwhile, so the provider always has the next groups queued (the planner's window
+/// bounds how many) and the link does not idle a round trip per batch.
 async fn worker(
     inner: Arc<Inner>,
     peer: PeerId,
@@ -398,113 +395,151 @@ async fn worker(
     mut batches: mpsc::Receiver<Vec<GroupRef>>,
     events: mpsc::Sender<Event>,
 ) {
-    let mut stream: Option<Secure> = None;
-    while let Some(batch) = batches.recv().await {
-        if stream.is_none() {
-            match open(&inner, peer).await {
-                Ok(s) => stream = Some(s),
-                Err(e) => {
-                    let reason = e.to_string();
-                    let _ = events.send(Event::Gone { peer, reason }).await;
-                    return;
-                }
-            }
-        }
-        let Some(s) = stream.as_mut() else {
+    let Some(first) = batches.recv().await else {
+        return;
+    };
+    let mut s = match open(&inner, peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = events.send(Event::Gone { peer, reason }).await;
             return;
-        };
-        match fetch_batch(&inner, s, peer, content, &entries, batch, &events).await {
-            Ok(true) => {
-                if events.send(Event::Idle(peer)).await.is_err() {
-                    return;
+        }
+    };
+    let mut pending = Pending::default();
+    let result: Result<(), WireError> = async {
+        pending.request(&inner, &mut s, content, first).await?;
+        loop {
+            if pending.is_empty() {
+                match batches.recv().await {
+                    Some(batch) => pending.request(&inner, &mut s, content, batch).await?,
+                    None => return Ok(()),
                 }
             }
-            Ok(false) => return,
-            Err(e) => {
-                let reason = e.to_string();
-                let _ = events.send(Event::Gone { peer, reason }).await;
-                return;
+            while let Ok(batch) = batches.try_recv() {
+                pending.request(&inner, &mut s, content, batch).await?;
+            }
+            if !pending.read_one(&mut s, peer, &entries, &events).await? {
+                return Ok(());
             }
         }
+    }
+    .await;
+    if let Err(e) = result {
+        let reason = e.to_string();
+        let _ = events.send(Event::Gone { peer, reason }).await;
     }
 }
 
-/// Sends the batch's requests at once (one per file and up to
-/// [`MAX_GROUPS_PER_REQUEST`]), then reads and verifies the answers in order. False when
-/// a group failed verification (the worker ends).
-async fn fetch_batch(
-    inner: &Inner,
-    s: &mut Secure,
-    peer: PeerId,
-    content: ContentId,
-    entries: &[(u64, ContentId)],
-    batch: Vec<GroupRef>,
-    events: &mpsc::Sender<Event>,
-) -> Result<bool, WireError> {
-    let mut requests: Vec<(u64, u32, Vec<u64>)> = Vec::new();
-    for g in batch {
-        match requests.last_mut() {
-            Some((_, file, groups)) if *file == g.file && groups.len() < MAX_GROUPS_PER_REQUEST => {
-                groups.push(g.group)
+/// A worker's requests sent and not yet answered in full, in the order sent.
+#[derive(Default)]
+struct Pending {
+    requests: VecDeque<(u64, u32, VecDeque<u64>)>,
+    data: Vec<u8>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// Sends the batch's requests (one per file and up to [`MAX_GROUPS_PER_REQUEST`]).
+    async fn request(
+        &mut self,
+        inner: &Inner,
+        s: &mut Secure,
+        content: ContentId,
+        batch: Vec<GroupRef>,
+    ) -> Result<(), WireError> {
+        let mut requests: Vec<(u64, u32, Vec<u64>)> = Vec::new();
+        for g in batch {
+            match requests.last_mut() {
+                Some((_, file, groups))
+                    if *file == g.file && groups.len() < MAX_GROUPS_PER_REQUEST =>
+                {
+                    groups.push(g.group)
+                }
+                _ => requests.push((inner.next_id(), g.file, vec![g.group])),
             }
-            _ => requests.push((inner.next_id(), g.file, vec![g.group])),
         }
+        for (req, file, groups) in requests {
+            #[cfg(test)]
+            inner
+                .requested_groups
+                .fetch_add(groups.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let msg = Request::Groups {
+                req,
+                content,
+                file,
+                groups: groups.clone(),
+            };
+            wire::send(s, &msg).await?;
+            self.requests.push_back((req, file, groups.into()));
+        }
+        Ok(())
     }
-    for (req, file, groups) in &requests {
-        #[cfg(test)]
-        inner
-            .requested_groups
-            .fetch_add(groups.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let msg = Request::Groups {
-            req: *req,
-            content,
-            file: *file,
-            groups: groups.clone(),
+
+    /// Reads and verifies the next group answered. False when it failed verification
+    /// (the worker ends; the driver drops the provider).
+    async fn read_one(
+        &mut self,
+        s: &mut Secure,
+        peer: PeerId,
+        entries: &[(u64, ContentId)],
+        events: &mpsc::Sender<Event>,
+    ) -> Result<bool, WireError> {
+        let Some((req, file, groups)) = self.requests.front_mut() else {
+            return Ok(true);
         };
-        wire::send(s, &msg).await?;
-    }
-    let mut data = Vec::with_capacity(GROUP_SIZE as usize);
-    for (req, file, groups) in requests {
+        let (req, file) = (*req, *file);
+        let Some(&group) = groups.front() else {
+            self.requests.pop_front();
+            return Ok(true);
+        };
         let Some(&(size, root)) = entries.get(file as usize) else {
             return Err(WireError::Violation("no such file".into()));
         };
-        for (i, &group) in groups.iter().enumerate() {
-            let g = GroupRef { file, group };
-            match wire::recv::<Response>(s, ANSWER_TIMEOUT).await? {
-                Response::Group {
-                    req: r,
-                    group: got,
-                    len,
-                    proof,
-                } if r == req && got == group => {
-                    if u64::from(len) > GROUP_SIZE {
-                        return Err(WireError::Violation("group larger than a group".into()));
-                    }
-                    wire::recv_data(s, req, len as usize, &mut data, ANSWER_TIMEOUT).await?;
-                    let ok = Proof::from_bytes(&proof.0)
-                        .and_then(|p| verify_group(&root, size, group, &data, &p))
-                        .is_ok();
-                    let event = if ok {
-                        Event::Verified {
-                            peer,
-                            group: g,
-                            data: std::mem::replace(
-                                &mut data,
-                                Vec::with_capacity(GROUP_SIZE as usize),
-                            ),
-                        }
-                    } else {
-                        Event::Bad { peer, group: g }
-                    };
-                    if events.send(event).await.is_err() || !ok {
-                        return Ok(false);
-                    }
+        match wire::recv::<Response>(s, ANSWER_TIMEOUT).await? {
+            Response::Group {
+                req: r,
+                group: got,
+                len,
+                proof,
+            } if r == req && got == group => {
+                if u64::from(len) > GROUP_SIZE {
+                    return Err(WireError::Violation("group larger than a group".into()));
                 }
-                Response::Refused {
-                    req: r, message, ..
-                } if r == req => {
-                    tracing::debug!(%peer, "groups refused: {message}");
-                    for &group in &groups[i..] {
+                wire::recv_data(s, req, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
+                let ok = Proof::from_bytes(&proof.0)
+                    .and_then(|p| verify_group(&root, size, group, &self.data, &p))
+                    .is_ok();
+                let g = GroupRef { file, group };
+                let event = if ok {
+                    let data =
+                        std::mem::replace(&mut self.data, Vec::with_capacity(GROUP_SIZE as usize));
+                    Event::Verified {
+                        peer,
+                        group: g,
+                        data,
+                    }
+                } else {
+                    Event::Bad { peer, group: g }
+                };
+                if events.send(event).await.is_err() || !ok {
+                    return Ok(false);
+                }
+                groups.pop_front();
+                if groups.is_empty() {
+                    self.requests.pop_front();
+                }
+                Ok(true)
+            }
+            Response::Refused {
+                req: r, message, ..
+            } if r == req => {
+                tracing::debug!(%peer, "groups refused: {message}");
+                for (_, file, groups) in self.requests.drain(..) {
+                    for group in groups {
                         let failed = Event::Failed {
                             peer,
                             group: GroupRef { file, group },
@@ -513,13 +548,12 @@ async fn fetch_batch(
                             return Ok(false);
                         }
                     }
-                    // A provider that refuses once (its copy changed, a bound) would be
-                    // asked again and again: it leaves the transfer instead.
-                    return Err(WireError::Violation(format!("refused: {message}")));
                 }
-                _ => return Err(WireError::Violation("unexpected answer".into())),
+                // A provider that refuses once (its copy changed, a bound) would be asked
+                // again and again: it leaves the transfer instead.
+                Err(WireError::Violation(format!("refused: {message}")))
             }
+            _ => Err(WireError::Violation("unexpected answer".into())),
         }
     }
-    Ok(true)
 }
