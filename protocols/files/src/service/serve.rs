@@ -155,10 +155,19 @@ async fn serve_groups(
         .cloned()
         .unwrap_or_default();
     let outboard = inner.outboards.join(root.to_string());
+    // Both files are opened once per request and read at offsets, one group at a time.
+    let opened = tokio::task::spawn_blocking(move || open_files(&source, &outboard, size)).await;
+    let files = match opened {
+        Ok(Ok(f)) => Arc::new(f),
+        Ok(Err((refusal, message))) => {
+            tracing::debug!(%peer, "cannot serve: {message}");
+            return wire::send(stream, &refused(req, refusal, message)).await;
+        }
+        Err(e) => return wire::send(stream, &refused(req, Refusal::Io, e.to_string())).await,
+    };
     for group in groups {
-        let (source, outboard) = (source.clone(), outboard.clone());
-        let read =
-            tokio::task::spawn_blocking(move || read_group(&source, &outboard, size, group)).await;
+        let f = files.clone();
+        let read = tokio::task::spawn_blocking(move || read_group(&f, size, group)).await;
         let (mut data, proof) = match read {
             Ok(Ok(v)) => v,
             Ok(Err((refusal, message))) => {
@@ -187,37 +196,47 @@ async fn serve_groups(
     Ok(())
 }
 
-/// Reads one group of the file at `source` at its offset, and its proof from the outboard.
-fn read_group(
+/// A shared file and its outboard, open for reading at offsets.
+struct Opened {
+    data: std::fs::File,
+    /// `None` for content of one group, which has no outboard.
+    outboard: Option<std::fs::File>,
+}
+
+fn open_files(
     source: &std::path::Path,
     outboard: &std::path::Path,
     size: u64,
-    group: u64,
-) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
-    use std::os::unix::fs::FileExt;
-    let range = group_range(size, group).ok_or((Refusal::BadRequest, "no such group".into()))?;
+) -> Result<Opened, (Refusal, String)> {
     let io = |e: std::io::Error| (Refusal::Io, e.to_string());
-    let f = std::fs::File::open(source).map_err(io)?;
+    let data = std::fs::File::open(source).map_err(io)?;
     // A file changed since it was shared would serve groups that fail verification.
-    if f.metadata().map_err(io)?.len() != size {
+    if data.metadata().map_err(io)?.len() != size {
         return Err((Refusal::Io, "the shared file changed size".into()));
     }
-    let mut data = vec![0u8; (range.end - range.start) as usize];
-    f.read_exact_at(&mut data, range.start).map_err(io)?;
-    let proof = if group_count_one(size) {
-        Vec::new()
+    let outboard = if crate::group_count(size) == 1 {
+        None
     } else {
-        let ob = std::fs::File::open(outboard).map_err(io)?;
-        proof(&ob, size, group)
-            .map_err(|e| (Refusal::Io, e.to_string()))?
-            .to_bytes()
+        Some(std::fs::File::open(outboard).map_err(io)?)
     };
-    Ok((data, proof))
+    Ok(Opened { data, outboard })
 }
 
-/// Content of one group has no outboard (and an empty proof).
-fn group_count_one(size: u64) -> bool {
-    crate::group_count(size) == 1
+/// Reads one group at its offset, and its proof from the outboard.
+fn read_group(f: &Opened, size: u64, group: u64) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
+    use std::os::unix::fs::FileExt;
+    let range = group_range(size, group).ok_or((Refusal::BadRequest, "no such group".into()))?;
+    let mut data = vec![0u8; (range.end - range.start) as usize];
+    f.data
+        .read_exact_at(&mut data, range.start)
+        .map_err(|e| (Refusal::Io, e.to_string()))?;
+    let proof = match &f.outboard {
+        None => Vec::new(),
+        Some(ob) => proof(ob, size, group)
+            .map_err(|e| (Refusal::Io, e.to_string()))?
+            .to_bytes(),
+    };
+    Ok((data, proof))
 }
 
 /// Takes an offer into the inbox if the peer has the files permission and there is room.

@@ -382,3 +382,52 @@ async fn unsharing_forgets_the_share_its_outboards_and_its_table_row() {
     let p = start(dirs[0].path(), vec![], Config::default()).await;
     assert!(files(&p).shares().is_empty(), "the row is gone too");
 }
+
+#[tokio::test]
+async fn a_tree_of_many_small_files_empty_ones_and_an_executable_arrives_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let p = start(dirs[0].path(), vec![], Config::default()).await;
+    let r = start(dirs[1].path(), vec![addr_of(&p).await], Config::default()).await;
+    let root = dirs[2].path().join("tree");
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        let rel = format!("d{}/f{i}.txt", i % 7);
+        let len = (i * 37) % 5000; // some are empty
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut data = vec![0u8; len];
+        rand::thread_rng().fill_bytes(&mut data);
+        std::fs::write(&path, &data).unwrap();
+        expected.push((rel, data));
+    }
+    let tool = root.join("run.sh");
+    std::fs::write(&tool, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let info = files(&p).share(vec![root]).await.unwrap();
+    assert_eq!(info.files, 301);
+    let to = dirs[1].path().join("out");
+    let t = files(&r)
+        .get(&info.content_id, to.clone(), vec![p.client().peer_id()])
+        .await
+        .unwrap();
+    let t = finished(&files(&r), t.id).await;
+    assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
+    for (rel, data) in &expected {
+        assert_eq!(
+            &std::fs::read(to.join("tree").join(rel)).unwrap(),
+            data,
+            "{rel}"
+        );
+    }
+    let mode = std::fs::metadata(to.join("tree/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the executable bit is carried");
+    let mode = std::fs::metadata(to.join("tree/d0/f0.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0);
+}
