@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Events from the workers, waiting for the driver.
-const EVENT_QUEUE: usize = 256;
+const EVENT_QUEUE: usize = 64;
 /// Events handled (and groups written) in one batch at most.
 const MAX_BATCH: usize = 64;
 /// Batches queued for one worker at most.
@@ -48,14 +48,23 @@ enum Event {
     Gone { peer: PeerId, reason: String },
 }
 
-/// Starts a transfer of `content` into `to` from `from` (and the DHT's providers when
-/// `dht`), returning it as it starts.
+/// Why a transfer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A `get`: from the peers named and the DHT's providers.
+    Get,
+    /// An accepted offer: from the offering peer only, remembered until done.
+    Offer,
+}
+
+/// Starts a transfer of `content` into `to` from `from` (and the DHT's providers for a
+/// `get`), returning it as it starts.
 pub(super) fn start(
     inner: &Arc<Inner>,
     content: ContentId,
     to: PathBuf,
     from: Vec<PeerId>,
-    dht: bool,
+    origin: Origin,
 ) -> Result<TransferInfo, FilesError> {
     if !to.is_absolute() {
         return Err(FilesError::Invalid(format!(
@@ -102,7 +111,11 @@ pub(super) fn start(
     let task_inner = inner.clone();
     inner.spawn(async move {
         let _permit = permit;
-        let result = run(&task_inner, id, content, to, from, dht).await;
+        let dht = origin == Origin::Get;
+        let result = run(&task_inner, id, content, to.clone(), from, dht).await;
+        if result.is_ok() && origin == Origin::Offer {
+            super::accepted::forget(&task_inner, content, &to).await;
+        }
         task_inner.update_transfer(id, |t| match result {
             Ok(()) => t.status = TransferStatus::Done,
             Err(e) => {

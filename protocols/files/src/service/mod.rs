@@ -10,6 +10,7 @@
 //! provider side, `fetch` transfers, `disk` what a transfer writes, `wire` the messages,
 //! `routes` the control routes.
 
+mod accepted;
 mod disk;
 mod fetch;
 mod routes;
@@ -279,7 +280,13 @@ impl FilesHandle {
         to: PathBuf,
         from: Vec<PeerId>,
     ) -> Result<TransferInfo, FilesError> {
-        fetch::start(&self.inner, parse_content(content_id)?, to, from, true)
+        fetch::start(
+            &self.inner,
+            parse_content(content_id)?,
+            to,
+            from,
+            fetch::Origin::Get,
+        )
     }
 
     /// Every transfer remembered, oldest first.
@@ -323,10 +330,25 @@ impl FilesHandle {
             .unwrap_or_default()
     }
 
-    /// Accepts an offer: fetches it into `to` from the offering peer only.
-    pub fn accept(&self, offer: u64, to: PathBuf) -> Result<TransferInfo, FilesError> {
+    /// Accepts an offer: fetches it into `to` from the offering peer only. The accepted
+    /// offer is remembered until its transfer is done, so the service resumes it after a
+    /// restart or when the peer comes back.
+    pub async fn accept(&self, offer: u64, to: PathBuf) -> Result<TransferInfo, FilesError> {
+        if !to.is_absolute() {
+            return Err(FilesError::Invalid(format!(
+                "{} is not an absolute path",
+                to.display()
+            )));
+        }
         let o = self.take_offer(offer)?;
-        fetch::start(&self.inner, o.content, to, vec![o.peer], false)
+        accepted::remember(&self.inner, o.content, &to, o.peer).await?;
+        fetch::start(
+            &self.inner,
+            o.content,
+            to,
+            vec![o.peer],
+            fetch::Origin::Offer,
+        )
     }
 
     /// Rejects an offer (it is forgotten).
@@ -402,6 +424,7 @@ impl Protocol for Files {
         let _entered = span.enter();
         inner.spawn(serve::accept_loop(Arc::downgrade(&inner), listener));
         inner.spawn(share::announce_loop(Arc::downgrade(&inner)));
+        inner.spawn(accepted::resume_loop(Arc::downgrade(&inner)));
         Ok(FilesService {
             handle: FilesHandle { inner },
         })

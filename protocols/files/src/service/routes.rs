@@ -61,7 +61,7 @@ async fn route(files: &FilesHandle, req: &ControlRequest) -> Result<ControlReply
         (Get, routes::INBOX) => ControlReply::ok(&files.inbox()),
         (Post, routes::ACCEPT) => {
             let r = req.json::<AcceptRequest>()?;
-            ControlReply::ok(&files.accept(r.offer, PathBuf::from(r.to))?)
+            ControlReply::ok(&files.accept(r.offer, PathBuf::from(r.to)).await?)
         }
         (Post, routes::REJECT) => {
             let r = req.json::<OfferRequest>()?;

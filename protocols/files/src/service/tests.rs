@@ -342,7 +342,7 @@ async fn an_offer_needs_the_files_permission_and_an_accepted_one_arrives() {
     );
 
     let to = dirs[0].path().join("inbox");
-    let t = files(&r).accept(inbox[0].id, to.clone()).unwrap();
+    let t = files(&r).accept(inbox[0].id, to.clone()).await.unwrap();
     let t = finished(&files(&r), t.id).await;
     assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
     assert_eq!(std::fs::read(to.join("photo.jpg")).unwrap(), data);
@@ -430,4 +430,46 @@ async fn a_tree_of_many_small_files_empty_ones_and_an_executable_arrives_whole()
         .permissions()
         .mode();
     assert_eq!(mode & 0o111, 0);
+}
+
+#[tokio::test]
+async fn an_accepted_offer_interrupted_resumes_by_itself_when_the_receiver_restarts() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let s = start(dirs[0].path(), vec![], Config::default()).await;
+    let s_addr = addr_of(&s).await;
+    let stopping = Config {
+        stop_after_groups: Some(8),
+        ..Config::default()
+    };
+    let r = start(dirs[1].path(), vec![s_addr.clone()], stopping).await;
+    let (rid, sid) = (r.client().peer_id(), s.client().peer_id());
+    r.client().allow(sid, &["files".to_string()]).await.unwrap();
+    let (path, data) = random_file(dirs[2].path(), "video.bin", 2 * MIB);
+    files(&s).send(rid, vec![path]).await.unwrap();
+    let offer = files(&r).inbox()[0].id;
+    let to = dirs[1].path().join("in");
+    let t = files(&r).accept(offer, to.clone()).await.unwrap();
+    let first = finished(&files(&r), t.id).await;
+    assert_eq!(first.status, TransferStatus::Failed);
+    r.shutdown().await;
+
+    // Restarted, the service takes the accepted offer up again on its own.
+    let r = start(dirs[1].path(), vec![s_addr], Config::default()).await;
+    let done = wait_for(|| async {
+        files(&r)
+            .transfers()
+            .into_iter()
+            .find(|t| t.status == TransferStatus::Done)
+    })
+    .await;
+    assert_eq!(done.groups_resumed, first.groups_fetched);
+    assert_eq!(std::fs::read(to.join("video.bin")).unwrap(), data);
+    // Done, it is forgotten: a further restart starts nothing.
+    r.shutdown().await;
+    let r = start(dirs[1].path(), vec![], Config::default()).await;
+    let db = files(&r).inner.clone();
+    let rows = tokio::task::spawn_blocking(move || super::accepted::unfinished_for_test(&db))
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
 }
