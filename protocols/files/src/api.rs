@@ -28,6 +28,10 @@ pub mod routes {
     /// `POST` [`super::OfferRequest`] -> the removed [`super::OfferInfo`].
     pub const REJECT: &str = "files/reject";
 
+    /// `GET`: events as JSON lines ([`super::FilesEvent`]): offers as they arrive, and
+    /// transfers as they start, progress and end.
+    pub const EVENTS: &str = "files/events";
+
     /// The transfers route asking for one transfer.
     pub fn transfer(id: u64) -> String {
         format!("{TRANSFERS}?id={id}")
@@ -182,4 +186,19 @@ pub struct AcceptRequest {
 pub struct OfferRequest {
     /// The offer id.
     pub offer: u64,
+}
+
+/// An event of the files service, on `GET /v1/files/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FilesEvent {
+    /// A peer offered files; answer with accept or reject.
+    Offer(OfferInfo),
+    /// A transfer started, made progress (after each written batch) or ended.
+    Transfer(TransferInfo),
+    /// The subscriber fell behind and missed this many events.
+    Lagged {
+        /// Events missed.
+        missed: u64,
+    },
 }

@@ -80,7 +80,7 @@ impl Disk {
         if !resumed {
             for (fin, part) in disk.finals.iter().zip(&disk.parts) {
                 if std::fs::symlink_metadata(fin).is_ok() {
-                    return Err(FilesError::Io(format!(
+                    return Err(FilesError::Invalid(format!(
                         "{} already exists; move it away or choose another --to",
                         fin.display()
                     )));

@@ -113,7 +113,10 @@ pub(super) fn start(
         let _permit = permit;
         let dht = origin == Origin::Get;
         let result = run(&task_inner, id, content, to.clone(), from, dht).await;
-        if result.is_ok() && origin == Origin::Offer {
+        // Done, or refused for good (an unsafe manifest, a path already taken): retrying
+        // would not help.
+        let settled = matches!(result, Ok(()) | Err(FilesError::Invalid(_)));
+        if settled && origin == Origin::Offer {
             super::accepted::forget(&task_inner, content, &to).await;
         }
         task_inner.update_transfer(id, |t| match result {

@@ -33,7 +33,7 @@ use redb::Database;
 use tokio::sync::Semaphore;
 
 use crate::ContentId;
-use crate::api::{OfferInfo, ShareInfo, TransferInfo, TransferStatus};
+use crate::api::{FilesEvent, OfferInfo, ShareInfo, TransferInfo, TransferStatus};
 use share::Share;
 
 /// Shares held at most (each keeps its manifest in memory).
@@ -173,6 +173,28 @@ struct Offer {
     info: OfferInfo,
 }
 
+/// Events buffered for slow subscribers (they get a `lagged` event past it). Made on the
+/// first subscription, so a node nobody watches holds no buffer.
+const EVENT_BUFFER: usize = 1024;
+
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<FilesEvent>>>);
+
+impl Events {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FilesEvent> {
+        self.0
+            .get_or_init(|| tokio::sync::broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+
+    fn send(&self, event: FilesEvent) {
+        // No subscriber is fine: events are for whoever watches.
+        if let Some(tx) = self.0.get() {
+            let _ = tx.send(event);
+        }
+    }
+}
+
 /// Forgets offers older than [`OFFER_TTL_MS`].
 fn expire_offers(offers: &mut BTreeMap<u64, Offer>, now: u64) {
     offers.retain(|_, o| now.saturating_sub(o.info.received_at) < OFFER_TTL_MS);
@@ -193,6 +215,7 @@ pub(crate) struct Inner {
     running: Arc<Semaphore>,
     next_id: AtomicU64,
     served_groups: AtomicU64,
+    events: Events,
     /// Groups this node asked providers for (tests count what a resume fetches).
     #[cfg(test)]
     requested_groups: AtomicU64,
@@ -212,11 +235,17 @@ impl Inner {
         }
     }
 
+    /// Changes a transfer's record and publishes it as an event.
     fn update_transfer(&self, id: u64, f: impl FnOnce(&mut TransferInfo)) {
-        if let Ok(mut t) = self.transfers.lock()
-            && let Some(info) = t.get_mut(&id)
-        {
-            f(info);
+        let updated = match self.transfers.lock() {
+            Ok(mut t) => t.get_mut(&id).map(|info| {
+                f(info);
+                info.clone()
+            }),
+            Err(_) => None,
+        };
+        if let Some(info) = updated {
+            self.events.send(FilesEvent::Transfer(info));
         }
     }
 
@@ -238,7 +267,8 @@ impl Inner {
             };
             t.remove(&old);
         }
-        t.insert(info.id, info);
+        t.insert(info.id, info.clone());
+        self.events.send(FilesEvent::Transfer(info));
         Ok(())
     }
 }
@@ -368,6 +398,11 @@ impl FilesHandle {
             .ok_or_else(|| FilesError::NotFound(format!("no offer {offer} (expired or answered)")))
     }
 
+    /// Events from now on: offers and transfers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FilesEvent> {
+        self.inner.events.subscribe()
+    }
+
     /// Groups this node served to others (for tests and status).
     pub fn served_groups(&self) -> u64 {
         self.inner.served_groups.load(Ordering::Relaxed)
@@ -416,6 +451,7 @@ impl Protocol for Files {
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
             next_id: AtomicU64::new(1),
             served_groups: AtomicU64::new(0),
+            events: Events::default(),
             #[cfg(test)]
             requested_groups: AtomicU64::new(0),
             tasks: Mutex::new(tokio::task::JoinSet::new()),

@@ -8,7 +8,8 @@ use p2pnode_node::parse_peer_id;
 
 use super::{FilesError, FilesHandle};
 use crate::api::{
-    AcceptRequest, ContentRequest, GetRequest, OfferRequest, SendRequest, ShareRequest, routes,
+    AcceptRequest, ContentRequest, FilesEvent, GetRequest, OfferRequest, SendRequest, ShareRequest,
+    routes,
 };
 
 /// Serves one request under the files prefix.
@@ -35,6 +36,7 @@ async fn route(files: &FilesHandle, req: &ControlRequest) -> Result<ControlReply
             ControlReply::ok(&files.unshare(&r.content_id).await?)
         }
         (Get, routes::SHARES) => ControlReply::ok(&files.shares()),
+        (Get, routes::EVENTS) => events(files),
         (Post, routes::GET) => {
             let r = req.json::<GetRequest>()?;
             let from = r
@@ -69,4 +71,18 @@ async fn route(files: &FilesHandle, req: &ControlRequest) -> Result<ControlReply
         }
         _ => ControlReply::unknown(req.route()),
     })
+}
+
+fn events(files: &FilesHandle) -> ControlReply {
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = files.subscribe();
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(e) => e,
+            Err(RecvError::Lagged(missed)) => FilesEvent::Lagged { missed },
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event, rx))
+    });
+    ControlReply::lines(events)
 }

@@ -277,6 +277,9 @@ fn take_offer(
         received_at: now_ms(),
     };
     tracing::info!(%peer, offer = id, content = %content, files, size, "file offer received");
+    inner
+        .events
+        .send(crate::api::FilesEvent::Offer(info.clone()));
     offers.insert(
         id,
         Offer {

@@ -323,7 +323,16 @@ async fn an_offer_needs_the_files_permission_and_an_accepted_one_arrives() {
     assert!(files(&r).inbox().is_empty());
 
     r.client().allow(sid, &["files".to_string()]).await.unwrap();
+    let mut events = files(&r).subscribe();
     let sent = files(&s).send(rid, vec![path]).await.unwrap();
+    match tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        crate::api::FilesEvent::Offer(o) => assert_eq!(o.content_id, sent.content_id),
+        other => panic!("expected the offer event, got {other:?}"),
+    }
     let inbox = files(&r).inbox();
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].content_id, sent.content_id);
