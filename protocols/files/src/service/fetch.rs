@@ -175,8 +175,13 @@ async fn run(
         .await
         .map_err(|e| FilesError::Io(e.to_string()))??;
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
-    let missing: Vec<GroupRef> = disk.state.missing().collect();
-    let resumed = groups_total - missing.len() as u64;
+    let config = PlanConfig::default()
+        .with_window(inner.config.window)
+        .with_endgame_after(inner.config.endgame_after);
+    // The planner keeps the missing groups as runs, so a resumed transfer costs little
+    // memory; they are never listed one by one.
+    let mut plan = Planner::new(config, disk.state.missing());
+    let resumed = groups_total - plan.remaining();
     inner.update_transfer(id, |t| {
         t.files = manifest.entries().len() as u64;
         t.size = manifest.total_size();
@@ -184,7 +189,7 @@ async fn run(
         t.groups_resumed = resumed;
         t.bytes_done = disk.state.verified_bytes();
     });
-    if missing.is_empty() {
+    if plan.is_done() {
         return Ok(());
     }
     let entries: Arc<Vec<(u64, ContentId)>> = Arc::new(
@@ -194,10 +199,6 @@ async fn run(
             .map(|e| (e.size, e.root))
             .collect(),
     );
-    let config = PlanConfig::default()
-        .with_window(inner.config.window)
-        .with_endgame_after(inner.config.endgame_after);
-    let mut plan = Planner::new(config, missing);
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
     for p in providers {
