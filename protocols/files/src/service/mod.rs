@@ -7,8 +7,9 @@
 //! transfer is its own task in one bounded [`JoinSet`](tokio::task::JoinSet) that
 //! shutdown aborts (a transfer's verified groups are on disk with its resume state, so
 //! an aborted one resumes). Files: `share` the shares and their table, `serve` the
-//! provider side, `fetch` transfers, `disk` what a transfer writes, `wire` the messages,
-//! `routes` the control routes.
+//! provider side and offers, `fetch` transfers, `disk` what a transfer writes,
+//! `accepted` accepted offers kept until done, `wire` the messages, `routes` the control
+//! routes.
 
 mod accepted;
 mod disk;
