@@ -1,10 +1,13 @@
 //! What a transfer writes: each file as `<path>.part` under the target (joined with
 //! [`safe_join`], opened without following links), groups written at their offsets, and
-//! the resume state beside them as `.<content-id>.p2pnode-resume`. A batch of groups is
-//! written and synced before the state that marks them is saved (write, fsync, rename), so
-//! the state never claims a group the disk does not hold; a file is renamed into place
-//! once whole, after the state saying so.
+//! the resume state beside them as `.<content-id>.p2pnode-resume`. Verified groups are
+//! written as they come; at a checkpoint (every [`CHECKPOINT_GROUPS`] groups or so often,
+//! see the driver) the files are synced and only then the state marking those groups is
+//! saved (write, fsync, rename), so the state never claims a group the disk does not hold,
+//! and a kill loses at most the groups since the last checkpoint. A file is renamed into
+//! place once whole, after the state saying so.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,6 +15,9 @@ use std::path::{Path, PathBuf};
 use super::FilesError;
 use crate::resume::MAX_STATE_BYTES;
 use crate::{ContentId, GroupRef, Manifest, TransferState, group_range, safe_join};
+
+/// Groups written since the last checkpoint at most (16 MiB) before the next one.
+pub(super) const CHECKPOINT_GROUPS: usize = 256;
 
 fn io(path: &Path, e: impl std::fmt::Display) -> FilesError {
     FilesError::Io(format!("{}: {e}", path.display()))
@@ -44,6 +50,9 @@ pub(super) struct Disk {
     sizes: Vec<u64>,
     open: Vec<Option<File>>,
     pub(super) state: TransferState,
+    /// Written and verified, not yet synced and marked in the state.
+    unsynced: HashSet<GroupRef>,
+    unsynced_bytes: u64,
 }
 
 impl Disk {
@@ -75,6 +84,8 @@ impl Disk {
             open: sizes.iter().map(|_| None).collect(),
             sizes,
             state: TransferState::for_manifest(manifest),
+            unsynced: HashSet::new(),
+            unsynced_bytes: 0,
         };
         let resumed = disk.load_state(&content)?;
         if !resumed {
@@ -176,10 +187,23 @@ impl Disk {
             .ok_or_else(|| FilesError::Io("file not open".into()))
     }
 
-    /// Writes verified groups at their offsets, syncs them, saves the state marking them,
-    /// then moves the files that became whole into place.
-    pub(super) fn write_batch(&mut self, groups: &[(GroupRef, Vec<u8>)]) -> Result<(), FilesError> {
-        let mut touched = Vec::new();
+    /// Whether `g` is written (checkpointed or not).
+    pub(super) fn has(&self, g: GroupRef) -> bool {
+        self.state.is_verified(g) || self.unsynced.contains(&g)
+    }
+
+    /// Bytes of the groups written.
+    pub(super) fn bytes_done(&self) -> u64 {
+        self.state.verified_bytes() + self.unsynced_bytes
+    }
+
+    /// Groups written since the last checkpoint.
+    pub(super) fn unsynced(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Writes verified groups at their offsets (not synced yet).
+    pub(super) fn write(&mut self, groups: &[(GroupRef, Vec<u8>)]) -> Result<(), FilesError> {
         for (g, data) in groups {
             let i = g.file as usize;
             let range = group_range(self.sizes[i], g.group)
@@ -188,17 +212,30 @@ impl Disk {
             self.file(i)?
                 .write_all_at(data, range.start)
                 .map_err(|e| io(&part, e))?;
-            if !touched.contains(&i) {
-                touched.push(i);
+            if self.unsynced.insert(*g) {
+                self.unsynced_bytes += data.len() as u64;
             }
         }
+        Ok(())
+    }
+
+    /// Syncs the groups written since the last checkpoint, saves the state marking them,
+    /// then moves the files that became whole into place.
+    pub(super) fn checkpoint(&mut self) -> Result<(), FilesError> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        let mut touched: Vec<usize> = self.unsynced.iter().map(|g| g.file as usize).collect();
+        touched.sort_unstable();
+        touched.dedup();
         for &i in &touched {
             let part = self.parts[i].clone();
             self.file(i)?.sync_data().map_err(|e| io(&part, e))?;
         }
-        for (g, _) in groups {
-            self.state.mark_verified(*g);
+        for g in self.unsynced.drain() {
+            self.state.mark_verified(g);
         }
+        self.unsynced_bytes = 0;
         self.save_state()?;
         for &i in &touched {
             if self.state.file(i as u32).is_some_and(|b| b.is_complete()) {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use super::disk::Disk;
+use super::disk::{CHECKPOINT_GROUPS, Disk};
 use super::serve::open;
 use super::wire::{self, Request, Response, Secure, WireError};
 use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
@@ -27,6 +27,8 @@ use crate::{
 const EVENT_QUEUE: usize = 64;
 /// Events handled (and groups written) in one batch at most.
 const MAX_BATCH: usize = 64;
+/// Least time between two checkpoints (syncs and state saves) while groups come in.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Batches queued for one worker at most.
 const WORKER_QUEUE: usize = 4;
 /// Providers asked for the manifest before giving up.
@@ -219,7 +221,11 @@ async fn run(
     let mut fetched = 0u64;
     let mut dropped: HashSet<PeerId> = HashSet::new();
     let mut last_failure = String::from("none");
-    while !plan.is_done() {
+    let mut last_checkpoint = Instant::now();
+    let outcome: Result<(), FilesError> = loop {
+        if plan.is_done() {
+            break Ok(());
+        }
         let now = Instant::now();
         while let Some(r) = plan.next_request(now) {
             if let Some(w) = workers.get_mut(&r.provider) {
@@ -236,7 +242,7 @@ async fn run(
             }
         }
         if workers.is_empty() {
-            return Err(FilesError::NoProvider(format!(
+            break Err(FilesError::NoProvider(format!(
                 "no provider left with {} groups missing (last failure: {last_failure}); run the same command again to resume",
                 plan.remaining()
             )));
@@ -249,7 +255,7 @@ async fn run(
             None => ev_rx.recv().await,
         };
         let Some(first) = first else {
-            return Err(FilesError::Io("transfer workers ended".into()));
+            break Err(FilesError::Io("transfer workers ended".into()));
         };
         let mut events = vec![first];
         while events.len() < MAX_BATCH {
@@ -282,21 +288,38 @@ async fn run(
         let mut batch: Vec<(GroupRef, Vec<u8>)> = Vec::new();
         let mut done: Vec<(PeerId, GroupRef)> = Vec::new();
         for (peer, group, data) in writes {
-            if !disk.state.is_verified(group) && !batch.iter().any(|(g, _)| *g == group) {
+            if !disk.has(group) && !batch.iter().any(|(g, _)| *g == group) {
                 batch.push((group, data));
             }
             done.push((peer, group));
         }
         if !batch.is_empty() {
             let written = batch.len() as u64;
-            let (d, result) = tokio::task::spawn_blocking(move || {
-                let r = disk.write_batch(&batch);
+            // Syncing is what costs: a checkpoint every so many groups or so often, not
+            // per group, keeps the disk off the transfer's critical path.
+            let sync = disk.unsynced() + batch.len() >= CHECKPOINT_GROUPS
+                || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            let joined = tokio::task::spawn_blocking(move || {
+                let r = disk.write(&batch);
+                let r = if sync {
+                    r.and_then(|()| disk.checkpoint())
+                } else {
+                    r
+                };
                 (disk, r)
             })
-            .await
-            .map_err(|e| FilesError::Io(e.to_string()))?;
+            .await;
+            let (d, result) = match joined {
+                Ok(v) => v,
+                Err(e) => return Err(FilesError::Io(e.to_string())),
+            };
             disk = d;
-            result?;
+            if let Err(e) = result {
+                break Err(e);
+            }
+            if sync {
+                last_checkpoint = Instant::now();
+            }
             fetched += written;
         }
         for (peer, group) in done {
@@ -317,7 +340,7 @@ async fn run(
                 dropped: true,
             }))
             .collect();
-        let bytes_done = disk.state.verified_bytes();
+        let bytes_done = disk.bytes_done();
         inner.update_transfer(id, |t| {
             t.bytes_done = bytes_done;
             t.groups_fetched = fetched;
@@ -325,9 +348,18 @@ async fn run(
         });
         #[cfg(test)]
         if inner.config.stop_after_groups.is_some_and(|n| fetched >= n) && !plan.is_done() {
-            return Err(FilesError::Io("stopped by the test hook".into()));
+            break Err(FilesError::Io("stopped by the test hook".into()));
         }
-    }
+    };
+    // Whatever ended the loop, what was written and verified is kept for a resume.
+    let (_, synced) = tokio::task::spawn_blocking(move || {
+        let r = disk.checkpoint();
+        (disk, r)
+    })
+    .await
+    .map_err(|e| FilesError::Io(e.to_string()))?;
+    outcome?;
+    synced?;
     tracing::info!(transfer = id, content = %content, fetched, resumed, "transfer complete");
     Ok(())
 }
