@@ -26,8 +26,8 @@ struct Record {
     manifest: Blob,
     /// Where each entry's bytes are, in manifest order (raw OS bytes).
     sources: Vec<Blob>,
-    /// The only peer it is served to (an offer), or everyone.
-    only: Option<Blob>,
+    /// The only peers it is served to (offers), or everyone.
+    only: Option<Vec<Blob>>,
 }
 
 /// A share in memory: what serving needs.
@@ -38,16 +38,20 @@ pub(super) struct Share {
     /// Each file's size and root, in manifest order.
     pub(super) entries: Vec<(u64, ContentId)>,
     pub(super) sources: Vec<PathBuf>,
-    pub(super) only: Option<PeerId>,
+    /// The peers it was offered to, or `None` for everyone (a public share).
+    pub(super) only: Option<Vec<PeerId>>,
     pub(super) info: ShareInfo,
 }
+
+/// Peers one offered-only share is served to, at most (the oldest offer loses access).
+const MAX_AUDIENCE: usize = 64;
 
 impl Share {
     fn new(
         manifest: &Manifest,
         bytes: Vec<u8>,
         sources: Vec<PathBuf>,
-        only: Option<PeerId>,
+        only: Option<Vec<PeerId>>,
     ) -> Self {
         let entries: Vec<(u64, ContentId)> = manifest
             .entries()
@@ -76,7 +80,7 @@ impl Share {
 
     /// Whether `peer` may fetch it.
     pub(super) fn serves(&self, peer: &PeerId) -> bool {
-        self.only.is_none_or(|p| p == *peer)
+        self.only.as_ref().is_none_or(|o| o.contains(peer))
     }
 }
 
@@ -107,7 +111,11 @@ pub(super) fn load(db: &Database) -> Result<HashMap<ContentId, Arc<Share>>, File
             .into_iter()
             .map(|b| PathBuf::from(OsString::from_vec(b.0)))
             .collect();
-        let only = record.only.and_then(|b| PeerId::from_bytes(&b.0).ok());
+        let only = record.only.map(|list| {
+            list.iter()
+                .filter_map(|b| PeerId::from_bytes(&b.0).ok())
+                .collect()
+        });
         let share = Share::new(&manifest, record.manifest.0, sources, only);
         out.insert(manifest.id(), Arc::new(share));
         if out.len() >= MAX_SHARES {
@@ -142,14 +150,36 @@ pub(super) async fn share(
         .map_err(|e| FilesError::Io(e.to_string()))??;
     let bytes = manifest.encode();
     let id = manifest.id();
+    // Sharing what is already shared widens who may fetch it, never narrows it: public
+    // stays public, and an offer to one more peer adds that peer.
+    let existing = inner
+        .shares
+        .lock()
+        .ok()
+        .and_then(|s| s.get(&id).map(|s| s.only.clone()));
+    let only: Option<Vec<PeerId>> = match (existing, only) {
+        (Some(None), _) | (_, None) => None,
+        (Some(Some(mut list)), Some(peer)) => {
+            list.retain(|p| *p != peer);
+            if list.len() >= MAX_AUDIENCE {
+                list.remove(0);
+            }
+            list.push(peer);
+            Some(list)
+        }
+        (None, Some(peer)) => Some(vec![peer]),
+    };
     let record = Record {
         manifest: Blob(bytes.clone()),
         sources: sources
             .iter()
             .map(|p| Blob(p.as_os_str().as_bytes().to_vec()))
             .collect(),
-        only: only.map(|p| Blob(p.to_bytes())),
+        only: only
+            .as_ref()
+            .map(|list| list.iter().map(|p| Blob(p.to_bytes())).collect()),
     };
+    let public = only.is_none();
     let share = Arc::new(Share::new(&manifest, bytes, sources, only));
     {
         let shares = inner
@@ -180,7 +210,7 @@ pub(super) async fn share(
     if let Ok(mut shares) = inner.shares.lock() {
         shares.insert(id, share);
     }
-    if only.is_none() {
+    if public {
         inner.client.provide(id.as_bytes().to_vec()).await?;
     }
     tracing::info!(content = %id, files = info.files, size = info.size, "sharing");
