@@ -37,8 +37,9 @@ use crate::ContentId;
 use crate::api::{FilesEvent, OfferInfo, ShareInfo, TransferInfo, TransferStatus};
 use share::Share;
 
-/// Shares held at most (each keeps its manifest in memory).
-const MAX_SHARES: usize = 4096;
+/// Shares held at most (each keeps its manifest in memory). Below the 1024 keys
+/// Kademlia's record store provides at once, leaving room for chat's topics.
+const MAX_SHARES: usize = 1000;
 /// Transfers remembered at most; the oldest finished ones are forgotten first.
 const MAX_TRANSFERS: usize = 256;
 /// Transfers running at once at most.

@@ -210,8 +210,9 @@ pub(super) async fn share(
     if let Ok(mut shares) = inner.shares.lock() {
         shares.insert(id, share);
     }
-    if public {
-        inner.client.provide(id.as_bytes().to_vec()).await?;
+    if public && let Err(e) = inner.client.provide(id.as_bytes().to_vec()).await {
+        // Still shared (fetchable by id from this node); the next round announces again.
+        tracing::warn!(content = %id, "cannot announce the share yet: {e}");
     }
     tracing::info!(content = %id, files = info.files, size = info.size, "sharing");
     Ok(info)
