@@ -161,18 +161,22 @@ async fn follow(
         });
         return Ok(());
     }
-    let started = Instant::now();
     let mut last_line = Instant::now();
-    let mut first_bytes: Option<u64> = None;
+    // The rate counts from the first progress seen, in bytes and time alike.
+    let mut first: Option<(u64, Instant)> = None;
     while t.status == TransferStatus::Running {
         tokio::time::sleep(POLL).await;
         t = control.get(&routes::transfer(t.id)).await?;
+        if t.size > 0 && first.is_none() {
+            first = Some((t.bytes_done, Instant::now()));
+        }
         if json {
             output::show(true, &t, |_| {});
-        } else if last_line.elapsed() >= PROGRESS_EVERY && t.size > 0 {
-            let base = *first_bytes.get_or_insert(t.bytes_done);
-            let secs = started.elapsed().as_secs_f64();
-            let rate = (secs > 0.0).then(|| (t.bytes_done - base) as f64 / secs);
+        } else if let Some((base, since)) = first
+            && last_line.elapsed() >= PROGRESS_EVERY
+        {
+            let secs = since.elapsed().as_secs_f64();
+            let rate = (secs > 0.0).then(|| t.bytes_done.saturating_sub(base) as f64 / secs);
             eprintln!("{}", progress_line(&t, rate));
             last_line = Instant::now();
         }
