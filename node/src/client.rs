@@ -18,6 +18,8 @@ use crate::streams::{ECHO_PROTOCOL, ECHO_SIZE};
 
 /// Connecting (DHT lookup plus dial) gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// A provider lookup gives up after this long.
+pub const FIND_PROVIDERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Handle to a running node.
 #[derive(Clone)]
@@ -155,6 +157,37 @@ impl Client {
     pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NodeError> {
         self.ask(|reply| Command::Publish(topic.to_string(), data, reply))
             .await?
+    }
+
+    /// Announces in the DHT that this node provides `key` (1 to
+    /// [`MAX_PROVIDER_KEY`](crate::event_loop::MAX_PROVIDER_KEY) bytes, chosen by the
+    /// protocol). Kademlia republishes the record on its own schedule; a protocol that
+    /// wants it fresh sooner calls this again.
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Provide(key, reply)).await?
+    }
+
+    /// Withdraws our provider record for `key` (others' copies expire on their own).
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NodeError> {
+        self.ask(|reply| Command::StopProviding(key, reply)).await
+    }
+
+    /// The peers that announced `key`, ourselves left out: at most
+    /// [`MAX_PROVIDERS`](crate::event_loop::MAX_PROVIDERS), found within
+    /// [`FIND_PROVIDERS_TIMEOUT`].
+    pub async fn find_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NodeError> {
+        match tokio::time::timeout(
+            FIND_PROVIDERS_TIMEOUT,
+            self.ask(|reply| Command::FindProviders(key, reply)),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => Err(NodeError::Timeout {
+                what: "the provider lookup".to_string(),
+                secs: FIND_PROVIDERS_TIMEOUT.as_secs(),
+            }),
+        }
     }
 
     /// Every trust entry.

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 mod chat;
+mod files;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
+pub(crate) use files::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
 
 /// p2pnode: a serverless peer-to-peer node.
 ///
@@ -128,6 +130,31 @@ pub(crate) enum Command {
   mkdir -p ~/.local/share/man/man1 && p2pnode man > ~/.local/share/man/man1/p2pnode.1
 then `man p2pnode`; or read it at once with `p2pnode man | man -l -`.")]
     Man,
+    /// Share files or directories: prints a content id others fetch with `p2pnode get`.
+    Share(ShareArgs),
+    /// Stop sharing a content id.
+    Unshare {
+        /// The content id.
+        content_id: String,
+    },
+    /// List what this node shares.
+    Shares,
+    /// Fetch a content id from every provider at once, verifying every chunk; running
+    /// it again after an interruption resumes from the verified chunks on disk.
+    Get(GetArgs),
+    /// Offer files or directories to a peer (it needs to accept them).
+    Send(SendArgs),
+    /// List file offers waiting for an answer.
+    Inbox,
+    /// Accept a file offer and fetch it from the offering peer.
+    Accept(AcceptArgs),
+    /// Reject a file offer.
+    Reject {
+        /// The offer id.
+        offer: u64,
+    },
+    /// List running and finished transfers.
+    Transfers,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +166,7 @@ pub(crate) enum TrustCommand {
         /// The peer id, or a contact's name.
         #[arg(value_name = "PEER")]
         peer_id: String,
-        /// Comma-separated names of protocols this node runs (today: chat).
+        /// Comma-separated names of protocols this node runs (today: chat, files).
         #[arg(long, value_delimiter = ',')]
         protocols: Vec<String>,
     },

@@ -3,6 +3,7 @@
 mod chat;
 mod connect;
 mod contacts;
+mod files;
 mod find;
 mod id;
 mod peers;
@@ -48,5 +49,14 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
+        Command::Share(args) => files::share(&control, args, json).await,
+        Command::Unshare { content_id } => files::unshare(&control, content_id, json).await,
+        Command::Shares => files::shares(&control, json).await,
+        Command::Get(args) => files::get(&control, args, json).await,
+        Command::Send(args) => files::send(&control, args, json).await,
+        Command::Inbox => files::inbox(&control, json).await,
+        Command::Accept(args) => files::accept(&control, args, json).await,
+        Command::Reject { offer } => files::reject(&control, offer, json).await,
+        Command::Transfers => files::transfers(&control, json).await,
     }
 }

@@ -42,6 +42,13 @@ pub enum Command {
     /// Report a received topic message valid (forward it) or not; replies whether
     /// gossipsub still held it.
     ValidateTopicMessage(TopicMessageId, Validation, oneshot::Sender<bool>),
+    /// Announce in the DHT that we provide `key` (an application protocol's key).
+    Provide(Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
+    /// Withdraw our provider record for `key`.
+    StopProviding(Vec<u8>, oneshot::Sender<()>),
+    /// Look up the providers of `key` (at most [`super::MAX_PROVIDERS`], ourselves left
+    /// out).
+    FindProviders(Vec<u8>, oneshot::Sender<Result<Vec<PeerId>, NodeError>>),
 }
 
 impl EventLoop {
@@ -70,6 +77,14 @@ impl EventLoop {
             Command::ValidateTopicMessage(id, v, reply) => {
                 let _ = reply.send(self.validate_topic_message(id, v));
             }
+            Command::Provide(key, reply) => {
+                let _ = reply.send(self.provide(key));
+            }
+            Command::StopProviding(key, reply) => {
+                self.stop_providing(key);
+                let _ = reply.send(());
+            }
+            Command::FindProviders(key, reply) => self.find_providers(key, reply),
             Command::Listen(addr, reply) => {
                 let result =
                     self.swarm

@@ -7,6 +7,7 @@ mod addrs;
 mod commands;
 mod connections;
 mod lookups;
+mod providers;
 mod punching;
 mod relays;
 mod topics;
@@ -34,11 +35,13 @@ use crate::metrics::Metrics;
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of};
 pub use commands::Command;
+pub use providers::{MAX_PROVIDER_KEY, MAX_PROVIDERS};
 pub use topics::{TopicMessage, TopicMessageId, Validation};
 
 use addrs::is_concrete;
 use connections::{Conn, Keep, dial_error};
 use lookups::PendingLookup;
+use providers::PendingProviders;
 use punching::PendingCircuits;
 use relays::Reservation;
 use topics::Joined;
@@ -89,6 +92,8 @@ pub struct EventLoop {
     cfg: LoopConfig,
     conns: HashMap<PeerId, Vec<Conn>>,
     lookups: HashMap<kad::QueryId, PendingLookup>,
+    /// Provider lookups asked for by protocols ([`Command::FindProviders`]).
+    provider_lookups: HashMap<kad::QueryId, PendingProviders>,
     dials: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<Connected, NodeError>>)>,
     addr_dials: HashMap<ConnectionId, oneshot::Sender<Result<Connected, NodeError>>>,
     reservations: HashMap<ListenerId, Reservation>,
@@ -137,6 +142,7 @@ impl EventLoop {
             cfg,
             conns: HashMap::new(),
             lookups: HashMap::new(),
+            provider_lookups: HashMap::new(),
             dials: HashMap::new(),
             addr_dials: HashMap::new(),
             reservations: HashMap::new(),
@@ -304,8 +310,18 @@ impl EventLoop {
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id, result, stats, ..
-            }) => self.on_query_result(id, result, &stats),
+                id,
+                result,
+                stats,
+                step,
+            }) => {
+                if let kad::QueryResult::GetProviders(r) = &result
+                    && self.on_providers(id, r, step.last)
+                {
+                    return;
+                }
+                self.on_query_result(id, result, &stats)
+            }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
                 tracing::trace!(%peer, "routing table updated");
             }

@@ -1,7 +1,8 @@
 //! The file transfer protocol of p2pnode, its sans-IO core: content ids, verified
 //! streaming, manifests, path safety, resume state and the striping planner. No networking
-//! and no storage here; the service (streams through the secure gate, provider records,
-//! its tables and routes) will come behind a `service` feature, as in `p2pnode-chat`.
+//! and no storage in the core; the service (streams through the secure gate, provider
+//! records, its table and routes: [`service`], [`api`]) comes with the `service` feature,
+//! as in `p2pnode-chat`.
 //!
 //! - [`tree`]: a content id ([`ContentId`], text `b3:` + base32) is the BLAKE3 root of the
 //!   bytes. [`compute_outboard`] streams a file once and writes its *outboard* (the hash
@@ -74,6 +75,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "service")]
+pub mod api;
 pub mod error;
 mod id;
 pub mod manifest;
@@ -81,6 +84,8 @@ pub mod path;
 pub mod plan;
 pub mod resume;
 pub mod scan;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod tree;
 
 pub use error::{
@@ -93,6 +98,12 @@ pub use path::{check_path, safe_join};
 pub use plan::{Answer, GroupRef, PlanConfig, Planner, Request};
 pub use resume::{GroupBitmap, TransferState};
 pub use scan::{Scan, ScannedFile, SkipReason, Skipped, hash_file, scan};
+
+/// The protocol name for trust decisions: offers need it granted.
+pub const PROTOCOL: &str = "files";
+
+/// The libp2p stream protocol, also the secure handshake's label.
+pub const STREAM_PROTOCOL: &str = "/p2pnode/files/1";
 
 pub use tree::{
     GROUP_SIZE, OutboardBuilder, Proof, ReadAt, VerifiedGroup, compute_outboard, group_count,

@@ -1,0 +1,290 @@
+//! `p2pnode share`, `unshare`, `shares`, `get`, `send`, `inbox`, `accept`, `reject` and
+//! `transfers`: the files protocol's commands, all through the daemon's control socket.
+//!
+//! `get` and `accept` follow their transfer until it ends, printing progress lines to
+//! stderr (with `--json`, each progress snapshot is a JSON line on stdout, the last one
+//! final).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use p2pnode_files::api::{
+    AcceptRequest, ContentRequest, GetRequest, OfferInfo, OfferRequest, SendInfo, SendRequest,
+    ShareInfo, ShareRequest, TransferInfo, TransferStatus, routes,
+};
+use p2pnode_node::control::ControlClient;
+
+use crate::args::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
+use crate::output;
+
+/// How often a followed transfer is asked for its progress.
+const POLL: Duration = Duration::from_millis(250);
+/// Least time between two progress lines.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// An absolute path as the daemon sees it (it has its own working directory). The path
+/// must exist.
+fn existing(path: &Path) -> Result<String> {
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(abs.display().to_string())
+}
+
+/// The target directory, absolute; it may not exist yet.
+fn target(to: Option<PathBuf>) -> Result<String> {
+    let dir = match to {
+        Some(d) => d,
+        None => std::env::current_dir().context("no current directory")?,
+    };
+    Ok(std::path::absolute(&dir)
+        .with_context(|| format!("bad target {}", dir.display()))?
+        .display()
+        .to_string())
+}
+
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn share_line(s: &ShareInfo) -> String {
+    let files = if s.files == 1 { "file" } else { "files" };
+    let scope = if s.announced { "" } else { " (offered only)" };
+    format!(
+        "{}  {} {files}, {}  {}{scope}",
+        s.content_id,
+        s.files,
+        size(s.size),
+        s.name
+    )
+}
+
+pub(crate) async fn share(control: &ControlClient, args: ShareArgs, json: bool) -> Result<()> {
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| existing(p))
+        .collect::<Result<Vec<_>>>()?;
+    let info: ShareInfo = control.post(routes::SHARE, &ShareRequest { paths }).await?;
+    output::show(json, &info, |s| {
+        println!("{}", s.content_id);
+        eprintln!("sharing {}", share_line(s));
+        eprintln!("fetch it with: p2pnode get {}", s.content_id);
+    });
+    Ok(())
+}
+
+pub(crate) async fn unshare(control: &ControlClient, content_id: String, json: bool) -> Result<()> {
+    let info: ShareInfo = control
+        .post(routes::UNSHARE, &ContentRequest { content_id })
+        .await?;
+    output::show(json, &info, |s| {
+        println!("no longer sharing {}", s.content_id)
+    });
+    Ok(())
+}
+
+pub(crate) async fn shares(control: &ControlClient, json: bool) -> Result<()> {
+    let list: Vec<ShareInfo> = control.get(routes::SHARES).await?;
+    output::show(json, &list, |list| {
+        if list.is_empty() {
+            println!("nothing shared");
+        }
+        for s in list {
+            println!("{}", share_line(s));
+        }
+    });
+    Ok(())
+}
+
+pub(crate) async fn get(control: &ControlClient, args: GetArgs, json: bool) -> Result<()> {
+    for p in &args.from {
+        p2pnode_node::parse_peer_id(p)?;
+    }
+    let request = GetRequest {
+        content_id: args.content_id,
+        to: target(args.to)?,
+        from: args.from,
+    };
+    let t: TransferInfo = control.post(routes::GET, &request).await?;
+    follow(control, t, args.no_wait, json).await
+}
+
+pub(crate) async fn accept(control: &ControlClient, args: AcceptArgs, json: bool) -> Result<()> {
+    let request = AcceptRequest {
+        offer: args.offer,
+        to: target(args.to)?,
+    };
+    let t: TransferInfo = control.post(routes::ACCEPT, &request).await?;
+    follow(control, t, args.no_wait, json).await
+}
+
+fn progress_line(t: &TransferInfo, rate: Option<f64>) -> String {
+    let pct = if t.size == 0 {
+        0.0
+    } else {
+        t.bytes_done as f64 * 100.0 / t.size as f64
+    };
+    let serving = t.providers.iter().filter(|p| !p.dropped).count();
+    let rate = rate.map_or_else(String::new, |r| format!(", {}/s", size(r as u64)));
+    format!(
+        "transfer {}: {} of {} ({pct:.0} %{rate}), {}/{} groups, {serving} provider(s)",
+        t.id,
+        size(t.bytes_done),
+        size(t.size),
+        t.groups_resumed + t.groups_fetched,
+        t.groups_total,
+    )
+}
+
+/// Follows a transfer to its end (unless `no_wait`), showing progress.
+async fn follow(
+    control: &ControlClient,
+    mut t: TransferInfo,
+    no_wait: bool,
+    json: bool,
+) -> Result<()> {
+    if no_wait {
+        output::show(json, &t, |t| {
+            println!("transfer {} started into {}", t.id, t.target)
+        });
+        return Ok(());
+    }
+    let mut last_line = Instant::now();
+    // The rate counts from the first progress seen, in bytes and time alike.
+    let mut first: Option<(u64, Instant)> = None;
+    while t.status == TransferStatus::Running {
+        tokio::time::sleep(POLL).await;
+        t = control.get(&routes::transfer(t.id)).await?;
+        if t.size > 0 && first.is_none() {
+            first = Some((t.bytes_done, Instant::now()));
+        }
+        if json {
+            output::show(true, &t, |_| {});
+        } else if let Some((base, since)) = first
+            && last_line.elapsed() >= PROGRESS_EVERY
+        {
+            let secs = since.elapsed().as_secs_f64();
+            let rate = (secs > 0.0).then(|| t.bytes_done.saturating_sub(base) as f64 / secs);
+            eprintln!("{}", progress_line(&t, rate));
+            last_line = Instant::now();
+        }
+    }
+    match t.status {
+        TransferStatus::Done => {
+            if !json {
+                println!(
+                    "received {} ({} files, {}) into {}",
+                    t.content_id,
+                    t.files,
+                    size(t.size),
+                    t.target
+                );
+                if t.groups_resumed > 0 {
+                    eprintln!(
+                        "resumed: {} of {} groups were already verified on disk",
+                        t.groups_resumed, t.groups_total
+                    );
+                }
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "transfer {} failed: {}",
+            t.id,
+            t.error.as_deref().unwrap_or("unknown error")
+        ),
+    }
+}
+
+pub(crate) async fn send(control: &ControlClient, args: SendArgs, json: bool) -> Result<()> {
+    p2pnode_node::parse_peer_id(&args.peer_id)?;
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| existing(p))
+        .collect::<Result<Vec<_>>>()?;
+    let request = SendRequest {
+        peer_id: args.peer_id,
+        paths,
+    };
+    let info: SendInfo = control.post(routes::SEND, &request).await?;
+    output::show(json, &info, |s| {
+        println!(
+            "offered {} ({} files, {}) to {}; it fetches once they accept",
+            s.content_id,
+            s.files,
+            size(s.size),
+            s.peer_id
+        );
+    });
+    Ok(())
+}
+
+fn offer_line(o: &OfferInfo) -> String {
+    format!(
+        "{}  from {}: {} ({} files, {})  {}",
+        o.id,
+        o.peer_id,
+        o.name,
+        o.files,
+        size(o.size),
+        o.content_id
+    )
+}
+
+pub(crate) async fn inbox(control: &ControlClient, json: bool) -> Result<()> {
+    let list: Vec<OfferInfo> = control.get(routes::INBOX).await?;
+    output::show(json, &list, |list| {
+        if list.is_empty() {
+            println!("no offers");
+        }
+        for o in list {
+            println!("{}", offer_line(o));
+        }
+    });
+    Ok(())
+}
+
+pub(crate) async fn reject(control: &ControlClient, offer: u64, json: bool) -> Result<()> {
+    let o: OfferInfo = control
+        .post(routes::REJECT, &OfferRequest { offer })
+        .await?;
+    output::show(json, &o, |o| {
+        println!("rejected offer {} from {}", o.id, o.peer_id)
+    });
+    Ok(())
+}
+
+pub(crate) async fn transfers(control: &ControlClient, json: bool) -> Result<()> {
+    let list: Vec<TransferInfo> = control.get(routes::TRANSFERS).await?;
+    output::show(json, &list, |list| {
+        if list.is_empty() {
+            println!("no transfers");
+        }
+        for t in list {
+            let status = match t.status {
+                TransferStatus::Running => "running",
+                TransferStatus::Done => "done",
+                TransferStatus::Failed => "failed",
+            };
+            println!("{status:<8} {}  -> {}", t.content_id, t.target);
+            println!("         {}", progress_line(t, None));
+            if let Some(e) = &t.error {
+                println!("         error: {e}");
+            }
+        }
+    });
+    Ok(())
+}

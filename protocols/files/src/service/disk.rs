@@ -1,0 +1,279 @@
+//! What a transfer writes: each file as `<path>.part` under the target (joined with
+//! [`safe_join`], opened without following links), groups written at their offsets, and
+//! the resume state beside them as `.<content-id>.p2pnode-resume`. Verified groups are
+//! written as they come; at a checkpoint (every [`CHECKPOINT_GROUPS`] groups or so often,
+//! see the driver) the files are synced and only then the state marking those groups is
+//! saved (write, fsync, rename), so the state never claims a group the disk does not hold,
+//! and a kill loses at most the groups since the last checkpoint. A file is renamed into
+//! place once whole, after the state saying so.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::FilesError;
+use crate::resume::MAX_STATE_BYTES;
+use crate::{ContentId, GroupRef, Manifest, TransferState, group_range, safe_join};
+
+/// Groups written since the last checkpoint at most (16 MiB) before the next one.
+pub(super) const CHECKPOINT_GROUPS: usize = 256;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> FilesError {
+    FilesError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Opens for writing without following a link at the last component (`O_NOFOLLOW`);
+/// `create` makes a new file and fails if anything is already there.
+fn open_nofollow(path: &Path, create: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).custom_flags(libc::O_NOFOLLOW);
+    if create {
+        o.create_new(true).mode(0o600);
+    }
+    o.open(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), FilesError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// A transfer's files on disk and its resume state.
+pub(super) struct Disk {
+    target: PathBuf,
+    state_path: PathBuf,
+    finals: Vec<PathBuf>,
+    parts: Vec<PathBuf>,
+    executable: Vec<bool>,
+    sizes: Vec<u64>,
+    open: Vec<Option<File>>,
+    pub(super) state: TransferState,
+    /// Written and verified, not yet synced and marked in the state.
+    unsynced: HashSet<GroupRef>,
+    unsynced_bytes: u64,
+}
+
+impl Disk {
+    /// Checks every path of `manifest` under `target`, loads the resume state if one is
+    /// there (and consistent with the `.part` files), and creates the missing `.part` files.
+    pub(super) fn prepare(
+        target: &Path,
+        manifest: &Manifest,
+        content: ContentId,
+    ) -> Result<Self, FilesError> {
+        std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
+        let bad_path =
+            |p: &str, e: crate::PathError| FilesError::Invalid(format!("refused path {p:?}: {e}"));
+        let mut finals = Vec::new();
+        let mut parts = Vec::new();
+        for e in manifest.entries() {
+            finals.push(safe_join(target, &e.path).map_err(|err| bad_path(&e.path, err))?);
+            let part = format!("{}.part", e.path);
+            parts.push(safe_join(target, &part).map_err(|err| bad_path(&part, err))?);
+        }
+        let sizes: Vec<u64> = manifest.entries().iter().map(|e| e.size).collect();
+        let state_path = target.join(format!(".{content}.p2pnode-resume"));
+        let mut disk = Self {
+            target: target.to_path_buf(),
+            state_path,
+            finals,
+            parts,
+            executable: manifest.entries().iter().map(|e| e.executable).collect(),
+            open: sizes.iter().map(|_| None).collect(),
+            sizes,
+            state: TransferState::for_manifest(manifest),
+            unsynced: HashSet::new(),
+            unsynced_bytes: 0,
+        };
+        let resumed = disk.load_state(&content)?;
+        if !resumed {
+            for (fin, part) in disk.finals.iter().zip(&disk.parts) {
+                if std::fs::symlink_metadata(fin).is_ok() {
+                    return Err(FilesError::Invalid(format!(
+                        "{} already exists; move it away or choose another --to",
+                        fin.display()
+                    )));
+                }
+                if std::fs::symlink_metadata(part).is_ok() {
+                    // A .part without state: nothing in it is known good.
+                    std::fs::remove_file(part).map_err(|e| io(part, e))?;
+                }
+            }
+        }
+        for i in 0..disk.parts.len() {
+            let complete = disk.state.file(i as u32).is_some_and(|b| b.is_complete());
+            let part = &disk.parts[i];
+            if complete {
+                // Saved as whole but killed before the rename: finish it.
+                if std::fs::symlink_metadata(part).is_ok() {
+                    disk.finish_file(i)?;
+                }
+                continue;
+            }
+            if std::fs::symlink_metadata(part).is_err() {
+                if let Some(parent) = part.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                }
+                // Checked again now that the directories exist: a link put there since
+                // the first check is refused here, and O_NOFOLLOW covers the last step.
+                let rel = part
+                    .strip_prefix(target)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .ok_or_else(|| FilesError::Invalid(format!("bad path {}", part.display())))?;
+                safe_join(target, rel).map_err(|e| bad_path(rel, e))?;
+                let f = open_nofollow(part, true).map_err(|e| io(part, e))?;
+                f.set_len(disk.sizes[i]).map_err(|e| io(part, e))?;
+            }
+        }
+        Ok(disk)
+    }
+
+    /// Loads a saved state; false if there is none (or it does not fit and was dropped).
+    fn load_state(&mut self, content: &ContentId) -> Result<bool, FilesError> {
+        let meta = match std::fs::symlink_metadata(&self.state_path) {
+            Ok(m) => m,
+            Err(_) => return Ok(false),
+        };
+        if !meta.is_file() || meta.len() > MAX_STATE_BYTES as u64 {
+            return Err(FilesError::Io(format!(
+                "{} is not a resume state",
+                self.state_path.display()
+            )));
+        }
+        let bytes = std::fs::read(&self.state_path).map_err(|e| io(&self.state_path, e))?;
+        let state = match TransferState::decode(&bytes, content, &self.sizes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("ignoring resume state {}: {e}", self.state_path.display());
+                return Ok(false);
+            }
+        };
+        // A file with verified groups must still have its .part (or, when whole, be in
+        // place); otherwise the state is not about what is on disk.
+        for i in 0..self.parts.len() {
+            let Some(bits) = state.file(i as u32) else {
+                return Ok(false);
+            };
+            let part = std::fs::symlink_metadata(&self.parts[i]).is_ok();
+            let fin = std::fs::symlink_metadata(&self.finals[i]).is_ok();
+            let consistent = if bits.is_complete() {
+                part || fin
+            } else {
+                part || bits.verified() == 0
+            };
+            if !consistent || (!bits.is_complete() && fin) {
+                tracing::warn!("resume state does not match the files on disk; starting over");
+                return Ok(false);
+            }
+        }
+        tracing::info!(
+            groups = state.file(0).map_or(0, |b| b.verified()),
+            "resuming from verified groups on disk"
+        );
+        self.state = state;
+        Ok(true)
+    }
+
+    fn file(&mut self, i: usize) -> Result<&File, FilesError> {
+        if self.open[i].is_none() {
+            let f = open_nofollow(&self.parts[i], false).map_err(|e| io(&self.parts[i], e))?;
+            self.open[i] = Some(f);
+        }
+        self.open[i]
+            .as_ref()
+            .ok_or_else(|| FilesError::Io("file not open".into()))
+    }
+
+    /// Whether `g` is written (checkpointed or not).
+    pub(super) fn has(&self, g: GroupRef) -> bool {
+        self.state.is_verified(g) || self.unsynced.contains(&g)
+    }
+
+    /// Bytes of the groups written.
+    pub(super) fn bytes_done(&self) -> u64 {
+        self.state.verified_bytes() + self.unsynced_bytes
+    }
+
+    /// Groups written since the last checkpoint.
+    pub(super) fn unsynced(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Writes verified groups at their offsets (not synced yet).
+    pub(super) fn write(&mut self, groups: &[(GroupRef, Vec<u8>)]) -> Result<(), FilesError> {
+        for (g, data) in groups {
+            let i = g.file as usize;
+            let range = group_range(self.sizes[i], g.group)
+                .ok_or_else(|| FilesError::Io("group out of range".into()))?;
+            let part = self.parts[i].clone();
+            self.file(i)?
+                .write_all_at(data, range.start)
+                .map_err(|e| io(&part, e))?;
+            if self.unsynced.insert(*g) {
+                self.unsynced_bytes += data.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs the groups written since the last checkpoint, saves the state marking them,
+    /// then moves the files that became whole into place.
+    pub(super) fn checkpoint(&mut self) -> Result<(), FilesError> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        let mut touched: Vec<usize> = self.unsynced.iter().map(|g| g.file as usize).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for &i in &touched {
+            let part = self.parts[i].clone();
+            self.file(i)?.sync_data().map_err(|e| io(&part, e))?;
+        }
+        for g in self.unsynced.drain() {
+            self.state.mark_verified(g);
+        }
+        self.unsynced_bytes = 0;
+        self.save_state()?;
+        for &i in &touched {
+            if self.state.file(i as u32).is_some_and(|b| b.is_complete()) {
+                self.finish_file(i)?;
+            }
+        }
+        if self.state.is_complete() {
+            std::fs::remove_file(&self.state_path).map_err(|e| io(&self.state_path, e))?;
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> Result<(), FilesError> {
+        let tmp = self.state_path.with_extension("p2pnode-resume-tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let f = open_nofollow(&tmp, true).map_err(|e| io(&tmp, e))?;
+        f.write_all_at(&self.state.encode(), 0)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.state_path).map_err(|e| io(&self.state_path, e))?;
+        sync_dir(&self.target)
+    }
+
+    /// Syncs a whole file, sets its mode and renames it into place.
+    fn finish_file(&mut self, i: usize) -> Result<(), FilesError> {
+        let f = match self.open[i].take() {
+            Some(f) => f,
+            None => open_nofollow(&self.parts[i], false).map_err(|e| io(&self.parts[i], e))?,
+        };
+        let mode = if self.executable[i] { 0o755 } else { 0o644 };
+        f.sync_all().map_err(|e| io(&self.parts[i], e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io(&self.parts[i], e))?;
+        drop(f);
+        std::fs::rename(&self.parts[i], &self.finals[i]).map_err(|e| io(&self.finals[i], e))?;
+        if let Some(dir) = self.finals[i].parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}

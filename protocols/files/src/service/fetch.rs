@@ -1,0 +1,608 @@
+//! Transfers: find providers, fetch and verify the manifest, then stripe the missing
+//! groups over every provider at once with the [`Planner`]. One worker task per provider
+//! holds its stream and keeps the groups the driver hands it requested (pipelined),
+//! verifying each group against the content's root before handing it back; the driver writes verified groups
+//! in batches (write, sync, save state) and drops a provider whose group failed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use super::disk::{CHECKPOINT_GROUPS, Disk};
+use super::serve::open;
+use super::wire::{self, Request, Response, Secure, WireError};
+use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
+use crate::api::{ProviderInfo, TransferInfo, TransferStatus};
+use crate::manifest::MAX_MANIFEST_BYTES;
+use crate::{
+    Answer, ContentId, GROUP_SIZE, GroupRef, Manifest, PlanConfig, Planner, Proof, group_count,
+    verify_group,
+};
+
+/// Events from the workers, waiting for the driver.
+const EVENT_QUEUE: usize = 64;
+/// Events handled (and groups written) in one batch at most.
+const MAX_BATCH: usize = 64;
+/// Least time between two checkpoints (syncs and state saves) while groups come in.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Batches queued for one worker at most.
+const WORKER_QUEUE: usize = 4;
+/// Providers asked for the manifest before giving up.
+const MANIFEST_TRIES: usize = 8;
+
+/// What a worker reports.
+enum Event {
+    /// A group that verified.
+    Verified {
+        peer: PeerId,
+        group: GroupRef,
+        data: Vec<u8>,
+    },
+    /// A group that failed verification: the provider is to be dropped.
+    Bad { peer: PeerId, group: GroupRef },
+    /// The provider could not serve a group.
+    Failed { peer: PeerId, group: GroupRef },
+    /// The provider's stream failed; the worker ended.
+    Gone { peer: PeerId, reason: String },
+}
+
+/// Why a transfer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A `get`: from the peers named and the DHT's providers.
+    Get,
+    /// An accepted offer: from the offering peer only, remembered until done.
+    Offer,
+}
+
+/// Starts a transfer of `content` into `to` from `from` (and the DHT's providers for a
+/// `get`), returning it as it starts.
+pub(super) fn start(
+    inner: &Arc<Inner>,
+    content: ContentId,
+    to: PathBuf,
+    from: Vec<PeerId>,
+    origin: Origin,
+) -> Result<TransferInfo, FilesError> {
+    if !to.is_absolute() {
+        return Err(FilesError::Invalid(format!(
+            "{} is not an absolute path",
+            to.display()
+        )));
+    }
+    let busy = inner.transfers.lock().ok().and_then(|t| {
+        t.values()
+            .find(|t| {
+                t.status == TransferStatus::Running
+                    && t.content_id == content.to_string()
+                    && Path::new(&t.target) == to
+            })
+            .map(|t| t.id)
+    });
+    if let Some(other) = busy {
+        return Err(FilesError::Busy(format!(
+            "transfer {other} is already fetching {content} into {}",
+            to.display()
+        )));
+    }
+    let permit = inner
+        .running
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| FilesError::Busy("too many transfers running".into()))?;
+    let id = inner.next_id();
+    let info = TransferInfo {
+        id,
+        content_id: content.to_string(),
+        target: to.display().to_string(),
+        status: TransferStatus::Running,
+        files: 0,
+        size: 0,
+        bytes_done: 0,
+        groups_total: 0,
+        groups_resumed: 0,
+        groups_fetched: 0,
+        providers: Vec::new(),
+        error: None,
+    };
+    inner.add_transfer(info.clone())?;
+    let task_inner = inner.clone();
+    inner.spawn(async move {
+        let _permit = permit;
+        let dht = origin == Origin::Get;
+        let result = run(&task_inner, id, content, to.clone(), from, dht).await;
+        // Done, or refused for good (an unsafe manifest, a path already taken): retrying
+        // would not help.
+        let settled = matches!(result, Ok(()) | Err(FilesError::Invalid(_)));
+        if settled && origin == Origin::Offer {
+            super::accepted::forget(&task_inner, content, &to).await;
+        }
+        task_inner.update_transfer(id, |t| match result {
+            Ok(()) => t.status = TransferStatus::Done,
+            Err(e) => {
+                tracing::warn!(transfer = id, content = %content, "transfer failed: {e}");
+                t.status = TransferStatus::Failed;
+                t.error = Some(e.to_string());
+            }
+        });
+    });
+    Ok(info)
+}
+
+async fn run(
+    inner: &Arc<Inner>,
+    id: u64,
+    content: ContentId,
+    to: PathBuf,
+    from: Vec<PeerId>,
+    dht: bool,
+) -> Result<(), FilesError> {
+    let me = inner.client.peer_id();
+    let mut providers: Vec<PeerId> = Vec::new();
+    for p in from {
+        if p != me && !providers.contains(&p) {
+            providers.push(p);
+        }
+    }
+    if dht {
+        match inner
+            .client
+            .find_providers(content.as_bytes().to_vec())
+            .await
+        {
+            Ok(found) => {
+                for p in found {
+                    if !providers.contains(&p) {
+                        providers.push(p);
+                    }
+                }
+            }
+            Err(e) if providers.is_empty() => return Err(e.into()),
+            Err(e) => tracing::debug!("provider lookup failed: {e}"),
+        }
+    }
+    if providers.is_empty() {
+        return Err(FilesError::NoProvider(format!(
+            "no provider of {content} found"
+        )));
+    }
+    let manifest = fetch_manifest(inner, content, &providers).await?;
+    let target = to.clone();
+    let m = manifest.clone();
+    let mut disk = tokio::task::spawn_blocking(move || Disk::prepare(&target, &m, content))
+        .await
+        .map_err(|e| FilesError::Io(e.to_string()))??;
+    let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
+    let config = PlanConfig::default()
+        .with_window(inner.config.window)
+        .with_endgame_after(inner.config.endgame_after);
+    // The planner keeps the missing groups as runs, so a resumed transfer costs little
+    // memory; they are never listed one by one.
+    let mut plan = Planner::new(config, disk.state.missing());
+    let resumed = groups_total - plan.remaining();
+    inner.update_transfer(id, |t| {
+        t.files = manifest.entries().len() as u64;
+        t.size = manifest.total_size();
+        t.groups_total = groups_total;
+        t.groups_resumed = resumed;
+        t.bytes_done = disk.state.verified_bytes();
+    });
+    if plan.is_done() {
+        return Ok(());
+    }
+    let entries: Arc<Vec<(u64, ContentId)>> = Arc::new(
+        manifest
+            .entries()
+            .iter()
+            .map(|e| (e.size, e.root))
+            .collect(),
+    );
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut workers: HashMap<PeerId, Worker> = HashMap::new();
+    for p in providers {
+        if plan.add_provider(p) {
+            // A few batches queued at most; the planner's window bounds what they hold.
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
+            inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
+            workers.insert(
+                p,
+                Worker {
+                    tx,
+                    pending: Vec::new(),
+                },
+            );
+        }
+    }
+    let mut fetched = 0u64;
+    let mut dropped: HashSet<PeerId> = HashSet::new();
+    let mut last_failure = String::from("none");
+    let mut last_checkpoint = Instant::now();
+    let outcome: Result<(), FilesError> = loop {
+        if plan.is_done() {
+            break Ok(());
+        }
+        let now = Instant::now();
+        while let Some(r) = plan.next_request(now) {
+            if let Some(w) = workers.get_mut(&r.provider) {
+                w.pending.push(r.group);
+            }
+        }
+        for w in workers.values_mut() {
+            if !w.pending.is_empty() {
+                let batch = std::mem::take(&mut w.pending);
+                // A full queue keeps the groups here for the next round.
+                if let Err(mpsc::error::TrySendError::Full(batch)) = w.tx.try_send(batch) {
+                    w.pending = batch;
+                }
+            }
+        }
+        if workers.is_empty() {
+            break Err(FilesError::NoProvider(format!(
+                "no provider left with {} groups missing (last failure: {last_failure}); run the same command again to resume",
+                plan.remaining()
+            )));
+        }
+        let first = match plan.poll_timeout() {
+            Some(at) => match tokio::time::timeout_at(at.into(), ev_rx.recv()).await {
+                Ok(e) => e,
+                Err(_) => continue, // an endgame duplicate came due
+            },
+            None => ev_rx.recv().await,
+        };
+        let Some(first) = first else {
+            break Err(FilesError::Io("transfer workers ended".into()));
+        };
+        let mut events = vec![first];
+        while events.len() < MAX_BATCH {
+            match ev_rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut writes: Vec<(PeerId, GroupRef, Vec<u8>)> = Vec::new();
+        for ev in events {
+            match ev {
+                Event::Verified { peer, group, data } => writes.push((peer, group, data)),
+                Event::Bad { peer, group } => {
+                    tracing::warn!(%peer, ?group, "provider sent a group that failed verification; dropped");
+                    last_failure = format!("{peer} sent a group that failed verification");
+                    plan.on_bad(&peer, group);
+                    workers.remove(&peer);
+                    dropped.insert(peer);
+                }
+                Event::Failed { peer, group } => plan.on_failed(&peer, group),
+                Event::Gone { peer, reason } => {
+                    tracing::info!(%peer, "provider left the transfer: {reason}");
+                    last_failure = format!("{peer}: {reason}");
+                    plan.remove_provider(&peer);
+                    workers.remove(&peer);
+                }
+            }
+        }
+        // An endgame duplicate, or a group already on disk: only the planner hears of it.
+        let mut batch: Vec<(GroupRef, Vec<u8>)> = Vec::new();
+        let mut done: Vec<(PeerId, GroupRef)> = Vec::new();
+        for (peer, group, data) in writes {
+            if !disk.has(group) && !batch.iter().any(|(g, _)| *g == group) {
+                batch.push((group, data));
+            }
+            done.push((peer, group));
+        }
+        if !batch.is_empty() {
+            let written = batch.len() as u64;
+            // Syncing is what costs: a checkpoint every so many groups or so often, not
+            // per group, keeps the disk off the transfer's critical path.
+            let sync = disk.unsynced() + batch.len() >= CHECKPOINT_GROUPS
+                || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            let joined = tokio::task::spawn_blocking(move || {
+                let r = disk.write(&batch);
+                let r = if sync {
+                    r.and_then(|()| disk.checkpoint())
+                } else {
+                    r
+                };
+                (disk, r)
+            })
+            .await;
+            let (d, result) = match joined {
+                Ok(v) => v,
+                Err(e) => return Err(FilesError::Io(e.to_string())),
+            };
+            disk = d;
+            if let Err(e) = result {
+                break Err(e);
+            }
+            if sync {
+                last_checkpoint = Instant::now();
+            }
+            fetched += written;
+        }
+        for (peer, group) in done {
+            // Endgame copies still asked elsewhere are not cancelled on the wire: they
+            // are at most a window per provider, and their answers are discarded above.
+            let _: Answer<PeerId> = plan.on_verified(&peer, group);
+        }
+        let providers: Vec<ProviderInfo> = plan
+            .served()
+            .map(|(p, n)| ProviderInfo {
+                peer_id: p.to_string(),
+                groups: n,
+                dropped: false,
+            })
+            .chain(dropped.iter().map(|p| ProviderInfo {
+                peer_id: p.to_string(),
+                groups: 0,
+                dropped: true,
+            }))
+            .collect();
+        let bytes_done = disk.bytes_done();
+        inner.update_transfer(id, |t| {
+            t.bytes_done = bytes_done;
+            t.groups_fetched = fetched;
+            t.providers = providers;
+        });
+        #[cfg(test)]
+        if inner.config.stop_after_groups.is_some_and(|n| fetched >= n) && !plan.is_done() {
+            break Err(FilesError::Io("stopped by the test hook".into()));
+        }
+    };
+    // Whatever ended the loop, what was written and verified is kept for a resume.
+    let (_, synced) = tokio::task::spawn_blocking(move || {
+        let r = disk.checkpoint();
+        (disk, r)
+    })
+    .await
+    .map_err(|e| FilesError::Io(e.to_string()))?;
+    outcome?;
+    synced?;
+    tracing::info!(transfer = id, content = %content, fetched, resumed, "transfer complete");
+    Ok(())
+}
+
+struct Worker {
+    tx: mpsc::Sender<Vec<GroupRef>>,
+    pending: Vec<GroupRef>,
+}
+
+/// Fetches the manifest from the first provider that has it and checks it against the
+/// content id; a manifest that verifies but is refused (an unsafe path) ends the transfer,
+/// since every provider would send the same bytes.
+async fn fetch_manifest(
+    inner: &Arc<Inner>,
+    content: ContentId,
+    providers: &[PeerId],
+) -> Result<Manifest, FilesError> {
+    let mut last = None;
+    for &peer in providers.iter().take(MANIFEST_TRIES) {
+        match manifest_from(inner, peer, content).await {
+            Ok(bytes) => {
+                return Manifest::decode(&bytes)
+                    .map_err(|e| FilesError::Invalid(format!("refused the manifest: {e}")));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "no manifest: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| FilesError::NoProvider("no provider answered".into())))
+}
+
+async fn manifest_from(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    content: ContentId,
+) -> Result<Vec<u8>, FilesError> {
+    let mut s = open(inner, peer).await?;
+    let req = inner.next_id();
+    let err = |e: WireError| FilesError::NoProvider(format!("{peer}: {e}"));
+    wire::send(&mut s, &Request::Manifest { req, content })
+        .await
+        .map_err(err)?;
+    let len = match wire::recv::<Response>(&mut s, ANSWER_TIMEOUT)
+        .await
+        .map_err(err)?
+    {
+        Response::Manifest { req: r, len } if r == req => len,
+        Response::Refused { message, .. } => {
+            return Err(FilesError::NotFound(format!("{peer}: {message}")));
+        }
+        _ => return Err(FilesError::NoProvider(format!("{peer}: unexpected answer"))),
+    };
+    if len > MAX_MANIFEST_BYTES as u64 {
+        return Err(FilesError::NoProvider(format!(
+            "{peer}: manifest of {len} bytes is too large"
+        )));
+    }
+    let mut bytes = Vec::new();
+    wire::recv_data(&mut s, req, len as usize, &mut bytes, ANSWER_TIMEOUT)
+        .await
+        .map_err(err)?;
+    let _ = s.close().await;
+    if ContentId::of(&bytes) != content {
+        return Err(FilesError::NoProvider(format!(
+            "{peer}: the manifest does not match {content}"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// One provider's worker: opens its stream at the first batch, then keeps its requests
+/// pipelined: between reading two groups it sends the requests of any batch that arrived
+/// meanwhile, so the provider always has the next groups queued (the planner's window
+/// bounds how many) and the link does not idle a round trip per batch.
+async fn worker(
+    inner: Arc<Inner>,
+    peer: PeerId,
+    content: ContentId,
+    entries: Arc<Vec<(u64, ContentId)>>,
+    mut batches: mpsc::Receiver<Vec<GroupRef>>,
+    events: mpsc::Sender<Event>,
+) {
+    let Some(first) = batches.recv().await else {
+        return;
+    };
+    let mut s = match open(&inner, peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = events.send(Event::Gone { peer, reason }).await;
+            return;
+        }
+    };
+    let mut pending = Pending::default();
+    let result: Result<(), WireError> = async {
+        pending.request(&inner, &mut s, content, first).await?;
+        loop {
+            if pending.is_empty() {
+                match batches.recv().await {
+                    Some(batch) => pending.request(&inner, &mut s, content, batch).await?,
+                    None => return Ok(()),
+                }
+            }
+            while let Ok(batch) = batches.try_recv() {
+                pending.request(&inner, &mut s, content, batch).await?;
+            }
+            if !pending.read_one(&mut s, peer, &entries, &events).await? {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        let reason = e.to_string();
+        let _ = events.send(Event::Gone { peer, reason }).await;
+    }
+}
+
+/// A worker's requests sent and not yet answered in full, in the order sent.
+#[derive(Default)]
+struct Pending {
+    requests: VecDeque<(u64, u32, VecDeque<u64>)>,
+    data: Vec<u8>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// Sends the batch's requests (one per file and up to [`MAX_GROUPS_PER_REQUEST`]).
+    async fn request(
+        &mut self,
+        inner: &Inner,
+        s: &mut Secure,
+        content: ContentId,
+        batch: Vec<GroupRef>,
+    ) -> Result<(), WireError> {
+        let mut requests: Vec<(u64, u32, Vec<u64>)> = Vec::new();
+        for g in batch {
+            match requests.last_mut() {
+                Some((_, file, groups))
+                    if *file == g.file && groups.len() < MAX_GROUPS_PER_REQUEST =>
+                {
+                    groups.push(g.group)
+                }
+                _ => requests.push((inner.next_id(), g.file, vec![g.group])),
+            }
+        }
+        for (req, file, groups) in requests {
+            #[cfg(test)]
+            inner
+                .requested_groups
+                .fetch_add(groups.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let msg = Request::Groups {
+                req,
+                content,
+                file,
+                groups: groups.clone(),
+            };
+            wire::send(s, &msg).await?;
+            self.requests.push_back((req, file, groups.into()));
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies the next group answered. False when it failed verification
+    /// (the worker ends; the driver drops the provider).
+    async fn read_one(
+        &mut self,
+        s: &mut Secure,
+        peer: PeerId,
+        entries: &[(u64, ContentId)],
+        events: &mpsc::Sender<Event>,
+    ) -> Result<bool, WireError> {
+        let Some((req, file, groups)) = self.requests.front_mut() else {
+            return Ok(true);
+        };
+        let (req, file) = (*req, *file);
+        let Some(&group) = groups.front() else {
+            self.requests.pop_front();
+            return Ok(true);
+        };
+        let Some(&(size, root)) = entries.get(file as usize) else {
+            return Err(WireError::Violation("no such file".into()));
+        };
+        match wire::recv::<Response>(s, ANSWER_TIMEOUT).await? {
+            Response::Group {
+                req: r,
+                group: got,
+                len,
+                proof,
+            } if r == req && got == group => {
+                if u64::from(len) > GROUP_SIZE {
+                    return Err(WireError::Violation("group larger than a group".into()));
+                }
+                wire::recv_data(s, req, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
+                let ok = Proof::from_bytes(&proof.0)
+                    .and_then(|p| verify_group(&root, size, group, &self.data, &p))
+                    .is_ok();
+                let g = GroupRef { file, group };
+                let event = if ok {
+                    let data =
+                        std::mem::replace(&mut self.data, Vec::with_capacity(GROUP_SIZE as usize));
+                    Event::Verified {
+                        peer,
+                        group: g,
+                        data,
+                    }
+                } else {
+                    Event::Bad { peer, group: g }
+                };
+                if events.send(event).await.is_err() || !ok {
+                    return Ok(false);
+                }
+                groups.pop_front();
+                if groups.is_empty() {
+                    self.requests.pop_front();
+                }
+                Ok(true)
+            }
+            Response::Refused {
+                req: r, message, ..
+            } if r == req => {
+                tracing::debug!(%peer, "groups refused: {message}");
+                for (_, file, groups) in self.requests.drain(..) {
+                    for group in groups {
+                        let failed = Event::Failed {
+                            peer,
+                            group: GroupRef { file, group },
+                        };
+                        if events.send(failed).await.is_err() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                // A provider that refuses once (its copy changed, a bound) would be asked
+                // again and again: it leaves the transfer instead.
+                Err(WireError::Violation(format!("refused: {message}")))
+            }
+            _ => Err(WireError::Violation("unexpected answer".into())),
+        }
+    }
+}

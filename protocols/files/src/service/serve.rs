@@ -1,0 +1,350 @@
+//! The provider side of `/p2pnode/files/1`: streams accepted through the secure gate,
+//! each served one request at a time (so a peer has at most one group in memory per
+//! stream, and at most [`MAX_STREAMS_PER_PEER`] streams), and offers taken into the inbox.
+//!
+//! Access: a public share is served to any peer the gate let through (not revoked, key
+//! unchanged): its content id is the capability, as with iroh's tickets. Content shared
+//! for an offer is served only to the peer it was offered to, and an offer is taken only
+//! from a peer holding the files permission.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use libp2p::{PeerId, StreamProtocol};
+use p2pnode_node::secure::{Accepted, SecureListener};
+use p2pnode_secure::TrustDecision;
+
+use super::share::Share;
+use super::wire::{self, Blob, Refusal, Request, Response, Secure, WireError};
+use super::{
+    ANSWER_TIMEOUT, FilesError, IDLE_TIMEOUT, Inner, MAX_GROUPS_PER_REQUEST, MAX_OFFERS,
+    MAX_OFFERS_PER_PEER, MAX_STREAMS_PER_PEER, OPEN_TIMEOUT, Offer, now_ms,
+};
+use crate::api::{OfferInfo, SendInfo};
+use crate::{ContentId, check_path, group_range, proof};
+
+/// Takes every accepted stream and serves it in its own task, within the bounds.
+pub(super) async fn accept_loop(inner: Weak<Inner>, mut listener: SecureListener) {
+    while let Some(accepted) = listener.next().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let peer = accepted.peer;
+        let Ok(permit) = inner.serving.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "serving at the limit; stream dropped");
+            continue;
+        };
+        {
+            let Ok(mut per) = inner.streams_per_peer.lock() else {
+                continue;
+            };
+            let n = per.entry(peer).or_default();
+            if *n >= MAX_STREAMS_PER_PEER {
+                tracing::debug!(%peer, "too many streams from one peer; dropped");
+                continue;
+            }
+            *n += 1;
+        }
+        let task_inner = inner.clone();
+        inner.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_stream(&task_inner, accepted).await {
+                tracing::debug!(%peer, "files stream ended: {e}");
+            }
+            if let Ok(mut per) = task_inner.streams_per_peer.lock()
+                && let Some(n) = per.get_mut(&peer)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&peer);
+                }
+            }
+        });
+    }
+}
+
+fn refused(req: u64, refusal: Refusal, message: impl Into<String>) -> Response {
+    Response::Refused {
+        req,
+        refusal,
+        message: message.into(),
+    }
+}
+
+async fn serve_stream(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), WireError> {
+    let Accepted {
+        peer,
+        mut stream,
+        decision,
+    } = accepted;
+    loop {
+        let request = match wire::recv::<Request>(&mut stream, IDLE_TIMEOUT).await {
+            Ok(r) => r,
+            Err(WireError::Stream(p2pnode_secure::StreamError::Closed)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match request {
+            Request::Manifest { req, content } => match find_share(inner, &content, &peer) {
+                Some(share) => {
+                    let len = share.manifest.len() as u64;
+                    wire::send(&mut stream, &Response::Manifest { req, len }).await?;
+                    wire::send_data(&mut stream, req, &share.manifest).await?;
+                }
+                None => {
+                    let msg = refused(req, Refusal::NotFound, format!("{content} is not shared"));
+                    wire::send(&mut stream, &msg).await?;
+                }
+            },
+            Request::Groups {
+                req,
+                content,
+                file,
+                groups,
+            } => serve_groups(inner, &mut stream, peer, req, content, file, groups).await?,
+            Request::Offer {
+                req,
+                content,
+                name,
+                files,
+                size,
+            } => {
+                let answer = take_offer(inner, peer, decision, content, name, files, size);
+                let msg = match answer {
+                    Ok(()) => Response::OfferTaken { req },
+                    Err((refusal, message)) => refused(req, refusal, message),
+                };
+                wire::send(&mut stream, &msg).await?;
+            }
+        }
+    }
+}
+
+fn find_share(inner: &Inner, content: &ContentId, peer: &PeerId) -> Option<Arc<Share>> {
+    let shares = inner.shares.lock().ok()?;
+    shares.get(content).filter(|s| s.serves(peer)).cloned()
+}
+
+async fn serve_groups(
+    inner: &Arc<Inner>,
+    stream: &mut Secure,
+    peer: PeerId,
+    req: u64,
+    content: ContentId,
+    file: u32,
+    groups: Vec<u64>,
+) -> Result<(), WireError> {
+    let Some(share) = find_share(inner, &content, &peer) else {
+        let msg = refused(req, Refusal::NotFound, format!("{content} is not shared"));
+        return wire::send(stream, &msg).await;
+    };
+    if groups.len() > MAX_GROUPS_PER_REQUEST {
+        let msg = refused(
+            req,
+            Refusal::Busy,
+            format!("at most {MAX_GROUPS_PER_REQUEST} groups per request"),
+        );
+        return wire::send(stream, &msg).await;
+    }
+    let Some(&(size, root)) = share.entries.get(file as usize) else {
+        return wire::send(stream, &refused(req, Refusal::BadRequest, "no such file")).await;
+    };
+    let source = share
+        .sources
+        .get(file as usize)
+        .cloned()
+        .unwrap_or_default();
+    let outboard = inner.outboards.join(root.to_string());
+    // Both files are opened once per request and read at offsets, one group at a time.
+    let opened = tokio::task::spawn_blocking(move || open_files(&source, &outboard, size)).await;
+    let files = match opened {
+        Ok(Ok(f)) => Arc::new(f),
+        Ok(Err((refusal, message))) => {
+            tracing::debug!(%peer, "cannot serve: {message}");
+            return wire::send(stream, &refused(req, refusal, message)).await;
+        }
+        Err(e) => return wire::send(stream, &refused(req, Refusal::Io, e.to_string())).await,
+    };
+    for group in groups {
+        let f = files.clone();
+        let read = tokio::task::spawn_blocking(move || read_group(&f, size, group)).await;
+        let (mut data, proof) = match read {
+            Ok(Ok(v)) => v,
+            Ok(Err((refusal, message))) => {
+                tracing::debug!(%peer, group, "cannot serve a group: {message}");
+                return wire::send(stream, &refused(req, refusal, message)).await;
+            }
+            Err(e) => return wire::send(stream, &refused(req, Refusal::Io, e.to_string())).await,
+        };
+        #[cfg(test)]
+        if inner.config.corrupt
+            && let Some(b) = data.first_mut()
+        {
+            *b ^= 1;
+        }
+        let header = Response::Group {
+            req,
+            group,
+            len: data.len() as u32,
+            proof: Blob(proof),
+        };
+        wire::send(stream, &header).await?;
+        wire::send_data(stream, req, &data).await?;
+        data.clear();
+        inner.served_groups.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A shared file and its outboard, open for reading at offsets.
+struct Opened {
+    data: std::fs::File,
+    /// `None` for content of one group, which has no outboard.
+    outboard: Option<std::fs::File>,
+}
+
+fn open_files(
+    source: &std::path::Path,
+    outboard: &std::path::Path,
+    size: u64,
+) -> Result<Opened, (Refusal, String)> {
+    let io = |e: std::io::Error| (Refusal::Io, e.to_string());
+    let data = std::fs::File::open(source).map_err(io)?;
+    // A file changed since it was shared would serve groups that fail verification.
+    if data.metadata().map_err(io)?.len() != size {
+        return Err((Refusal::Io, "the shared file changed size".into()));
+    }
+    let outboard = if crate::group_count(size) == 1 {
+        None
+    } else {
+        Some(std::fs::File::open(outboard).map_err(io)?)
+    };
+    Ok(Opened { data, outboard })
+}
+
+/// Reads one group at its offset, and its proof from the outboard.
+fn read_group(f: &Opened, size: u64, group: u64) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
+    use std::os::unix::fs::FileExt;
+    let range = group_range(size, group).ok_or((Refusal::BadRequest, "no such group".into()))?;
+    let mut data = vec![0u8; (range.end - range.start) as usize];
+    f.data
+        .read_exact_at(&mut data, range.start)
+        .map_err(|e| (Refusal::Io, e.to_string()))?;
+    let proof = match &f.outboard {
+        None => Vec::new(),
+        Some(ob) => proof(ob, size, group)
+            .map_err(|e| (Refusal::Io, e.to_string()))?
+            .to_bytes(),
+    };
+    Ok((data, proof))
+}
+
+/// Takes an offer into the inbox if the peer has the files permission and there is room.
+fn take_offer(
+    inner: &Inner,
+    peer: PeerId,
+    decision: TrustDecision,
+    content: ContentId,
+    name: String,
+    files: u64,
+    size: u64,
+) -> Result<(), (Refusal, String)> {
+    if decision != TrustDecision::Allow {
+        tracing::info!(%peer, ?decision, "refused a file offer: no files permission");
+        return Err((
+            Refusal::NotAllowed,
+            "offers need the files permission".into(),
+        ));
+    }
+    check_path(&name).map_err(|e| (Refusal::BadRequest, format!("bad name: {e}")))?;
+    let mut offers = inner
+        .offers
+        .lock()
+        .map_err(|_| (Refusal::Busy, "inbox unavailable".to_string()))?;
+    super::expire_offers(&mut offers, now_ms());
+    let from_peer = offers.values().filter(|o| o.peer == peer).count();
+    if from_peer >= MAX_OFFERS_PER_PEER || offers.len() >= MAX_OFFERS {
+        return Err((Refusal::Busy, "the inbox is full".into()));
+    }
+    let id = inner.next_id();
+    let info = OfferInfo {
+        id,
+        peer_id: peer.to_string(),
+        content_id: content.to_string(),
+        name,
+        files,
+        size,
+        received_at: now_ms(),
+    };
+    tracing::info!(%peer, offer = id, content = %content, files, size, "file offer received");
+    inner
+        .events
+        .send(crate::api::FilesEvent::Offer(info.clone()));
+    offers.insert(
+        id,
+        Offer {
+            peer,
+            content,
+            info,
+        },
+    );
+    Ok(())
+}
+
+/// Shares `paths` with `peer` only and offers them to it.
+pub(super) async fn send_offer(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    paths: Vec<PathBuf>,
+) -> Result<SendInfo, FilesError> {
+    if peer == inner.client.peer_id() {
+        return Err(FilesError::Invalid("cannot send to ourselves".into()));
+    }
+    let info = super::share::share(inner, paths, Some(peer)).await?;
+    let content: ContentId = super::parse_content(&info.content_id)?;
+    let mut stream = open(inner, peer).await?;
+    let req = inner.next_id();
+    let offer = Request::Offer {
+        req,
+        content,
+        name: info.name.clone(),
+        files: info.files,
+        size: info.size,
+    };
+    let wire_err = |e: WireError| FilesError::NoProvider(format!("offer to {peer}: {e}"));
+    wire::send(&mut stream, &offer).await.map_err(wire_err)?;
+    match wire::recv::<Response>(&mut stream, ANSWER_TIMEOUT)
+        .await
+        .map_err(wire_err)?
+    {
+        Response::OfferTaken { req: r } if r == req => Ok(SendInfo {
+            peer_id: peer.to_string(),
+            content_id: info.content_id,
+            files: info.files,
+            size: info.size,
+        }),
+        Response::Refused { message, .. } => Err(FilesError::Refused(format!(
+            "{peer} refused the offer: {message}"
+        ))),
+        _ => Err(FilesError::Refused(format!(
+            "{peer} answered the offer oddly"
+        ))),
+    }
+}
+
+/// Opens a files stream to `peer` through the secure gate.
+pub(super) async fn open(inner: &Inner, peer: PeerId) -> Result<Secure, FilesError> {
+    let open = inner.client.open_secure(
+        peer,
+        StreamProtocol::new(crate::STREAM_PROTOCOL),
+        crate::PROTOCOL,
+    );
+    match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(FilesError::Node(e)),
+        Err(_) => Err(FilesError::NoProvider(format!(
+            "{peer} did not answer within {} s",
+            OPEN_TIMEOUT.as_secs()
+        ))),
+    }
+}
