@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 mod chat;
+mod db;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
+pub(crate) use db::DbCommand;
 
 /// p2pnode: a serverless peer-to-peer node.
 ///
@@ -113,6 +115,9 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
+    /// JSON documents synced with the peers allowed `sync` (automerge: offline edits merge).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Install it where your shell looks, for example:
   bash: p2pnode completions bash > ~/.local/share/bash-completion/completions/p2pnode

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use p2pnode_chat::service::Chat;
 use p2pnode_node::{Node, control};
+use p2pnode_sync::service::Sync;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
@@ -19,7 +20,12 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     // Bind the socket first: a second daemon on the same data directory must fail before it
     // touches the identity or the database.
     let listener = control::bind(data_dir).await?;
-    let node = match Node::builder(data_dir, config).protocol(Chat).start().await {
+    let node = match Node::builder(data_dir, config)
+        .protocol(Chat)
+        .protocol(Sync)
+        .start()
+        .await
+    {
         Ok(node) => node,
         Err(e) => {
             let _ = std::fs::remove_file(data_dir.join(control::SOCKET_FILE));
