@@ -19,6 +19,9 @@ pub struct SyncStats {
     pub frames_out: u64,
     /// automerge message bytes sent.
     pub bytes_out: u64,
+    /// Bytes sent on the stream for them: frames, chunk prefixes and the secure layer's
+    /// header and tag per chunk (padding, off by default, not counted).
+    pub wire_bytes_out: u64,
     /// Frames dropped by the access check or a bound.
     pub refused_frames: u64,
     /// Streams refused for want of the `sync` permission.

@@ -34,7 +34,7 @@ use p2pnode_secure::{SecureStream, TrustDecision};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{DocInfo, WatchEvent, Written};
-use crate::wire::{Frame, MAX_FRAME_LEN};
+use crate::wire::{CHUNK_LEN, Frame, MAX_FRAME_LEN};
 pub use handle::{SyncHandle, SyncStats};
 
 /// Commands queued for the owner.
@@ -63,6 +63,11 @@ const FALLBACK_OPEN: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_secs(3);
 /// Opening a stream (dial, handshake) gives up after this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the secure layer adds to each chunk: its length prefix, header and tag.
+const CHUNK_OVERHEAD: u64 = (p2pnode_secure::stream::LENGTH_PREFIX_LEN
+    + p2pnode_secure::session::HEADER_LEN
+    + p2pnode_secure::session::TAG_LEN) as u64;
 
 /// Why a sync operation failed. Each prints as one line a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -752,6 +757,8 @@ impl Service {
                 message,
             }
             .encode();
+            let chunks = frame.len().div_ceil(CHUNK_LEN) as u64;
+            self.stats.wire_bytes_out += frame.len() as u64 + chunks * CHUNK_OVERHEAD;
             if link.writer.try_send(frame).is_err() {
                 stalled.push(peer);
             }
