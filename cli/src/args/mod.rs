@@ -144,7 +144,7 @@ pub(crate) enum TrustCommand {
         /// The peer id, or a contact's name.
         #[arg(value_name = "PEER")]
         peer_id: String,
-        /// Comma-separated names of protocols this node runs (today: chat).
+        /// Comma-separated names of protocols this node runs (today: chat, sync).
         #[arg(long, value_delimiter = ',')]
         protocols: Vec<String>,
     },
