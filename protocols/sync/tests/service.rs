@@ -250,3 +250,117 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Sends one control request to the node's sync routes: (status, JSON body).
+async fn call(
+    node: &Node,
+    post: bool,
+    route: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use p2pnode_node::ProtocolHandler;
+    use p2pnode_node::control::{ControlReply, ControlRequest, Method};
+    let (route, query) = route.split_once('?').unwrap_or((route, ""));
+    let method = if post { Method::Post } else { Method::Get };
+    let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap());
+    let service = node.protocol::<SyncService>().unwrap();
+    let request = ControlRequest::new(method, route, query, body);
+    match ProtocolHandler::handle(service, request).await {
+        ControlReply::Json { status, body } => (status, serde_json::from_slice(&body).unwrap()),
+        ControlReply::Lines(_) => panic!("lines where JSON was expected"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_routes_write_read_watch_and_refuse_bad_input() {
+    use futures::StreamExt;
+    use p2pnode_node::ProtocolHandler;
+    use p2pnode_node::control::{ControlReply, ControlRequest, Method};
+    let d = tempfile::tempdir().unwrap();
+    let a = start_memory_with(d.path(), Sync).await;
+    let (s, _) = call(
+        &a,
+        true,
+        "db/create",
+        json!({"doc": "t", "network": "home"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let watch = ProtocolHandler::handle(
+        a.protocol::<SyncService>().unwrap(),
+        ControlRequest::new(Method::Get, "db/watch", "doc=t", bytes::Bytes::new()),
+    )
+    .await;
+    let ControlReply::Lines(mut lines) = watch else {
+        panic!("watch is a stream of lines");
+    };
+    let (s, w) = call(
+        &a,
+        true,
+        "db/put",
+        json!({"doc": "t", "path": "x", "value": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let line = lines.next().await.unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(event["type"], "changed");
+    assert_eq!(event["source"], "local");
+    assert_eq!(event["heads"], w["heads"]);
+    // Bad input: one clear error each, and nothing stored.
+    let before = call(&a, true, "db/export", json!({"doc": "t"})).await.1;
+    for (route, body, status) in [
+        ("db/put", json!({"doc": "t", "path": "x"}), 400),
+        (
+            "db/put",
+            json!({"doc": "nope", "path": "x", "value": 1}),
+            404,
+        ),
+        (
+            "db/put",
+            json!({"doc": "t", "path": "a/b", "value": 1}),
+            404,
+        ),
+        (
+            "db/create",
+            json!({"doc": "../etc", "network": "home"}),
+            400,
+        ),
+        (
+            "db/resolve",
+            json!({"doc": "t", "path": "x", "keep": "sideways"}),
+            400,
+        ),
+        ("db/import", json!({"doc": "t", "value": [1]}), 400),
+    ] {
+        let (s, e) = call(&a, true, route, body).await;
+        assert_eq!(s, status, "{route}: {e}");
+        assert!(!e["error"].as_str().unwrap_or_default().contains('\n'));
+    }
+    assert_eq!(
+        call(&a, true, "db/export", json!({"doc": "t"})).await.1,
+        before
+    );
+    let (s, v) = call(&a, true, "db/get", json!({"doc": "t", "path": "x/n"})).await;
+    assert_eq!((s, v), (200, json!(1)));
+    // Export, then import as a new document (its network comes along).
+    let (s, _) = call(
+        &a,
+        true,
+        "db/import",
+        json!({"doc": "t2", "network": before["network"], "value": before["value"]}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, list) = call(&a, false, "db/list", json!(null)).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(
+        call(&a, true, "db/get", json!({"doc": "t2"})).await.1,
+        json!({"x": {"n": 1}})
+    );
+    let (s, h) = call(&a, true, "db/history", json!({"doc": "t"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(h[0]["author"], a.client().peer_id().to_string());
+    drop(lines);
+    a.shutdown().await;
+}

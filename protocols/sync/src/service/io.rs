@@ -1,6 +1,7 @@
 //! The stream tasks: one reader and one writer per live stream, talking to the owner over
 //! bounded channels. Frames travel in chunks, one secure message each.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use futures::AsyncWriteExt;
 use libp2p::PeerId;
 use p2pnode_secure::Session;
 use p2pnode_secure::stream::{LENGTH_PREFIX_LEN, read_length_prefixed};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Inbound;
 use crate::wire::{Assembler, CHUNK_LEN};
@@ -20,6 +21,7 @@ pub(super) async fn read_frames(
     link: u64,
     mut io: futures::io::ReadHalf<libp2p::Stream>,
     session: Arc<Mutex<Session>>,
+    budget: Arc<Semaphore>,
     tx: mpsc::Sender<Inbound>,
 ) {
     let max = match session.lock() {
@@ -45,7 +47,19 @@ pub(super) async fn read_frames(
             Ok(None) => {}
             // Waiting here is the backpressure on a peer that sends faster than we store.
             Ok(Some(frame)) => {
-                if tx.send(Inbound::Frame { peer, link, frame }).await.is_err() {
+                // The peer's share of the bytes waiting for the owner, given back when the
+                // owner has applied the frame: one peer cannot fill the shared queue.
+                let len = u32::try_from(frame.message.len()).unwrap_or(u32::MAX);
+                let Ok(permit) = budget.clone().acquire_many_owned(len).await else {
+                    return;
+                };
+                let inbound = Inbound::Frame {
+                    peer,
+                    link,
+                    frame,
+                    _permit: permit,
+                };
+                if tx.send(inbound).await.is_err() {
                     return;
                 }
             }
@@ -62,6 +76,7 @@ pub(super) async fn write_frames(
     mut io: futures::io::WriteHalf<libp2p::Stream>,
     session: Arc<Mutex<Session>>,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicU64>,
     tx: mpsc::Sender<Inbound>,
 ) {
     let mut buf = Vec::new();
@@ -91,6 +106,7 @@ pub(super) async fn write_frames(
         if let Err(e) = io.flush().await {
             break e.to_string();
         }
+        queued.fetch_sub(frame.len() as u64, Ordering::Relaxed);
     };
     let _ = tx.send(Inbound::Closed { peer, link, reason }).await;
 }

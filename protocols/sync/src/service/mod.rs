@@ -49,6 +49,12 @@ pub const MAX_DOCS_PER_PEER: usize = 256;
 /// Encoded frames waiting for one stream's writer. automerge has at most one message in
 /// flight per document and peer, so a writer this far behind is stalled and is dropped.
 const WRITER_QUEUE: usize = MAX_DOCS_PER_PEER + 16;
+/// Bytes of received frames one peer may have waiting for the owner (above one frame, so
+/// the largest frame always fits).
+const INBOUND_BYTES_PER_PEER: u32 = (MAX_FRAME_LEN + (8 << 20)) as u32;
+/// Bytes of encoded frames one peer's writer may have queued; past it the stream counts
+/// as stalled and is dropped (the peer catches up on its next connection).
+const OUTBOUND_BYTES_PER_PEER: u64 = 2 * MAX_FRAME_LEN as u64;
 /// Most peers with a sync stream at once.
 pub const MAX_LINKS: usize = 256;
 /// Events buffered per watched document (a slow watcher gets a `lagged` line).
@@ -216,6 +222,8 @@ pub(crate) enum Inbound {
         peer: PeerId,
         link: u64,
         frame: Frame,
+        /// The reader's byte budget for this frame, released once it is applied.
+        _permit: tokio::sync::OwnedSemaphorePermit,
     },
     Closed {
         peer: PeerId,
@@ -251,6 +259,8 @@ struct Link {
     /// Whether the smaller peer id opened it (the winner when both open at once).
     preferred: bool,
     writer: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued for the writer, not yet written.
+    queued: Arc<std::sync::atomic::AtomicU64>,
     reader: tokio::task::AbortHandle,
     /// The documents exchanged with this peer, at most [`MAX_DOCS_PER_PEER`].
     docs: HashSet<String>,
@@ -465,7 +475,9 @@ impl Service {
     async fn apply(&mut self, input: Input, batch: &mut Batch) {
         match input {
             Input::Command(c) => self.command(c, batch),
-            Input::Inbound(Inbound::Frame { peer, link, frame }) => {
+            Input::Inbound(Inbound::Frame {
+                peer, link, frame, ..
+            }) => {
                 if self.links.get(&peer).is_some_and(|l| l.id == link) {
                     self.receive(peer, frame, batch);
                 }
@@ -646,6 +658,16 @@ impl Service {
             self.stats.refused_frames += 1;
             return;
         }
+        if let Some(d) = self.docs.get(&frame.doc)
+            && !d.network.is_empty()
+            && d.network != frame.network
+        {
+            // A document belongs to one network: a peer naming another one is not
+            // talking about our document.
+            tracing::warn!(%peer, doc = frame.doc, network = frame.network, "sync: network mismatch");
+            self.stats.refused_frames += 1;
+            return;
+        }
         if !self.docs.contains_key(&frame.doc) {
             // A document a peer shares with us: created here, in the network it names.
             let valid =
@@ -759,6 +781,13 @@ impl Service {
             .encode();
             let chunks = frame.len().div_ceil(CHUNK_LEN) as u64;
             self.stats.wire_bytes_out += frame.len() as u64 + chunks * CHUNK_OVERHEAD;
+            use std::sync::atomic::Ordering;
+            let len = frame.len() as u64;
+            if link.queued.load(Ordering::Relaxed) + len > OUTBOUND_BYTES_PER_PEER {
+                stalled.push(peer);
+                continue;
+            }
+            link.queued.fetch_add(len, Ordering::Relaxed);
             if link.writer.try_send(frame).is_err() {
                 stalled.push(peer);
             }
@@ -793,19 +822,23 @@ impl Service {
         let (writer, rx) = mpsc::channel(WRITER_QUEUE);
         let id = self.next_link;
         self.next_link += 1;
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
         spawn(io::write_frames(
             peer,
             id,
             write,
             session.clone(),
             rx,
+            queued.clone(),
             self.inbound_tx.clone(),
         ));
+        let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_PEER as usize));
         let reader = spawn(io::read_frames(
             peer,
             id,
             read,
             session,
+            budget,
             self.inbound_tx.clone(),
         ))
         .abort_handle();
@@ -815,6 +848,7 @@ impl Service {
                 id,
                 preferred,
                 writer,
+                queued,
                 reader,
                 docs: HashSet::new(),
             },
