@@ -65,8 +65,11 @@ const MAX_BATCH: usize = 256;
 const TICK: Duration = Duration::from_millis(250);
 /// The larger peer id opens a stream itself when none came after this long.
 const FALLBACK_OPEN: Duration = Duration::from_secs(3);
-/// Least time between two attempts to open a stream to one peer.
+/// Least time between two attempts to open a stream to one peer, doubled after each
+/// attempt that brought no stream (a peer that refuses us is not asked every few seconds).
 const RETRY_EVERY: Duration = Duration::from_secs(3);
+/// Most doublings of [`RETRY_EVERY`] (3 s x 2^6: about three minutes).
+const MAX_BACKOFF_DOUBLINGS: u32 = 6;
 /// Opening a stream (dial, handshake) gives up after this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -277,6 +280,7 @@ impl Drop for Link {
 struct Seen {
     first: Instant,
     last_attempt: Option<Instant>,
+    attempts: u32,
 }
 
 type Reply = Box<dyn FnOnce(Result<(), SyncError>) + Send>;
@@ -892,17 +896,25 @@ impl Service {
             let seen = self.seen.entry(peer).or_insert(Seen {
                 first: now,
                 last_attempt: None,
+                attempts: 0,
             });
             let our_turn = self.me < peer || now.duration_since(seen.first) >= FALLBACK_OPEN;
+            let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
+            let wait = RETRY_EVERY * 2u32.pow(doublings);
             let retry = seen
                 .last_attempt
-                .is_none_or(|t| now.duration_since(t) >= RETRY_EVERY);
+                .is_none_or(|t| now.duration_since(t) >= wait);
             if !our_turn || !retry {
                 continue;
             }
             seen.last_attempt = Some(now);
+            // Only real opens back off: a permission granted later is noticed within
+            // RETRY_EVERY.
             if self.decide(peer).await != Some(TrustDecision::Allow) {
                 continue;
+            }
+            if let Some(seen) = self.seen.get_mut(&peer) {
+                seen.attempts += 1;
             }
             self.open(peer);
         }
