@@ -158,6 +158,24 @@ async fn main() {
         net_bytes as f64 / mem_bytes as f64,
         wire_bytes as f64 / mem_bytes as f64
     );
+
+    // One change between peers in sync: count the messages each way once all is quiet.
+    let quiet = Duration::from_millis(500);
+    tokio::time::sleep(quiet).await;
+    let (a0, b0) = (ha.stats().await.unwrap(), hb.stats().await.unwrap());
+    let w = ha.put("bench", "one", json!("more")).await.unwrap();
+    while hb.info("bench").await.unwrap().heads != w.heads {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(quiet).await;
+    let (a1, b1) = (ha.stats().await.unwrap(), hb.stats().await.unwrap());
+    println!(
+        "one change between peers in sync: {} message(s) a->b ({} bytes), {} b->a ({} bytes)",
+        a1.frames_out - a0.frames_out,
+        a1.bytes_out - a0.bytes_out,
+        b1.frames_out - b0.frames_out,
+        b1.bytes_out - b0.bytes_out
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
