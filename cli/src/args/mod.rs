@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 
 mod chat;
+mod db;
 mod files;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
 
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
+pub(crate) use db::DbCommand;
 pub(crate) use files::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
 
 /// p2pnode: a serverless peer-to-peer node.
@@ -115,6 +117,9 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
+    /// JSON documents synced with the peers allowed `sync` (automerge: offline edits merge).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Install it where your shell looks, for example:
   bash: p2pnode completions bash > ~/.local/share/bash-completion/completions/p2pnode
@@ -166,7 +171,7 @@ pub(crate) enum TrustCommand {
         /// The peer id, or a contact's name.
         #[arg(value_name = "PEER")]
         peer_id: String,
-        /// Comma-separated names of protocols this node runs (today: chat, files).
+        /// Comma-separated names of protocols this node runs (today: chat, files, sync).
         #[arg(long, value_delimiter = ',')]
         protocols: Vec<String>,
     },

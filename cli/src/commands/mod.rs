@@ -3,6 +3,7 @@
 mod chat;
 mod connect;
 mod contacts;
+mod db;
 mod files;
 mod find;
 mod id;
@@ -48,6 +49,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Contacts(cmd) => contacts::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
+        Command::Db(cmd) => db::run(&control, cmd, json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
         Command::Share(args) => files::share(&control, args, json).await,
         Command::Unshare { content_id } => files::unshare(&control, content_id, json).await,

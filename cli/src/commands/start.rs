@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use p2pnode_chat::service::Chat;
 use p2pnode_files::service::Files;
 use p2pnode_node::{Node, control};
+use p2pnode_sync::service::Sync;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
@@ -23,6 +24,7 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     let node = match Node::builder(data_dir, config)
         .protocol(Chat)
         .protocol(Files::default())
+        .protocol(Sync)
         .start()
         .await
     {

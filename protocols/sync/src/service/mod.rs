@@ -1,0 +1,958 @@
+//! The sync service: every document as a [`SyncSession`], one secure stream per connected
+//! peer that may sync, and the `db` control routes.
+//!
+//! One task (the owner) holds the documents and the links. Stream readers and writers are
+//! separate tasks talking to it over bounded channels. The owner works in batches: it takes
+//! every input that is ready, applies them, saves each changed document with
+//! [`Store::save_session`] (fsynced), and only then answers callers, tells watchers and
+//! generates the next sync messages. So a write is acknowledged only once it is on disk,
+//! and many received changes share one save.
+//!
+//! Streams: one per peer. The peer with the smaller id opens it as soon as it sees the
+//! connection; the other opens only if no stream came after [`FALLBACK_OPEN`]. When both
+//! streams exist, the one opened by the smaller id wins on both ends.
+//!
+//! Files: `io` holds the stream tasks, `routes` the control routes, `handle` the
+//! [`SyncHandle`].
+
+mod handle;
+mod io;
+mod routes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::AsyncReadExt;
+use libp2p::{PeerId, StreamProtocol};
+use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
+use p2pnode_node::secure::{Accepted, SecureListener};
+use p2pnode_node::trust::TrustDb;
+use p2pnode_node::{Client, Context, NodeError, Protocol, ProtocolError, ProtocolHandler};
+use p2pnode_secure::{SecureStream, TrustDecision};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api::{DocInfo, WatchEvent, Written};
+use crate::wire::{CHUNK_LEN, Frame, MAX_FRAME_LEN};
+pub use handle::{SyncHandle, SyncStats};
+
+/// Commands queued for the owner.
+const COMMAND_QUEUE: usize = 256;
+/// Frames read from all streams, waiting for the owner. With [`MAX_FRAME_LEN`] this bounds
+/// the bytes buffered for the owner; each reader holds at most one more frame.
+const INBOUND_QUEUE: usize = 16;
+/// Most documents this node holds.
+pub const MAX_DOCS: usize = 1024;
+/// Most documents synced with one peer.
+pub const MAX_DOCS_PER_PEER: usize = 256;
+/// Encoded frames waiting for one stream's writer. automerge has at most one message in
+/// flight per document and peer, so a writer this far behind is stalled and is dropped.
+const WRITER_QUEUE: usize = MAX_DOCS_PER_PEER + 16;
+/// Bytes of received frames one peer may have waiting for the owner (above one frame, so
+/// the largest frame always fits).
+const INBOUND_BYTES_PER_PEER: u32 = (MAX_FRAME_LEN + (8 << 20)) as u32;
+/// Bytes of encoded frames one peer's writer may have queued; past it the stream counts
+/// as stalled and is dropped (the peer catches up on its next connection).
+const OUTBOUND_BYTES_PER_PEER: u64 = 2 * MAX_FRAME_LEN as u64;
+/// Most peers with a sync stream at once.
+pub const MAX_LINKS: usize = 256;
+/// Events buffered per watched document (a slow watcher gets a `lagged` line).
+const WATCH_QUEUE: usize = 1024;
+/// Most inputs in one batch (one save per changed document).
+const MAX_BATCH: usize = 256;
+/// How often connected peers are looked at and trust is checked again.
+const TICK: Duration = Duration::from_millis(250);
+/// The larger peer id opens a stream itself when none came after this long.
+const FALLBACK_OPEN: Duration = Duration::from_secs(3);
+/// Least time between two attempts to open a stream to one peer, doubled after each
+/// attempt that brought no stream (a peer that refuses us is not asked every few seconds).
+const RETRY_EVERY: Duration = Duration::from_secs(3);
+/// Most doublings of [`RETRY_EVERY`] (3 s x 2^6: about three minutes).
+const MAX_BACKOFF_DOUBLINGS: u32 = 6;
+/// Opening a stream (dial, handshake) gives up after this long.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the secure layer adds to each chunk: its length prefix, header and tag.
+const CHUNK_OVERHEAD: u64 = (p2pnode_secure::stream::LENGTH_PREFIX_LEN
+    + p2pnode_secure::session::HEADER_LEN
+    + p2pnode_secure::session::TAG_LEN) as u64;
+
+/// Why a sync operation failed. Each prints as one line a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The input is not valid (a name, a network, a value).
+    #[error("{0}")]
+    Invalid(String),
+    /// No document of this name.
+    #[error("unknown document `{0}`")]
+    UnknownDocument(String),
+    /// The document refused the operation (path, JSON, conflict, storage).
+    #[error(transparent)]
+    Crdt(#[from] p2pnode_crdt::Error),
+    /// The change was made in memory but could not be saved: it is not acknowledged.
+    #[error("not saved: {0}")]
+    NotSaved(String),
+    /// The service stopped (the node is shutting down).
+    #[error("the sync service has stopped")]
+    Stopped,
+    /// A node operation failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl SyncError {
+    /// The stable kind for the control socket.
+    pub fn kind(&self) -> &'static str {
+        use p2pnode_crdt::Error as E;
+        match self {
+            Self::Invalid(_) => "invalid_input",
+            Self::UnknownDocument(_) | Self::Crdt(E::UnknownDocument(_) | E::UnknownPath(_)) => {
+                "not_found"
+            }
+            Self::Crdt(E::Conflict { .. }) => "conflict",
+            Self::Crdt(E::Io { .. } | E::Corrupt { .. } | E::Automerge(_)) | Self::NotSaved(_) => {
+                "storage"
+            }
+            Self::Crdt(_) => "invalid_input",
+            Self::Stopped => "stopped",
+            Self::Node(e) => e.kind(),
+        }
+    }
+}
+
+impl p2pnode_node::control::ApiError for SyncError {
+    fn kind(&self) -> &str {
+        SyncError::kind(self)
+    }
+
+    fn status(&self) -> u16 {
+        match SyncError::kind(self) {
+            "invalid_input" => 400,
+            "not_found" => 404,
+            "conflict" => 409,
+            "stopped" => 503,
+            _ => match self {
+                Self::Node(e) => p2pnode_node::control::ApiError::status(e),
+                _ => 500,
+            },
+        }
+    }
+}
+
+/// A network name: what a document belongs to.
+pub(crate) fn check_network(network: &str) -> Result<(), SyncError> {
+    let ok = !network.is_empty()
+        && network.len() <= 64
+        && network
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SyncError::Invalid(format!(
+            "invalid network `{network}`: use 1 to 64 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(ToString::to_string).collect()
+}
+
+/// A peer id as shown: the libp2p form, or hex for bytes that are not one.
+pub(crate) fn peer_label(bytes: &[u8]) -> String {
+    PeerId::from_bytes(bytes).map_or_else(
+        |_| bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        |p| p.to_string(),
+    )
+}
+
+/// Writes `<dir>/<doc>.network` so that a crash leaves the old file or the new one.
+fn write_network(dir: &Path, doc: &str, network: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(format!("{doc}.network"));
+    let tmp = dir.join(format!(".{doc}.network.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(network.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn read_network(dir: &Path, doc: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{doc}.network")))
+        .ok()
+        .filter(|n| check_network(n).is_ok())
+        .unwrap_or_default()
+}
+
+/// Spawns a task of the service in the current span (the node's).
+fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(task))
+}
+
+/// A write on one document, run by the owner.
+type WriteOp =
+    Box<dyn FnOnce(&mut Document) -> Result<Option<ChangeHash>, p2pnode_crdt::Error> + Send>;
+/// A read, run by the owner with its state; it answers its caller itself.
+type ReadOp = Box<dyn FnOnce(&Service) + Send>;
+
+enum Command {
+    Write {
+        doc: String,
+        /// Create the document in this network when it does not exist.
+        create: Option<String>,
+        /// Refuse a document that already exists (`db create`).
+        must_be_new: bool,
+        op: WriteOp,
+        reply: oneshot::Sender<Result<Written, SyncError>>,
+    },
+    Read(ReadOp),
+    Watch {
+        doc: String,
+        reply: oneshot::Sender<Result<broadcast::Receiver<WatchEvent>, SyncError>>,
+    },
+}
+
+pub(crate) enum Inbound {
+    Frame {
+        peer: PeerId,
+        link: u64,
+        frame: Frame,
+        /// The reader's byte budget for this frame, released once it is applied.
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    Closed {
+        peer: PeerId,
+        link: u64,
+        reason: String,
+    },
+}
+
+enum Opened {
+    // Boxed: a secure stream is large beside the failure variant.
+    Ok(PeerId, Box<SecureStream<libp2p::Stream>>),
+    Failed(PeerId, String),
+}
+
+enum Input {
+    Command(Command),
+    Inbound(Inbound),
+    Opened(Opened),
+    // Boxed: an accepted secure stream dwarfs the other inputs.
+    Accepted(Box<Accepted>),
+    Tick,
+}
+
+struct Doc {
+    session: SyncSession,
+    network: String,
+    /// Made on the first watch: an unwatched document holds no buffer.
+    watch: Option<broadcast::Sender<WatchEvent>>,
+}
+
+struct Link {
+    id: u64,
+    /// Whether the smaller peer id opened it (the winner when both open at once).
+    preferred: bool,
+    writer: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued for the writer, not yet written.
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    reader: tokio::task::AbortHandle,
+    /// The documents exchanged with this peer, at most [`MAX_DOCS_PER_PEER`].
+    docs: HashSet<String>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The writer ends (and closes the stream) when its sender is dropped.
+        self.reader.abort();
+    }
+}
+
+/// A connected peer without a stream yet.
+struct Seen {
+    first: Instant,
+    last_attempt: Option<Instant>,
+    attempts: u32,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), SyncError>) + Send>;
+
+/// What one batch changed, acted on once the changed documents are saved.
+#[derive(Default)]
+struct Batch {
+    dirty: BTreeSet<String>,
+    sends: BTreeSet<(String, PeerId)>,
+    events: Vec<(String, WatchEvent)>,
+    replies: Vec<(String, Reply)>,
+}
+
+struct Service {
+    client: Client,
+    me: PeerId,
+    me_bytes: Vec<u8>,
+    store: Store,
+    trust: TrustDb,
+    docs: BTreeMap<String, Doc>,
+    links: HashMap<PeerId, Link>,
+    opening: HashSet<PeerId>,
+    seen: HashMap<PeerId, Seen>,
+    stats: SyncStats,
+    inbound_tx: mpsc::Sender<Inbound>,
+    opened_tx: mpsc::Sender<Opened>,
+    next_link: u64,
+}
+
+/// The sync protocol, to register on a node: `Node::builder(..).protocol(Sync)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sync;
+
+impl Protocol for Sync {
+    type Handler = SyncService;
+
+    fn name(&self) -> &'static str {
+        crate::PROTOCOL
+    }
+
+    fn start(self, ctx: Context) -> Result<SyncService, ProtocolError> {
+        let err = |e: SyncError| ProtocolError::new(crate::PROTOCOL, e);
+        let store = Store::open(ctx.data_dir().join("sync")).map_err(|e| err(e.into()))?;
+        let trust =
+            TrustDb::open(ctx.database().clone()).map_err(|e| err(SyncError::Node(e.into())))?;
+        let client = ctx.client().clone();
+        let me = client.peer_id();
+        let me_bytes = me.to_bytes();
+        let mut docs = BTreeMap::new();
+        for name in store.list().map_err(|e| err(e.into()))? {
+            if docs.len() >= MAX_DOCS {
+                tracing::warn!("more than {MAX_DOCS} documents stored; the rest not loaded");
+                break;
+            }
+            let session = store
+                .load_session(&name, &me_bytes)
+                .map_err(|e| err(e.into()))?
+                .with_max_message_bytes(MAX_FRAME_LEN);
+            let network = read_network(store.dir(), &name);
+            docs.insert(
+                name,
+                Doc {
+                    session,
+                    network,
+                    watch: None,
+                },
+            );
+        }
+        let listener = ctx
+            .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))
+            .map_err(|e| err(e.into()))?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (opened_tx, opened_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let service = Service {
+            client,
+            me,
+            me_bytes,
+            store,
+            trust,
+            docs,
+            links: HashMap::new(),
+            opening: HashSet::new(),
+            seen: HashMap::new(),
+            stats: SyncStats::default(),
+            inbound_tx,
+            opened_tx,
+            next_link: 1,
+        };
+        let task = spawn(service.run(listener, cmd_rx, inbound_rx, opened_rx, stop_rx));
+        Ok(SyncService {
+            handle: SyncHandle { commands: cmd_tx },
+            stop: Mutex::new(Some(stop_tx)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        })
+    }
+}
+
+/// The running sync protocol, as the node keeps it: [`SyncService::handle`] for callers.
+pub struct SyncService {
+    handle: SyncHandle,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SyncService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncService")
+    }
+}
+
+impl SyncService {
+    /// The handle for reading and writing documents.
+    pub fn handle(&self) -> &SyncHandle {
+        &self.handle
+    }
+}
+
+impl ProtocolHandler for SyncService {
+    fn route_prefixes(&self) -> &[&'static str] {
+        crate::api::routes::PREFIXES
+    }
+
+    fn handle(
+        &self,
+        request: p2pnode_node::control::ControlRequest,
+    ) -> futures::future::BoxFuture<'static, p2pnode_node::control::ControlReply> {
+        let handle = self.handle.clone();
+        Box::pin(async move { routes::serve(&handle, request).await })
+    }
+
+    fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // The owner finishes its batch (every acknowledged write is saved) and ends.
+            if let Some(stop) = self.stop.lock().ok().and_then(|mut s| s.take()) {
+                let _ = stop.send(());
+            }
+            if let Some(task) = self.task.lock().await.take()
+                && let Err(e) = task.await
+            {
+                tracing::warn!("sync service ended badly: {e}");
+            }
+        })
+    }
+}
+
+/// Whether the stream between `me` and `peer` was opened by the smaller peer id.
+fn preferred(me: PeerId, peer: PeerId, outbound: bool) -> bool {
+    (me < peer) == outbound
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut listener: SecureListener,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut inbound_rx: mpsc::Receiver<Inbound>,
+        mut opened_rx: mpsc::Receiver<Opened>,
+        mut stop_rx: oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                _ = &mut stop_rx => break,
+                Some(c) = cmd_rx.recv() => Input::Command(c),
+                Some(i) = inbound_rx.recv() => Input::Inbound(i),
+                Some(a) = listener.next() => Input::Accepted(Box::new(a)),
+                Some(o) = opened_rx.recv() => Input::Opened(o),
+                _ = tick.tick() => Input::Tick,
+            };
+            let mut batch = Batch::default();
+            self.apply(first, &mut batch).await;
+            for _ in 0..MAX_BATCH {
+                let next = if let Ok(c) = cmd_rx.try_recv() {
+                    Input::Command(c)
+                } else if let Ok(i) = inbound_rx.try_recv() {
+                    Input::Inbound(i)
+                } else if let Some(a) = listener.accepted_now() {
+                    Input::Accepted(Box::new(a))
+                } else if let Ok(o) = opened_rx.try_recv() {
+                    Input::Opened(o)
+                } else {
+                    break;
+                };
+                self.apply(next, &mut batch).await;
+            }
+            self.finish(batch);
+        }
+        // Every batch was finished (saved) before the next input was taken.
+        self.links.clear();
+        tracing::debug!("sync service stopped");
+    }
+
+    async fn apply(&mut self, input: Input, batch: &mut Batch) {
+        match input {
+            Input::Command(c) => self.command(c, batch),
+            Input::Inbound(Inbound::Frame {
+                peer, link, frame, ..
+            }) => {
+                if self.links.get(&peer).is_some_and(|l| l.id == link) {
+                    self.receive(peer, frame, batch);
+                }
+            }
+            Input::Inbound(Inbound::Closed { peer, link, reason }) => {
+                if self.links.get(&peer).is_some_and(|l| l.id == link) {
+                    tracing::debug!(%peer, "sync stream ended: {reason}");
+                    self.drop_link(peer);
+                }
+            }
+            Input::Accepted(a) => {
+                let Accepted {
+                    peer,
+                    stream,
+                    decision,
+                } = *a;
+                // Peers without the permission get nothing: the stream is closed unread.
+                if decision != TrustDecision::Allow {
+                    tracing::debug!(%peer, ?decision, "sync stream refused");
+                    self.stats.refused_streams += 1;
+                    return;
+                }
+                self.attach(peer, stream, preferred(self.me, peer, false), batch);
+            }
+            Input::Opened(Opened::Ok(peer, stream)) => {
+                self.opening.remove(&peer);
+                self.attach(peer, *stream, preferred(self.me, peer, true), batch);
+            }
+            Input::Opened(Opened::Failed(peer, reason)) => {
+                self.opening.remove(&peer);
+                tracing::debug!(%peer, "cannot open a sync stream: {reason}");
+            }
+            Input::Tick => self.tick().await,
+        }
+    }
+
+    /// The one access check: whether `peer` may sync `doc`, for every frame in and out.
+    /// Today: the peer's stream passed the node's trust decision for `sync` (checked when
+    /// it was attached and again every tick, see [`Self::tick`]). The membership layer
+    /// replaces this with "the peer is a member of the document's network".
+    fn may_sync(&self, peer: &PeerId, doc: &str) -> bool {
+        let _network = self.docs.get(doc).map(|d| d.network.as_str());
+        self.links.contains_key(peer)
+    }
+
+    /// The trust decision for `peer` and `sync` now; `None` (logged) when unreadable.
+    async fn decide(&self, peer: PeerId) -> Option<TrustDecision> {
+        use p2pnode_secure::TrustStore;
+        let key = p2pnode_node::peer::verifying_key_of(&peer).ok()?.to_bytes();
+        let trust = self.trust.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            trust.check(&peer.to_bytes(), &key, crate::PROTOCOL)
+        })
+        .await;
+        match checked {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "sync: cannot read the trust store: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn command(&mut self, c: Command, batch: &mut Batch) {
+        match c {
+            Command::Read(op) => op(self),
+            Command::Watch { doc, reply } => {
+                let rx = match self.docs.get_mut(&doc) {
+                    Some(d) => Ok(d
+                        .watch
+                        .get_or_insert_with(|| broadcast::channel(WATCH_QUEUE).0)
+                        .subscribe()),
+                    None => Err(SyncError::UnknownDocument(doc)),
+                };
+                let _ = reply.send(rx);
+            }
+            Command::Write {
+                doc,
+                create,
+                must_be_new,
+                op,
+                reply,
+            } => match self.write(&doc, create, must_be_new, op) {
+                Ok(change) => {
+                    let Some(d) = self.docs.get(&doc) else {
+                        return;
+                    };
+                    let written = Written {
+                        doc: doc.clone(),
+                        change: change.map(|c| c.to_string()),
+                        heads: hex_heads(&d.session.document().heads()),
+                    };
+                    batch.dirty.insert(doc.clone());
+                    if change.is_some() {
+                        batch.events.push((
+                            doc.clone(),
+                            WatchEvent::Changed {
+                                doc: doc.clone(),
+                                source: "local".into(),
+                                changes: 1,
+                                heads: written.heads.clone(),
+                            },
+                        ));
+                    }
+                    for peer in self.links.keys() {
+                        batch.sends.insert((doc.clone(), *peer));
+                    }
+                    batch.replies.push((
+                        doc,
+                        Box::new(move |saved| {
+                            let _ = reply.send(saved.map(|()| written));
+                        }),
+                    ));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    /// Runs a write; on error nothing is kept (a document created for it is dropped).
+    fn write(
+        &mut self,
+        doc: &str,
+        create: Option<String>,
+        must_be_new: bool,
+        op: WriteOp,
+    ) -> Result<Option<ChangeHash>, SyncError> {
+        if let Some(d) = self.docs.get_mut(doc) {
+            if must_be_new {
+                return Err(SyncError::Invalid(format!(
+                    "document `{doc}` exists (in network `{}`)",
+                    d.network
+                )));
+            }
+            return Ok(op(d.session.document_mut())?);
+        }
+        let Some(network) = create else {
+            return Err(SyncError::UnknownDocument(doc.to_string()));
+        };
+        check_network(&network)?;
+        // The store refuses names that cannot be file names.
+        self.store.contains(doc)?;
+        if self.docs.len() >= MAX_DOCS {
+            return Err(SyncError::Invalid(format!(
+                "this node holds {MAX_DOCS} documents, the most it may"
+            )));
+        }
+        let mut fresh = Document::new(&self.me_bytes)?;
+        let change = op(&mut fresh)?;
+        write_network(self.store.dir(), doc, &network)
+            .map_err(|e| SyncError::NotSaved(format!("network of `{doc}`: {e}")))?;
+        self.docs.insert(
+            doc.to_string(),
+            Doc {
+                session: SyncSession::new(fresh).with_max_message_bytes(MAX_FRAME_LEN),
+                network,
+                watch: None,
+            },
+        );
+        Ok(change)
+    }
+
+    fn receive(&mut self, peer: PeerId, frame: Frame, batch: &mut Batch) {
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.message.len() as u64;
+        if !self.may_sync(&peer, &frame.doc) {
+            self.stats.refused_frames += 1;
+            return;
+        }
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if !link.docs.contains(&frame.doc) && link.docs.len() >= MAX_DOCS_PER_PEER {
+            tracing::warn!(%peer, doc = frame.doc, "sync: too many documents with this peer");
+            self.stats.refused_frames += 1;
+            return;
+        }
+        if let Some(d) = self.docs.get(&frame.doc)
+            && !d.network.is_empty()
+            && d.network != frame.network
+        {
+            // A document belongs to one network: a peer naming another one is not
+            // talking about our document.
+            tracing::warn!(%peer, doc = frame.doc, network = frame.network, "sync: network mismatch");
+            self.stats.refused_frames += 1;
+            return;
+        }
+        if !self.docs.contains_key(&frame.doc) {
+            // A document a peer shares with us: created here, in the network it names.
+            let valid =
+                check_network(&frame.network).is_ok() && self.store.contains(&frame.doc).is_ok();
+            if !valid || self.docs.len() >= MAX_DOCS {
+                tracing::warn!(%peer, doc = frame.doc, "sync: document not taken");
+                self.stats.refused_frames += 1;
+                return;
+            }
+            let Ok(fresh) = Document::new(&self.me_bytes) else {
+                return;
+            };
+            if let Err(e) = write_network(self.store.dir(), &frame.doc, &frame.network) {
+                tracing::warn!(doc = frame.doc, "sync: cannot store the network: {e}");
+                return;
+            }
+            self.docs.insert(
+                frame.doc.clone(),
+                Doc {
+                    session: SyncSession::new(fresh).with_max_message_bytes(MAX_FRAME_LEN),
+                    network: frame.network.clone(),
+                    watch: None,
+                },
+            );
+            batch.dirty.insert(frame.doc.clone());
+        }
+        link.docs.insert(frame.doc.clone());
+        let Some(d) = self.docs.get_mut(&frame.doc) else {
+            return;
+        };
+        let peer_bytes = peer.to_bytes();
+        match d.session.receive_message(&peer_bytes, &frame.message) {
+            Err(e) => {
+                tracing::warn!(%peer, doc = frame.doc, "sync: {e}; dropping the stream");
+                self.drop_link(peer);
+                return;
+            }
+            Ok(changed) if changed.any() => {
+                self.stats.changes_in += changed.changes;
+                batch.dirty.insert(frame.doc.clone());
+                batch.events.push((
+                    frame.doc.clone(),
+                    WatchEvent::Changed {
+                        doc: frame.doc.clone(),
+                        source: peer.to_string(),
+                        changes: changed.changes,
+                        heads: hex_heads(&changed.heads),
+                    },
+                ));
+                for other in self.links.keys() {
+                    batch.sends.insert((frame.doc.clone(), *other));
+                }
+            }
+            Ok(_) => {}
+        }
+        batch.sends.insert((frame.doc, peer));
+    }
+
+    /// Saves what changed, then answers, tells watchers and sends the next messages.
+    fn finish(&mut self, batch: Batch) {
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for name in &batch.dirty {
+            let Some(d) = self.docs.get_mut(name) else {
+                continue;
+            };
+            // Synchronous on purpose: the owner is the only writer, and nothing of this
+            // batch may be acknowledged or sent before the fsync returned.
+            if let Err(e) = self.store.save_session(name, &mut d.session) {
+                tracing::error!(doc = name, "sync: cannot save: {e}");
+                failed.insert(name.clone(), e.to_string());
+            }
+        }
+        for (doc, reply) in batch.replies {
+            reply(match failed.get(&doc) {
+                Some(e) => Err(SyncError::NotSaved(e.clone())),
+                None => Ok(()),
+            });
+        }
+        for (doc, event) in batch.events {
+            if let Some(tx) = self.docs.get(&doc).and_then(|d| d.watch.as_ref())
+                && !failed.contains_key(&doc)
+            {
+                // No watcher is fine.
+                let _ = tx.send(event);
+            }
+        }
+        let mut stalled = Vec::new();
+        for (doc, peer) in batch.sends {
+            if failed.contains_key(&doc) || !self.may_sync(&peer, &doc) {
+                continue;
+            }
+            let (Some(d), Some(link)) = (self.docs.get_mut(&doc), self.links.get_mut(&peer)) else {
+                continue;
+            };
+            if !link.docs.contains(&doc) {
+                if link.docs.len() >= MAX_DOCS_PER_PEER {
+                    continue;
+                }
+                link.docs.insert(doc.clone());
+            }
+            let Some(message) = d.session.generate_message(&peer.to_bytes()) else {
+                continue;
+            };
+            self.stats.frames_out += 1;
+            self.stats.bytes_out += message.len() as u64;
+            let frame = Frame {
+                doc,
+                network: d.network.clone(),
+                message,
+            }
+            .encode();
+            let chunks = frame.len().div_ceil(CHUNK_LEN) as u64;
+            self.stats.wire_bytes_out += frame.len() as u64 + chunks * CHUNK_OVERHEAD;
+            use std::sync::atomic::Ordering;
+            let len = frame.len() as u64;
+            if link.queued.load(Ordering::Relaxed) + len > OUTBOUND_BYTES_PER_PEER {
+                stalled.push(peer);
+                continue;
+            }
+            link.queued.fetch_add(len, Ordering::Relaxed);
+            if link.writer.try_send(frame).is_err() {
+                stalled.push(peer);
+            }
+        }
+        for peer in stalled {
+            tracing::warn!(%peer, "sync: stream stalled; dropping it");
+            self.drop_link(peer);
+        }
+    }
+
+    fn attach(
+        &mut self,
+        peer: PeerId,
+        stream: SecureStream<libp2p::Stream>,
+        preferred: bool,
+        batch: &mut Batch,
+    ) {
+        if let Some(old) = self.links.get(&peer) {
+            if old.preferred && !preferred {
+                return;
+            }
+            self.drop_link(peer);
+        }
+        if self.links.len() >= MAX_LINKS {
+            tracing::warn!(%peer, "sync: {MAX_LINKS} streams open; refusing another");
+            return;
+        }
+        self.seen.remove(&peer);
+        let (io, session) = stream.into_parts();
+        let session = Arc::new(Mutex::new(session));
+        let (read, write) = io.split();
+        let (writer, rx) = mpsc::channel(WRITER_QUEUE);
+        let id = self.next_link;
+        self.next_link += 1;
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        spawn(io::write_frames(
+            peer,
+            id,
+            write,
+            session.clone(),
+            rx,
+            queued.clone(),
+            self.inbound_tx.clone(),
+        ));
+        let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_PEER as usize));
+        let reader = spawn(io::read_frames(
+            peer,
+            id,
+            read,
+            session,
+            budget,
+            self.inbound_tx.clone(),
+        ))
+        .abort_handle();
+        self.links.insert(
+            peer,
+            Link {
+                id,
+                preferred,
+                writer,
+                queued,
+                reader,
+                docs: HashSet::new(),
+            },
+        );
+        tracing::debug!(%peer, "sync stream up");
+        // Catch up on connect: a first message for every document this peer may sync.
+        for doc in self.docs.keys() {
+            batch.sends.insert((doc.clone(), peer));
+        }
+    }
+
+    fn drop_link(&mut self, peer: PeerId) {
+        let Some(link) = self.links.remove(&peer) else {
+            return;
+        };
+        let peer_bytes = peer.to_bytes();
+        for doc in &link.docs {
+            if let Some(d) = self.docs.get_mut(doc) {
+                d.session.disconnected(&peer_bytes);
+            }
+        }
+    }
+
+    /// Opens streams to connected peers that may sync, and drops the streams of peers
+    /// that may no longer (a revocation or a removed permission).
+    async fn tick(&mut self) {
+        let Ok(peers) = self.client.peers().await else {
+            return;
+        };
+        let connected: HashSet<PeerId> = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse().ok())
+            .take(MAX_LINKS)
+            .collect();
+        self.seen.retain(|p, _| connected.contains(p));
+        let now = Instant::now();
+        for peer in connected {
+            if self.links.contains_key(&peer) || self.opening.contains(&peer) {
+                continue;
+            }
+            let seen = self.seen.entry(peer).or_insert(Seen {
+                first: now,
+                last_attempt: None,
+                attempts: 0,
+            });
+            let our_turn = self.me < peer || now.duration_since(seen.first) >= FALLBACK_OPEN;
+            let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
+            let wait = RETRY_EVERY * 2u32.pow(doublings);
+            let retry = seen
+                .last_attempt
+                .is_none_or(|t| now.duration_since(t) >= wait);
+            if !our_turn || !retry {
+                continue;
+            }
+            seen.last_attempt = Some(now);
+            // Only real opens back off: a permission granted later is noticed within
+            // RETRY_EVERY.
+            if self.decide(peer).await != Some(TrustDecision::Allow) {
+                continue;
+            }
+            if let Some(seen) = self.seen.get_mut(&peer) {
+                seen.attempts += 1;
+            }
+            self.open(peer);
+        }
+        let linked: Vec<PeerId> = self.links.keys().copied().collect();
+        for peer in linked {
+            if self.decide(peer).await != Some(TrustDecision::Allow) {
+                tracing::info!(%peer, "sync: permission gone; closing the stream");
+                self.drop_link(peer);
+            }
+        }
+    }
+
+    fn open(&mut self, peer: PeerId) {
+        self.opening.insert(peer);
+        let client = self.client.clone();
+        let tx = self.opened_tx.clone();
+        spawn(async move {
+            let protocol = StreamProtocol::new(crate::STREAM_PROTOCOL);
+            let opened = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                client.open_secure(peer, protocol, crate::PROTOCOL),
+            )
+            .await;
+            let result = match opened {
+                Ok(Ok(stream)) => Opened::Ok(peer, Box::new(stream)),
+                Ok(Err(e)) => Opened::Failed(peer, e.to_string()),
+                Err(_) => Opened::Failed(peer, "timed out".into()),
+            };
+            let _ = tx.send(result).await;
+        });
+    }
+
+    fn info(&self, name: &str, d: &Doc) -> DocInfo {
+        DocInfo {
+            doc: name.to_string(),
+            network: d.network.clone(),
+            changes: d.session.document().change_count(),
+            heads: hex_heads(&d.session.document().heads()),
+        }
+    }
+}

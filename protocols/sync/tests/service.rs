@@ -1,0 +1,366 @@
+//! The sync service on real nodes over the memory transport: two or three nodes in one
+//! process, each with its own data directory, trust store and secure streams.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../node/tests/common/mod.rs"]
+mod common;
+
+use common::{addr_of, start_memory_with, wait_for};
+use p2pnode_node::Node;
+use p2pnode_sync::service::{Sync, SyncHandle, SyncService};
+use serde_json::json;
+
+fn db(node: &Node) -> SyncHandle {
+    node.protocol::<SyncService>().unwrap().handle().clone()
+}
+
+/// Lets `a` and `b` sync with each other, and connects them.
+async fn pair(a: &Node, b: &Node) {
+    allow(a, b).await;
+    allow(b, a).await;
+    a.client().connect_addr(addr_of(b).await).await.unwrap();
+}
+
+async fn allow(a: &Node, b: &Node) {
+    a.client()
+        .allow(b.client().peer_id(), &["sync".to_string()])
+        .await
+        .unwrap();
+}
+
+/// Waits until both nodes hold `doc` with the same heads, and returns its JSON.
+async fn converged(a: &Node, b: &Node, doc: &str) -> serde_json::Value {
+    let (da, dbb) = (db(a), db(b));
+    wait_for(|| {
+        let (da, dbb) = (da.clone(), dbb.clone());
+        async move {
+            let (ia, ib) = (da.info(doc).await.ok()?, dbb.info(doc).await.ok()?);
+            let (ja, jb) = (da.get(doc, "").await.ok()?, dbb.get(doc, "").await.ok()?);
+            (ia.heads == ib.heads && ja == jb).then_some(ja)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_on_two_connected_nodes_converge() {
+    let (da, dbd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_memory_with(da.path(), Sync).await;
+    let b = start_memory_with(dbd.path(), Sync).await;
+    pair(&a, &b).await;
+    db(&a).create("todo", "home").await.unwrap();
+    // b learns the document from a (it never created it).
+    let empty = converged(&a, &b, "todo").await;
+    assert_eq!(empty, json!({}));
+    assert_eq!(db(&b).info("todo").await.unwrap().network, "home");
+    // Concurrent edits on both sides, while connected.
+    for i in 0..20 {
+        db(&a)
+            .put("todo", &format!("a{i}"), json!(i))
+            .await
+            .unwrap();
+        db(&b)
+            .put("todo", &format!("b{i}"), json!(i))
+            .await
+            .unwrap();
+    }
+    let value = converged(&a, &b, "todo").await;
+    assert_eq!(value.as_object().unwrap().len(), 40);
+    assert_eq!(value["a7"], json!(7));
+    assert_eq!(value["b19"], json!(19));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_merge_when_peers_meet_again() {
+    let (da, dbd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_memory_with(da.path(), Sync).await;
+    let b = start_memory_with(dbd.path(), Sync).await;
+    pair(&a, &b).await;
+    db(&a).create("notes", "home").await.unwrap();
+    db(&a)
+        .put("notes", "shared", json!("before"))
+        .await
+        .unwrap();
+    converged(&a, &b, "notes").await;
+    // b goes away; both edit, a a key b also edits (a conflict) and keys of its own.
+    b.shutdown().await;
+    db(&a).put("notes", "from_a", json!(1)).await.unwrap();
+    db(&a).put("notes", "shared", json!("a")).await.unwrap();
+    let b = start_memory_with(dbd.path(), Sync).await;
+    db(&b).put("notes", "from_b", json!(2)).await.unwrap();
+    db(&b).put("notes", "shared", json!("b")).await.unwrap();
+    assert!(db(&b).get("notes", "from_a").await.is_err(), "b is offline");
+    a.client().connect_addr(addr_of(&b).await).await.unwrap();
+    let value = converged(&a, &b, "notes").await;
+    assert_eq!(value["from_a"], json!(1));
+    assert_eq!(value["from_b"], json!(2));
+    // Both sides read the same pick, and both keep the conflict for `db conflicts`.
+    assert!(value["shared"] == json!("a") || value["shared"] == json!("b"));
+    let conflicts = db(&a).conflicts("notes").await.unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].path, "shared");
+    assert_eq!(conflicts[0].candidates.len(), 2);
+    db(&b)
+        .resolve(
+            "notes",
+            "shared",
+            p2pnode_crdt::Keep::Value(json!("agreed")),
+        )
+        .await
+        .unwrap();
+    let value = converged(&a, &b, "notes").await;
+    assert_eq!(value["shared"], json!("agreed"));
+    assert!(db(&a).conflicts("notes").await.unwrap().is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_sync_permission_receives_nothing() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_memory_with(dirs[0].path(), Sync).await;
+    let b = start_memory_with(dirs[1].path(), Sync).await;
+    let c = start_memory_with(dirs[2].path(), Sync).await;
+    db(&a).create("secret", "home").await.unwrap();
+    db(&a).put("secret", "pin", json!(1234)).await.unwrap();
+    db(&c).create("bait", "home").await.unwrap();
+    db(&c).put("bait", "x", json!(1)).await.unwrap();
+    // c is willing (it allows a), a is not: a never granted c `sync`.
+    allow(&c, &a).await;
+    a.client().connect_addr(addr_of(&c).await).await.unwrap();
+    pair(&a, &b).await;
+    // b, allowed, gets the document: the service is running and syncing.
+    converged(&a, &b, "secret").await;
+    // c's stream (opened at once or after the fallback delay) was refused by a.
+    let da = db(&a);
+    wait_for(|| {
+        let da = da.clone();
+        async move { (da.stats().await.ok()?.refused_streams > 0).then_some(()) }
+    })
+    .await;
+    // What arrived at c: not one frame, not one change; nothing of a's went to c, and
+    // nothing of c's came to a.
+    let sc = db(&c).stats().await.unwrap();
+    assert_eq!(sc.frames_in, 0, "{sc:?}");
+    assert_eq!(sc.bytes_in, 0);
+    assert_eq!(sc.changes_in, 0);
+    assert!(db(&c).get("secret", "").await.is_err());
+    assert!(db(&a).get("bait", "").await.is_err());
+    assert!(db(&c).linked_peers().await.unwrap().is_empty());
+    assert!(
+        !db(&a)
+            .linked_peers()
+            .await
+            .unwrap()
+            .contains(&c.client().peer_id())
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[test]
+fn a_restarted_node_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    // The node runs in its own runtime, dropped without any shutdown: its tasks stop at
+    // their next await, as a SIGKILL would stop them (nothing is flushed on the way out).
+    let acked = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let acked = rt.block_on(async {
+            let a = start_memory_with(&path, Sync).await;
+            let h = db(&a);
+            h.create("log", "home").await.unwrap();
+            let mut acked = Vec::new();
+            for i in 0..100 {
+                h.put("log", &format!("k{i}"), json!(i)).await.unwrap();
+                acked.push(i);
+            }
+            // Writes in flight when the process dies: never acknowledged.
+            for i in 100..110 {
+                let h = h.clone();
+                tokio::spawn(async move { h.put("log", &format!("k{i}"), json!(i)).await });
+            }
+            std::mem::forget(a);
+            acked
+        });
+        drop(rt);
+        acked
+    })
+    .join()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A real SIGKILL also frees the node's database lock; here the leaked node still holds
+    // it, so the node restarts on a copy of the data directory's `sync/` (its documents).
+    let again = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("sync"), &again.path().join("sync"));
+    rt.block_on(async {
+        let a = start_memory_with(again.path(), Sync).await;
+        let value = db(&a).get("log", "").await.unwrap();
+        for i in acked {
+            assert_eq!(
+                value[format!("k{i}")],
+                json!(i),
+                "acknowledged write {i} lost"
+            );
+        }
+        assert_eq!(db(&a).info("log").await.unwrap().network, "home");
+        a.shutdown().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_stores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let a = start_memory_with(d.path(), Sync).await;
+    let h = db(&a);
+    assert!(h.create("bad/name", "home").await.is_err());
+    assert!(h.create("ok", "bad network").await.is_err());
+    assert!(h.put("missing", "x", json!(1)).await.is_err());
+    h.create("ok", "home").await.unwrap();
+    assert!(h.create("ok", "home").await.is_err(), "exists");
+    let before = h.info("ok").await.unwrap();
+    assert!(h.put("ok", "a/b/c", json!(1)).await.is_err(), "no parent");
+    assert!(h.delete("ok", "nothing").await.is_err());
+    assert!(h.import("ok", None, json!([1, 2])).await.is_err());
+    assert_eq!(h.info("ok").await.unwrap(), before);
+    assert_eq!(h.list().await.unwrap().len(), 1);
+    a.shutdown().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Sends one control request to the node's sync routes: (status, JSON body).
+async fn call(
+    node: &Node,
+    post: bool,
+    route: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use p2pnode_node::ProtocolHandler;
+    use p2pnode_node::control::{ControlReply, ControlRequest, Method};
+    let (route, query) = route.split_once('?').unwrap_or((route, ""));
+    let method = if post { Method::Post } else { Method::Get };
+    let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap());
+    let service = node.protocol::<SyncService>().unwrap();
+    let request = ControlRequest::new(method, route, query, body);
+    match ProtocolHandler::handle(service, request).await {
+        ControlReply::Json { status, body } => (status, serde_json::from_slice(&body).unwrap()),
+        ControlReply::Lines(_) => panic!("lines where JSON was expected"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_routes_write_read_watch_and_refuse_bad_input() {
+    use futures::StreamExt;
+    use p2pnode_node::ProtocolHandler;
+    use p2pnode_node::control::{ControlReply, ControlRequest, Method};
+    let d = tempfile::tempdir().unwrap();
+    let a = start_memory_with(d.path(), Sync).await;
+    let (s, _) = call(
+        &a,
+        true,
+        "db/create",
+        json!({"doc": "t", "network": "home"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let watch = ProtocolHandler::handle(
+        a.protocol::<SyncService>().unwrap(),
+        ControlRequest::new(Method::Get, "db/watch", "doc=t", bytes::Bytes::new()),
+    )
+    .await;
+    let ControlReply::Lines(mut lines) = watch else {
+        panic!("watch is a stream of lines");
+    };
+    let (s, w) = call(
+        &a,
+        true,
+        "db/put",
+        json!({"doc": "t", "path": "x", "value": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let line = lines.next().await.unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(event["type"], "changed");
+    assert_eq!(event["source"], "local");
+    assert_eq!(event["heads"], w["heads"]);
+    // Bad input: one clear error each, and nothing stored.
+    let before = call(&a, true, "db/export", json!({"doc": "t"})).await.1;
+    for (route, body, status) in [
+        ("db/put", json!({"doc": "t", "path": "x"}), 400),
+        (
+            "db/put",
+            json!({"doc": "nope", "path": "x", "value": 1}),
+            404,
+        ),
+        (
+            "db/put",
+            json!({"doc": "t", "path": "a/b", "value": 1}),
+            404,
+        ),
+        (
+            "db/create",
+            json!({"doc": "../etc", "network": "home"}),
+            400,
+        ),
+        (
+            "db/resolve",
+            json!({"doc": "t", "path": "x", "keep": "sideways"}),
+            400,
+        ),
+        ("db/import", json!({"doc": "t", "value": [1]}), 400),
+    ] {
+        let (s, e) = call(&a, true, route, body).await;
+        assert_eq!(s, status, "{route}: {e}");
+        assert!(!e["error"].as_str().unwrap_or_default().contains('\n'));
+    }
+    assert_eq!(
+        call(&a, true, "db/export", json!({"doc": "t"})).await.1,
+        before
+    );
+    let (s, v) = call(&a, true, "db/get", json!({"doc": "t", "path": "x/n"})).await;
+    assert_eq!((s, v), (200, json!(1)));
+    // Export, then import as a new document (its network comes along).
+    let (s, _) = call(
+        &a,
+        true,
+        "db/import",
+        json!({"doc": "t2", "network": before["network"], "value": before["value"]}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, list) = call(&a, false, "db/list", json!(null)).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(
+        call(&a, true, "db/get", json!({"doc": "t2"})).await.1,
+        json!({"x": {"n": 1}})
+    );
+    let (s, h) = call(&a, true, "db/history", json!({"doc": "t"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(h[0]["author"], a.client().peer_id().to_string());
+    drop(lines);
+    a.shutdown().await;
+}
