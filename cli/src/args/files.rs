@@ -18,8 +18,8 @@ pub(crate) struct GetArgs {
     /// Directory to write into [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub(crate) to: Option<PathBuf>,
-    /// A peer to fetch from besides those the DHT names (repeatable).
-    #[arg(long, value_name = "PEER_ID")]
+    /// A peer (id or contact name) to fetch from besides those the DHT names (repeatable).
+    #[arg(long, value_name = "PEER")]
     pub(crate) from: Vec<String>,
     /// Start the transfer and return at once (watch it with `p2pnode transfers`).
     #[arg(long)]
@@ -28,7 +28,7 @@ pub(crate) struct GetArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// The receiving peer.
+    /// The receiving peer (a peer id or a contact's name).
     pub(crate) peer_id: String,
     /// Files or directories to offer.
     #[arg(required = true)]

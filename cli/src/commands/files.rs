@@ -109,13 +109,14 @@ pub(crate) async fn shares(control: &ControlClient, json: bool) -> Result<()> {
 }
 
 pub(crate) async fn get(control: &ControlClient, args: GetArgs, json: bool) -> Result<()> {
+    let mut from = Vec::with_capacity(args.from.len());
     for p in &args.from {
-        p2pnode_node::parse_peer_id(p)?;
+        from.push(super::resolve_peer(control, p).await?);
     }
     let request = GetRequest {
         content_id: args.content_id,
         to: target(args.to)?,
-        from: args.from,
+        from,
     };
     let t: TransferInfo = control.post(routes::GET, &request).await?;
     follow(control, t, args.no_wait, json).await
@@ -209,16 +210,14 @@ async fn follow(
 }
 
 pub(crate) async fn send(control: &ControlClient, args: SendArgs, json: bool) -> Result<()> {
-    p2pnode_node::parse_peer_id(&args.peer_id)?;
+    // A contact's name works as well as a peer id.
+    let peer_id = super::resolve_peer(control, &args.peer_id).await?;
     let paths = args
         .paths
         .iter()
         .map(|p| existing(p))
         .collect::<Result<Vec<_>>>()?;
-    let request = SendRequest {
-        peer_id: args.peer_id,
-        paths,
-    };
+    let request = SendRequest { peer_id, paths };
     let info: SendInfo = control.post(routes::SEND, &request).await?;
     output::show(json, &info, |s| {
         println!(
