@@ -49,7 +49,7 @@ pub use config::Config;
 pub use error::NodeError;
 pub use node::{Node, NodeBuilder, StartError, TransportKind};
 pub use peer::{Target, parse_peer_id, parse_target, short_id};
-pub use protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols};
+pub use protocol::{Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler, Protocols};
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, StreamProtocol};

@@ -50,6 +50,43 @@ pub trait ProtocolHandler: Any + Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
+/// The one task that owns a protocol's state and the signal that stops it: what
+/// [`ProtocolHandler::shutdown`] does for such a service (chat, sync) is stop it and wait
+/// until it has committed what it acknowledged.
+pub struct OwnerTask {
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for OwnerTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnerTask")
+    }
+}
+
+impl OwnerTask {
+    /// `task`, which ends once `stop` fires (or its receiver sees it dropped).
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
+        Self {
+            stop: Mutex::new(Some(stop)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Signals the task to stop and waits for it to end; later calls return at once.
+    /// `name` names the service in the warning if the task ended badly.
+    pub async fn stop(&self, name: &str) {
+        if let Some(stop) = self.stop.lock().ok().and_then(|mut s| s.take()) {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.lock().await.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!("{name} service ended badly: {e}");
+        }
+    }
+}
+
 /// A protocol could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("protocol {protocol} could not start: {source}")]

@@ -44,7 +44,9 @@ use libp2p::{PeerId, StreamProtocol};
 use p2pnode_node::event_loop::TopicMessage;
 use p2pnode_node::secure::{Accepted, SecureListener};
 use p2pnode_node::trust::TrustDb;
-use p2pnode_node::{Client, Context, NodeError, Protocol, ProtocolError, ProtocolHandler};
+use p2pnode_node::{
+    Client, Context, NodeError, OwnerTask, Protocol, ProtocolError, ProtocolHandler,
+};
 use p2pnode_secure::stream::{LENGTH_PREFIX_LEN, read_length_prefixed};
 use p2pnode_secure::{Session, SigningKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -434,8 +436,7 @@ impl Protocol for Chat {
         let task = spawn(service.run(listener, cmd_rx, inbound_rx, opened_rx, room_rx, stop_rx));
         Ok(ChatService {
             handle,
-            stop: Mutex::new(Some(stop_tx)),
-            task: tokio::sync::Mutex::new(Some(task)),
+            owner: OwnerTask::new(stop_tx, task),
         })
     }
 }
@@ -443,8 +444,7 @@ impl Protocol for Chat {
 /// The running chat protocol, as the node keeps it: [`ChatService::handle`] for callers.
 pub struct ChatService {
     handle: ChatHandle,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    owner: OwnerTask,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -474,17 +474,8 @@ impl ProtocolHandler for ChatService {
     }
 
     fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            // The owner stops taking input, waits for the batch in flight to commit and
-            // ends; what it acknowledged is on disk.
-            if let Some(stop) = self.stop.lock().ok().and_then(|mut s| s.take()) {
-                let _ = stop.send(());
-            }
-            if let Some(task) = self.task.lock().await.take()
-                && let Err(e) = task.await
-            {
-                tracing::warn!("chat service ended badly: {e}");
-            }
-        })
+        // The owner stops taking input, commits the batch in flight (what it acknowledged
+        // is on disk) and ends.
+        Box::pin(self.owner.stop("chat"))
     }
 }

@@ -29,7 +29,9 @@ use libp2p::{PeerId, StreamProtocol};
 use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
 use p2pnode_node::secure::{Accepted, SecureListener};
 use p2pnode_node::trust::TrustDb;
-use p2pnode_node::{Client, Context, NodeError, Protocol, ProtocolError, ProtocolHandler};
+use p2pnode_node::{
+    Client, Context, NodeError, OwnerTask, Protocol, ProtocolError, ProtocolHandler,
+};
 use p2pnode_secure::{SecureStream, TrustDecision};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -374,8 +376,7 @@ impl Protocol for Sync {
         let task = spawn(service.run(listener, cmd_rx, inbound_rx, opened_rx, stop_rx));
         Ok(SyncService {
             handle: SyncHandle { commands: cmd_tx },
-            stop: Mutex::new(Some(stop_tx)),
-            task: tokio::sync::Mutex::new(Some(task)),
+            owner: OwnerTask::new(stop_tx, task),
         })
     }
 }
@@ -383,8 +384,7 @@ impl Protocol for Sync {
 /// The running sync protocol, as the node keeps it: [`SyncService::handle`] for callers.
 pub struct SyncService {
     handle: SyncHandle,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    owner: OwnerTask,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -414,17 +414,9 @@ impl ProtocolHandler for SyncService {
     }
 
     fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            // The owner finishes its batch (every acknowledged write is saved) and ends.
-            if let Some(stop) = self.stop.lock().ok().and_then(|mut s| s.take()) {
-                let _ = stop.send(());
-            }
-            if let Some(task) = self.task.lock().await.take()
-                && let Err(e) = task.await
-            {
-                tracing::warn!("sync service ended badly: {e}");
-            }
-        })
+        // The owner stops taking input, commits the batch in flight (what it acknowledged
+        // is on disk) and ends.
+        Box::pin(self.owner.stop("sync"))
     }
 }
 
