@@ -16,7 +16,10 @@ pub(crate) fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
 
 /// The configuration for `p2pnode start`.
 pub(crate) fn start_config(data_dir: &Path, args: &StartArgs) -> Result<Config> {
-    let mut cfg = Config::load(data_dir)?;
+    let mut cfg = match &args.config {
+        Some(path) => Config::load_file(path)?,
+        None => Config::load(data_dir)?,
+    };
     if !args.listen.is_empty() {
         cfg.listen = args.listen.clone();
     }

@@ -147,3 +147,19 @@ fn bad_config_file() {
         "invalid config file",
     );
 }
+
+#[test]
+fn a_config_file_that_is_missing_or_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("relay.toml");
+    let missing = path.to_string_lossy().into_owned();
+    assert_fails_with(
+        &run(tmp.path(), &["start", "--config", &missing]),
+        "cannot read config file",
+    );
+    std::fs::write(&path, "relay = \"yes\"\n").unwrap();
+    assert_fails_with(
+        &run(tmp.path(), &["start", "--config", &missing]),
+        "invalid config file",
+    );
+}

@@ -218,13 +218,28 @@ impl Config {
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
         let path = data_dir.join(CONFIG_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                path,
-                source: Box::new(source),
-            }),
+            Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read { path, source }),
         }
+    }
+
+    /// Reads the configuration from a file named by the user (`start --config`, as a
+    /// service unit does with `/etc/p2pnode/relay.toml`): unlike [`Config::load`], a
+    /// missing file is an error, since a typo must not silently start a default node.
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path.to_path_buf())
+    }
+
+    fn parse(text: &str, path: PathBuf) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path,
+            source: Box::new(source),
+        })
     }
 
     /// The idle timeout as a [`Duration`].
@@ -310,6 +325,16 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "relay = 3\n").unwrap();
         let err = Config::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_named_file_must_exist_and_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let err = Config::load_file(&path).unwrap_err().to_string();
+        assert!(err.contains("relay.toml"), "{err}");
+        std::fs::write(&path, "relay = true\n").unwrap();
+        assert!(Config::load_file(&path).unwrap().relay);
     }
 
     #[test]

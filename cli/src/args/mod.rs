@@ -211,6 +211,11 @@ pub(crate) enum ContactsCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct StartArgs {
+    /// Read the configuration from this TOML file instead of <data-dir>/config.toml (a
+    /// missing file is then an error). Flags still override it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
     /// Address to listen on (repeatable) [default: all interfaces, TCP and QUIC, port 4701,
     /// or a free port when 4701 is taken].
     #[arg(long, value_name = "MULTIADDR")]

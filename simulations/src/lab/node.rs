@@ -66,10 +66,17 @@ pub struct NodeSpec {
     pub extra_args: Vec<String>,
     /// A `config.toml` written into the data directory before the start, if any.
     pub config_toml: Option<String>,
+    /// The whole command line after the binary, used as it is instead of the one built from
+    /// the fields above (a test that runs a service unit's `ExecStart`). It must name the
+    /// node's data directory ([`Lab::node_data_dir`]), or client commands will not reach it.
+    pub command_line: Option<Vec<String>>,
 }
 
 impl NodeSpec {
     fn start_args(&self, data_dir: &Path) -> Vec<String> {
+        if let Some(args) = &self.command_line {
+            return args.clone();
+        }
         let mut args = vec![
             "start".to_string(),
             "--data-dir".into(),
@@ -214,6 +221,11 @@ pub struct Node {
 }
 
 impl Lab {
+    /// The data directory of the daemon called `name`.
+    pub fn node_data_dir(&self, name: &str) -> PathBuf {
+        self.workdir().join(name)
+    }
+
     /// Starts a daemon called `name` on `host` and waits until it answers `status`.
     pub async fn start_node(
         &self,
@@ -222,7 +234,7 @@ impl Lab {
         spec: NodeSpec,
     ) -> Result<Node, LabError> {
         let binary = p2pnode_binary()?;
-        let data_dir = self.workdir().join(name);
+        let data_dir = self.node_data_dir(name);
         std::fs::create_dir_all(&data_dir)?;
         // A node refuses a data directory others may write to, whatever the umask was.
         std::fs::set_permissions(
@@ -513,6 +525,7 @@ mod tests {
             mdns: false,
             extra_args: vec![],
             config_toml: None,
+            command_line: None,
         };
         let args = spec.start_args(Path::new("/d"));
         assert_eq!(

@@ -42,6 +42,7 @@ pub async fn start_relay(
             "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n"
                 .into(),
         ),
+        command_line: None,
     };
     lab.start_node("relay", name, spec).await
 }
@@ -113,6 +114,7 @@ pub async fn start_peer(
         mdns,
         extra_args,
         config_toml: None,
+        command_line: None,
     };
     lab.start_node(host, name, spec).await
 }
