@@ -19,8 +19,27 @@ pub(crate) fn show<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
     }
 }
 
+/// An outcome the command has already printed in full (as JSON too): only the exit
+/// status, and for people one line on stderr, remain to say.
+#[derive(Debug)]
+pub(crate) struct AlreadyShown(pub(crate) String);
+
+impl std::fmt::Display for AlreadyShown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AlreadyShown {}
+
 /// Reports an error and returns the exit code for it.
 pub(crate) fn fail_error(json: bool, e: &anyhow::Error) -> ExitCode {
+    if let Some(shown) = e.downcast_ref::<AlreadyShown>() {
+        if !json {
+            eprintln!("error: {shown}");
+        }
+        return ExitCode::FAILURE;
+    }
     let kind = if let Some(c) = e.downcast_ref::<ControlError>() {
         c.kind().to_string()
     } else if let Some(n) = e.downcast_ref::<NodeError>() {

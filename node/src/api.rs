@@ -184,3 +184,79 @@ pub struct ErrorBody {
     /// A one-line message for people.
     pub message: String,
 }
+
+/// `GET /v1/diagnostics`, what `p2pnode doctor` asks the daemon: the facts only the
+/// running node holds. The doctor judges them; the node only reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Diagnostics {
+    /// The daemon's data directory, so a client can tell that the socket it reached is
+    /// the daemon of its own data directory.
+    pub data_dir: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Whether it runs in relay-only (privacy) mode: no direct connections at all.
+    pub relay_only: bool,
+    /// Its hole-punching mode: `p2pnode`, `dcutr` or `off`.
+    pub hole_punch: String,
+    /// Whether the database answers.
+    pub database: DatabaseHealth,
+    /// How peers with a direct connection see us (identify's observed address), the most
+    /// recent first: what tells the kind of NAT in front of us.
+    pub observed: Vec<Observation>,
+    /// The latest hole-punch outcomes, the most recent first.
+    pub punches: Vec<PunchRecord>,
+    /// Clock offsets measured just now against some connected peers.
+    pub clock: Vec<ClockSample>,
+}
+
+/// The database's health, as a read of every table shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseHealth {
+    /// Every table opened and counted.
+    pub ok: bool,
+    /// How many tables.
+    pub tables: usize,
+    /// Entries in all of them.
+    pub entries: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// What failed, when something did.
+    pub error: Option<String>,
+}
+
+/// What one peer sees of us over a direct connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Observation {
+    /// The observing peer.
+    pub peer_id: String,
+    /// Its address on that connection.
+    pub peer_address: String,
+    /// Our address as it sees it.
+    pub observed: String,
+    /// Seconds since the Unix epoch when it told us.
+    pub at: u64,
+}
+
+/// One hole punch's end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PunchRecord {
+    /// With whom.
+    pub peer_id: String,
+    /// `introduction`, `exchange` or `dcutr`.
+    pub method: String,
+    /// `success`, `failure` or `refused`.
+    pub outcome: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// A peer's clock against ours.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClockSample {
+    /// The peer.
+    pub peer_id: String,
+    /// Its clock minus ours, in milliseconds (from the middle of the round trip).
+    pub offset_ms: f64,
+    /// The round trip of the measurement; the offset is uncertain by half of it.
+    pub rtt_ms: f64,
+}

@@ -263,7 +263,13 @@ impl Client {
         self.streams.clone()
     }
 
-    async fn ask<T>(
+    /// The raw stream control, for the node's own services (no gate: they carry no
+    /// application data).
+    pub(crate) fn raw_streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    pub(crate) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NodeError> {

@@ -15,7 +15,8 @@
 //! and simulations), [`relay_limits`] (a relay's per-network rate limits), [`api`] (the
 //! reported types), [`error`], [`trust`] (the trust store), [`secure`] (the gate every
 //! application stream passes: trust check, then the post-quantum handshake), [`streams`]
-//! (bounded accept loops, echo) and [`protocol`] (the contract a protocol implements;
+//! (bounded accept loops, echo), [`diagnostics`] (what `p2pnode doctor` asks the daemon) and
+//! [`protocol`] (the contract a protocol implements;
 //! [`NodeBuilder`] registers it).
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod contacts;
 pub mod control;
+pub mod diagnostics;
 pub mod error;
 pub mod event_loop;
 pub mod gate;
@@ -52,4 +54,4 @@ pub use peer::{Target, parse_peer_id, parse_target, short_id};
 pub use protocol::{Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler, Protocols};
 
 pub use libp2p::identity::Keypair;
-pub use libp2p::{Multiaddr, PeerId, StreamProtocol};
+pub use libp2p::{Multiaddr, PeerId, StreamProtocol, multiaddr};

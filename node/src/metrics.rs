@@ -6,14 +6,16 @@
 //! reservations, hole punching by method, the secure gate's streams and refusals, and
 //! every limit that refused a peer. The README lists each metric.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use libp2p::PeerId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +23,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+use crate::api::PunchRecord;
 
 /// Scrapes served at once; more wait in the kernel's accept queue.
 const MAX_SCRAPES: usize = 8;
@@ -81,6 +85,18 @@ pub struct Metrics {
     streams: Family<StreamLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
+    /// Not a metric: the outcomes behind `holepunch`, which the doctor shows.
+    recent_punches: Mutex<VecDeque<PunchRecord>>,
+}
+
+/// How many hole-punch outcomes [`Metrics::recent_punches`] keeps.
+pub(crate) const RECENT_PUNCHES: usize = 32;
+
+/// Seconds since the Unix epoch (0 on a clock set before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +176,7 @@ impl Metrics {
             streams,
             handshake_failures,
             refusals,
+            recent_punches: Mutex::new(VecDeque::with_capacity(RECENT_PUNCHES)),
         }
     }
 
@@ -194,11 +211,32 @@ impl Metrics {
         self.circuits_served.inc();
     }
 
-    /// A hole punch ended.
-    pub(crate) fn punch(&self, method: &'static str, outcome: &'static str) {
+    /// A hole punch with `peer` (when known) ended. Counted, and kept among the last
+    /// [`RECENT_PUNCHES`] for `p2pnode doctor`.
+    pub(crate) fn punch(&self, method: &'static str, outcome: &'static str, peer: Option<PeerId>) {
         self.holepunch
             .get_or_create(&PunchLabels { method, outcome })
             .inc();
+        let record = PunchRecord {
+            peer_id: peer.map(|p| p.to_string()).unwrap_or_default(),
+            method: method.to_string(),
+            outcome: outcome.to_string(),
+            at: unix_now(),
+        };
+        if let Ok(mut recent) = self.recent_punches.lock() {
+            if recent.len() == RECENT_PUNCHES {
+                recent.pop_back();
+            }
+            recent.push_front(record);
+        }
+    }
+
+    /// The last hole-punch outcomes, the most recent first.
+    pub(crate) fn recent_punches(&self) -> Vec<PunchRecord> {
+        self.recent_punches
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// An application stream went through the gate.
@@ -297,7 +335,7 @@ mod tests {
     fn our_metrics_are_encoded_with_their_labels() {
         let m = Metrics::new();
         m.connection("direct", "tcp", 1);
-        m.punch("introduction", "success");
+        m.punch("introduction", "success", None);
         m.refused("gate_rate");
         let text = m.encode();
         assert!(
@@ -316,5 +354,21 @@ mod tests {
             text.contains("libp2p_"),
             "libp2p's own metrics are registered"
         );
+    }
+
+    #[test]
+    fn recent_punches_are_kept_newest_first_and_bounded() {
+        let m = Metrics::new();
+        let peer = PeerId::random();
+        for i in 0..RECENT_PUNCHES + 5 {
+            let outcome = if i % 2 == 0 { "success" } else { "failure" };
+            m.punch("exchange", outcome, Some(peer));
+        }
+        m.punch("dcutr", "success", None);
+        let recent = m.recent_punches();
+        assert_eq!(recent.len(), RECENT_PUNCHES);
+        assert_eq!(recent[0].method, "dcutr");
+        assert_eq!(recent[0].peer_id, "");
+        assert_eq!(recent[1].peer_id, peer.to_string());
     }
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::behaviour::Behaviour;
 use crate::client::Client;
 use crate::config::{Config, HolePunchMode};
+use crate::diagnostics::{TIME_PROTOCOL, serve_time};
 use crate::error::NodeError;
 use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
 use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
@@ -250,6 +251,7 @@ impl NodeBuilder {
             })
         };
         let echo_incoming = accept(ECHO_PROTOCOL)?;
+        let time_incoming = accept(TIME_PROTOCOL)?;
         let holepunch_incoming = if hole_punch {
             Some((accept(HOLEPUNCH_PROTOCOL)?, accept(INTRODUCE_PROTOCOL)?))
         } else {
@@ -288,6 +290,9 @@ impl NodeBuilder {
                 max_reservations: config.max_reservations,
                 hole_punch,
                 introduce: hole_punch && config.relay,
+                data_dir: data_dir.to_path_buf(),
+                relay_only: config.relay_only,
+                hole_punch_mode: config.hole_punch.as_str(),
             },
             HolePunching {
                 puncher: puncher.clone(),
@@ -319,7 +324,12 @@ impl NodeBuilder {
             span.clone(),
         ));
         let echo = tokio::spawn(tracing::Instrument::instrument(
-            serve_echo(echo_incoming, MAX_ECHO_STREAMS),
+            async move {
+                futures::join!(
+                    serve_echo(echo_incoming, MAX_ECHO_STREAMS),
+                    serve_time(time_incoming, MAX_ECHO_STREAMS),
+                );
+            },
             span.clone(),
         ));
         let holepunch = holepunch_incoming.map(|(exchanges, intros)| {

@@ -63,6 +63,12 @@ pub(crate) enum Command {
     Status,
     /// List connected peers with their path (direct or relayed), transport and round trip.
     Peers,
+    /// Check this node and explain what to do about each finding: the data directory's
+    /// ownership and modes, whether the control socket is the daemon's, the database,
+    /// reachability (AutoNAT), how the NAT maps our ports (from what peers observe), relay
+    /// reservations, recent hole punches and clock skew against peers. Exits 1 when a
+    /// check fails.
+    Doctor,
     /// Connect to a peer by multiaddr, or by peer id alone (found through the DHT).
     Connect {
         /// A multiaddr such as /ip4/192.0.2.1/tcp/4701/p2p/12D3KooW..., a peer id, or a

@@ -4,6 +4,7 @@ mod chat;
 mod connect;
 mod contacts;
 mod db;
+mod doctor;
 mod files;
 mod find;
 mod id;
@@ -37,6 +38,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Start(args) => start::run(&data_dir, &args, json).await,
         Command::Id => id::run(&data_dir, json),
         Command::Status => status::run(&control, json).await,
+        Command::Doctor => doctor::run(&data_dir, &control, json).await,
         Command::Peers => peers::run(&control, json).await,
         Command::Connect { target } => connect::run(&control, &target, json).await,
         Command::Find { peer_id } => find::run(&control, &peer_id, json).await,

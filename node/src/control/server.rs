@@ -138,6 +138,7 @@ async fn route(req: ControlRequest, client: &Client, shutdown: &Notify) -> Contr
     match (req.method(), req.route()) {
         (Get, "status") => ControlReply::from_result(client.status().await),
         (Get, "peers") => ControlReply::from_result(client.peers().await),
+        (Get, "diagnostics") => ControlReply::from_result(client.diagnostics().await),
         (Get, "trust") => ControlReply::from_result(client.trust_list().await),
         (Post, "connect") => match req.json::<ConnectRequest>() {
             Ok(r) => ControlReply::from_result(client.connect(&r.target).await),

@@ -14,6 +14,8 @@ use crate::error::NodeError;
 pub enum Command {
     /// Report the node's status.
     Status(oneshot::Sender<Status>),
+    /// Report what the doctor needs from the event loop.
+    Diagnostics(oneshot::Sender<super::LoopDiagnostics>),
     /// List connected peers.
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// Dial an address.
@@ -56,6 +58,9 @@ impl EventLoop {
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Diagnostics(reply) => {
+                let _ = reply.send(self.diagnostics());
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.peers());

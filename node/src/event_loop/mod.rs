@@ -6,6 +6,7 @@
 mod addrs;
 mod commands;
 mod connections;
+mod diagnostics;
 mod lookups;
 mod providers;
 mod punching;
@@ -35,11 +36,13 @@ use crate::metrics::Metrics;
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of};
 pub use commands::Command;
+pub use diagnostics::LoopDiagnostics;
 pub use providers::{MAX_PROVIDER_KEY, MAX_PROVIDERS};
 pub use topics::{TopicMessage, TopicMessageId, Validation};
 
 use addrs::is_concrete;
 use connections::{Conn, Keep, dial_error};
+use diagnostics::Observations;
 use lookups::PendingLookup;
 use providers::PendingProviders;
 use punching::PendingCircuits;
@@ -74,6 +77,12 @@ pub(crate) struct LoopConfig {
     /// As a relay, introduce the two ends of each circuit to each other
     /// (`crate::holepunch::INTRODUCE_PROTOCOL`).
     pub(crate) introduce: bool,
+    /// Where the node keeps its data (reported to the doctor).
+    pub(crate) data_dir: std::path::PathBuf,
+    /// The privacy mode (reported to the doctor).
+    pub(crate) relay_only: bool,
+    /// The hole-punching mode, `p2pnode`, `dcutr` or `off` (reported to the doctor).
+    pub(crate) hole_punch_mode: &'static str,
 }
 
 /// The event loop's side of hole punching: our addresses, published to the punch tasks,
@@ -116,6 +125,8 @@ pub struct EventLoop {
     /// Introductions obeyed, per relay and per (relay, peer).
     intro_budget: IntroBudget,
     metrics: Arc<Metrics>,
+    /// How peers see us, for the doctor.
+    observations: Observations,
 }
 
 type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
@@ -157,6 +168,7 @@ impl EventLoop {
             introducers: HashSet::new(),
             intro_budget: IntroBudget::default(),
             metrics,
+            observations: Observations::default(),
         }
     }
 
@@ -306,7 +318,12 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         self.record(&event);
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                self.observe(peer_id, connection_id, &info.observed_addr);
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -363,11 +380,11 @@ impl EventLoop {
                 result,
             }) => match result {
                 Ok(_) => {
-                    self.metrics.punch("dcutr", "success");
+                    self.metrics.punch("dcutr", "success", Some(remote_peer_id));
                     tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
                 }
                 Err(e) => {
-                    self.metrics.punch("dcutr", "failure");
+                    self.metrics.punch("dcutr", "failure", Some(remote_peer_id));
                     tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}")
                 }
             },

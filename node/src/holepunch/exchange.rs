@@ -21,7 +21,7 @@ impl Puncher {
             match self.attempt(peer).await {
                 Ok(c) => {
                     tracing::debug!(%peer, attempt, address = %c.address, "hole punch: direct connection");
-                    self.metrics.punch("exchange", "success");
+                    self.metrics.punch("exchange", "success", Some(peer));
                     return;
                 }
                 // A peer that speaks only DCUtR starts DCUtR itself (see `dcutr`): not a
@@ -33,7 +33,7 @@ impl Puncher {
                 // Another try cannot do better than these.
                 Err(e @ (HolePunchError::NoOwnAddrs | HolePunchError::NoPeerAddrs)) => {
                     tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
-                    self.metrics.punch("exchange", "failure");
+                    self.metrics.punch("exchange", "failure", Some(peer));
                     return;
                 }
                 Err(HolePunchError::Stopped) => return,
@@ -41,7 +41,7 @@ impl Puncher {
             }
         }
         tracing::info!(%peer, "hole punch failed: gave up after {ATTEMPTS} attempts");
-        self.metrics.punch("exchange", "failure");
+        self.metrics.punch("exchange", "failure", Some(peer));
     }
 
     async fn attempt(&self, peer: PeerId) -> Result<Connected, HolePunchError> {

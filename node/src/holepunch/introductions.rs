@@ -17,22 +17,24 @@ impl Puncher {
     /// set up, the budget allows it, the addresses pass the filter). Agreeing is written
     /// back before the dial: the relay waits for it before telling the other end where we
     /// are.
+    /// Returns the introduced peer, once known, beside the outcome.
     pub(super) async fn introduced(
         &self,
         relay: PeerId,
         mut stream: libp2p::Stream,
-    ) -> Result<(), HolePunchError> {
-        let bytes = tokio::time::timeout(
-            EXCHANGE_TIMEOUT,
-            read_length_prefixed(&mut stream, MAX_MESSAGE),
-        )
-        .await
-        .map_err(|_| HolePunchError::Timeout)?
-        .map_err(|e| HolePunchError::Stream(e.to_string()))?;
-        let intro = Introduction::decode(&bytes)?;
-        if intro.addrs.is_empty() {
-            return Err(HolePunchError::NoPeerAddrs);
+    ) -> (Option<PeerId>, Result<(), HolePunchError>) {
+        match read_introduction(&mut stream).await {
+            Ok(intro) => (Some(intro.peer), self.obey(relay, intro, stream).await),
+            Err(e) => (None, Err(e)),
         }
+    }
+
+    async fn obey(
+        &self,
+        relay: PeerId,
+        intro: Introduction,
+        mut stream: libp2p::Stream,
+    ) -> Result<(), HolePunchError> {
         tracing::debug!(%relay, peer = %intro.peer, addrs = ?intro.addrs, as_listener = intro.as_listener, "introduction received");
         let (agreed, agreement) = oneshot::channel();
         let introducer = Introducer { relay, agreed };
@@ -127,4 +129,16 @@ async fn send_introduction(
         .map_err(|e| HolePunchError::Stream(e.to_string()))?;
     let _ = stream.close().await;
     Ok(())
+}
+
+async fn read_introduction(stream: &mut libp2p::Stream) -> Result<Introduction, HolePunchError> {
+    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, read_length_prefixed(stream, MAX_MESSAGE))
+        .await
+        .map_err(|_| HolePunchError::Timeout)?
+        .map_err(|e| HolePunchError::Stream(e.to_string()))?;
+    let intro = Introduction::decode(&bytes)?;
+    if intro.addrs.is_empty() {
+        return Err(HolePunchError::NoPeerAddrs);
+    }
+    Ok(intro)
 }

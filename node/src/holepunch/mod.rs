@@ -255,7 +255,8 @@ impl Puncher {
             move |relay, stream| {
                 let puncher = self.clone();
                 async move {
-                    let outcome = match puncher.introduced(relay, stream).await {
+                    let (peer, result) = puncher.introduced(relay, stream).await;
+                    let outcome = match result {
                         Ok(()) => "success",
                         Err(e) => {
                             tracing::debug!(%relay, "introduced dial failed: {e}");
@@ -265,7 +266,7 @@ impl Puncher {
                             }
                         }
                     };
-                    puncher.metrics.punch("introduction", outcome);
+                    puncher.metrics.punch("introduction", outcome, peer);
                 }
             },
         );

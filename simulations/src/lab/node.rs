@@ -409,8 +409,11 @@ impl Node {
         all
     }
 
-    /// Runs a client subcommand with `--data-dir` and returns its stdout.
-    pub async fn client_text(&self, args: &[&str]) -> Result<String, LabError> {
+    /// Runs a client subcommand with `--data-dir`; its output, whatever its exit status.
+    async fn client_output(
+        &self,
+        args: &[&str],
+    ) -> Result<(String, std::process::Output), LabError> {
         let all = self.client_args(args);
         let command = cmd::describe("p2pnode", &all);
         let output = tokio::time::timeout(CLIENT_TIMEOUT, self.command(&all).output())
@@ -424,6 +427,22 @@ impl Node {
                 command: command.clone(),
                 source,
             })?;
+        Ok((command, output))
+    }
+
+    /// `p2pnode doctor --json`: its report, also when it found a failure (exit status 1).
+    pub async fn doctor(&self) -> Result<serde_json::Value, LabError> {
+        let (command, output) = self.client_output(&["doctor", "--json"]).await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(text.trim()).map_err(|err| LabError::Output {
+            command,
+            reason: format!("{err}: {}", cmd::tail(&text, 500)),
+        })
+    }
+
+    /// Runs a client subcommand with `--data-dir` and returns its stdout.
+    pub async fn client_text(&self, args: &[&str]) -> Result<String, LabError> {
+        let (command, output) = self.client_output(args).await?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {

@@ -1,0 +1,890 @@
+//! `p2pnode doctor`: checks this node and explains each finding with what to do about it.
+//!
+//! It gathers facts (the data directory as this user sees it, who answers on the control
+//! socket, the daemon's status and diagnostics) and then judges them in [`judge`], which is
+//! pure so that every verdict is tested without a network. Exit status 1 when a check fails.
+
+use std::path::Path;
+
+use anyhow::Result;
+use p2pnode_node::api::{Diagnostics, Observation, PunchRecord, Status};
+use p2pnode_node::control::{ControlClient, SOCKET_FILE};
+use p2pnode_node::diagnostics::{DirProblem, check_data_dir, own_uid};
+use p2pnode_node::{Multiaddr, multiaddr::Protocol};
+use serde::Serialize;
+
+use crate::output::{self, AlreadyShown};
+
+/// A peer's clock this far off ours is worth a warning (invites expire, history is
+/// ordered by time) ...
+const CLOCK_WARN_MS: f64 = 2_000.0;
+/// ... and this far a failure.
+const CLOCK_FAIL_MS: f64 = 60_000.0;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Level {
+    /// As it should be.
+    Ok,
+    /// Worth knowing, nothing to do.
+    Info,
+    /// Works, but something may go wrong.
+    Warn,
+    /// Broken: the advice says how to fix it.
+    Fail,
+    /// Could not be checked (no daemon).
+    Skipped,
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    pub(crate) level: Level,
+    pub(crate) summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) advice: Option<String>,
+}
+
+/// How the NAT in front of us maps our addresses, as peers observe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum NatBehaviour {
+    /// No peer has told us how it sees us over a direct connection.
+    Unknown,
+    /// Peers see one of our own listen addresses: no NAT.
+    NoNat,
+    /// Peers see our listen port on another address: a port-preserving (cone) NAT.
+    PortPreserving,
+    /// Peers see another port, the same one for each of them (endpoint-independent).
+    PortTranslating,
+    /// One peer sees another port: symmetric, or port-translating; a second observer
+    /// would tell.
+    PortChanging,
+    /// Different peers see different ports: a symmetric NAT.
+    Symmetric,
+}
+
+/// The facts the verdicts rest on, for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Facts {
+    pub(crate) daemon_running: bool,
+    pub(crate) nat_status: Option<String>,
+    pub(crate) nat_behaviour: NatBehaviour,
+    pub(crate) reservations: Vec<String>,
+    pub(crate) relay_server: bool,
+    pub(crate) relay_only: bool,
+    pub(crate) connected_peers: usize,
+    pub(crate) punch_successes: usize,
+    pub(crate) punch_failures: usize,
+    /// The median of the peers' clock offsets.
+    pub(crate) clock_offset_ms: Option<f64>,
+}
+
+/// What `doctor` prints.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// No check failed.
+    pub(crate) ok: bool,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) facts: Facts,
+}
+
+/// Who answers on the control socket.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SocketFacts {
+    /// The socket file exists.
+    pub(crate) exists: bool,
+    /// Its owner and mode.
+    pub(crate) owner: Option<u32>,
+    pub(crate) mode: Option<u32>,
+    /// The process that accepted our connection (SO_PEERCRED): uid and pid.
+    pub(crate) server: Option<(u32, Option<i32>)>,
+    /// Why connecting failed.
+    pub(crate) error: Option<String>,
+}
+
+/// What the daemon said, when one answered.
+#[derive(Debug, Clone)]
+pub(crate) struct DaemonFacts {
+    pub(crate) status: Status,
+    pub(crate) diagnostics: Diagnostics,
+}
+
+pub(crate) async fn run(data_dir: &Path, control: &ControlClient, json: bool) -> Result<()> {
+    let dir_problems = check_data_dir(data_dir);
+    let socket = socket_facts(&data_dir.join(SOCKET_FILE)).await;
+    let daemon = if socket.server.is_some() {
+        let status = control.get::<Status>("status").await;
+        let diagnostics = control.get::<Diagnostics>("diagnostics").await;
+        match (status, diagnostics) {
+            (Ok(status), Ok(diagnostics)) => Some(DaemonFacts {
+                status,
+                diagnostics,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!("the daemon did not answer: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let report = judge(data_dir, own_uid(), &dir_problems, &socket, daemon.as_ref());
+    output::show(json, &report, print);
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .count();
+    if failed > 0 {
+        return Err(AlreadyShown(format!("doctor: {failed} check(s) failed")).into());
+    }
+    Ok(())
+}
+
+fn print(report: &Report) {
+    for c in &report.checks {
+        let mark = match c.level {
+            Level::Ok => "ok  ",
+            Level::Info => "info",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+            Level::Skipped => "skip",
+        };
+        println!("[{mark}] {}: {}", c.name, c.summary);
+        if let Some(advice) = &c.advice {
+            println!("       -> {advice}");
+        }
+    }
+}
+
+async fn socket_facts(path: &Path) -> SocketFacts {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut facts = SocketFacts::default();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            facts.exists = true;
+            facts.owner = Some(meta.uid());
+            facts.mode = Some(meta.permissions().mode() & 0o7777);
+        }
+        Err(_) => return facts,
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) => facts.server = Some((cred.uid(), cred.pid())),
+            Err(e) => facts.error = Some(format!("cannot tell who answers: {e}")),
+        },
+        Err(e) => facts.error = Some(e.to_string()),
+    }
+    facts
+}
+
+/// Judges the facts. Pure: everything it needs is passed in.
+pub(crate) fn judge(
+    data_dir: &Path,
+    uid: u32,
+    dir_problems: &[DirProblem],
+    socket: &SocketFacts,
+    daemon: Option<&DaemonFacts>,
+) -> Report {
+    let mut checks = vec![data_dir_check(data_dir, dir_problems)];
+    checks.push(daemon_check(data_dir, uid, socket, daemon));
+    let nat_behaviour = daemon.map_or(NatBehaviour::Unknown, |d| {
+        nat_behaviour(&d.status.listen_addrs, &d.diagnostics.observed)
+    });
+    let mut facts = Facts {
+        daemon_running: daemon.is_some(),
+        nat_status: None,
+        nat_behaviour,
+        reservations: Vec::new(),
+        relay_server: false,
+        relay_only: false,
+        connected_peers: 0,
+        punch_successes: 0,
+        punch_failures: 0,
+        clock_offset_ms: None,
+    };
+    match daemon {
+        None => {
+            for name in [
+                "database",
+                "peers",
+                "reachability",
+                "nat",
+                "relays",
+                "hole_punching",
+                "clock",
+            ] {
+                checks.push(Check {
+                    name,
+                    level: Level::Skipped,
+                    summary: "needs the running daemon".into(),
+                    advice: None,
+                });
+            }
+        }
+        Some(d) => {
+            let (s, diag) = (&d.status, &d.diagnostics);
+            facts.nat_status = Some(s.nat_status.clone());
+            facts.reservations = s.reservations.clone();
+            facts.relay_server = s.relay_server;
+            facts.relay_only = diag.relay_only;
+            facts.connected_peers = s.connected_peers;
+            facts.punch_successes = count(&diag.punches, "success");
+            facts.punch_failures = diag.punches.len() - facts.punch_successes;
+            facts.clock_offset_ms = median(diag.clock.iter().map(|c| c.offset_ms).collect());
+            checks.push(database_check(diag));
+            checks.push(peers_check(s));
+            checks.push(reachability_check(s, diag));
+            checks.push(nat_check(nat_behaviour, diag));
+            checks.push(relays_check(s, diag));
+            checks.push(punch_check(s, diag, nat_behaviour));
+            checks.push(clock_check(diag, facts.clock_offset_ms));
+        }
+    }
+    Report {
+        ok: checks.iter().all(|c| c.level != Level::Fail),
+        checks,
+        facts,
+    }
+}
+
+fn check(name: &'static str, level: Level, summary: impl Into<String>) -> Check {
+    Check {
+        name,
+        level,
+        summary: summary.into(),
+        advice: None,
+    }
+}
+
+fn advise(mut c: Check, advice: impl Into<String>) -> Check {
+    c.advice = Some(advice.into());
+    c
+}
+
+fn data_dir_check(data_dir: &Path, problems: &[DirProblem]) -> Check {
+    match problems {
+        [] => check(
+            "data_dir",
+            Level::Ok,
+            format!("{} is ours and private", data_dir.display()),
+        ),
+        _ => {
+            let what: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{} {}", p.path, p.problem))
+                .collect();
+            let fixes: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
+            advise(
+                check("data_dir", Level::Fail, what.join("; ")),
+                fixes.join("; "),
+            )
+        }
+    }
+}
+
+fn daemon_check(
+    data_dir: &Path,
+    uid: u32,
+    socket: &SocketFacts,
+    daemon: Option<&DaemonFacts>,
+) -> Check {
+    if !socket.exists {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                "no daemon runs for this data directory",
+            ),
+            "start one with `p2pnode start` (or `systemctl --user start p2pnode`)",
+        );
+    }
+    let Some((server_uid, server_pid)) = socket.server else {
+        let why = socket.error.as_deref().unwrap_or("nobody answers");
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                format!("the control socket is there but {why}: a daemon that died?"),
+            ),
+            "start the daemon again with `p2pnode start`; it replaces the stale socket",
+        );
+    };
+    if server_uid != uid && server_uid != 0 {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                format!("the control socket is answered by uid {server_uid}, not by us ({uid})"),
+            ),
+            "stop that process: it is not this user's p2pnode daemon",
+        );
+    }
+    if socket.owner.is_some_and(|o| o != uid) || socket.mode.is_some_and(|m| m & 0o077 != 0) {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                "the control socket may be used by other users",
+            ),
+            "restart the daemon: it creates the socket with mode 600",
+        );
+    }
+    let Some(d) = daemon else {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                "something answers on the control socket but not as a p2pnode daemon",
+            ),
+            "stop it, then `p2pnode start`",
+        );
+    };
+    let ours = canonical(data_dir);
+    let theirs = canonical(Path::new(&d.diagnostics.data_dir));
+    if ours != theirs {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                format!(
+                    "the daemon on this socket keeps its data in {}, not here",
+                    d.diagnostics.data_dir
+                ),
+            ),
+            "start this data directory's own daemon",
+        );
+    }
+    if server_pid.is_some_and(|p| u32::try_from(p).ok() != Some(d.diagnostics.pid)) {
+        return advise(
+            check(
+                "daemon",
+                Level::Fail,
+                format!(
+                    "the process on the socket (pid {}) is not the daemon that answered (pid {})",
+                    server_pid.unwrap_or_default(),
+                    d.diagnostics.pid
+                ),
+            ),
+            "stop the process holding the socket, then `p2pnode start`",
+        );
+    }
+    check(
+        "daemon",
+        Level::Ok,
+        format!(
+            "the daemon (pid {}) answers on the control socket, which is ours alone",
+            d.diagnostics.pid
+        ),
+    )
+}
+
+fn canonical(p: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn database_check(diag: &Diagnostics) -> Check {
+    let db = &diag.database;
+    if db.ok {
+        check(
+            "database",
+            Level::Ok,
+            format!(
+                "{} tables, {} entries, {} KiB, all readable",
+                db.tables,
+                db.entries,
+                db.bytes / 1024
+            ),
+        )
+    } else {
+        advise(
+            check(
+                "database",
+                Level::Fail,
+                format!(
+                    "reading it failed: {}",
+                    db.error.as_deref().unwrap_or("unknown error")
+                ),
+            ),
+            "stop the daemon and keep a copy of node.redb; redb repairs it when it next opens",
+        )
+    }
+}
+
+fn peers_check(s: &Status) -> Check {
+    if s.connected_peers > 0 {
+        check(
+            "peers",
+            Level::Ok,
+            format!(
+                "connected to {} peer(s); {} in the DHT routing table",
+                s.connected_peers, s.dht_peers
+            ),
+        )
+    } else {
+        advise(
+            check("peers", Level::Fail, "connected to no peer"),
+            "give a bootstrap node: `p2pnode start --bootstrap /ip4/<ip>/tcp/4701/p2p/<id>`",
+        )
+    }
+}
+
+fn reachability_check(s: &Status, diag: &Diagnostics) -> Check {
+    if diag.relay_only {
+        return check(
+            "reachability",
+            Level::Info,
+            "relay-only mode: no direct connections, peers see only the relay's address",
+        );
+    }
+    match s.nat_status.as_str() {
+        "public" => check(
+            "reachability",
+            Level::Ok,
+            format!("reachable from outside at {}", s.external_addrs.join(", ")),
+        ),
+        "private" => check(
+            "reachability",
+            Level::Info,
+            "behind NAT: peers reach this node through a relay until hole punching connects them",
+        ),
+        "off" => check("reachability", Level::Info, "AutoNAT is off"),
+        _ => advise(
+            check(
+                "reachability",
+                Level::Warn,
+                "not known yet: AutoNAT has not had enough peers dial back",
+            ),
+            "wait a minute with peers connected, or check that a bootstrap relay is reachable",
+        ),
+    }
+}
+
+fn nat_check(behaviour: NatBehaviour, diag: &Diagnostics) -> Check {
+    // Every connection goes through the relay, dialled from whatever port: what the relay
+    // sees says nothing that matters.
+    if diag.relay_only {
+        return check(
+            "nat",
+            Level::Info,
+            "does not matter in relay-only mode: every connection goes through the relay",
+        );
+    }
+    let seen = diag.observed.len();
+    let (level, summary) = match behaviour {
+        NatBehaviour::Unknown => (
+            Level::Info,
+            "no peer has reported how it sees us over a direct connection yet".to_string(),
+        ),
+        NatBehaviour::NoNat => (
+            Level::Ok,
+            "no NAT: peers see this machine's own address".into(),
+        ),
+        NatBehaviour::PortPreserving => (
+            Level::Ok,
+            format!("the NAT keeps our port ({seen} peer(s) agree): hole punching works well"),
+        ),
+        NatBehaviour::PortTranslating => (
+            Level::Ok,
+            format!("the NAT changes our port but shows every peer the same one ({seen} peers)"),
+        ),
+        NatBehaviour::PortChanging => (
+            Level::Warn,
+            "the NAT changes our port; with one observer we cannot tell whether each peer sees another (symmetric NAT)".into(),
+        ),
+        NatBehaviour::Symmetric => (
+            Level::Warn,
+            format!("symmetric NAT: {seen} peers see different ports, so hole punching rarely works and connections stay relayed"),
+        ),
+    };
+    let c = check("nat", level, summary);
+    match behaviour {
+        NatBehaviour::Symmetric | NatBehaviour::PortChanging => advise(
+            c,
+            "if you control the router, turn on endpoint-independent mapping or forward a port and pass --external-address",
+        ),
+        _ => c,
+    }
+}
+
+fn relays_check(s: &Status, diag: &Diagnostics) -> Check {
+    if s.relay_server {
+        return check(
+            "relays",
+            Level::Info,
+            "this node is a relay: it serves reservations and holds none",
+        );
+    }
+    if !s.reservations.is_empty() {
+        return check(
+            "relays",
+            Level::Ok,
+            format!("reservation held: {}", s.reservations.join(", ")),
+        );
+    }
+    let needs_one = diag.relay_only || s.nat_status == "private";
+    if needs_one {
+        advise(
+            check(
+                "relays",
+                Level::Fail,
+                "no relay reservation: peers cannot reach this node",
+            ),
+            "start with --bootstrap <relay multiaddr>; README: Running a relay",
+        )
+    } else if s.nat_status == "public" {
+        check(
+            "relays",
+            Level::Ok,
+            "no reservation, none needed: reachable directly",
+        )
+    } else {
+        advise(
+            check("relays", Level::Warn, "no relay reservation yet"),
+            "a node behind NAT needs one: check the --bootstrap relay",
+        )
+    }
+}
+
+fn count(punches: &[PunchRecord], outcome: &str) -> usize {
+    punches.iter().filter(|p| p.outcome == outcome).count()
+}
+
+fn punch_check(s: &Status, diag: &Diagnostics, nat: NatBehaviour) -> Check {
+    if diag.hole_punch == "off" {
+        let why = if diag.relay_only {
+            "relay-only mode"
+        } else {
+            "--hole-punch off"
+        };
+        return check("hole_punching", Level::Info, format!("off ({why})"));
+    }
+    let (ok, failed) = (
+        count(&diag.punches, "success"),
+        diag.punches.len() - count(&diag.punches, "success"),
+    );
+    let methods = |outcome: &str| {
+        let mut m: Vec<&str> = diag
+            .punches
+            .iter()
+            .filter(|p| p.outcome == outcome)
+            .map(|p| p.method.as_str())
+            .collect();
+        m.sort_unstable();
+        m.dedup();
+        m.join(", ")
+    };
+    match (ok, failed) {
+        (0, 0) if s.relay_server => check(
+            "hole_punching",
+            Level::Info,
+            "a relay introduces others; it punches no holes itself",
+        ),
+        (0, 0) => check("hole_punching", Level::Info, "no hole punch yet"),
+        (0, f) => {
+            let c = check(
+                "hole_punching",
+                Level::Warn,
+                format!(
+                    "{f} recent hole punch(es) failed ({}), none succeeded",
+                    methods("failure")
+                ),
+            );
+            if matches!(nat, NatBehaviour::Symmetric | NatBehaviour::PortChanging) {
+                advise(
+                    c,
+                    "expected behind a symmetric NAT: connections stay relayed",
+                )
+            } else {
+                c
+            }
+        }
+        (o, f) => check(
+            "hole_punching",
+            Level::Ok,
+            format!(
+                "{o} recent hole punch(es) succeeded ({}), {f} failed",
+                methods("success")
+            ),
+        ),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn clock_check(diag: &Diagnostics, offset: Option<f64>) -> Check {
+    let Some(offset) = offset else {
+        return check(
+            "clock",
+            Level::Info,
+            "no connected peer to compare clocks with",
+        );
+    };
+    let n = diag.clock.len();
+    let summary = format!(
+        "peers' clocks differ from ours by {:+.0} ms (median of {n})",
+        offset
+    );
+    if offset.abs() >= CLOCK_FAIL_MS {
+        advise(
+            check("clock", Level::Fail, summary),
+            "set the clock: enable NTP (`timedatectl set-ntp true`)",
+        )
+    } else if offset.abs() >= CLOCK_WARN_MS {
+        advise(
+            check("clock", Level::Warn, summary),
+            "invites expire and history is ordered by time: enable NTP",
+        )
+    } else {
+        check("clock", Level::Ok, summary)
+    }
+}
+
+/// The address and port of an IP multiaddr, and its transport (`tcp`, `quic`).
+fn endpoint(addr: &str) -> Option<(std::net::IpAddr, u16, &'static str)> {
+    let addr: Multiaddr = addr.parse().ok()?;
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    let (mut ip, mut port, mut transport) = (None, None, None);
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(a.into()),
+            Protocol::Ip6(a) => ip = Some(a.into()),
+            Protocol::Tcp(p) => {
+                port = Some(p);
+                transport = Some("tcp");
+            }
+            Protocol::Udp(p) => port = Some(p),
+            Protocol::QuicV1 => transport = Some("quic"),
+            _ => {}
+        }
+    }
+    Some((ip?, port?, transport?))
+}
+
+/// How the NAT maps us, from our listen addresses and what peers observed.
+pub(crate) fn nat_behaviour(listen: &[String], observed: &[Observation]) -> NatBehaviour {
+    let ours: Vec<_> = listen.iter().filter_map(|a| endpoint(a)).collect();
+    // (peer's IP, our observed IP, port, transport)
+    let seen: Vec<_> = observed
+        .iter()
+        .filter_map(|o| {
+            let (peer_ip, _, _) = endpoint(&o.peer_address)?;
+            let (ip, port, transport) = endpoint(&o.observed)?;
+            Some((peer_ip, ip, port, transport))
+        })
+        .collect();
+    if seen.is_empty() {
+        return NatBehaviour::Unknown;
+    }
+    if seen
+        .iter()
+        .all(|(_, ip, _, _)| ours.iter().any(|(o, _, _)| o == ip))
+    {
+        return NatBehaviour::NoNat;
+    }
+    let preserved =
+        |port: u16, transport: &str| ours.iter().any(|(_, p, t)| *p == port && *t == transport);
+    if seen.iter().all(|(_, _, port, t)| preserved(*port, t)) {
+        return NatBehaviour::PortPreserving;
+    }
+    // Per transport, the distinct ports that distinct peer hosts saw.
+    let mut observers_per_port = std::collections::BTreeMap::new();
+    for (peer_ip, _, port, transport) in &seen {
+        observers_per_port
+            .entry(*transport)
+            .or_insert_with(std::collections::BTreeMap::new)
+            .entry(*port)
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(*peer_ip);
+    }
+    if observers_per_port.values().any(|ports| ports.len() > 1) {
+        return NatBehaviour::Symmetric;
+    }
+    let hosts: std::collections::BTreeSet<_> = seen.iter().map(|(p, _, _, _)| p).collect();
+    if hosts.len() > 1 {
+        NatBehaviour::PortTranslating
+    } else {
+        NatBehaviour::PortChanging
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p2pnode_node::api::{ClockSample, DatabaseHealth};
+
+    use super::*;
+
+    fn obs(peer_address: &str, observed: &str) -> Observation {
+        Observation {
+            peer_id: "peer".into(),
+            peer_address: peer_address.into(),
+            observed: observed.into(),
+            at: 0,
+        }
+    }
+
+    const LISTEN: &str = "/ip4/10.0.1.2/tcp/4001";
+    const RELAY: &str = "/ip4/198.51.100.2/tcp/4001";
+    const OTHER: &str = "/ip4/198.51.100.3/tcp/4001";
+
+    #[test]
+    fn nat_behaviour_from_observations() {
+        let listen = vec![LISTEN.to_string(), format!("{RELAY}/p2p-circuit")];
+        assert_eq!(nat_behaviour(&listen, &[]), NatBehaviour::Unknown);
+        assert_eq!(
+            nat_behaviour(&listen, &[obs(RELAY, "/ip4/10.0.1.2/tcp/4001")]),
+            NatBehaviour::NoNat
+        );
+        assert_eq!(
+            nat_behaviour(&listen, &[obs(RELAY, "/ip4/198.51.100.11/tcp/4001")]),
+            NatBehaviour::PortPreserving
+        );
+        assert_eq!(
+            nat_behaviour(&listen, &[obs(RELAY, "/ip4/198.51.100.11/tcp/61000")]),
+            NatBehaviour::PortChanging
+        );
+        assert_eq!(
+            nat_behaviour(
+                &listen,
+                &[
+                    obs(RELAY, "/ip4/198.51.100.11/tcp/61000"),
+                    obs(OTHER, "/ip4/198.51.100.11/tcp/61000")
+                ]
+            ),
+            NatBehaviour::PortTranslating
+        );
+        assert_eq!(
+            nat_behaviour(
+                &listen,
+                &[
+                    obs(RELAY, "/ip4/198.51.100.11/tcp/61000"),
+                    obs(OTHER, "/ip4/198.51.100.11/tcp/61007")
+                ]
+            ),
+            NatBehaviour::Symmetric
+        );
+    }
+
+    fn daemon(nat_status: &str, reservations: &[&str], relay_only: bool) -> DaemonFacts {
+        DaemonFacts {
+            status: Status {
+                peer_id: "me".into(),
+                listen_addrs: vec![LISTEN.into()],
+                external_addrs: vec![],
+                nat_status: nat_status.into(),
+                reservations: reservations.iter().map(|s| s.to_string()).collect(),
+                connected_peers: 1,
+                relay_server: false,
+                dht_peers: 1,
+                dht_queries: 0,
+            },
+            diagnostics: Diagnostics {
+                data_dir: "/nonexistent/p2pnode-doctor-test".into(),
+                pid: 42,
+                relay_only,
+                hole_punch: if relay_only { "off" } else { "p2pnode" }.into(),
+                database: DatabaseHealth {
+                    ok: true,
+                    tables: 3,
+                    entries: 5,
+                    bytes: 4096,
+                    error: None,
+                },
+                observed: vec![obs(RELAY, "/ip4/198.51.100.11/tcp/4001")],
+                punches: vec![],
+                clock: vec![ClockSample {
+                    peer_id: "peer".into(),
+                    offset_ms: 12.0,
+                    rtt_ms: 1.0,
+                }],
+            },
+        }
+    }
+
+    fn served(pid: i32) -> SocketFacts {
+        SocketFacts {
+            exists: true,
+            owner: Some(1000),
+            mode: Some(0o600),
+            server: Some((1000, Some(pid))),
+            error: None,
+        }
+    }
+
+    fn level(r: &Report, name: &str) -> Level {
+        r.checks.iter().find(|c| c.name == name).unwrap().level
+    }
+
+    #[test]
+    fn a_healthy_node_behind_a_cone_nat() {
+        let d = daemon(
+            "private",
+            &["/ip4/198.51.100.2/tcp/4001/p2p/R/p2p-circuit"],
+            false,
+        );
+        let dir = Path::new(&d.diagnostics.data_dir).to_path_buf();
+        let r = judge(&dir, 1000, &[], &served(42), Some(&d));
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.facts.nat_behaviour, NatBehaviour::PortPreserving);
+        assert_eq!(level(&r, "relays"), Level::Ok);
+        assert_eq!(level(&r, "clock"), Level::Ok);
+        assert_eq!(level(&r, "reachability"), Level::Info);
+    }
+
+    #[test]
+    fn failures_are_named_with_advice() {
+        let mut d = daemon("private", &[], false);
+        d.diagnostics.clock[0].offset_ms = -90_000.0;
+        d.diagnostics.database.ok = false;
+        let dir = Path::new(&d.diagnostics.data_dir).to_path_buf();
+        // Another process (pid 7) holds the socket.
+        let r = judge(&dir, 1000, &[], &served(7), Some(&d));
+        assert!(!r.ok);
+        for name in ["daemon", "relays", "clock", "database"] {
+            let c = r.checks.iter().find(|c| c.name == name).unwrap();
+            assert_eq!(c.level, Level::Fail, "{name}: {c:?}");
+            assert!(c.advice.is_some(), "{name} says what to do");
+        }
+        // Another user's daemon.
+        let mut other = served(42);
+        other.server = Some((1001, Some(42)));
+        let r = judge(&dir, 1000, &[], &other, Some(&d));
+        assert_eq!(level(&r, "daemon"), Level::Fail);
+    }
+
+    #[test]
+    fn without_a_daemon_the_rest_is_skipped() {
+        let r = judge(
+            Path::new("/nonexistent"),
+            1000,
+            &[],
+            &SocketFacts::default(),
+            None,
+        );
+        assert!(!r.ok);
+        assert_eq!(level(&r, "daemon"), Level::Fail);
+        assert_eq!(level(&r, "nat"), Level::Skipped);
+    }
+
+    #[test]
+    fn relay_only_mode_needs_a_reservation_and_punches_nothing() {
+        let d = daemon("off", &[], true);
+        let dir = Path::new(&d.diagnostics.data_dir).to_path_buf();
+        let r = judge(&dir, 1000, &[], &served(42), Some(&d));
+        assert_eq!(level(&r, "relays"), Level::Fail);
+        assert_eq!(level(&r, "hole_punching"), Level::Info);
+        assert_eq!(level(&r, "reachability"), Level::Info);
+        assert_eq!(level(&r, "nat"), Level::Info);
+    }
+}
