@@ -47,6 +47,9 @@ pub struct PunchLabels {
     pub method: &'static str,
     /// `success`, `failure` or `refused`.
     pub outcome: &'static str,
+    /// The transport of the direct connection made, or of the addresses tried: `tcp`,
+    /// `quic`, `mixed`, `unknown` (a failure before any address was known).
+    pub transport: &'static str,
 }
 
 /// Labels of an application stream through the secure gate.
@@ -213,9 +216,19 @@ impl Metrics {
 
     /// A hole punch with `peer` (when known) ended. Counted, and kept among the last
     /// [`RECENT_PUNCHES`] for `p2pnode doctor`.
-    pub(crate) fn punch(&self, method: &'static str, outcome: &'static str, peer: Option<PeerId>) {
+    pub(crate) fn punch(
+        &self,
+        method: &'static str,
+        outcome: &'static str,
+        transport: &'static str,
+        peer: Option<PeerId>,
+    ) {
         self.holepunch
-            .get_or_create(&PunchLabels { method, outcome })
+            .get_or_create(&PunchLabels {
+                method,
+                outcome,
+                transport,
+            })
             .inc();
         let record = PunchRecord {
             peer_id: peer.map(|p| p.to_string()).unwrap_or_default(),
@@ -335,7 +348,7 @@ mod tests {
     fn our_metrics_are_encoded_with_their_labels() {
         let m = Metrics::new();
         m.connection("direct", "tcp", 1);
-        m.punch("introduction", "success", None);
+        m.punch("introduction", "success", "quic", None);
         m.refused("gate_rate");
         let text = m.encode();
         assert!(
@@ -343,7 +356,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"p2pnode_holepunch_total{method="introduction",outcome="success"} 1"#),
+            text.contains(r#"p2pnode_holepunch_total{method="introduction",outcome="success",transport="quic"} 1"#),
             "{text}"
         );
         assert!(
@@ -362,9 +375,9 @@ mod tests {
         let peer = PeerId::random();
         for i in 0..RECENT_PUNCHES + 5 {
             let outcome = if i % 2 == 0 { "success" } else { "failure" };
-            m.punch("exchange", outcome, Some(peer));
+            m.punch("exchange", outcome, "tcp", Some(peer));
         }
-        m.punch("dcutr", "success", None);
+        m.punch("dcutr", "success", "tcp", None);
         let recent = m.recent_punches();
         assert_eq!(recent.len(), RECENT_PUNCHES);
         assert_eq!(recent[0].method, "dcutr");

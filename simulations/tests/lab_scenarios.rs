@@ -118,7 +118,7 @@ async fn cone_cone_tcp_goes_direct_and_works_without_the_relay() {
                 .lines()
                 .find_map(|l| {
                     l.strip_prefix(
-                        r#"p2pnode_holepunch_total{method="introduction",outcome="success"}"#,
+                        r#"p2pnode_holepunch_total{method="introduction",outcome="success",transport="tcp"}"#,
                     )?
                     .trim()
                     .parse::<f64>()

@@ -33,6 +33,18 @@ pub fn path_of(addr: &Multiaddr) -> Path {
 }
 
 /// The transport an address uses, as the API names it.
+/// The one transport of `addrs` (`tcp`, `quic`, ...), `mixed` when they differ, `unknown`
+/// when there are none: a hole punch's metrics label.
+pub fn transport_of_all(addrs: &[Multiaddr]) -> &'static str {
+    let mut names = addrs.iter().map(transport_of);
+    match names.next() {
+        None => "unknown",
+        Some(first) if names.all(|n| n == first) => first,
+        Some(_) => "mixed",
+    }
+}
+
+/// The transport of an address: `tcp`, `quic`, `memory`, `relay` or `other`.
 pub fn transport_of(addr: &Multiaddr) -> &'static str {
     let mut name = "other";
     for p in addr.iter() {

@@ -34,7 +34,7 @@ use crate::holepunch::{Candidates, IntroBudget, PunchDial, Puncher};
 use crate::metrics::Metrics;
 
 pub(crate) use addrs::peer_of;
-pub use addrs::{path_of, transport_of};
+pub use addrs::{path_of, transport_of, transport_of_all};
 pub use commands::Command;
 pub use diagnostics::LoopDiagnostics;
 pub use providers::{MAX_PROVIDER_KEY, MAX_PROVIDERS};
@@ -379,12 +379,21 @@ impl EventLoop {
                 remote_peer_id,
                 result,
             }) => match result {
-                Ok(_) => {
-                    self.metrics.punch("dcutr", "success", Some(remote_peer_id));
+                Ok(connection) => {
+                    let transport = self
+                        .conns
+                        .get(&remote_peer_id)
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c.id == connection)
+                        .map_or("unknown", |c| transport_of(&c.address));
+                    self.metrics
+                        .punch("dcutr", "success", transport, Some(remote_peer_id));
                     tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
                 }
                 Err(e) => {
-                    self.metrics.punch("dcutr", "failure", Some(remote_peer_id));
+                    self.metrics
+                        .punch("dcutr", "failure", "unknown", Some(remote_peer_id));
                     tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}")
                 }
             },

@@ -10,6 +10,7 @@ use super::{
     encode,
 };
 use crate::api::Connected;
+use crate::event_loop::{transport_of, transport_of_all};
 
 impl Puncher {
     /// A's side: we dialled `peer` through a relay. Tries [`ATTEMPTS`] times and logs a
@@ -17,11 +18,15 @@ impl Puncher {
     /// the task as soon as a direct connection exists, whichever dial made it, and logs
     /// the success itself.
     pub(crate) async fn punch(self, peer: PeerId) {
+        // The transport of the addresses last tried: the failure's label.
+        let mut transport = "unknown";
         for attempt in 1..=ATTEMPTS {
-            match self.attempt(peer).await {
+            match self.attempt(peer, &mut transport).await {
                 Ok(c) => {
                     tracing::debug!(%peer, attempt, address = %c.address, "hole punch: direct connection");
-                    self.metrics.punch("exchange", "success", Some(peer));
+                    let transport = c.address.parse().map_or(transport, |a| transport_of(&a));
+                    self.metrics
+                        .punch("exchange", "success", transport, Some(peer));
                     return;
                 }
                 // A peer that speaks only DCUtR starts DCUtR itself (see `dcutr`): not a
@@ -33,7 +38,8 @@ impl Puncher {
                 // Another try cannot do better than these.
                 Err(e @ (HolePunchError::NoOwnAddrs | HolePunchError::NoPeerAddrs)) => {
                     tracing::info!(%peer, "hole punch failed: gave up after {attempt} attempts: {e}");
-                    self.metrics.punch("exchange", "failure", Some(peer));
+                    self.metrics
+                        .punch("exchange", "failure", transport, Some(peer));
                     return;
                 }
                 Err(HolePunchError::Stopped) => return,
@@ -41,10 +47,15 @@ impl Puncher {
             }
         }
         tracing::info!(%peer, "hole punch failed: gave up after {ATTEMPTS} attempts");
-        self.metrics.punch("exchange", "failure", Some(peer));
+        self.metrics
+            .punch("exchange", "failure", transport, Some(peer));
     }
 
-    async fn attempt(&self, peer: PeerId) -> Result<Connected, HolePunchError> {
+    async fn attempt(
+        &self,
+        peer: PeerId,
+        transport: &mut &'static str,
+    ) -> Result<Connected, HolePunchError> {
         // A node that has only just connected may not have heard its address from anyone
         // yet (identify with the relay still under way): wait for it a little.
         let mut ours_rx = self.ours.clone();
@@ -79,6 +90,7 @@ impl Puncher {
         // B dials as soon as our message arrives, half a round trip from now.
         tokio::time::sleep(rtt / 2).await;
         tracing::debug!(%peer, ?rtt, addrs = ?theirs, "hole punching as dialer");
+        *transport = transport_of_all(&theirs);
         self.dial(peer, theirs, false, None).await
     }
 

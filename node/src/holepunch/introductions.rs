@@ -6,6 +6,8 @@ use libp2p::{Multiaddr, PeerId};
 use p2pnode_secure::stream::{read_length_prefixed, write_length_prefixed};
 use tokio::sync::oneshot;
 
+use crate::event_loop::transport_of_all;
+
 use super::{
     AGREED, EXCHANGE_TIMEOUT, HolePunchError, INTRODUCE_PROTOCOL, Introducer, Introduction,
     MAX_MESSAGE, Puncher,
@@ -17,15 +19,19 @@ impl Puncher {
     /// set up, the budget allows it, the addresses pass the filter). Agreeing is written
     /// back before the dial: the relay waits for it before telling the other end where we
     /// are.
-    /// Returns the introduced peer, once known, beside the outcome.
+    /// Returns the introduced peer and the transport of its addresses, once known, beside
+    /// the outcome.
     pub(super) async fn introduced(
         &self,
         relay: PeerId,
         mut stream: libp2p::Stream,
-    ) -> (Option<PeerId>, Result<(), HolePunchError>) {
+    ) -> (Option<PeerId>, &'static str, Result<(), HolePunchError>) {
         match read_introduction(&mut stream).await {
-            Ok(intro) => (Some(intro.peer), self.obey(relay, intro, stream).await),
-            Err(e) => (None, Err(e)),
+            Ok(intro) => {
+                let (peer, transport) = (intro.peer, transport_of_all(&intro.addrs));
+                (Some(peer), transport, self.obey(relay, intro, stream).await)
+            }
+            Err(e) => (None, "unknown", Err(e)),
         }
     }
 

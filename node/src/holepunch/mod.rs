@@ -255,7 +255,7 @@ impl Puncher {
             move |relay, stream| {
                 let puncher = self.clone();
                 async move {
-                    let (peer, result) = puncher.introduced(relay, stream).await;
+                    let (peer, transport, result) = puncher.introduced(relay, stream).await;
                     let outcome = match result {
                         Ok(()) => "success",
                         Err(e) => {
@@ -266,7 +266,9 @@ impl Puncher {
                             }
                         }
                     };
-                    puncher.metrics.punch("introduction", outcome, peer);
+                    puncher
+                        .metrics
+                        .punch("introduction", outcome, transport, peer);
                 }
             },
         );
