@@ -137,7 +137,17 @@ fn the_terminal_ui_sends_and_shows_messages() {
     });
 
     tmux.send_keys(&["hello from a", "Enter"]);
-    tmux.wait_screen("the sent message", |s| s.contains("me: hello from a"));
+    let screen = tmux.wait_screen("the sent message", |s| s.contains("me: hello from a"));
+    // Each message shows when it was written: "HH:MM" first on its line.
+    let line = screen
+        .lines()
+        .find(|l| l.contains("me: hello from a"))
+        .unwrap();
+    let time: Vec<char> = line.trim_start().chars().take(5).collect();
+    assert!(
+        time.len() == 5 && time[2] == ':' && [0, 1, 3, 4].iter().all(|&i| time[i].is_ascii_digit()),
+        "a time before the message: {line:?}"
+    );
 
     // B answers in line mode, one line on stdin.
     let mut reply = Command::new(BIN)
@@ -222,7 +232,7 @@ fn the_terminal_ui_names_a_contact_and_says_it_is_not_verified() {
     assert!(reply.wait().unwrap().success());
     // A never wrote to B, so B's first message is a request; it still carries the name.
     tmux.wait_screen("B's message under its name", |s| {
-        s.contains("bob (request): hello from b")
+        s.contains("bob (unverified) (request): hello from b")
     });
     tmux.send_keys(&["Escape"]);
     wait_for("the UI to exit", || {

@@ -105,11 +105,15 @@ impl App {
         format!(" chat with {who} ({online}, {path}, {verified}) ")
     }
 
-    /// Who wrote an incoming message: the contact's name, else the end of the peer id.
-    fn who(&self) -> &str {
-        self.name
-            .as_deref()
-            .unwrap_or(&self.peer[self.peer.len().saturating_sub(8)..])
+    /// Who wrote an incoming message: the contact's name, else the end of the peer id. A
+    /// name whose peer id is not verified says so on every line: the name is ours, the
+    /// peer id could be anyone's until the codes were compared.
+    fn who(&self) -> String {
+        match &self.name {
+            Some(name) if self.state.verified => name.clone(),
+            Some(name) => format!("{name} (unverified)"),
+            None => self.peer[self.peer.len().saturating_sub(8)..].to_string(),
+        }
     }
 
     fn draw(&self, frame: &mut ratatui::Frame<'_>) {
@@ -120,15 +124,19 @@ impl App {
         ])
         .areas(frame.area());
 
-        frame.render_widget(
-            Paragraph::new(self.header()).style(Style::default().add_modifier(Modifier::REVERSED)),
-            header,
-        );
+        // Red until verified, as Signal marks an unverified safety number.
+        let header_style = if self.state.verified {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default().fg(Color::White).bg(Color::Red)
+        };
+        frame.render_widget(Paragraph::new(self.header()).style(header_style), header);
 
+        let who = self.who();
         let lines: Vec<Line<'_>> = self
             .messages
             .iter()
-            .map(|m| message_line(m, self.who()))
+            .map(|m| message_line(m, &who))
             .collect();
         let height = body.height.saturating_sub(1) as usize;
         let end = lines.len().saturating_sub(self.scroll.min(lines.len()));
@@ -159,10 +167,34 @@ impl App {
     }
 }
 
+/// When a message was written, in local time: `HH:MM` today, `Mon DD HH:MM` before.
+fn time_label(sent_at_ms: u64, today: chrono::NaiveDate) -> String {
+    let Some(at) = i64::try_from(sent_at_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    else {
+        return "--:--".into();
+    };
+    let local = at.with_timezone(&chrono::Local);
+    if local.date_naive() == today {
+        local.format("%H:%M").to_string()
+    } else {
+        local.format("%b %d %H:%M").to_string()
+    }
+}
+
 fn message_line<'a>(m: &'a ChatMessage, who: &str) -> Line<'a> {
+    let time = Span::styled(
+        format!(
+            "{} ",
+            time_label(m.sent_at, chrono::Local::now().date_naive())
+        ),
+        Style::default().fg(Color::DarkGray),
+    );
     if m.outgoing {
         let mark = if m.delivered { "✓ " } else { "  " };
         Line::from(vec![
+            time,
             Span::styled(mark, Style::default().fg(Color::Green)),
             Span::styled("me: ", Style::default().fg(Color::Cyan)),
             Span::raw(m.body.as_str()),
@@ -170,6 +202,7 @@ fn message_line<'a>(m: &'a ChatMessage, who: &str) -> Line<'a> {
     } else {
         let req = if m.request { " (request)" } else { "" };
         Line::from(vec![
+            time,
             Span::raw("  "),
             Span::styled(format!("{who}{req}: "), Style::default().fg(Color::Yellow)),
             Span::raw(m.body.as_str()),
@@ -287,4 +320,24 @@ async fn on_key(control: &ControlClient, app: &mut App, key: KeyEvent) -> bool {
         _ => {}
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_local_and_dated_before_today() {
+        let now = chrono::Local::now();
+        let ms = u64::try_from(now.timestamp_millis()).unwrap();
+        assert_eq!(
+            time_label(ms, now.date_naive()),
+            now.format("%H:%M").to_string()
+        );
+        let tomorrow = now.date_naive().succ_opt().unwrap();
+        let label = time_label(ms, tomorrow);
+        assert!(label.ends_with(&now.format("%H:%M").to_string()), "{label}");
+        assert!(label.len() > 5, "{label}");
+        assert_eq!(time_label(u64::MAX, now.date_naive()), "--:--");
+    }
 }
