@@ -165,6 +165,22 @@ fn a_contact_name_works_wherever_a_peer_id_does() {
     let text = stdout(&run(&a.dir, &["contacts", "list"]));
     assert!(text.contains("bob") && text.contains("verified"), "{text}");
 
+    // A file offer by name, shown under the contact's name on both sides (b knows a as
+    // alice, and lets alice offer files).
+    json(&b.dir, &["trust", "allow", "alice", "--protocols", "files"]);
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, b"for bob").unwrap();
+    let file = file.to_str().unwrap();
+    let text = stdout(&run(&a.dir, &["send", "bob", file]));
+    assert!(text.contains(&format!("to {} (bob)", b.peer_id)), "{text}");
+    let inbox = json(&b.dir, &["inbox"]);
+    assert_eq!(inbox[0]["contact"], "alice", "{inbox}");
+    let text = stdout(&run(&b.dir, &["inbox"]));
+    assert!(
+        text.contains(&format!("from {} (alice)", a.peer_id)),
+        "{text}"
+    );
+
     // Rename keeps the peer id; the old name is gone; remove empties the book.
     let renamed = json(&a.dir, &["contacts", "rename", "bob", "robert"]);
     assert_eq!(renamed["peer_id"], b.peer_id.as_str());

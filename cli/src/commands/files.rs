@@ -219,23 +219,24 @@ pub(crate) async fn send(control: &ControlClient, args: SendArgs, json: bool) ->
         .collect::<Result<Vec<_>>>()?;
     let request = SendRequest { peer_id, paths };
     let info: SendInfo = control.post(routes::SEND, &request).await?;
+    let book = super::Book::load(control).await;
     output::show(json, &info, |s| {
         println!(
             "offered {} ({} files, {}) to {}; it fetches once they accept",
             s.content_id,
             s.files,
             size(s.size),
-            s.peer_id
+            book.label(&s.peer_id)
         );
     });
     Ok(())
 }
 
-fn offer_line(o: &OfferInfo) -> String {
+fn offer_line(o: &OfferInfo, book: &super::Book) -> String {
     format!(
         "{}  from {}: {} ({} files, {})  {}",
         o.id,
-        o.peer_id,
+        book.label(&o.peer_id),
         o.name,
         o.files,
         size(o.size),
@@ -245,12 +246,14 @@ fn offer_line(o: &OfferInfo) -> String {
 
 pub(crate) async fn inbox(control: &ControlClient, json: bool) -> Result<()> {
     let list: Vec<OfferInfo> = control.get(routes::INBOX).await?;
-    output::show(json, &list, |list| {
+    let book = super::Book::load(control).await;
+    let named: Vec<_> = list.iter().map(|o| book.named(&o.peer_id, o)).collect();
+    output::show(json, &named, |_| {
         if list.is_empty() {
             println!("no offers");
         }
-        for o in list {
-            println!("{}", offer_line(o));
+        for o in &list {
+            println!("{}", offer_line(o, &book));
         }
     });
     Ok(())
@@ -260,14 +263,16 @@ pub(crate) async fn reject(control: &ControlClient, offer: u64, json: bool) -> R
     let o: OfferInfo = control
         .post(routes::REJECT, &OfferRequest { offer })
         .await?;
+    let book = super::Book::load(control).await;
     output::show(json, &o, |o| {
-        println!("rejected offer {} from {}", o.id, o.peer_id)
+        println!("rejected offer {} from {}", o.id, book.label(&o.peer_id))
     });
     Ok(())
 }
 
 pub(crate) async fn transfers(control: &ControlClient, json: bool) -> Result<()> {
     let list: Vec<TransferInfo> = control.get(routes::TRANSFERS).await?;
+    let book = super::Book::load(control).await;
     output::show(json, &list, |list| {
         if list.is_empty() {
             println!("no transfers");
@@ -279,6 +284,10 @@ pub(crate) async fn transfers(control: &ControlClient, json: bool) -> Result<()>
                 TransferStatus::Failed => "failed",
             };
             println!("{status:<8} {}  -> {}", t.content_id, t.target);
+            if !t.providers.is_empty() {
+                let from: Vec<&str> = t.providers.iter().map(|p| book.short(&p.peer_id)).collect();
+                println!("         from {}", from.join(", "));
+            }
             println!("         {}", progress_line(t, None));
             if let Some(e) = &t.error {
                 println!("         error: {e}");
