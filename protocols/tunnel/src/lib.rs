@@ -1,0 +1,26 @@
+//! p2pnode's mesh VPN, the sans-IO core: what a member's tunnel addresses are, how every
+//! member settles address collisions alike with no allocator, where a packet read from the
+//! TUN device goes, and which packets from members may reach it. No sockets, no TUN device,
+//! no clock: the service (later, behind a feature, as in the other protocol crates) feeds
+//! it the network's members from the node and moves the packets.
+//!
+//! - [`addr`]: a network's IPv4 /16 in 100.64.0.0/10 and IPv6 ULA /48, derived from the
+//!   network id, and a member's first-choice addresses in them, derived from its id;
+//! - [`lease`]: the address table every member computes from the same claims, with the
+//!   tie-break on member id;
+//! - [`packet`]: header parsing, the inbound checks (membership, revocation, source
+//!   address, destination) and outbound routing, with drop counts by reason;
+//! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU.
+
+pub mod addr;
+pub mod icmp;
+pub mod lease;
+pub mod packet;
+
+pub use addr::{MemberId, NetworkId, Prefixes};
+pub use lease::{AddressTable, Claim, Lease, LeaseError};
+pub use packet::{DropReason, Drops, IpHeader, Outbound, check_inbound, parse, route_outbound};
+
+/// The tunnel's default MTU: IPv6's minimum, which fits inside any path's MTU with the
+/// tunnel's overhead on top.
+pub const DEFAULT_MTU: u16 = 1280;
