@@ -88,8 +88,52 @@ pub struct Metrics {
     streams: Family<StreamLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
+    stream_bytes: Family<BytesLabels, Counter>,
+    frames_rejected: Family<ProtocolLabels, Counter>,
     /// Not a metric: the outcomes behind `holepunch`, which the doctor shows.
     recent_punches: Mutex<VecDeque<PunchRecord>>,
+}
+
+/// Labels of a protocol's bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// The registered protocol's name (`other` for none).
+    pub protocol: &'static str,
+    /// `sent` or `received`.
+    pub direction: &'static str,
+}
+
+/// Labels naming a protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// The registered protocol's name (`other` for none).
+    pub protocol: &'static str,
+}
+
+/// Counts one protocol's session traffic into the metrics (see [`p2pnode_secure::Traffic`]).
+pub(crate) struct ProtocolTraffic {
+    metrics: Arc<Metrics>,
+    protocol: &'static str,
+}
+
+impl ProtocolTraffic {
+    pub(crate) fn new(metrics: Arc<Metrics>, protocol: &'static str) -> Self {
+        Self { metrics, protocol }
+    }
+}
+
+impl p2pnode_secure::Traffic for ProtocolTraffic {
+    fn sealed(&self, bytes: usize) {
+        self.metrics.stream_bytes(self.protocol, "sent", bytes);
+    }
+
+    fn opened(&self, bytes: usize) {
+        self.metrics.stream_bytes(self.protocol, "received", bytes);
+    }
+
+    fn rejected(&self) {
+        self.metrics.frame_rejected(self.protocol);
+    }
 }
 
 /// How many hole-punch outcomes [`Metrics::recent_punches`] keeps.
@@ -168,6 +212,18 @@ impl Metrics {
             "Requests refused by one of the node's limits, by limit",
             refusals.clone(),
         );
+        let stream_bytes = Family::default();
+        ours.register(
+            "stream_bytes",
+            "Bytes of the secure sessions' frames by protocol and direction (sent, received)",
+            stream_bytes.clone(),
+        );
+        let frames_rejected = Family::default();
+        ours.register(
+            "frames_rejected",
+            "Frames of a protocol's secure sessions that failed to open (forged, replayed, malformed)",
+            frames_rejected.clone(),
+        );
         Self {
             registry,
             libp2p,
@@ -179,6 +235,8 @@ impl Metrics {
             streams,
             handshake_failures,
             refusals,
+            stream_bytes,
+            frames_rejected,
             recent_punches: Mutex::new(VecDeque::with_capacity(RECENT_PUNCHES)),
         }
     }
@@ -256,6 +314,23 @@ impl Metrics {
     pub(crate) fn stream(&self, protocol: &'static str, outcome: &'static str) {
         self.streams
             .get_or_create(&StreamLabels { protocol, outcome })
+            .inc();
+    }
+
+    /// Bytes of sealed frames a protocol's sessions sent (`sent`) or opened (`received`).
+    pub(crate) fn stream_bytes(&self, protocol: &'static str, direction: &'static str, n: usize) {
+        self.stream_bytes
+            .get_or_create(&BytesLabels {
+                protocol,
+                direction,
+            })
+            .inc_by(n as u64);
+    }
+
+    /// A frame of a protocol's session failed to open.
+    pub(crate) fn frame_rejected(&self, protocol: &'static str) {
+        self.frames_rejected
+            .get_or_create(&ProtocolLabels { protocol })
             .inc();
     }
 

@@ -152,13 +152,30 @@ impl Security {
             })?;
         let config = self.config(remote, &protocol);
         let mut rng = rand::rngs::OsRng;
-        tokio::time::timeout(
+        let mut stream = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             p2pnode_secure::initiate(stream, config, &mut rng),
         )
         .await
         .map_err(|_| handshake_timeout(peer))?
-        .map_err(|e| handshake_err(peer, e))
+        .map_err(|e| handshake_err(peer, e))?;
+        stream.set_traffic(self.traffic(app));
+        Ok(stream)
+    }
+
+    /// The per-protocol byte and frame counters for a session of `app`. Labels are the
+    /// registered protocols' names (bounded), `other` for anything else.
+    fn traffic(&self, app: &str) -> Arc<dyn p2pnode_secure::Traffic> {
+        let protocol = self
+            .protocols
+            .iter()
+            .copied()
+            .find(|p| *p == app)
+            .unwrap_or("other");
+        Arc::new(crate::metrics::ProtocolTraffic::new(
+            self.metrics.clone(),
+            protocol,
+        ))
     }
 
     async fn respond(
@@ -460,7 +477,7 @@ async fn admit(
         refused(e);
         return None;
     }
-    let stream = match security.respond(peer, stream, protocol).await {
+    let mut stream = match security.respond(peer, stream, protocol).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::warn!(%peer, %protocol, "handshake failed: {e}");
@@ -475,6 +492,7 @@ async fn admit(
         return None;
     };
     metrics.stream(app, "accepted");
+    stream.set_traffic(security.traffic(app));
     Some(Accepted {
         peer,
         stream,

@@ -73,6 +73,20 @@ async fn a_scrape_shows_connections_streams_and_libp2p_metrics() {
         text.contains("libp2p_swarm_connections_established_total"),
         "{text}"
     );
+    // The frame's bytes: "counted" (7 bytes) with its header and tag.
+    let received: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"p2pnode_stream_bytes_total{protocol="test-app",direction="received"} "#,
+            )
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no received bytes for test-app: {text}"));
+    assert_eq!(
+        received,
+        (p2pnode_secure::session::HEADER_LEN + 7 + p2pnode_secure::session::TAG_LEN) as u64
+    );
     assert!(
         text.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"

@@ -21,6 +21,7 @@
 //! through the same key chain without any extra message. Old keys are dropped (zeroized),
 //! which gives forward secrecy inside a long session.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::AeadInPlace;
@@ -248,6 +249,19 @@ pub struct Session {
     sas: Sas,
     remote_key: VerifyingKey,
     transcript_hash: [u8; 32],
+    traffic: Option<Arc<dyn Traffic>>,
+}
+
+/// Where a session reports what it seals and opens: the node counts bytes and rejected
+/// frames per protocol with it. The session carries it, so it counts however the frames
+/// travel (a [`crate::SecureStream`], or its parts split between a reader and a writer).
+pub trait Traffic: Send + Sync {
+    /// A frame of `bytes` (header and tag included) was sealed.
+    fn sealed(&self, bytes: usize);
+    /// A frame of `bytes` was opened and verified.
+    fn opened(&self, bytes: usize);
+    /// A frame failed to open (forged, replayed, out of order or malformed).
+    fn rejected(&self);
 }
 
 impl std::fmt::Debug for Session {
@@ -298,6 +312,7 @@ impl Session {
             },
             config,
             sas,
+            traffic: None,
             remote_key,
             transcript_hash,
         }
@@ -388,6 +403,24 @@ impl Session {
         frame_start: usize,
         now: Instant,
     ) -> Result<(), SealError> {
+        self.seal_frame(buf, frame_start, now)?;
+        if let Some(t) = &self.traffic {
+            t.sealed(buf.len().saturating_sub(frame_start));
+        }
+        Ok(())
+    }
+
+    /// Counts what this session seals and opens from now on.
+    pub fn set_traffic(&mut self, traffic: Arc<dyn Traffic>) {
+        self.traffic = Some(traffic);
+    }
+
+    fn seal_frame(
+        &mut self,
+        buf: &mut Vec<u8>,
+        frame_start: usize,
+        now: Instant,
+    ) -> Result<(), SealError> {
         let payload_start = frame_start
             .checked_add(HEADER_LEN)
             .filter(|&start| start <= buf.len())
@@ -451,6 +484,18 @@ impl Session {
     /// `frame`. A frame that fails authentication or the replay checks leaves the session
     /// unchanged: the window and keys move only after a frame authenticated.
     pub fn open<'a>(&mut self, frame: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
+        let len = frame.len();
+        let opened = self.open_frame(frame);
+        if let Some(t) = &self.traffic {
+            match &opened {
+                Ok(_) => t.opened(len),
+                Err(_) => t.rejected(),
+            }
+        }
+        opened
+    }
+
+    fn open_frame<'a>(&mut self, frame: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
         let max = self.config.max_frame_len();
         if frame.len() > max {
             return Err(OpenError::TooLarge {

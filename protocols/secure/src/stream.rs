@@ -211,6 +211,11 @@ where
         &self.session
     }
 
+    /// Counts what this stream seals and opens from now on (see [`crate::Traffic`]).
+    pub fn set_traffic(&mut self, traffic: std::sync::Arc<dyn crate::Traffic>) {
+        self.session.set_traffic(traffic);
+    }
+
     /// Gives back the stream and session, e.g. to hand frames to another task.
     pub fn into_parts(self) -> (IO, Session) {
         (self.io, self.session)

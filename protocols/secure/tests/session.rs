@@ -255,3 +255,45 @@ fn padding_hides_sizes_and_roundtrips() {
     let frame = seal(&mut plain_a, b"plain", now);
     assert_eq!(open(&mut plain_b, &frame).unwrap(), b"plain");
 }
+
+/// Counts what it is told, for the traffic test.
+#[derive(Default)]
+struct Counted {
+    sealed: std::sync::atomic::AtomicUsize,
+    opened: std::sync::atomic::AtomicUsize,
+    rejected: std::sync::atomic::AtomicUsize,
+}
+
+impl p2pnode_secure::Traffic for Counted {
+    fn sealed(&self, bytes: usize) {
+        self.sealed
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn opened(&self, bytes: usize) {
+        self.opened
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn rejected(&self) {
+        self.rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn traffic_counts_whole_frames_and_rejections() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut a, mut b) = pair(SessionConfig::default());
+    let (ta, tb) = (Arc::new(Counted::default()), Arc::new(Counted::default()));
+    a.set_traffic(ta.clone());
+    b.set_traffic(tb.clone());
+    let now = Instant::now();
+    let frame = seal(&mut a, &[1; 100], now);
+    assert_eq!(ta.sealed.load(Relaxed), frame.len());
+    open(&mut b, &frame).unwrap();
+    assert_eq!(tb.opened.load(Relaxed), frame.len());
+    // A replay is refused and counted, not added to the bytes.
+    assert!(open(&mut b, &frame).is_err());
+    assert_eq!(tb.rejected.load(Relaxed), 1);
+    assert_eq!(tb.opened.load(Relaxed), frame.len());
+}
