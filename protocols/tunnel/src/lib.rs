@@ -10,14 +10,17 @@
 //!   tie-break on member id;
 //! - [`packet`]: header parsing, the inbound checks (membership, revocation, source
 //!   address, destination) and outbound routing, with drop counts by reason;
-//! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU.
+//! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU;
+//! - [`engine`]: one network's tunnel as a state machine: route, check, count.
 
 pub mod addr;
+pub mod engine;
 pub mod icmp;
 pub mod lease;
 pub mod packet;
 
 pub use addr::{MemberId, NetworkId, Prefixes};
+pub use engine::{Engine, PeerCounts};
 pub use lease::{AddressTable, Claim, Lease, LeaseError};
 pub use packet::{DropReason, Drops, IpHeader, Outbound, check_inbound, parse, route_outbound};
 
