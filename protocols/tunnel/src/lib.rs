@@ -11,9 +11,12 @@
 //! - [`packet`]: header parsing, the inbound checks (membership, revocation, source
 //!   address, destination) and outbound routing, with drop counts by reason;
 //! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU;
-//! - [`engine`]: one network's tunnel as a state machine: route, check, count.
+//! - [`engine`]: one network's tunnel as a state machine: route, check, count;
+//! - `device` (feature `device`): the TUN device, behind the [`device::PacketDevice`] trait.
 
 pub mod addr;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod engine;
 pub mod icmp;
 pub mod lease;
