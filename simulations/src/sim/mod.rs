@@ -17,10 +17,13 @@
 //!
 //! Parts: [`scenario`] (the file format), [`plan`] (the seeded choices), [`link`] (the
 //! delayed transport and the request counters), `runner` (starting nodes, running the
-//! phases), `gossip` (the message spread), [`report`] (statistics, JSON, HTML and SVG).
+//! phases), `gossip` (the message spread), [`report`] (statistics, JSON, HTML and SVG), and
+//! [`convergence`] (documents converging under churn: the sync core alone, no network
+//! stack).
 
 use std::path::{Path, PathBuf};
 
+pub mod convergence;
 pub mod link;
 pub mod plan;
 pub mod report;
