@@ -43,7 +43,10 @@ enum Commands {
         /// Share of members offline during each burst.
         #[arg(long, default_value_t = 0.1)]
         churn: f64,
-        /// Edits per member per burst.
+        /// Members that edit in each burst.
+        #[arg(long, default_value_t = 20)]
+        editors: usize,
+        /// Edits per editing member per burst.
         #[arg(long, default_value_t = 1)]
         edits: usize,
         /// Random links per member beside the ring.
@@ -313,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             members,
             bursts,
             churn,
+            editors,
             edits,
             extra_links,
             seed,
@@ -323,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bursts,
                 churn,
                 edits_per_member: edits,
+                editors,
                 extra_links,
                 seed,
                 ..Default::default()

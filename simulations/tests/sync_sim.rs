@@ -12,6 +12,7 @@ fn members_converge_after_every_burst_and_the_seed_fixes_the_plan() {
         members: 12,
         bursts: 3,
         churn: 0.25,
+        editors: 12,
         edits_per_member: 2,
         ..Settings::default()
     };

@@ -4,10 +4,12 @@
 //!
 //! `members` nodes hold one document; each is linked to a few others (a ring plus random
 //! chords, so the graph stays connected). Each burst: a share of members (`churn`) leaves,
-//! every member (online or not) makes `edits_per_member` edits, then the leavers come back.
-//! Sync messages travel the links with a latency each, and every member answers each
-//! message it receives with what its sessions then have to say to its neighbours, as the
-//! sync service does after each received message and each edit. A burst ends when no
+//! `editors` members (online or not) make `edits_per_member` edits each, then the leavers
+//! come back. Sync messages travel the links with a latency each; a member that received
+//! something says what its sessions then have to say to its neighbours, at most once per
+//! `flush_ms` (what arrives meanwhile goes out together: one message per neighbour carries
+//! every change received, where answering each message alone would send each change down
+//! every link once per path it arrived by). A burst ends when no
 //! message is in flight; at that point every member must hold the same heads. The report
 //! gives, per burst, the time from the last edit (or return) until the last member reached
 //! those heads, and the messages and bytes it took. The seed fixes the plan (the links,
@@ -39,8 +41,12 @@ pub struct Settings {
     pub bursts: usize,
     /// Share of members offline during each burst (0.1 = 10 %).
     pub churn: f64,
-    /// Edits each member makes per burst.
+    /// Members that edit in each burst (drawn at random; offline ones too).
+    pub editors: usize,
+    /// Edits each of them makes per burst.
     pub edits_per_member: usize,
+    /// A member sends at most once per this many ms after receiving.
+    pub flush_ms: u64,
     /// One-way link latency range, ms.
     pub latency_ms: (u64, u64),
     /// The seed.
@@ -54,7 +60,9 @@ impl Default for Settings {
             extra_links: 2,
             bursts: 10,
             churn: 0.1,
+            editors: 20,
             edits_per_member: 1,
+            flush_ms: 5,
             latency_ms: (10, 60),
             seed: 1,
         }
@@ -122,15 +130,31 @@ fn id(i: usize) -> Vec<u8> {
     format!("member-{i:04}").into_bytes()
 }
 
-/// A message in flight: (arrival ms, sequence for a stable order), from, to, bytes.
-type InFlight = Reverse<(u64, u64, usize, usize, Vec<u8>)>;
+/// What happens at a point in virtual time.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// A sync message arrives.
+    Deliver {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    /// A member sends what it has to say.
+    Flush { member: usize },
+}
+
+/// An event at (ms, sequence for a stable order).
+type Scheduled = Reverse<(u64, u64, Event)>;
 
 struct World {
     sessions: Vec<SyncSession>,
     links: Vec<Vec<usize>>,
     latency: BTreeMap<(usize, usize), u64>,
     online: Vec<bool>,
-    queue: BinaryHeap<InFlight>,
+    queue: BinaryHeap<Scheduled>,
+    /// Members with a flush scheduled.
+    flushing: Vec<bool>,
+    flush_ms: u64,
     seq: u64,
     messages: u64,
     bytes: u64,
@@ -148,8 +172,25 @@ impl World {
                 self.messages += 1;
                 self.bytes += m.len() as u64;
                 self.seq += 1;
-                self.queue.push(Reverse((at, self.seq, from, to, m)));
+                self.queue.push(Reverse((
+                    at,
+                    self.seq,
+                    Event::Deliver { from, to, bytes: m },
+                )));
             }
+        }
+    }
+
+    /// Schedules `member`'s next send, unless one is due already.
+    fn flush_later(&mut self, member: usize, now: u64) {
+        if !self.flushing[member] {
+            self.flushing[member] = true;
+            self.seq += 1;
+            self.queue.push(Reverse((
+                now + self.flush_ms,
+                self.seq,
+                Event::Flush { member },
+            )));
         }
     }
 
@@ -202,6 +243,8 @@ pub fn run(settings: &Settings) -> Result<ConvergenceReport, ConvergenceError> {
         latency,
         online: vec![true; n],
         queue: BinaryHeap::new(),
+        flushing: vec![false; n],
+        flush_ms: settings.flush_ms,
         seq: 0,
         messages: 0,
         bytes: 0,
@@ -221,7 +264,11 @@ pub fn run(settings: &Settings) -> Result<ConvergenceReport, ConvergenceError> {
                 world.sessions[j].disconnected(&id(i));
             }
         }
-        for i in 0..n {
+        let mut editors: Vec<usize> = (0..n).collect();
+        editors.shuffle(&mut rng);
+        editors.truncate(settings.editors.min(n));
+        editors.sort_unstable();
+        for &i in &editors {
             for e in 0..settings.edits_per_member {
                 clock_ms += 1;
                 let commit = Commit::new().time_ms(clock_ms);
@@ -300,16 +347,26 @@ fn drain_recording(
     now: &mut u64,
     changed_at: &mut [Option<u64>],
 ) -> Result<(), ConvergenceError> {
-    while let Some(Reverse((at, _, from, to, bytes))) = world.queue.pop() {
+    while let Some(Reverse((at, _, event))) = world.queue.pop() {
         *now = at;
-        if !world.online[to] {
-            continue;
+        match event {
+            Event::Deliver { from, to, bytes } => {
+                if !world.online[to] {
+                    continue;
+                }
+                let changed = world.sessions[to].receive_message(&id(from), &bytes)?;
+                if changed.any() {
+                    changed_at[to] = Some(at);
+                }
+                world.flush_later(to, at);
+            }
+            Event::Flush { member } => {
+                world.flushing[member] = false;
+                if world.online[member] {
+                    world.speak(member, at);
+                }
+            }
         }
-        let changed = world.sessions[to].receive_message(&id(from), &bytes)?;
-        if changed.any() {
-            changed_at[to] = Some(at);
-        }
-        world.speak(to, at);
     }
     Ok(())
 }
@@ -390,8 +447,9 @@ impl ConvergenceReport {
             "<!doctype html><meta charset=\"utf-8\"><title>{title}</title>\
              <body style=\"font-family:system-ui,sans-serif;max-width:960px\">\
              <h1>{title}</h1><p>{members} members, {links} links, {bursts} bursts, {churn:.0} % \
-             offline per burst, {edits} edit(s) per member per burst, latency {lo} to {hi} ms, \
-             seed {seed}; {wall:.1} s of wall time.</p>{a}{b}\
+             offline per burst, {editors} members making {edits} edit(s) each per burst, \
+             latency {lo} to {hi} ms, sends at most every {flush} ms, seed {seed}; \
+             {wall:.1} s of wall time.</p>{a}{b}\
              <table border=\"1\" cellpadding=\"4\"><tr><th>burst</th><th>offline</th>\
              <th>converged (ms)</th><th>messages</th><th>bytes</th></tr>{rows}</table></body>",
             title = esc("Sync convergence under churn"),
@@ -400,6 +458,8 @@ impl ConvergenceReport {
             bursts = s.bursts,
             churn = s.churn * 100.0,
             edits = s.edits_per_member,
+            editors = s.editors,
+            flush = s.flush_ms,
             lo = s.latency_ms.0,
             hi = s.latency_ms.1,
             seed = s.seed,
