@@ -12,6 +12,7 @@
 //!   address, destination) and outbound routing, with drop counts by reason;
 //! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU;
 //! - [`engine`]: one network's tunnel as a state machine: route, check, count;
+//! - [`queue`]: the bounded, deadline-keeping packet queue in front of a relayed path;
 //! - `device` (feature `device`): the TUN device, behind the [`device::PacketDevice`] trait.
 
 pub mod addr;
@@ -21,11 +22,13 @@ pub mod engine;
 pub mod icmp;
 pub mod lease;
 pub mod packet;
+pub mod queue;
 
 pub use addr::{MemberId, NetworkId, Prefixes};
 pub use engine::{Engine, PeerCounts};
 pub use lease::{AddressTable, Claim, Lease, LeaseError};
 pub use packet::{DropReason, Drops, IpHeader, Outbound, check_inbound, parse, route_outbound};
+pub use queue::PacketQueue;
 
 /// The tunnel's default MTU: IPv6's minimum, which fits inside any path's MTU with the
 /// tunnel's overhead on top.
