@@ -4,7 +4,8 @@
 //! 198.51.100.0/24, so the relay's per-network limits never count honest nodes with the
 //! flood), 10,000 reservation attempts in 60 s from 1,000 peer ids. Meanwhile A and B,
 //! behind two symmetric NATs, chat over their relayed connection, and the relay's live
-//! reservations are sampled from its metrics. Afterwards the relay is alive, logged no
+//! reservations are sampled from its metrics, and once the relay refuses flood
+//! connections a fresh node D behind NAT reserves within 2 s. Afterwards the relay is alive, logged no
 //! panic, peaked at most 256 MiB resident, and a fresh node C behind a third NAT reserves
 //! within 2 s.
 //!
@@ -26,6 +27,7 @@ use common::chat::{LineChat, caught_up, of_type, wait_request};
 use common::{MACHINE, init_tracing, report};
 use p2pnode_sim::flood::Summary;
 use p2pnode_sim::lab::node::PathKind;
+use p2pnode_sim::lab::poll::{Poll, wait_for};
 use p2pnode_sim::lab::scenarios::{self, PEER_PORT, PeerOptions, RELAY_IP, RELAY_PORT, Transport};
 use p2pnode_sim::lab::{Lab, LabBuilder, NatKind, Node, NodeSpec};
 use serde::Serialize;
@@ -45,7 +47,7 @@ const CONNECTIONS_PER_PREFIX: u64 = 32;
 
 /// The relay's peak resident memory, at most.
 const RSS_LIMIT_KIB: u64 = 256 * 1024;
-/// A fresh honest node's reservation after the flood, at most.
+/// A fresh honest node's reservation during and after the flood, at most.
 const RESERVE_AFTER_FLOOD: Duration = Duration::from_secs(2);
 /// How often the relay's live reservations are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -89,6 +91,11 @@ struct FloodOutcome {
     chat_rounds_during_flood: usize,
     chat_slowest_round_ms: f64,
     chat_path: Option<PathKind>,
+    /// During the flood (once the relay refused flood connections): a fresh node's time
+    /// from its daemon's start until it held a reservation, ms, and whether the flood
+    /// still ran then.
+    newcomer_reservation_ms: f64,
+    newcomer_during_flood: bool,
     /// After the flood: a fresh node's time from its daemon's start, and from the daemon
     /// answering, until it held a reservation, ms.
     fresh_reservation_from_spawn_ms: f64,
@@ -162,6 +169,14 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         value.trim().parse().ok()
     })
+}
+
+/// How many connections the relay refused for their network's cap, from its metrics.
+fn refused_per_prefix(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"p2pnode_refusals_total{limit="connections_per_prefix"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn scrape(lab: &Lab) -> String {
@@ -277,6 +292,7 @@ async fn relay_holds_under_a_reservation_flood() {
         .host("a", "r1")
         .host("b", "r2")
         .host("c", "r3")
+        .host("d", "r3")
         .build()
         .await
         .unwrap();
@@ -382,10 +398,40 @@ async fn run(lab: &Lab, attempts: usize, identities: usize, flood_secs: f64, wal
             .collect();
         (summaries, elapsed)
     };
-    let ((summaries, flood_elapsed), (live_max, live_samples), (rounds, slowest)) = tokio::join!(
+    // Once the relay refuses the flood's connections (its networks hold their share), a
+    // fresh node D behind NAT asks for a reservation: it must get one during the flood.
+    let newcomer = async {
+        let wait = Duration::from_secs_f64(flood_secs);
+        wait_for(
+            "the relay to refuse flood connections",
+            wait,
+            SAMPLE_EVERY,
+            || async {
+                match refused_per_prefix(&scrape(lab).await) {
+                    0 => Poll::pending(),
+                    n => Poll::Ready(n),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        let spawned = Instant::now();
+        let d = scenarios::start_peer(lab, "d", "d", &relay, peer_options())
+            .await
+            .unwrap();
+        scenarios::wait_reservation(&d, setup).await.unwrap();
+        (spawned.elapsed(), !stop.load(Ordering::SeqCst))
+    };
+    let (
+        (summaries, flood_elapsed),
+        (live_max, live_samples),
+        (rounds, slowest),
+        (newcomer_time, newcomer_during),
+    ) = tokio::join!(
         flood,
         sample_reservations(lab, &stop),
-        chat_during(&mut chat_a, &mut chat_b, &stop)
+        chat_during(&mut chat_a, &mut chat_b, &stop),
+        newcomer
     );
     let chat_path = a.peer(b_id).await.unwrap().map(|p| p.path);
     let lagged =
@@ -406,11 +452,7 @@ async fn run(lab: &Lab, attempts: usize, identities: usize, flood_secs: f64, wal
     relay.check_running().unwrap();
     let log = std::fs::read_to_string(relay.log_path()).unwrap();
     let sum = |f: fn(&Summary) -> usize| summaries.iter().map(f).sum::<usize>();
-    let refused_per_prefix = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"p2pnode_refusals_total{limit="connections_per_prefix"} "#))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let refused_per_prefix = refused_per_prefix(&metrics);
     let per_network_bound = FLOOD_NETS.len() as u64 * CONNECTIONS_PER_PREFIX + 3;
     let outcome = FloodOutcome {
         planned_attempts: attempts,
@@ -433,6 +475,8 @@ async fn run(lab: &Lab, attempts: usize, identities: usize, flood_secs: f64, wal
         chat_rounds_during_flood: rounds,
         chat_slowest_round_ms: ms(slowest),
         chat_path,
+        newcomer_reservation_ms: ms(newcomer_time),
+        newcomer_during_flood: newcomer_during,
         fresh_reservation_from_spawn_ms: ms(from_spawn),
         fresh_reservation_from_ready_ms: ms(from_ready),
         wall_ms: ms(wall.elapsed()),
@@ -458,6 +502,11 @@ async fn run(lab: &Lab, attempts: usize, identities: usize, flood_secs: f64, wal
     assert!(
         from_spawn <= RESERVE_AFTER_FLOOD,
         "a fresh node reserved {from_spawn:?} after its daemon started"
+    );
+    assert!(
+        newcomer_during && newcomer_time <= RESERVE_AFTER_FLOOD,
+        "a fresh node reserved {newcomer_time:?} after its start during the flood \
+         (still running: {newcomer_during})"
     );
     assert!(!log.contains("panicked"), "the relay's log has a panic");
     for (name, chat) in [("A", chat_a), ("B", chat_b)] {
