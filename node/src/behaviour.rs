@@ -16,6 +16,7 @@ use libp2p::{
 use crate::config::{Config, HolePunchMode};
 use crate::gossip_idle::IdleGossip;
 use crate::holepunch::DcutrForOthers;
+use crate::prefix_connections;
 use crate::relay_limits::PrefixLimiter;
 
 /// Kademlia protocol id. The standard one, so our DHT records stay interoperable.
@@ -30,6 +31,9 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/p2pnode/1.0.0";
 pub struct Behaviour {
     /// Refuses and closes connections of revoked peers (checked first).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// On relay nodes: refuses inbound connections past a network's share, before the
+    /// handshake and before they take one of the global slots below.
+    pub prefix_connections: Toggle<prefix_connections::Behaviour>,
     /// Refuses connections past the configured counts.
     pub limits: connection_limits::Behaviour,
     /// Refuses connections when the process uses too much memory (off when
@@ -124,6 +128,11 @@ impl Behaviour {
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
+            prefix_connections: (cfg.relay && cfg.relay_limits.max_connections_per_prefix > 0)
+                .then(|| {
+                    prefix_connections::Behaviour::new(cfg.relay_limits.max_connections_per_prefix)
+                })
+                .into(),
             memory: (cfg.max_memory_mb > 0)
                 .then(|| {
                     let bytes = cfg.max_memory_mb.saturating_mul(1024 * 1024);

@@ -138,7 +138,13 @@ pub struct RelayLimits {
     pub circuit_burst_per_prefix: u32,
     /// A network gains one more circuit every this many seconds (1 to 86400).
     pub circuit_refill_secs: u64,
-    /// How many networks each of these two limits remembers. Past it the network closest
+    /// Inbound connections one network (IPv4 /24, IPv6 /48) may hold at once, pending
+    /// handshakes included; past it a new connection is closed before its handshake. Each
+    /// reservation lives on a connection, so this also caps a network's reservations:
+    /// without it a few hosts with fresh peer ids fill `max_connections` and
+    /// `max_reservations` and lock everyone else out. 0 turns the limit off.
+    pub max_connections_per_prefix: u32,
+    /// How many networks each of the two rate limits above remembers. Past it the network closest
     /// to its full allowance is forgotten, so memory stays bounded however many addresses
     /// a client has.
     pub max_tracked_prefixes: usize,
@@ -161,6 +167,9 @@ impl Default for RelayLimits {
             circuit_burst_per_prefix: 64,
             circuit_refill_secs: 5,
             max_tracked_prefixes: 4096,
+            // 16 networks to fill the default 512 connections; far above what one home
+            // NAT or one VPS runs.
+            max_connections_per_prefix: 32,
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod network;
 mod node;
 pub mod peer;
+pub mod prefix_connections;
 pub mod privacy;
 pub mod protocol;
 pub mod relay_limits;

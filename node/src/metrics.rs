@@ -344,7 +344,8 @@ impl Metrics {
     /// A limit refused something: `gate_peer_busy`, `gate_rate`, `gate_full`,
     /// `exchange_budget`, `introduction` (any refused introduction),
     /// `relay_reservation`, `relay_circuit` (the relay's limits, per peer and per
-    /// network), `control_connections`.
+    /// network), `connections_per_prefix` (a relay's inbound connections per network),
+    /// `control_connections`.
     pub(crate) fn refused(&self, limit: &'static str) {
         self.refusals.get_or_create(&LimitLabels { limit }).inc();
     }

@@ -1,6 +1,6 @@
 //! A relay's per-network limits on real TCP (the memory transport has no IP): one host
-//! with many fresh peer ids gets no more reservations, and opens no more circuits, than its
-//! /24 is allowed, and another /24 is still served.
+//! with many fresh peer ids gets no more reservations, opens no more circuits and holds no
+//! more connections than its /24 is allowed, and another /24 is still served.
 
 #![allow(clippy::unwrap_used)]
 
@@ -164,10 +164,19 @@ fn is_limit_exceeded(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// One fresh peer id from `source` asks `relay` for a reservation, then goes away.
 async fn reserve(relay: Multiaddr, source: Ipv4Addr) -> Outcome {
+    reserve_holding(relay, source).await.0
+}
+
+/// One fresh peer id from `source` asks `relay` for a reservation; its swarm is returned
+/// so the caller decides how long the connection (and the reservation on it) lives.
+async fn reserve_holding(
+    relay: Multiaddr,
+    source: Ipv4Addr,
+) -> (Outcome, Swarm<relay::client::Behaviour>) {
     let mut swarm = client(source);
     let listener = match swarm.listen_on(relay.with(Protocol::P2pCircuit)) {
         Ok(id) => id,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return (Outcome::Failed(e.to_string()), swarm),
     };
     let wait = async {
         loop {
@@ -187,15 +196,16 @@ async fn reserve(relay: Multiaddr, source: Ipv4Addr) -> Outcome {
                     };
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    return Outcome::Failed(error.to_string());
+                    return Outcome::Failed(format!("connection: {error}"));
                 }
                 _ => {}
             }
         }
     };
-    tokio::time::timeout(WAIT, wait)
+    let outcome = tokio::time::timeout(WAIT, wait)
         .await
-        .unwrap_or_else(|_| Outcome::Failed("no answer in time".into()))
+        .unwrap_or_else(|_| Outcome::Failed("no answer in time".into()));
+    (outcome, swarm)
 }
 
 /// A fresh peer id from `source` dials `dest` through the relay `relay`, then goes away.
@@ -266,6 +276,9 @@ async fn one_host_with_fresh_peer_ids_gets_only_its_prefixs_reservations() {
         max_reservations: 4 * CLIENTS,
         reservation_burst_per_prefix: PER_PREFIX,
         reservation_refill_secs: DAY,
+        // Clients come and go faster than the relay sees them close; only the rate
+        // limit is under test here.
+        max_connections_per_prefix: 0,
         ..RelayLimits::default()
     };
     let relay = relay_node(dir.path(), limits).await;
@@ -299,6 +312,7 @@ async fn one_host_with_fresh_peer_ids_opens_only_its_prefixs_circuits() {
         max_circuits: 4 * DIALERS,
         circuit_burst_per_prefix: CIRCUITS_PER_PREFIX,
         circuit_refill_secs: DAY,
+        max_connections_per_prefix: 0,
         ..RelayLimits::default()
     };
     let relay = relay_node(dir.path(), limits).await;
@@ -346,5 +360,66 @@ async fn one_host_with_fresh_peer_ids_opens_only_its_prefixs_circuits() {
 
     dest_task.abort();
     assert!(dest_task.await.unwrap_err().is_cancelled());
+    relay.shutdown().await;
+}
+
+/// Connections (and the reservations on them) one /24 may hold in the connection test.
+const CONNECTIONS_PER_PREFIX: u32 = 16;
+
+/// Fresh peer ids that try to hold a reservation each in the connection test.
+const HOLDERS: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_holds_only_its_prefixs_connections_and_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = RelayLimits {
+        max_reservations: 4 * HOLDERS,
+        // Only the connection cap is under test: no rate limit.
+        reservation_burst_per_prefix: 0,
+        max_connections_per_prefix: CONNECTIONS_PER_PREFIX,
+        ..RelayLimits::default()
+    };
+    let relay = relay_node(dir.path(), limits).await;
+    let relay_addr = addr_of(&relay).await;
+
+    // Every client keeps its connection (and reservation, if granted) open.
+    let results: Vec<(Outcome, Swarm<relay::client::Behaviour>)> =
+        futures::stream::iter(0..HOLDERS)
+            .map(|_| reserve_holding(relay_addr.clone(), Ipv4Addr::LOCALHOST))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+    let accepted = results
+        .iter()
+        .filter(|(o, _)| *o == Outcome::Accepted)
+        .count();
+    let cut_off = results
+        .iter()
+        .filter(|(o, _)| matches!(o, Outcome::Failed(e) if e.starts_with("connection")))
+        .count();
+    assert_eq!(
+        (accepted, cut_off),
+        (
+            CONNECTIONS_PER_PREFIX as usize,
+            HOLDERS - CONNECTIONS_PER_PREFIX as usize
+        ),
+        "granted, and cut off before the handshake: {:?}",
+        results
+            .iter()
+            .map(|(o, _)| o)
+            .find(|o| **o != Outcome::Accepted)
+    );
+
+    // Another /24 is still served while the first holds its share.
+    let (other, _held) = reserve_holding(relay_addr.clone(), Ipv4Addr::new(127, 1, 0, 1)).await;
+    assert_eq!(other, Outcome::Accepted, "a peer from another /24");
+
+    // Once the holders let go, the /24 is served again.
+    drop(results);
+    common::wait_for(|| async {
+        (reserve(relay_addr.clone(), Ipv4Addr::LOCALHOST).await == Outcome::Accepted).then_some(())
+    })
+    .await;
+
     relay.shutdown().await;
 }

@@ -10,7 +10,9 @@
 //!
 //! The `p2pnode-sim` binary exposes the scenarios (`lab <scenario>`), the benchmark
 //! (`bench-holepunch`), leftover cleanup (`lab cleanup`) and the helper processes the lab
-//! starts inside namespaces (`delay-link`, `udp-echo`, `udp-probe`).
+//! starts inside namespaces (`delay-link`, `udp-echo`, `udp-probe`). [`flood`] is a
+//! reservation flood against a relay (`flood-relay`), for the relay's load test.
 
+pub mod flood;
 pub mod lab;
 pub mod sim;

@@ -97,6 +97,28 @@ enum Commands {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Floods a relay with reservation requests from many fresh peer ids and prints a
+    /// JSON summary of the outcomes (accepted, denied, refused, timed out, failed).
+    FloodRelay {
+        /// The relay's address, ending in /p2p/<peer-id>.
+        #[arg(long)]
+        relay: libp2p::Multiaddr,
+        /// Fresh peer ids in this process.
+        #[arg(long, default_value_t = 1000)]
+        identities: usize,
+        /// Reservation attempts in all.
+        #[arg(long, default_value_t = 10_000)]
+        attempts: usize,
+        /// Seconds the attempts are spread over.
+        #[arg(long, default_value_t = 60.0)]
+        duration_s: f64,
+        /// Longest wait for one answer, ms.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Attempts running at once, at most.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
+    },
     /// Delay link inside a router namespace (started by the lab).
     DelayLink {
         /// TUN device to attach to.
@@ -275,7 +297,7 @@ fn main() -> anyhow::Result<()> {
     // Helpers run one per router or host: one thread is plenty and leaves the cores to
     // the daemons under test.
     let runtime = match &cli.command {
-        Commands::Lab { .. } | Commands::BenchHolepunch { .. } => {
+        Commands::Lab { .. } | Commands::BenchHolepunch { .. } | Commands::FloodRelay { .. } => {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -348,6 +370,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("simulation {}", scenario.display()))?;
             println!("{}", done.report.summary());
             println!("{}\n{}", done.json.display(), done.html.display());
+            Ok(())
+        }
+        Commands::FloodRelay {
+            relay,
+            identities,
+            attempts,
+            duration_s,
+            timeout_ms,
+            max_in_flight,
+        } => {
+            raise_fd_limit();
+            let summary = p2pnode_sim::flood::run(p2pnode_sim::flood::FloodConfig {
+                relay,
+                identities,
+                attempts,
+                duration: Duration::try_from_secs_f64(duration_s)
+                    .context("--duration-s must be a non-negative number")?,
+                attempt_timeout: Duration::from_millis(timeout_ms),
+                max_in_flight,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
         Commands::UdpEcho { bind } => {
@@ -548,4 +592,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: a flood holds one socket per
+/// identity with a reservation, plus those in flight, past the usual soft 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }

@@ -17,25 +17,21 @@ mod common;
 
 use std::time::Duration;
 
+use common::chat::{LineChat, bodies, caught_up, numbered, of_type, wait_request};
 use common::{MACHINE, config, init_tracing, lab_allowed, report};
 use p2pnode_sim::lab::node::{ConnectionInfo, PathKind};
-use p2pnode_sim::lab::poll::{Poll, wait_for};
 use p2pnode_sim::lab::scenarios::{
     self, HolePunchLab, PEER_PORT, PeerOptions, ScenarioConfig, Transport, is_direct,
 };
 use p2pnode_sim::lab::{NatKind, Node};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
 
 /// Longest wait for a direct connection.
 const DCUTR_WINDOW: Duration = Duration::from_secs(45);
 /// Messages each side sends in the burst.
 const BURST: usize = 50;
-/// Longest wait for one step of the conversation (a chat opening, a request, a burst).
-const STEP: Duration = Duration::from_secs(60);
 
 /// How one direction of the conversation went.
 #[derive(Debug, Serialize)]
@@ -98,113 +94,6 @@ impl Drop for KeepLogsOnPanic {
             eprintln!("lab logs kept in {}", dir.display());
         }
     }
-}
-
-/// A `p2pnode chat <peer> --line` process in a node's namespace: lines written to its
-/// stdin are sent, its stdout's JSON events are kept in order.
-struct LineChat {
-    who: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    events: Vec<Value>,
-}
-
-impl LineChat {
-    fn start(node: &Node, peer: &str) -> Self {
-        let mut child = node.spawn_client(&["chat", peer, "--line"]).unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            who: format!("{}'s chat", node.name()),
-            child,
-            stdin,
-            stdout,
-            events: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, lines: &[String]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        for line in lines {
-            stdin
-                .write_all(format!("{line}\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        stdin.flush().await.unwrap();
-    }
-
-    /// Reads events until `done` holds for all of them so far, for at most [`STEP`].
-    async fn read_until(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) {
-        let deadline = Instant::now() + STEP;
-        while !done(&self.events) {
-            let line = match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
-                Ok(line) => line.unwrap(),
-                Err(_) => panic!("{} timed out waiting for {what}", self.describe()),
-            };
-            let Some(line) = line else {
-                panic!("{} ended before {what}", self.describe());
-            };
-            self.events.push(serde_json::from_str(&line).unwrap());
-        }
-    }
-
-    /// Closes stdin and waits for a clean exit; returns every event.
-    async fn finish(mut self) -> Vec<Value> {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + STEP;
-        while let Some(line) = tokio::time::timeout_at(deadline, self.stdout.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            self.events.push(serde_json::from_str(&line).unwrap());
-        }
-        let status = tokio::time::timeout_at(deadline, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "{} exited with {status}", self.who);
-        self.events
-    }
-
-    fn describe(&self) -> String {
-        let last = &self.events[self.events.len().saturating_sub(3)..];
-        format!(
-            "{} ({} events, the last {last:?})",
-            self.who,
-            self.events.len()
-        )
-    }
-}
-
-fn of_type<'a>(events: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
-    events.iter().filter(move |e| e["type"] == kind)
-}
-
-fn bodies<'a>(messages: impl Iterator<Item = &'a Value>) -> Vec<String> {
-    messages
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Whether a line-mode chat printed `incoming` messages, stored `outgoing` and got the
-/// receipt for the last of them.
-fn caught_up(events: &[Value], incoming: usize, outgoing: usize) -> bool {
-    let last_sent = of_type(events, "sent")
-        .filter_map(|e| e["seq"].as_u64())
-        .max();
-    let delivered = of_type(events, "delivered")
-        .filter_map(|e| e["up_to_seq"].as_u64())
-        .max();
-    of_type(events, "message").count() >= incoming
-        && of_type(events, "sent").count() == outgoing
-        && last_sent.is_some_and(|last| delivered >= Some(last))
-}
-
-fn numbered(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 async fn history(node: &Node, peer: &str) -> Vec<Value> {
@@ -307,20 +196,7 @@ async fn conversation(nat: NatKind, expected: PathKind) {
 
     // A is not in B's trust store: its hello arrives as a message request.
     chat_a.send(&["hello".to_string()]).await;
-    wait_for(
-        "B to list A's message request",
-        STEP,
-        cfg.poll_interval,
-        || async {
-            match b.client_json::<Vec<Value>>(&["chat", "requests"]).await {
-                Ok(list) if list.iter().any(|r| r["peer_id"] == a_id) => Poll::Ready(()),
-                Ok(list) => Poll::seen(format!("{list:?}")),
-                Err(err) => Poll::seen(err),
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_request(&b, a_id, cfg.poll_interval).await;
     let accepted: Value = b.client_json(&["chat", "accept", a_id]).await.unwrap();
     assert_eq!(accepted["request"], false, "{accepted}");
     let mut chat_b = LineChat::start(&b, a_id);

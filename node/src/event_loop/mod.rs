@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder;
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, ListenError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
 };
@@ -32,6 +32,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::error::NodeError;
 use crate::holepunch::{Candidates, IntroBudget, PunchDial, Puncher};
 use crate::metrics::Metrics;
+use crate::prefix_connections::PrefixFull;
 
 pub(crate) use addrs::peer_of;
 pub use addrs::{path_of, transport_of, transport_of_all};
@@ -233,7 +234,16 @@ impl EventLoop {
                 peer_id: Some(peer),
                 connection_id,
             } => self.circuits.dialing(connection_id, peer),
-            SwarmEvent::IncomingConnectionError { connection_id, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let ListenError::Denied { cause } = &error
+                    && cause.downcast_ref::<PrefixFull>().is_some()
+                {
+                    self.metrics.refused("connections_per_prefix");
+                }
                 self.circuits.ended(connection_id)
             }
             SwarmEvent::ConnectionEstablished {

@@ -364,6 +364,12 @@ impl Node {
         self.child_slot().take()
     }
 
+    /// The daemon's process id, while it runs (`ip netns exec` execs the daemon, so this
+    /// is the daemon itself: its `/proc/<pid>/status` tells its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child_slot().as_ref().and_then(Child::id)
+    }
+
     /// Whether the daemon process runs.
     pub fn is_running(&self) -> bool {
         self.child_slot()

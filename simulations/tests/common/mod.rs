@@ -7,6 +7,8 @@ use std::io::Write;
 use std::sync::LazyLock;
 
 use p2pnode_sim::lab::scenarios::ScenarioConfig;
+
+pub mod chat;
 use tokio::sync::RwLock;
 
 const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");

@@ -39,7 +39,8 @@ pub async fn start_relay(
         // per-network limits would count the whole lab as one host; a benchmark of many
         // trials would run into them.
         config_toml: Some(
-            "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n"
+            "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n\
+             max_connections_per_prefix = 0\n"
                 .into(),
         ),
         command_line: None,
