@@ -159,6 +159,7 @@ async fn start_relay(lab: &Lab) -> Node {
             "[relay_limits]\nmax_reservations = {MAX_RESERVATIONS}\n\
              max_connections_per_prefix = {CONNECTIONS_PER_PREFIX}\n"
         )),
+        command_line: None,
     };
     lab.start_node("relay", "relay", spec).await.unwrap()
 }
