@@ -27,6 +27,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
     security: Arc<Security>,
+    networks: crate::networks::Networks,
     peer_id: PeerId,
 }
 
@@ -43,12 +44,14 @@ impl Client {
         commands: mpsc::Sender<Command>,
         streams: libp2p_stream::Control,
         security: Arc<Security>,
+        networks: crate::networks::Networks,
         peer_id: PeerId,
     ) -> Self {
         Self {
             commands,
             streams,
             security,
+            networks,
             peer_id,
         }
     }
@@ -92,6 +95,21 @@ impl Client {
             protocol,
             app,
         )
+    }
+
+    /// The node's networks: who is a member of which, for protocols to ask.
+    pub fn networks(&self) -> &crate::networks::Networks {
+        &self.networks
+    }
+
+    /// Joins a network with a ticket from `net invite`: reaches the issuer, presents the
+    /// join request and keeps the record it sends back.
+    pub async fn join_network(
+        &self,
+        ticket: &str,
+        name: Option<String>,
+    ) -> Result<crate::networks::NetInfo, crate::networks::NetError> {
+        crate::networks::exchange::join(self, &self.networks, ticket, name).await
     }
 
     /// The short authentication string of a verification exchange with `peer`.

@@ -15,8 +15,10 @@
 //! and simulations), [`relay_limits`] (a relay's per-network rate limits), [`api`] (the
 //! reported types), [`error`], [`trust`] (the trust store), [`secure`] (the gate every
 //! application stream passes: trust check, then the post-quantum handshake), [`streams`]
-//! (bounded accept loops, echo), [`diagnostics`] (what `p2pnode doctor` asks the daemon) and
-//! [`protocol`] (the contract a protocol implements;
+//! (bounded accept loops, echo), [`diagnostics`] (what `p2pnode doctor` asks the daemon),
+//! [`network`] (the sans-IO membership record of a network) with [`networks`] (its
+//! storage, exchange between members, joins and control routes) and [`protocol`] (the
+//! contract a protocol implements;
 //! [`NodeBuilder`] registers it).
 
 pub mod api;
@@ -34,6 +36,7 @@ pub mod holepunch;
 pub mod identity;
 pub mod metrics;
 pub mod network;
+pub mod networks;
 mod node;
 pub mod peer;
 pub mod prefix_connections;

@@ -99,6 +99,8 @@ pub struct Node {
     event_loop: JoinHandle<()>,
     echo: JoinHandle<()>,
     verify: JoinHandle<()>,
+    /// The membership exchange: serving streams, and opening them on connects and pushes.
+    net_tasks: Vec<JoinHandle<()>>,
     holepunch: Option<JoinHandle<()>>,
     protocols: Protocols,
     store_writer: Option<std::thread::JoinHandle<()>>,
@@ -190,6 +192,10 @@ impl NodeBuilder {
         let store = Store::open(data_dir)?;
         let trust = TrustDb::open(store.database().clone())?;
         let revoked = trust.revoked()?;
+        let (networks, net_pushes) = crate::networks::Networks::open(
+            crate::networks::db::NetworkDb::open(store.database().clone())?,
+            signing_key.clone(),
+        )?;
         let metrics = Arc::new(Metrics::new());
         // Bound before anything runs: a taken port is a start error, not a log line.
         let metrics_listener = match config.metrics {
@@ -362,7 +368,26 @@ impl NodeBuilder {
             }
             None => None,
         };
-        let client = Client::new(cmd_tx, streams, security, peer_id);
+        let net_listener = span.in_scope(|| {
+            SecureListener::new(
+                security.clone(),
+                &mut streams,
+                crate::networks::exchange::NET_PROTOCOL,
+                crate::networks::exchange::APP,
+            )
+        });
+        let net_listener = net_listener.map_err(StartError::Listen)?;
+        let client = Client::new(cmd_tx, streams, security, networks.clone(), peer_id);
+        let net_tasks = vec![
+            tokio::spawn(tracing::Instrument::instrument(
+                crate::networks::exchange::serve(networks.clone(), net_listener),
+                span.clone(),
+            )),
+            tokio::spawn(tracing::Instrument::instrument(
+                crate::networks::exchange::drive(client.clone(), networks, net_pushes),
+                span.clone(),
+            )),
+        ];
         let mut node = Node {
             client,
             data_dir: data_dir.to_path_buf(),
@@ -371,6 +396,7 @@ impl NodeBuilder {
             echo,
             holepunch,
             verify,
+            net_tasks,
             protocols: Protocols::default(),
             store_writer: Some(store_writer),
             span: span.clone(),
@@ -493,6 +519,12 @@ impl Node {
         // Protocols first: they must not write to streams of a swarm that is going away,
         // and they may still need it to finish what they acknowledged.
         self.protocols.shutdown().await;
+        for task in &self.net_tasks {
+            task.abort();
+        }
+        for task in self.net_tasks.drain(..) {
+            let _ = task.await;
+        }
         self.stop.notify_one();
         if let Err(e) = (&mut self.event_loop).await {
             tracing::warn!("event loop ended badly: {e}");

@@ -156,6 +156,13 @@ impl Context {
         &self.data_dir
     }
 
+    /// The node's networks: ask whether a peer is a current member of a network before
+    /// serving it anything of that network, and subscribe to changes to close a revoked
+    /// member's streams at once.
+    pub fn networks(&self) -> &crate::networks::Networks {
+        self.client.networks()
+    }
+
     /// The node's span: tasks the protocol spawns should run in it.
     pub fn span(&self) -> &tracing::Span {
         &self.span

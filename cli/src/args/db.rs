@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DbCommand {
-    /// Create an empty document that belongs to a network; peers allowed `sync` get it.
+    /// Create an empty document that belongs to a network we are in; its members get it.
     Create {
         /// The document's name (1 to 128 of A-Z a-z 0-9 . _ -).
         doc: String,

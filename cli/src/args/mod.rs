@@ -5,6 +5,7 @@ use std::path::PathBuf;
 mod chat;
 mod db;
 mod files;
+mod net;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
@@ -12,6 +13,7 @@ use p2pnode_node::Multiaddr;
 pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
 pub(crate) use db::DbCommand;
 pub(crate) use files::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
+pub(crate) use net::NetCommand;
 
 /// p2pnode: a serverless peer-to-peer node.
 ///
@@ -123,7 +125,13 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
-    /// JSON documents synced with the peers allowed `sync` (automerge: offline edits merge).
+    /// Networks: who may use the members-only protocols (sync). Membership is a signed
+    /// record the members exchange whenever they connect; no server, and a revocation
+    /// reaches every connected member at once.
+    #[command(subcommand)]
+    Net(NetCommand),
+    /// JSON documents synced with the members of their network (automerge: offline edits
+    /// merge).
     #[command(subcommand)]
     Db(DbCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.

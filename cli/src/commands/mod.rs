@@ -8,6 +8,7 @@ mod doctor;
 mod files;
 mod find;
 mod id;
+mod net;
 mod peers;
 mod ping;
 mod shell;
@@ -51,6 +52,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Contacts(cmd) => contacts::run(&control, cmd, json).await,
         Command::Chat(args) => chat::run(&control, args, json).await,
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
+        Command::Net(cmd) => net::run(&control, cmd, json).await,
         Command::Db(cmd) => db::run(&control, cmd, json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
         Command::Share(args) => files::share(&control, args, json).await,

@@ -171,6 +171,9 @@ async fn route(req: ControlRequest, client: &Client, shutdown: &Notify) -> Contr
             Ok(peer) => ControlReply::from_result(client.revoke(peer).await),
             Err(e) => ControlReply::error(&e),
         },
+        (_, r) if r == "net" || r.starts_with("net/") => {
+            crate::networks::routes::handle(req, client).await
+        }
         (_, r) if r == "contacts" || r.starts_with("contacts/") => {
             crate::contacts::handle(req, client).await
         }

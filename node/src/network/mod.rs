@@ -1,7 +1,7 @@
 //! A network's membership record (issue #20): who belongs to a network and with which role,
 //! as a DAG of signed operations that members exchange whenever they connect. Sans-IO: no
-//! sockets, no clock (callers pass `now_ms`), no tokio; the RNG is passed in. Wiring into
-//! the event loop, the secure gate, the CLI and the control socket is later work.
+//! sockets, no clock (callers pass `now_ms`), no tokio; the RNG is passed in. The wiring
+//! (storage, exchange between members, joins, control routes) is [`crate::networks`].
 //!
 //! # Operations
 //! Every change is a [`SignedOp`]: an [`Op`] (create, add, revoke, promote, set name, set
@@ -93,7 +93,10 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use bytes::{Bin, base32_decode, base32_encode};
+pub(crate) use invite::WireJoin;
 pub use invite::{Invite, InviteId, InviteToken, JoinRequest};
+pub(crate) use op::cbor;
 pub use op::{Lease, NetworkId, Op, OpId, Role, SignedOp, peer_of_key};
 pub use state::{Applied, Member, Membership};
 

@@ -105,18 +105,23 @@ async fn main() {
     std::fs::write(da.path().join("sync/bench.network"), "bench").unwrap();
     let a = common::start_memory_with(da.path(), Sync).await;
     let b = common::start_memory_with(dbd.path(), Sync).await;
-    for (x, y) in [(&a, &b), (&b, &a)] {
-        x.client()
-            .allow(y.client().peer_id(), &["sync".to_string()])
-            .await
-            .unwrap();
-    }
+    // Both in the document's network: a creates it, b joins (which connects them).
+    a.client().networks().create("bench").unwrap();
+    let ticket = a
+        .client()
+        .networks()
+        .invite(
+            "bench",
+            Duration::from_secs(3600),
+            1,
+            false,
+            &[common::addr_of(&a).await],
+        )
+        .unwrap()
+        .ticket;
     let want = db(&a).info("bench").await.unwrap().heads;
     let connect = Instant::now();
-    b.client()
-        .connect_addr(common::addr_of(&a).await)
-        .await
-        .unwrap();
+    b.client().join_network(&ticket, None).await.unwrap();
     let (ha, hb) = (db(&a), db(&b));
     while hb.linked_peers().await.unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -1,5 +1,5 @@
 //! Document sync for p2pnode: moves automerge sync messages between peers so that every
-//! peer allowed to sync a document ends with the same changes.
+//! member of a document's network ends with the same changes.
 //!
 //! - [`wire`]: the frames on a `/p2pnode/sync/1` stream: length-prefixed CBOR holding a
 //!   document name, its network and one automerge sync message, size-checked before any
@@ -8,9 +8,10 @@
 //!   document as a [`p2pnode_crdt::SyncSession`], one secure stream per connected peer that
 //!   may sync, and the `db` control routes; [`api`] holds their paths and JSON types.
 //!
-//! A document belongs to one network (a name stored beside it). Until the membership layer
-//! exists, access is the node's trust decision for the protocol `sync`, checked in one
-//! place (`may_sync`) so the membership check can replace it.
+//! A document belongs to one network (a name stored beside it). Access is membership of
+//! that network, which the node answers (its `Networks`), checked
+//! for every frame in and out in one place (`may_sync`); a membership change closes the
+//! streams of peers that share no network any more at once.
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -22,7 +23,7 @@ pub mod wire;
 
 pub use wire::{Frame, FrameError, MAX_FRAME_LEN};
 
-/// The protocol name for trust decisions (`p2pnode trust allow <peer> --protocols sync`).
+/// The protocol name, as the node registers it.
 pub const PROTOCOL: &str = "sync";
 
 /// The libp2p stream protocol, also the secure handshake's label.

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{addr_of, start_memory_with, wait_for};
-use p2pnode_node::Node;
+use std::time::Duration;
+
+use p2pnode_node::{Node, PeerId, StreamProtocol};
 use p2pnode_sync::service::{Sync, SyncHandle, SyncService};
 use serde_json::json;
 
@@ -14,18 +16,36 @@ fn db(node: &Node) -> SyncHandle {
     node.protocol::<SyncService>().unwrap().handle().clone()
 }
 
-/// Lets `a` and `b` sync with each other, and connects them.
+/// Makes `a` create the network `home`, has `b` join it through `a`, and connects them.
 async fn pair(a: &Node, b: &Node) {
-    allow(a, b).await;
-    allow(b, a).await;
-    a.client().connect_addr(addr_of(b).await).await.unwrap();
+    a.client().networks().create("home").unwrap();
+    join(a, b, "home").await;
 }
 
-async fn allow(a: &Node, b: &Node) {
-    a.client()
-        .allow(b.client().peer_id(), &["sync".to_string()])
-        .await
-        .unwrap();
+/// `joiner` joins `network` of `admin` with a fresh ticket (which connects them).
+async fn join(admin: &Node, joiner: &Node, network: &str) {
+    let ticket = admin
+        .client()
+        .networks()
+        .invite(
+            network,
+            Duration::from_secs(3600),
+            1,
+            false,
+            &[addr_of(admin).await],
+        )
+        .unwrap()
+        .ticket;
+    joiner.client().join_network(&ticket, None).await.unwrap();
+}
+
+fn revoked_in(node: &Node, network: &str, peer: PeerId) -> bool {
+    node.client()
+        .networks()
+        .members(network)
+        .unwrap()
+        .iter()
+        .any(|m| m.peer_id == peer.to_string() && m.revoked)
 }
 
 /// Waits until both nodes hold `doc` with the same heads, and returns its JSON.
@@ -118,30 +138,41 @@ async fn offline_edits_merge_when_peers_meet_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_without_the_sync_permission_receives_nothing() {
+async fn a_non_member_receives_nothing_on_the_wire() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = start_memory_with(dirs[0].path(), Sync).await;
     let b = start_memory_with(dirs[1].path(), Sync).await;
     let c = start_memory_with(dirs[2].path(), Sync).await;
+    pair(&a, &b).await;
     db(&a).create("secret", "home").await.unwrap();
     db(&a).put("secret", "pin", json!(1234)).await.unwrap();
+    // c has a network of the same name, but another one: c is no member of a's.
+    c.client().networks().create("home").unwrap();
     db(&c).create("bait", "home").await.unwrap();
     db(&c).put("bait", "x", json!(1)).await.unwrap();
-    // c is willing (it allows a), a is not: a never granted c `sync`.
-    allow(&c, &a).await;
     a.client().connect_addr(addr_of(&c).await).await.unwrap();
-    pair(&a, &b).await;
-    // b, allowed, gets the document: the service is running and syncing.
+    // b, a member, gets the document: the service is running and syncing.
     converged(&a, &b, "secret").await;
-    // c's stream (opened at once or after the fallback delay) was refused by a.
+    // c opens a sync stream to a itself: it passes the secure gate (c is a stranger, not
+    // revoked), and a closes it unread.
+    let protocol = StreamProtocol::new(p2pnode_sync::STREAM_PROTOCOL);
+    let mut stream = c
+        .client()
+        .open_secure(a.client().peer_id(), protocol, "sync")
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(common::WAIT, stream.recv())
+        .await
+        .expect("a closes the stream");
+    assert!(read.is_err(), "a sent c {} bytes", read.unwrap().len());
     let da = db(&a);
     wait_for(|| {
         let da = da.clone();
         async move { (da.stats().await.ok()?.refused_streams > 0).then_some(()) }
     })
     .await;
-    // What arrived at c: not one frame, not one change; nothing of a's went to c, and
-    // nothing of c's came to a.
+    // What arrived at c's sync service: not one frame, not one change; nothing of a's
+    // went to c, and nothing of c's came to a.
     let sc = db(&c).stats().await.unwrap();
     assert_eq!(sc.frames_in, 0, "{sc:?}");
     assert_eq!(sc.bytes_in, 0);
@@ -161,6 +192,101 @@ async fn a_peer_without_the_sync_permission_receives_nothing() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_receives_no_change_after_its_revocation() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_memory_with(dirs[0].path(), Sync).await;
+    let b = start_memory_with(dirs[1].path(), Sync).await;
+    let c = start_memory_with(dirs[2].path(), Sync).await;
+    let pc = c.client().peer_id();
+    pair(&a, &b).await;
+    join(&a, &c, "home").await;
+    // b and c are connected too, so either member could leak to c.
+    b.client().connect_addr(addr_of(&c).await).await.unwrap();
+    db(&a).create("plan", "home").await.unwrap();
+    db(&a).put("plan", "v", json!(1)).await.unwrap();
+    converged(&a, &b, "plan").await;
+    converged(&a, &c, "plan").await;
+    wait_for(|| async {
+        let linked = db(&b).linked_peers().await.ok()?;
+        linked.contains(&pc).then_some(())
+    })
+    .await;
+
+    a.client().networks().revoke("home", pc).unwrap();
+    // Once the revocation reached b, neither a nor b keeps a sync stream with c.
+    wait_for(|| async { revoked_in(&b, "home", pc).then_some(()) }).await;
+    for n in [&a, &b] {
+        let h = db(n);
+        wait_for(|| {
+            let h = h.clone();
+            async move { (!h.linked_peers().await.ok()?.contains(&pc)).then_some(()) }
+        })
+        .await;
+    }
+    let before = db(&c).stats().await.unwrap();
+    for i in 0..10 {
+        db(&a)
+            .put("plan", &format!("after{i}"), json!(i))
+            .await
+            .unwrap();
+    }
+    let value = converged(&a, &b, "plan").await;
+    assert_eq!(value["after9"], json!(9));
+    // c tries again (its own tick reopens streams it believes it may have): refused.
+    let (da, dbb) = (db(&a), db(&b));
+    wait_for(|| {
+        let (da, dbb) = (da.clone(), dbb.clone());
+        async move {
+            let refused =
+                da.stats().await.ok()?.refused_streams + dbb.stats().await.ok()?.refused_streams;
+            (refused > 0).then_some(())
+        }
+    })
+    .await;
+    let after = db(&c).stats().await.unwrap();
+    assert_eq!(after.frames_in, before.frames_in, "{after:?}");
+    assert_eq!(after.changes_in, before.changes_in);
+    assert!(db(&c).get("plan", "after0").await.is_err());
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_revoked_while_offline_gets_nothing_when_it_comes_back() {
+    let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_memory_with(da.path(), Sync).await;
+    let r = start_memory_with(dr.path(), Sync).await;
+    let pr = r.client().peer_id();
+    pair(&a, &r).await;
+    db(&a).create("d", "home").await.unwrap();
+    db(&a).put("d", "k1", json!(1)).await.unwrap();
+    converged(&a, &r, "d").await;
+    r.shutdown().await;
+    a.client().networks().revoke("home", pr).unwrap();
+    db(&a).put("d", "k2", json!(2)).await.unwrap();
+
+    let r = start_memory_with(dr.path(), Sync).await;
+    assert!(
+        r.client().networks().is_member("home", &pr),
+        "r missed its revocation"
+    );
+    r.client().connect_addr(addr_of(&a).await).await.unwrap();
+    // r believes it is a member and opens its sync stream: a refuses it.
+    let h = db(&a);
+    wait_for(|| {
+        let h = h.clone();
+        async move { (h.stats().await.ok()?.refused_streams > 0).then_some(()) }
+    })
+    .await;
+    let sr = db(&r).stats().await.unwrap();
+    assert_eq!((sr.frames_in, sr.changes_in), (0, 0), "{sr:?}");
+    assert!(db(&r).get("d", "k2").await.is_err());
+    a.shutdown().await;
+    r.shutdown().await;
+}
+
 #[test]
 fn a_restarted_node_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,6 +301,7 @@ fn a_restarted_node_keeps_every_acknowledged_write() {
             .unwrap();
         let acked = rt.block_on(async {
             let a = start_memory_with(&path, Sync).await;
+            a.client().networks().create("home").unwrap();
             let h = db(&a);
             h.create("log", "home").await.unwrap();
             let mut acked = Vec::new();
@@ -224,6 +351,11 @@ async fn bad_input_stores_nothing() {
     let d = tempfile::tempdir().unwrap();
     let a = start_memory_with(d.path(), Sync).await;
     let h = db(&a);
+    assert!(
+        h.create("ok", "home").await.is_err(),
+        "not a member of `home`"
+    );
+    a.client().networks().create("home").unwrap();
     assert!(h.create("bad/name", "home").await.is_err());
     assert!(h.create("ok", "bad network").await.is_err());
     assert!(h.put("missing", "x", json!(1)).await.is_err());
@@ -278,6 +410,7 @@ async fn control_routes_write_read_watch_and_refuse_bad_input() {
     use p2pnode_node::control::{ControlReply, ControlRequest, Method};
     let d = tempfile::tempdir().unwrap();
     let a = start_memory_with(d.path(), Sync).await;
+    a.client().networks().create("home").unwrap();
     let (s, _) = call(
         &a,
         true,

@@ -24,8 +24,10 @@ pub struct SyncStats {
     pub wire_bytes_out: u64,
     /// Frames dropped by the access check or a bound.
     pub refused_frames: u64,
-    /// Streams refused for want of the `sync` permission.
+    /// Streams refused: the peer shares no network with us.
     pub refused_streams: u64,
+    /// Streams closed because a membership change left the peer no network in common.
+    pub closed_by_membership: u64,
 }
 
 /// A handle on the sync service. Cheap to clone.

@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
+use p2pnode_node::networks::{NetEvent, Networks};
 use p2pnode_node::secure::{Accepted, SecureListener};
-use p2pnode_node::trust::TrustDb;
 use p2pnode_node::{
     Client, Context, NodeError, OwnerTask, Protocol, ProtocolError, ProtocolHandler,
 };
-use p2pnode_secure::{SecureStream, TrustDecision};
+use p2pnode_secure::SecureStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{DocInfo, WatchEvent, Written};
@@ -63,7 +63,8 @@ pub const MAX_LINKS: usize = 256;
 const WATCH_QUEUE: usize = 1024;
 /// Most inputs in one batch (one save per changed document).
 const MAX_BATCH: usize = 256;
-/// How often connected peers are looked at and trust is checked again.
+/// How often connected peers are looked at and membership is checked again (changes to
+/// membership are acted on at once; this catches a lagged event stream).
 const TICK: Duration = Duration::from_millis(250);
 /// The larger peer id opens a stream itself when none came after this long.
 const FALLBACK_OPEN: Duration = Duration::from_secs(3);
@@ -142,20 +143,9 @@ impl p2pnode_node::control::ApiError for SyncError {
     }
 }
 
-/// A network name: what a document belongs to.
+/// A network name: what a document belongs to (the node's rule for network names).
 pub(crate) fn check_network(network: &str) -> Result<(), SyncError> {
-    let ok = !network.is_empty()
-        && network.len() <= 64
-        && network
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(SyncError::Invalid(format!(
-            "invalid network `{network}`: use 1 to 64 of A-Z a-z 0-9 . _ -"
-        )))
-    }
+    p2pnode_node::networks::check_name(network).map_err(|e| SyncError::Invalid(e.to_string()))
 }
 
 fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
@@ -250,6 +240,8 @@ enum Input {
     // Boxed: an accepted secure stream dwarfs the other inputs.
     Accepted(Box<Accepted>),
     Tick,
+    /// A network's membership changed (`None`: any network's).
+    Membership(Option<String>),
 }
 
 struct Doc {
@@ -301,7 +293,7 @@ struct Service {
     me: PeerId,
     me_bytes: Vec<u8>,
     store: Store,
-    trust: TrustDb,
+    networks: Networks,
     docs: BTreeMap<String, Doc>,
     links: HashMap<PeerId, Link>,
     opening: HashSet<PeerId>,
@@ -326,8 +318,7 @@ impl Protocol for Sync {
     fn start(self, ctx: Context) -> Result<SyncService, ProtocolError> {
         let err = |e: SyncError| ProtocolError::new(crate::PROTOCOL, e);
         let store = Store::open(ctx.data_dir().join("sync")).map_err(|e| err(e.into()))?;
-        let trust =
-            TrustDb::open(ctx.database().clone()).map_err(|e| err(SyncError::Node(e.into())))?;
+        let networks = ctx.networks().clone();
         let client = ctx.client().clone();
         let me = client.peer_id();
         let me_bytes = me.to_bytes();
@@ -363,7 +354,7 @@ impl Protocol for Sync {
             me,
             me_bytes,
             store,
-            trust,
+            networks,
             docs,
             links: HashMap::new(),
             opening: HashSet::new(),
@@ -436,9 +427,18 @@ impl Service {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut membership = self.networks.subscribe();
         loop {
             let first = tokio::select! {
                 _ = &mut stop_rx => break,
+                event = membership.recv() => match event {
+                    Ok(NetEvent::Changed { name, .. } | NetEvent::Left { name }) => {
+                        Input::Membership(Some(name))
+                    }
+                    // Lagged: re-check every network.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Input::Membership(None),
+                    Err(broadcast::error::RecvError::Closed) => Input::Tick,
+                },
                 Some(c) = cmd_rx.recv() => Input::Command(c),
                 Some(i) = inbound_rx.recv() => Input::Inbound(i),
                 Some(a) = listener.next() => Input::Accepted(Box::new(a)),
@@ -485,14 +485,11 @@ impl Service {
                 }
             }
             Input::Accepted(a) => {
-                let Accepted {
-                    peer,
-                    stream,
-                    decision,
-                } = *a;
-                // Peers without the permission get nothing: the stream is closed unread.
-                if decision != TrustDecision::Allow {
-                    tracing::debug!(%peer, ?decision, "sync stream refused");
+                let Accepted { peer, stream, .. } = *a;
+                // Peers that share no network of ours get nothing: the stream is closed
+                // unread.
+                if !self.shares_network(&peer) {
+                    tracing::debug!(%peer, "sync stream refused: no network in common");
                     self.stats.refused_streams += 1;
                     return;
                 }
@@ -507,35 +504,65 @@ impl Service {
                 tracing::debug!(%peer, "cannot open a sync stream: {reason}");
             }
             Input::Tick => self.tick().await,
+            Input::Membership(network) => self.membership_changed(network.as_deref()),
         }
     }
 
-    /// The one access check: whether `peer` may sync `doc`, for every frame in and out.
-    /// Today: the peer's stream passed the node's trust decision for `sync` (checked when
-    /// it was attached and again every tick, see [`Self::tick`]). The membership layer
-    /// replaces this with "the peer is a member of the document's network".
-    fn may_sync(&self, peer: &PeerId, doc: &str) -> bool {
-        let _network = self.docs.get(doc).map(|d| d.network.as_str());
-        self.links.contains_key(peer)
+    /// Whether `peer` is a current member of a network we are in (the networks of our
+    /// documents and any other: a peer may bring a document of a network we share).
+    fn shares_network(&self, peer: &PeerId) -> bool {
+        self.networks.shares_a_network(peer)
     }
 
-    /// The trust decision for `peer` and `sync` now; `None` (logged) when unreadable.
-    async fn decide(&self, peer: PeerId) -> Option<TrustDecision> {
-        use p2pnode_secure::TrustStore;
-        let key = p2pnode_node::peer::verifying_key_of(&peer).ok()?.to_bytes();
-        let trust = self.trust.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            trust.check(&peer.to_bytes(), &key, crate::PROTOCOL)
-        })
-        .await;
-        match checked {
-            Ok(Ok(d)) => Some(d),
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, "sync: cannot read the trust store: {e}");
-                None
+    /// Acts on a membership change at once: a peer that shares no network with us any
+    /// more loses its stream; one still sharing some keeps it, and its documents of the
+    /// network it left are forgotten on the link (their frames are refused both ways by
+    /// [`Self::may_sync`]).
+    fn membership_changed(&mut self, network: Option<&str>) {
+        let linked: Vec<PeerId> = self.links.keys().copied().collect();
+        for peer in linked {
+            if !self.shares_network(&peer) {
+                tracing::info!(%peer, "sync: no network in common any more; closing the stream");
+                self.stats.closed_by_membership += 1;
+                self.drop_link(peer);
+                continue;
             }
-            Err(_) => None,
+            let gone: Vec<String> = self.links[&peer]
+                .docs
+                .iter()
+                .filter(|doc| {
+                    self.docs.get(*doc).is_some_and(|d| {
+                        network.is_none_or(|n| d.network == n)
+                            && !self.networks.is_member(&d.network, &peer)
+                    })
+                })
+                .cloned()
+                .collect();
+            let peer_bytes = peer.to_bytes();
+            for doc in gone {
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.docs.remove(&doc);
+                }
+                if let Some(d) = self.docs.get_mut(&doc) {
+                    d.session.disconnected(&peer_bytes);
+                }
+            }
         }
+    }
+
+    /// The one access check, for every frame in and out: whether `peer` may sync `doc`,
+    /// that is, whether we are in the document's network and the node's membership
+    /// record names `peer` a current member of it.
+    fn may_sync(&self, peer: &PeerId, doc: &str) -> bool {
+        self.links.contains_key(peer)
+            && self
+                .docs
+                .get(doc)
+                .is_some_and(|d| self.may_sync_network(peer, &d.network))
+    }
+
+    fn may_sync_network(&self, peer: &PeerId, network: &str) -> bool {
+        self.networks.is_in(network) && self.networks.is_member(network, peer)
     }
 
     fn command(&mut self, c: Command, batch: &mut Batch) {
@@ -617,6 +644,11 @@ impl Service {
             return Err(SyncError::UnknownDocument(doc.to_string()));
         };
         check_network(&network)?;
+        if !self.networks.is_in(&network) {
+            return Err(SyncError::Invalid(format!(
+                "not a member of network `{network}` (see `p2pnode net list`)"
+            )));
+        }
         // The store refuses names that cannot be file names.
         self.store.contains(doc)?;
         if self.docs.len() >= MAX_DOCS {
@@ -642,7 +674,12 @@ impl Service {
     fn receive(&mut self, peer: PeerId, frame: Frame, batch: &mut Batch) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.message.len() as u64;
-        if !self.may_sync(&peer, &frame.doc) {
+        let allowed = match self.docs.get(&frame.doc) {
+            Some(_) => self.may_sync(&peer, &frame.doc),
+            // A document new to us: only of a network we are in, from a member of it.
+            None => self.links.contains_key(&peer) && self.may_sync_network(&peer, &frame.network),
+        };
+        if !allowed {
             self.stats.refused_frames += 1;
             return;
         }
@@ -868,8 +905,8 @@ impl Service {
         }
     }
 
-    /// Opens streams to connected peers that may sync, and drops the streams of peers
-    /// that may no longer (a revocation or a removed permission).
+    /// Opens streams to connected peers that share a network with us, and drops the
+    /// streams of peers that share none any more.
     async fn tick(&mut self) {
         let Ok(peers) = self.client.peers().await else {
             return;
@@ -900,9 +937,9 @@ impl Service {
                 continue;
             }
             seen.last_attempt = Some(now);
-            // Only real opens back off: a permission granted later is noticed within
+            // Only real opens back off: a membership granted later is noticed within
             // RETRY_EVERY.
-            if self.decide(peer).await != Some(TrustDecision::Allow) {
+            if !self.shares_network(&peer) {
                 continue;
             }
             if let Some(seen) = self.seen.get_mut(&peer) {
@@ -910,13 +947,7 @@ impl Service {
             }
             self.open(peer);
         }
-        let linked: Vec<PeerId> = self.links.keys().copied().collect();
-        for peer in linked {
-            if self.decide(peer).await != Some(TrustDecision::Allow) {
-                tracing::info!(%peer, "sync: permission gone; closing the stream");
-                self.drop_link(peer);
-            }
-        }
+        self.membership_changed(None);
     }
 
     fn open(&mut self, peer: PeerId) {
