@@ -446,6 +446,26 @@ impl Node {
             })
     }
 
+    /// Runs a client subcommand with `--data-dir` for at most `timeout` and returns its
+    /// whole output whatever the exit status: for long commands (a large `get`) and for
+    /// those whose failure, and its message, is what a test checks.
+    pub async fn client_output(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<std::process::Output, LabError> {
+        let all = self.client_args(args);
+        let command = cmd::describe("p2pnode", &all);
+        tokio::time::timeout(timeout, self.command(&all).output())
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: command.clone(),
+                after: timeout,
+                last: None,
+            })?
+            .map_err(|source| LabError::Spawn { command, source })
+    }
+
     /// Runs a client subcommand with `--data-dir` and `--json` and parses its stdout.
     pub async fn client_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, LabError> {
         let mut all = args.to_vec();
