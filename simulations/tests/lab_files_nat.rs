@@ -12,10 +12,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MACHINE, config, init_tracing, report};
+use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, report, two_peers};
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios::{self, HolePunchLab, PEER_PORT, PeerOptions, Transport};
+use p2pnode_sim::lab::scenarios::{self, HolePunchLab, Transport};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -50,26 +50,8 @@ async fn transfer(nat: NatKind, expected: PathKind) {
     };
     let t = Transport::Tcp;
     let hp = KeepLogsOnPanic(HolePunchLab::new(nat, nat, t, cfg.clone()).await.unwrap());
-    let options = PeerOptions {
-        transport: t,
-        port: PEER_PORT,
-        mdns: false,
-        listen_any: false,
-        hole_punch: Default::default(),
-        metrics: false,
-    };
     {
-        let (lab, relay) = (&hp.0.lab, &hp.0.relay);
-        let (a, b) = tokio::try_join!(
-            scenarios::start_peer(lab, "a", "a", relay, options),
-            scenarios::start_peer(lab, "b", "b", relay, options)
-        )
-        .unwrap();
-        tokio::try_join!(
-            scenarios::wait_reservation(&a, cfg.setup_timeout),
-            scenarios::wait_reservation(&b, cfg.setup_timeout)
-        )
-        .unwrap();
+        let (a, b) = two_peers(&hp.0, t, &cfg).await;
         // Reach A first and let the path settle, so the transfer runs on the path asked.
         b.connect(a.peer_id()).await.unwrap();
         let direct = scenarios::wait_direct(&b, &a, t, cfg.direct_window, cfg.poll_interval)
@@ -135,18 +117,6 @@ async fn transfer(nat: NatKind, expected: PathKind) {
             seconds: took.as_secs_f64(),
             mib_per_s: SIZE as f64 / (1 << 20) as f64 / took.as_secs_f64(),
         });
-    }
-}
-
-/// Keeps the lab's logs when the test panics (or env `P2PNODE_LAB_KEEP` is set).
-struct KeepLogsOnPanic(HolePunchLab);
-
-impl Drop for KeepLogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("P2PNODE_LAB_KEEP").is_some() {
-            let dir = self.0.lab.keep_workdir();
-            eprintln!("lab logs kept in {}", dir.display());
-        }
     }
 }
 
