@@ -18,11 +18,9 @@ mod common;
 use std::time::Duration;
 
 use common::chat::{LineChat, bodies, caught_up, numbered, of_type, wait_request};
-use common::{MACHINE, config, init_tracing, lab_allowed, report};
+use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, lab_allowed, report, two_peers};
 use p2pnode_sim::lab::node::{ConnectionInfo, PathKind};
-use p2pnode_sim::lab::scenarios::{
-    self, HolePunchLab, PEER_PORT, PeerOptions, ScenarioConfig, Transport, is_direct,
-};
+use p2pnode_sim::lab::scenarios::{self, HolePunchLab, ScenarioConfig, Transport, is_direct};
 use p2pnode_sim::lab::{NatKind, Node};
 use serde::Serialize;
 use serde_json::Value;
@@ -83,19 +81,6 @@ struct ChatOutcome {
     lagged: usize,
 }
 
-/// Keeps the lab's logs when the test panics (or env `P2PNODE_LAB_KEEP` is set), and
-/// says where they are.
-struct KeepLogsOnPanic(HolePunchLab);
-
-impl Drop for KeepLogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("P2PNODE_LAB_KEEP").is_some() {
-            let dir = self.0.lab.keep_workdir();
-            eprintln!("lab logs kept in {}", dir.display());
-        }
-    }
-}
-
 async fn history(node: &Node, peer: &str) -> Vec<Value> {
     node.client_json(&["chat", "history", peer, "--limit", "1000"])
         .await
@@ -146,25 +131,7 @@ async fn conversation(nat: NatKind, expected: PathKind) {
     let t = Transport::Tcp;
     let hp = HolePunchLab::new(nat, nat, t, cfg.clone()).await.unwrap();
     let hp = KeepLogsOnPanic(hp);
-    let options = PeerOptions {
-        transport: t,
-        port: PEER_PORT,
-        mdns: false,
-        listen_any: false,
-        hole_punch: Default::default(),
-        metrics: false,
-    };
-    let (lab, relay) = (&hp.0.lab, &hp.0.relay);
-    let (a, b) = tokio::try_join!(
-        scenarios::start_peer(lab, "a", "a", relay, options),
-        scenarios::start_peer(lab, "b", "b", relay, options)
-    )
-    .unwrap();
-    tokio::try_join!(
-        scenarios::wait_reservation(&a, cfg.setup_timeout),
-        scenarios::wait_reservation(&b, cfg.setup_timeout)
-    )
-    .unwrap();
+    let (a, b) = two_peers(&hp.0, t, &cfg).await;
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
 
     // A reaches B by peer id alone (DHT lookup, then the relay).

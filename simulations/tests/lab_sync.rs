@@ -51,10 +51,7 @@ async fn state(node: &Node) -> Option<(Vec<String>, Value)> {
     let info = list.into_iter().find(|d| d["doc"] == DOC)?;
     let mut heads: Vec<String> = serde_json::from_value(info["heads"].clone()).ok()?;
     heads.sort();
-    let value: Value = control
-        .post("db/get", &json!({ "doc": DOC }))
-        .await
-        .ok()?;
+    let value: Value = control.post("db/get", &json!({ "doc": DOC })).await.ok()?;
     Some((heads, value))
 }
 
@@ -73,7 +70,11 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
     for h in HOSTS {
         builder = builder.public_host(h);
     }
-    let lab = builder.sim_binary(SIM_BIN).build().await.expect("lab builds");
+    let lab = builder
+        .sim_binary(SIM_BIN)
+        .build()
+        .await
+        .expect("lab builds");
     let mut nodes = Vec::new();
     for h in HOSTS {
         let ip = lab.host(h).unwrap().ip;
@@ -88,9 +89,9 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
         nodes[i].addr_with_id(&format!("/ip4/{ip}/tcp/4001"))
     };
     // A full mesh, then the network: n1 creates it and admits the others.
-    for i in 0..HOSTS.len() {
+    for (i, node) in nodes.iter().enumerate() {
         for j in i + 1..HOSTS.len() {
-            nodes[i].connect(&addr(j)).await.expect("connect");
+            node.connect(&addr(j)).await.expect("connect");
         }
     }
     nodes[0]
@@ -111,14 +112,19 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
         .client_text(&["db", "create", DOC, "--network", "lab"])
         .await
         .expect("db create");
-    wait_for("the document on every node", Duration::from_secs(30), Duration::from_millis(200), || async {
-        for n in &nodes {
-            if state(n).await.is_none() {
-                return Poll::seen(format!("{} lacks it", n.name()));
+    wait_for(
+        "the document on every node",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            for n in &nodes {
+                if state(n).await.is_none() {
+                    return Poll::seen(format!("{} lacks it", n.name()));
+                }
             }
-        }
-        Poll::Ready(())
-    })
+            Poll::Ready(())
+        },
+    )
     .await
     .expect("the document reaches every member");
 
@@ -160,8 +166,12 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
             for &i in mine {
                 for &j in theirs {
                     let ip = lab.host(HOSTS[j]).unwrap().ip;
-                    nft(&lab, HOSTS[i], &format!("add rule inet lossy split ip saddr {ip} drop"))
-                        .await;
+                    nft(
+                        &lab,
+                        HOSTS[i],
+                        &format!("add rule inet lossy split ip saddr {ip} drop"),
+                    )
+                    .await;
                 }
             }
         }

@@ -415,30 +415,11 @@ impl Node {
         all
     }
 
-    /// Runs a client subcommand with `--data-dir`; its output, whatever its exit status.
-    async fn client_output(
-        &self,
-        args: &[&str],
-    ) -> Result<(String, std::process::Output), LabError> {
-        let all = self.client_args(args);
-        let command = cmd::describe("p2pnode", &all);
-        let output = tokio::time::timeout(CLIENT_TIMEOUT, self.command(&all).output())
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: command.clone(),
-                after: CLIENT_TIMEOUT,
-                last: None,
-            })?
-            .map_err(|source| LabError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        Ok((command, output))
-    }
-
     /// `p2pnode doctor --json`: its report, also when it found a failure (exit status 1).
     pub async fn doctor(&self) -> Result<serde_json::Value, LabError> {
-        let (command, output) = self.client_output(&["doctor", "--json"]).await?;
+        let args = ["doctor", "--json"];
+        let output = self.client_output(&args, CLIENT_TIMEOUT).await?;
+        let command = cmd::describe("p2pnode", &self.client_args(&args));
         let text = String::from_utf8_lossy(&output.stdout);
         serde_json::from_str(text.trim()).map_err(|err| LabError::Output {
             command,
@@ -448,7 +429,8 @@ impl Node {
 
     /// Runs a client subcommand with `--data-dir` and returns its stdout.
     pub async fn client_text(&self, args: &[&str]) -> Result<String, LabError> {
-        let (command, output) = self.client_output(args).await?;
+        let output = self.client_output(args, CLIENT_TIMEOUT).await?;
+        let command = cmd::describe("p2pnode", &self.client_args(args));
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
@@ -481,6 +463,26 @@ impl Node {
                 command: cmd::describe("p2pnode", &all),
                 source,
             })
+    }
+
+    /// Runs a client subcommand with `--data-dir` for at most `timeout` and returns its
+    /// whole output whatever the exit status: for long commands (a large `get`) and for
+    /// those whose failure, and its message, is what a test checks.
+    pub async fn client_output(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<std::process::Output, LabError> {
+        let all = self.client_args(args);
+        let command = cmd::describe("p2pnode", &all);
+        tokio::time::timeout(timeout, self.command(&all).output())
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: command.clone(),
+                after: timeout,
+                last: None,
+            })?
+            .map_err(|source| LabError::Spawn { command, source })
     }
 
     /// Runs a client subcommand with `--data-dir` and `--json` and parses its stdout.

@@ -6,7 +6,10 @@
 use std::io::Write;
 use std::sync::LazyLock;
 
-use p2pnode_sim::lab::scenarios::ScenarioConfig;
+use p2pnode_sim::lab::Node;
+use p2pnode_sim::lab::scenarios::{
+    self, HolePunchLab, PEER_PORT, PeerOptions, ScenarioConfig, Transport,
+};
 
 pub mod chat;
 use tokio::sync::RwLock;
@@ -64,4 +67,42 @@ pub fn report<T: serde::Serialize>(outcome: &T) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Keeps the lab's logs when the test panics (or env `P2PNODE_LAB_KEEP` is set), and
+/// says where they are.
+pub struct KeepLogsOnPanic(pub HolePunchLab);
+
+impl Drop for KeepLogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("P2PNODE_LAB_KEEP").is_some() {
+            let dir = self.0.lab.keep_workdir();
+            eprintln!("lab logs kept in {}", dir.display());
+        }
+    }
+}
+
+/// Starts peers `a` and `b` on their hosts behind the lab's routers, on transport `t`,
+/// and waits until both hold a relay reservation.
+pub async fn two_peers(hp: &HolePunchLab, t: Transport, cfg: &ScenarioConfig) -> (Node, Node) {
+    let options = PeerOptions {
+        transport: t,
+        port: PEER_PORT,
+        mdns: false,
+        listen_any: false,
+        hole_punch: Default::default(),
+        metrics: false,
+    };
+    let (lab, relay) = (&hp.lab, &hp.relay);
+    let (a, b) = tokio::try_join!(
+        scenarios::start_peer(lab, "a", "a", relay, options),
+        scenarios::start_peer(lab, "b", "b", relay, options)
+    )
+    .expect("peers start");
+    tokio::try_join!(
+        scenarios::wait_reservation(&a, cfg.setup_timeout),
+        scenarios::wait_reservation(&b, cfg.setup_timeout)
+    )
+    .expect("reservations");
+    (a, b)
 }

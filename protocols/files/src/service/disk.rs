@@ -34,6 +34,19 @@ fn open_nofollow(path: &Path, create: bool) -> std::io::Result<File> {
     o.open(path)
 }
 
+/// A write error; a full disk says what to do about it, as the verified part is kept.
+fn write_err(path: &Path, e: std::io::Error) -> FilesError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        FilesError::Io(format!(
+            "disk full writing {}: free some space and run the same command again to \
+             resume (what was verified is kept)",
+            path.display()
+        ))
+    } else {
+        io(path, e)
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), FilesError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -128,6 +141,10 @@ impl Disk {
                 f.set_len(disk.sizes[i]).map_err(|e| io(part, e))?;
             }
         }
+        if !resumed {
+            // The state and its spare take their space now, while there is some.
+            disk.save_state()?;
+        }
         Ok(disk)
     }
 
@@ -211,7 +228,7 @@ impl Disk {
             let part = self.parts[i].clone();
             self.file(i)?
                 .write_all_at(data, range.start)
-                .map_err(|e| io(&part, e))?;
+                .map_err(|e| write_err(&part, e))?;
             if self.unsynced.insert(*g) {
                 self.unsynced_bytes += data.len() as u64;
             }
@@ -244,19 +261,40 @@ impl Disk {
         }
         if self.state.is_complete() {
             std::fs::remove_file(&self.state_path).map_err(|e| io(&self.state_path, e))?;
+            let _ = std::fs::remove_file(self.spare_path());
         }
         Ok(())
     }
 
+    fn spare_path(&self) -> PathBuf {
+        self.state_path.with_extension("p2pnode-resume-tmp")
+    }
+
+    /// Saves the state (write, fsync, rename). It is written into the spare file the
+    /// last save left, whose space is already allocated, so the state marking what was
+    /// verified can still be saved once the disk has filled up; then the old state's
+    /// space, freed by the rename, becomes the next spare.
     fn save_state(&self) -> Result<(), FilesError> {
-        let tmp = self.state_path.with_extension("p2pnode-resume-tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let f = open_nofollow(&tmp, true).map_err(|e| io(&tmp, e))?;
-        f.write_all_at(&self.state.encode(), 0)
+        let tmp = self.spare_path();
+        let bytes = self.state.encode();
+        let f = match open_nofollow(&tmp, false) {
+            Ok(f) => f,
+            Err(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                open_nofollow(&tmp, true).map_err(|e| write_err(&tmp, e))?
+            }
+        };
+        f.set_len(bytes.len() as u64)
+            .and_then(|()| f.write_all_at(&bytes, 0))
             .and_then(|()| f.sync_all())
-            .map_err(|e| io(&tmp, e))?;
+            .map_err(|e| write_err(&tmp, e))?;
         std::fs::rename(&tmp, &self.state_path).map_err(|e| io(&self.state_path, e))?;
-        sync_dir(&self.target)
+        sync_dir(&self.target)?;
+        // Best effort: without a spare the next save allocates, as any write would.
+        if let Ok(spare) = open_nofollow(&tmp, true) {
+            let _ = spare.write_all_at(&bytes, 0);
+        }
+        Ok(())
     }
 
     /// Syncs a whole file, sets its mode and renames it into place.

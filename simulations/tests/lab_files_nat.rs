@@ -1,0 +1,131 @@
+//! A file across the NAT lab: A and B behind two NAT routers know only the relay. B
+//! fetches what A shares by content id and A's peer id: behind two cone NATs once hole
+//! punching made the connection direct, behind two symmetric NATs over the relay (within
+//! its circuit limit). Either way the file must arrive byte-identical.
+//!
+//! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
+//! Each test prints its outcome as one JSON line on stdout.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, report, two_peers};
+use p2pnode_sim::lab::NatKind;
+use p2pnode_sim::lab::node::PathKind;
+use p2pnode_sim::lab::scenarios::{self, HolePunchLab, Transport};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Longer than DCUtR's attempts, so a relayed outcome is settled by its "giving up" line.
+const DCUTR_WINDOW: Duration = Duration::from_secs(45);
+/// The file: well under the relay's default 64 MiB per circuit.
+const SIZE: usize = 8 << 20;
+const GET_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Serialize)]
+struct NatOutcome {
+    nat: String,
+    path: PathKind,
+    bytes: usize,
+    seconds: f64,
+    mib_per_s: f64,
+}
+
+async fn transfer(nat: NatKind, expected: PathKind) {
+    init_tracing();
+    if let Err(err) = p2pnode_sim::lab::require_root() {
+        panic!("{err}: the files NAT lab tests need root (CI runs them as root)");
+    }
+    if let Err(err) = p2pnode_sim::lab::node::p2pnode_binary() {
+        panic!("{err}: build it first (`cargo build -p p2pnode`)");
+    }
+    let _machine = MACHINE.read().await;
+    let cfg = scenarios::ScenarioConfig {
+        direct_window: DCUTR_WINDOW,
+        ..config()
+    };
+    let t = Transport::Tcp;
+    let hp = KeepLogsOnPanic(HolePunchLab::new(nat, nat, t, cfg.clone()).await.unwrap());
+    {
+        let (a, b) = two_peers(&hp.0, t, &cfg).await;
+        // Reach A first and let the path settle, so the transfer runs on the path asked.
+        b.connect(a.peer_id()).await.unwrap();
+        let direct = scenarios::wait_direct(&b, &a, t, cfg.direct_window, cfg.poll_interval)
+            .await
+            .unwrap();
+        let path = if direct.is_some() {
+            PathKind::Direct
+        } else {
+            PathKind::Relayed
+        };
+        assert_eq!(path, expected, "the connection is not {expected:?}");
+
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut bytes = vec![0u8; SIZE];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
+        std::fs::write(src.join("data.bin"), &bytes).unwrap();
+        let shared: Value = a
+            .client_json(&["share", src.to_str().unwrap()])
+            .await
+            .unwrap();
+        let id = shared["content_id"].as_str().unwrap();
+        let to = work.path().join("out");
+        let start = Instant::now();
+        let out = b
+            .client_output(
+                &[
+                    "get",
+                    id,
+                    "--to",
+                    to.to_str().unwrap(),
+                    "--from",
+                    a.peer_id(),
+                ],
+                GET_TIMEOUT,
+            )
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "get failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(to.join("src/data.bin")).unwrap() == bytes,
+            "the file arrived different"
+        );
+        // The connection B holds to A afterwards is still of the kind asked for.
+        let peer = b.peer(a.peer_id()).await.unwrap().unwrap();
+        if expected == PathKind::Relayed {
+            assert!(
+                peer.connections.iter().all(|c| c.path == PathKind::Relayed),
+                "a direct connection appeared behind symmetric NATs: {:?}",
+                peer.connections
+            );
+        }
+        report(&NatOutcome {
+            nat: nat.to_string(),
+            path,
+            bytes: SIZE,
+            seconds: took.as_secs_f64(),
+            mib_per_s: SIZE as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_crosses_two_cone_nats_directly() {
+    transfer(NatKind::Cone, PathKind::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_crosses_two_symmetric_nats_over_the_relay() {
+    transfer(NatKind::Symmetric, PathKind::Relayed).await;
+}
