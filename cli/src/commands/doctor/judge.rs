@@ -1,185 +1,19 @@
-//! `p2pnode doctor`: checks this node and explains each finding with what to do about it.
-//!
-//! It gathers facts (the data directory as this user sees it, who answers on the control
-//! socket, the daemon's status and diagnostics) and then judges them in [`judge`], which is
-//! pure so that every verdict is tested without a network. Exit status 1 when a check fails.
+//! The verdicts of `doctor`: a pure function of the facts gathered, so every verdict is
+//! tested without a network.
 
 use std::path::Path;
 
-use anyhow::Result;
-use p2pnode_node::api::{Diagnostics, Observation, PunchRecord, Status};
-use p2pnode_node::control::{ControlClient, SOCKET_FILE};
-use p2pnode_node::diagnostics::{DirProblem, check_data_dir, own_uid};
-use p2pnode_node::{Multiaddr, multiaddr::Protocol};
-use serde::Serialize;
+use p2pnode_node::api::{Diagnostics, PunchRecord, Status};
+use p2pnode_node::diagnostics::DirProblem;
 
-use crate::output::{self, AlreadyShown};
+use super::nat::{NatBehaviour, nat_behaviour};
+use super::{Check, DaemonFacts, Facts, Level, Report, SocketFacts};
 
 /// A peer's clock this far off ours is worth a warning (invites expire, history is
 /// ordered by time) ...
 const CLOCK_WARN_MS: f64 = 2_000.0;
 /// ... and this far a failure.
 const CLOCK_FAIL_MS: f64 = 60_000.0;
-
-/// How serious a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Level {
-    /// As it should be.
-    Ok,
-    /// Worth knowing, nothing to do.
-    Info,
-    /// Works, but something may go wrong.
-    Warn,
-    /// Broken: the advice says how to fix it.
-    Fail,
-    /// Could not be checked (no daemon).
-    Skipped,
-}
-
-/// One check's verdict.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Check {
-    pub(crate) name: &'static str,
-    pub(crate) level: Level,
-    pub(crate) summary: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) advice: Option<String>,
-}
-
-/// How the NAT in front of us maps our addresses, as peers observe it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum NatBehaviour {
-    /// No peer has told us how it sees us over a direct connection.
-    Unknown,
-    /// Peers see one of our own listen addresses: no NAT.
-    NoNat,
-    /// Peers see our listen port on another address: a port-preserving (cone) NAT.
-    PortPreserving,
-    /// Peers see another port, the same one for each of them (endpoint-independent).
-    PortTranslating,
-    /// One peer sees another port: symmetric, or port-translating; a second observer
-    /// would tell.
-    PortChanging,
-    /// Different peers see different ports: a symmetric NAT.
-    Symmetric,
-}
-
-/// The facts the verdicts rest on, for scripts.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Facts {
-    pub(crate) daemon_running: bool,
-    pub(crate) nat_status: Option<String>,
-    pub(crate) nat_behaviour: NatBehaviour,
-    pub(crate) reservations: Vec<String>,
-    pub(crate) relay_server: bool,
-    pub(crate) relay_only: bool,
-    pub(crate) connected_peers: usize,
-    pub(crate) punch_successes: usize,
-    pub(crate) punch_failures: usize,
-    /// The median of the peers' clock offsets.
-    pub(crate) clock_offset_ms: Option<f64>,
-}
-
-/// What `doctor` prints.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Report {
-    /// No check failed.
-    pub(crate) ok: bool,
-    pub(crate) checks: Vec<Check>,
-    pub(crate) facts: Facts,
-}
-
-/// Who answers on the control socket.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SocketFacts {
-    /// The socket file exists.
-    pub(crate) exists: bool,
-    /// Its owner and mode.
-    pub(crate) owner: Option<u32>,
-    pub(crate) mode: Option<u32>,
-    /// The process that accepted our connection (SO_PEERCRED): uid and pid.
-    pub(crate) server: Option<(u32, Option<i32>)>,
-    /// Why connecting failed.
-    pub(crate) error: Option<String>,
-}
-
-/// What the daemon said, when one answered.
-#[derive(Debug, Clone)]
-pub(crate) struct DaemonFacts {
-    pub(crate) status: Status,
-    pub(crate) diagnostics: Diagnostics,
-}
-
-pub(crate) async fn run(data_dir: &Path, control: &ControlClient, json: bool) -> Result<()> {
-    let dir_problems = check_data_dir(data_dir);
-    let socket = socket_facts(&data_dir.join(SOCKET_FILE)).await;
-    let daemon = if socket.server.is_some() {
-        let status = control.get::<Status>("status").await;
-        let diagnostics = control.get::<Diagnostics>("diagnostics").await;
-        match (status, diagnostics) {
-            (Ok(status), Ok(diagnostics)) => Some(DaemonFacts {
-                status,
-                diagnostics,
-            }),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!("the daemon did not answer: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let report = judge(data_dir, own_uid(), &dir_problems, &socket, daemon.as_ref());
-    output::show(json, &report, print);
-    let failed = report
-        .checks
-        .iter()
-        .filter(|c| c.level == Level::Fail)
-        .count();
-    if failed > 0 {
-        return Err(AlreadyShown(format!("doctor: {failed} check(s) failed")).into());
-    }
-    Ok(())
-}
-
-fn print(report: &Report) {
-    for c in &report.checks {
-        let mark = match c.level {
-            Level::Ok => "ok  ",
-            Level::Info => "info",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-            Level::Skipped => "skip",
-        };
-        println!("[{mark}] {}: {}", c.name, c.summary);
-        if let Some(advice) = &c.advice {
-            println!("       -> {advice}");
-        }
-    }
-}
-
-async fn socket_facts(path: &Path) -> SocketFacts {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut facts = SocketFacts::default();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            facts.exists = true;
-            facts.owner = Some(meta.uid());
-            facts.mode = Some(meta.permissions().mode() & 0o7777);
-        }
-        Err(_) => return facts,
-    }
-    match tokio::net::UnixStream::connect(path).await {
-        Ok(stream) => match stream.peer_cred() {
-            Ok(cred) => facts.server = Some((cred.uid(), cred.pid())),
-            Err(e) => facts.error = Some(format!("cannot tell who answers: {e}")),
-        },
-        Err(e) => facts.error = Some(e.to_string()),
-    }
-    facts
-}
 
 /// Judges the facts. Pure: everything it needs is passed in.
 pub(crate) fn judge(
@@ -562,10 +396,8 @@ fn punch_check(s: &Status, diag: &Diagnostics, nat: NatBehaviour) -> Check {
         };
         return check("hole_punching", Level::Info, format!("off ({why})"));
     }
-    let (ok, failed) = (
-        count(&diag.punches, "success"),
-        diag.punches.len() - count(&diag.punches, "success"),
-    );
+    let ok = count(&diag.punches, "success");
+    let failed = diag.punches.len() - ok;
     let methods = |outcome: &str| {
         let mut m: Vec<&str> = diag
             .punches
@@ -649,81 +481,14 @@ fn clock_check(diag: &Diagnostics, offset: Option<f64>) -> Check {
     }
 }
 
-/// The address and port of an IP multiaddr, and its transport (`tcp`, `quic`).
-fn endpoint(addr: &str) -> Option<(std::net::IpAddr, u16, &'static str)> {
-    let addr: Multiaddr = addr.parse().ok()?;
-    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
-        return None;
-    }
-    let (mut ip, mut port, mut transport) = (None, None, None);
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(a) => ip = Some(a.into()),
-            Protocol::Ip6(a) => ip = Some(a.into()),
-            Protocol::Tcp(p) => {
-                port = Some(p);
-                transport = Some("tcp");
-            }
-            Protocol::Udp(p) => port = Some(p),
-            Protocol::QuicV1 => transport = Some("quic"),
-            _ => {}
-        }
-    }
-    Some((ip?, port?, transport?))
-}
-
-/// How the NAT maps us, from our listen addresses and what peers observed.
-pub(crate) fn nat_behaviour(listen: &[String], observed: &[Observation]) -> NatBehaviour {
-    let ours: Vec<_> = listen.iter().filter_map(|a| endpoint(a)).collect();
-    // (peer's IP, our observed IP, port, transport)
-    let seen: Vec<_> = observed
-        .iter()
-        .filter_map(|o| {
-            let (peer_ip, _, _) = endpoint(&o.peer_address)?;
-            let (ip, port, transport) = endpoint(&o.observed)?;
-            Some((peer_ip, ip, port, transport))
-        })
-        .collect();
-    if seen.is_empty() {
-        return NatBehaviour::Unknown;
-    }
-    if seen
-        .iter()
-        .all(|(_, ip, _, _)| ours.iter().any(|(o, _, _)| o == ip))
-    {
-        return NatBehaviour::NoNat;
-    }
-    let preserved =
-        |port: u16, transport: &str| ours.iter().any(|(_, p, t)| *p == port && *t == transport);
-    if seen.iter().all(|(_, _, port, t)| preserved(*port, t)) {
-        return NatBehaviour::PortPreserving;
-    }
-    // Per transport, the distinct ports that distinct peer hosts saw.
-    let mut observers_per_port = std::collections::BTreeMap::new();
-    for (peer_ip, _, port, transport) in &seen {
-        observers_per_port
-            .entry(*transport)
-            .or_insert_with(std::collections::BTreeMap::new)
-            .entry(*port)
-            .or_insert_with(std::collections::BTreeSet::new)
-            .insert(*peer_ip);
-    }
-    if observers_per_port.values().any(|ports| ports.len() > 1) {
-        return NatBehaviour::Symmetric;
-    }
-    let hosts: std::collections::BTreeSet<_> = seen.iter().map(|(p, _, _, _)| p).collect();
-    if hosts.len() > 1 {
-        NatBehaviour::PortTranslating
-    } else {
-        NatBehaviour::PortChanging
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use p2pnode_node::api::{ClockSample, DatabaseHealth};
+    use p2pnode_node::api::{ClockSample, DatabaseHealth, Observation};
 
     use super::*;
+
+    const LISTEN: &str = "/ip4/10.0.1.2/tcp/4001";
+    const RELAY: &str = "/ip4/198.51.100.2/tcp/4001";
 
     fn obs(peer_address: &str, observed: &str) -> Observation {
         Observation {
@@ -732,48 +497,6 @@ mod tests {
             observed: observed.into(),
             at: 0,
         }
-    }
-
-    const LISTEN: &str = "/ip4/10.0.1.2/tcp/4001";
-    const RELAY: &str = "/ip4/198.51.100.2/tcp/4001";
-    const OTHER: &str = "/ip4/198.51.100.3/tcp/4001";
-
-    #[test]
-    fn nat_behaviour_from_observations() {
-        let listen = vec![LISTEN.to_string(), format!("{RELAY}/p2p-circuit")];
-        assert_eq!(nat_behaviour(&listen, &[]), NatBehaviour::Unknown);
-        assert_eq!(
-            nat_behaviour(&listen, &[obs(RELAY, "/ip4/10.0.1.2/tcp/4001")]),
-            NatBehaviour::NoNat
-        );
-        assert_eq!(
-            nat_behaviour(&listen, &[obs(RELAY, "/ip4/198.51.100.11/tcp/4001")]),
-            NatBehaviour::PortPreserving
-        );
-        assert_eq!(
-            nat_behaviour(&listen, &[obs(RELAY, "/ip4/198.51.100.11/tcp/61000")]),
-            NatBehaviour::PortChanging
-        );
-        assert_eq!(
-            nat_behaviour(
-                &listen,
-                &[
-                    obs(RELAY, "/ip4/198.51.100.11/tcp/61000"),
-                    obs(OTHER, "/ip4/198.51.100.11/tcp/61000")
-                ]
-            ),
-            NatBehaviour::PortTranslating
-        );
-        assert_eq!(
-            nat_behaviour(
-                &listen,
-                &[
-                    obs(RELAY, "/ip4/198.51.100.11/tcp/61000"),
-                    obs(OTHER, "/ip4/198.51.100.11/tcp/61007")
-                ]
-            ),
-            NatBehaviour::Symmetric
-        );
     }
 
     fn daemon(nat_status: &str, reservations: &[&str], relay_only: bool) -> DaemonFacts {
