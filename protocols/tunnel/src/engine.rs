@@ -85,11 +85,11 @@ impl Engine {
     }
 
     /// A packet read from our TUN device: where it goes. A packet sent is counted.
-    pub fn from_tun(&mut self, packet: &[u8]) -> Outbound {
+    pub fn from_tun(&mut self, packet: &[u8]) -> Outbound<'_> {
         let out = route_outbound(&self.table, &self.me, packet, self.mtu);
         match &out {
             Outbound::Send(member) => {
-                let c = self.peers.entry(member.clone()).or_default();
+                let c = counts_of(&mut self.peers, member);
                 c.packets_out += 1;
                 c.bytes_out += packet.len() as u64;
             }
@@ -103,7 +103,7 @@ impl Engine {
     /// counted against the sender and in all.
     pub fn from_peer(&mut self, sender: &MemberId, packet: &[u8]) -> bool {
         let verdict = check_inbound(&self.table, &self.revoked, &self.me, sender, packet);
-        let c = self.peers.entry(sender.clone()).or_default();
+        let c = counts_of(&mut self.peers, sender);
         match verdict {
             Ok(_) => {
                 c.packets_in += 1;
@@ -126,6 +126,20 @@ impl Engine {
     /// Traffic with `member`.
     pub fn counts(&self, member: &MemberId) -> PeerCounts {
         self.peers.get(member).copied().unwrap_or_default()
+    }
+}
+
+/// `member`'s counts, made on its first packet only: the id is copied once, not per packet.
+fn counts_of<'a>(
+    peers: &'a mut BTreeMap<MemberId, PeerCounts>,
+    member: &MemberId,
+) -> &'a mut PeerCounts {
+    if !peers.contains_key(member) {
+        peers.insert(member.clone(), PeerCounts::default());
+    }
+    match peers.get_mut(member) {
+        Some(counts) => counts,
+        None => unreachable!("inserted above"),
     }
 }
 
@@ -159,7 +173,7 @@ mod tests {
         let (la, lb) = (a.our_lease().unwrap(), b.our_lease().unwrap());
         assert_eq!(a.table(), b.table(), "both settle the same table");
         let p = build_packet(IpAddr::V4(la.v4), IpAddr::V4(lb.v4), b"ping");
-        assert_eq!(a.from_tun(&p), Outbound::Send(member(1)));
+        assert_eq!(a.from_tun(&p), Outbound::Send(&member(1)));
         assert!(b.from_peer(&member(0), &p));
         assert_eq!(a.counts(&member(1)).packets_out, 1);
         assert_eq!(b.counts(&member(0)).bytes_in, p.len() as u64);

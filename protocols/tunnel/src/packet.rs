@@ -184,9 +184,9 @@ pub fn check_inbound(
 
 /// What to do with a packet read from our TUN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    /// Send it to this member.
-    Send(MemberId),
+pub enum Outbound<'a> {
+    /// Send it to this member (borrowed from the table: nothing is copied per packet).
+    Send(&'a MemberId),
     /// Too big: drop it and write this ICMP error back into the TUN device, to the sender.
     TooBig(Vec<u8>),
     /// Drop it.
@@ -194,7 +194,12 @@ pub enum Outbound {
 }
 
 /// Routes a packet read from our TUN device, whose MTU is `mtu`.
-pub fn route_outbound(table: &AddressTable, me: &MemberId, packet: &[u8], mtu: u16) -> Outbound {
+pub fn route_outbound<'t>(
+    table: &'t AddressTable,
+    me: &MemberId,
+    packet: &[u8],
+    mtu: u16,
+) -> Outbound<'t> {
     let header = match parse(packet) {
         Ok(h) => h,
         Err(reason) => return Outbound::Drop(reason),
@@ -217,7 +222,7 @@ pub fn route_outbound(table: &AddressTable, me: &MemberId, packet: &[u8], mtu: u
     };
     match holder {
         Some(m) if m == me => Outbound::Drop(DropReason::NotForUs),
-        Some(m) => Outbound::Send(m.clone()),
+        Some(m) => Outbound::Send(m),
         None => Outbound::Drop(DropReason::NoRoute),
     }
 }
@@ -348,11 +353,11 @@ mod tests {
         let to = |dst| build_packet(v4(&t, 0), dst, b"payload");
         assert_eq!(
             route_outbound(&t, &me, &to(v4(&t, 2)), 1280),
-            Outbound::Send(member(2))
+            Outbound::Send(&member(2))
         );
         assert_eq!(
             route_outbound(&t, &me, &build_packet(v6(&t, 0), v6(&t, 1), b"p"), 1280),
-            Outbound::Send(member(1))
+            Outbound::Send(&member(1))
         );
         let free = (1..u16::MAX)
             .map(|h| t.prefixes().v4_host(h))

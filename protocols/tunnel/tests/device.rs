@@ -107,7 +107,7 @@ fn a_ping_through_the_device_is_routed_and_answered() {
             let h = parse(&request).unwrap();
             assert_eq!(h.src, IpAddr::V4(ours.v4), "the kernel uses our lease");
             assert_eq!(h.dst, IpAddr::V4(theirs.v4));
-            assert_eq!(engine.from_tun(&request), Outbound::Send(other.clone()));
+            assert_eq!(engine.from_tun(&request), Outbound::Send(&other));
 
             // The reply as the other member would send it: checked, then written back.
             let reply = echo_reply(&request);
