@@ -1,7 +1,7 @@
 //! What a transfer writes: each file as `<path>.part` under the target (joined with
 //! [`safe_join`], opened without following links), groups written at their offsets, and
 //! the resume state beside them as `.<content-id>.p2pnode-resume`. Verified groups are
-//! written as they come; at a checkpoint (every [`CHECKPOINT_GROUPS`] groups or so often,
+//! written as they come; at a checkpoint (every [`checkpoint_groups`] groups or so often,
 //! see the driver) the files are synced and only then the state marking those groups is
 //! saved (write, fsync, rename), so the state never claims a group the disk does not hold,
 //! and a kill loses at most the groups since the last checkpoint. A file is renamed into
@@ -17,7 +17,18 @@ use crate::resume::MAX_STATE_BYTES;
 use crate::{ContentId, GroupRef, Manifest, TransferState, group_range, safe_join};
 
 /// Groups written since the last checkpoint at most (16 MiB) before the next one.
-pub(super) const CHECKPOINT_GROUPS: usize = 256;
+const CHECKPOINT_GROUPS: usize = 256;
+/// A transfer checkpoints at least this many times, so a kill loses at most a thirty-second
+/// of its content (what is sent again stays within the 1.1x budget whatever the size)...
+const CHECKPOINTS_PER_TRANSFER: u64 = 32;
+/// ... but no more often than every 16 groups (1 MiB): syncing is what costs.
+const MIN_CHECKPOINT_GROUPS: usize = 16;
+
+/// Groups between two checkpoints for a transfer of `groups_total` groups.
+pub(super) fn checkpoint_groups(groups_total: u64) -> usize {
+    let share = usize::try_from(groups_total / CHECKPOINTS_PER_TRANSFER).unwrap_or(usize::MAX);
+    share.clamp(MIN_CHECKPOINT_GROUPS, CHECKPOINT_GROUPS)
+}
 
 fn io(path: &Path, e: impl std::fmt::Display) -> FilesError {
     FilesError::Io(format!("{}: {e}", path.display()))
@@ -313,5 +324,22 @@ impl Disk {
             sync_dir(dir)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_come_at_least_every_thirty_second_of_a_transfer() {
+        assert_eq!(checkpoint_groups(0), MIN_CHECKPOINT_GROUPS);
+        assert_eq!(checkpoint_groups(1024), 32, "64 MiB: every 2 MiB");
+        assert_eq!(
+            checkpoint_groups(16_384),
+            CHECKPOINT_GROUPS,
+            "1 GiB: every 16 MiB"
+        );
+        assert_eq!(checkpoint_groups(u64::MAX), CHECKPOINT_GROUPS);
     }
 }

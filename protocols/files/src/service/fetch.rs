@@ -12,7 +12,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use super::disk::{CHECKPOINT_GROUPS, Disk};
+use super::disk::{Disk, checkpoint_groups};
 use super::serve::open;
 use super::wire::{self, Request, Response, Secure, WireError};
 use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
@@ -177,6 +177,7 @@ async fn run(
         .await
         .map_err(|e| FilesError::Io(e.to_string()))??;
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
+    let checkpoint_every = checkpoint_groups(groups_total);
     let config = PlanConfig::default()
         .with_window(inner.config.window)
         .with_endgame_after(inner.config.endgame_after);
@@ -297,7 +298,7 @@ async fn run(
             let written = batch.len() as u64;
             // Syncing is what costs: a checkpoint every so many groups or so often, not
             // per group, keeps the disk off the transfer's critical path.
-            let sync = disk.unsynced() + batch.len() >= CHECKPOINT_GROUPS
+            let sync = disk.unsynced() + batch.len() >= checkpoint_every
                 || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
             let joined = tokio::task::spawn_blocking(move || {
                 let r = disk.write(&batch);
