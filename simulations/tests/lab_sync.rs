@@ -25,6 +25,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::sync::{state, wait_same};
 use common::{MACHINE, init_tracing, lab_allowed};
 use p2pnode_node::control::ControlClient;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
@@ -46,17 +47,6 @@ async fn nft(lab: &Lab, host: &str, script: &str) {
     lab.exec(host, "nft", &args)
         .await
         .unwrap_or_else(|e| panic!("nft {script} on {host}: {e}"));
-}
-
-/// The document as one node holds it: (heads, JSON).
-async fn state(node: &Node) -> Option<(Vec<String>, Value)> {
-    let control = ControlClient::new(node.data_dir());
-    let list: Vec<Value> = control.get("db/list").await.ok()?;
-    let info = list.into_iter().find(|d| d["doc"] == DOC)?;
-    let mut heads: Vec<String> = serde_json::from_value(info["heads"].clone()).ok()?;
-    heads.sort();
-    let value: Value = control.post("db/get", &json!({ "doc": DOC })).await.ok()?;
-    Some((heads, value))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +112,7 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
         Duration::from_millis(200),
         || async {
             for n in &nodes {
-                if state(n).await.is_none() {
+                if state(n, DOC).await.is_none() {
                     return Poll::seen(format!("{} lacks it", n.name()));
                 }
             }
@@ -243,34 +233,14 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
     assert_eq!(acknowledged, ops / PHASES * PHASES);
 
     let healed = tokio::time::Instant::now();
-    let (heads, value) = wait_for(
-        "every node on the same heads and JSON",
-        Duration::from_secs(
-            std::env::var("P2PNODE_SYNC_CONVERGE_SECS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10),
-        ),
-        Duration::from_millis(100),
-        || async {
-            let mut states = Vec::new();
-            for n in &nodes {
-                match state(n).await {
-                    Some(s) => states.push(s),
-                    None => return Poll::seen(format!("{} did not answer", n.name())),
-                }
-            }
-            let first = states[0].clone();
-            if states.iter().all(|s| *s == first) {
-                Poll::Ready(first)
-            } else {
-                let distinct = states.iter().filter(|s| **s != first).count();
-                Poll::seen(format!("{distinct} of 5 differ from n1"))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| {
+    let converge = Duration::from_secs(
+        std::env::var("P2PNODE_SYNC_CONVERGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (heads, value) = wait_same(&all, DOC, converge).await.unwrap_or_else(|e| {
         let logs: Vec<String> = nodes.iter().map(|n| n.log_tail(2000)).collect();
         panic!("{e}\n{}", logs.join("\n----\n"))
     });

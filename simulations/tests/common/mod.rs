@@ -12,6 +12,7 @@ use p2pnode_sim::lab::scenarios::{
 };
 
 pub mod chat;
+pub mod sync;
 use tokio::sync::RwLock;
 
 const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
