@@ -37,19 +37,28 @@ fn init_tracing(cli: &args::Cli) {
     let daemon = matches!(cli.command, args::Command::Start(_));
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => {
-            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
-                // Say so rather than silently logging at some other level.
-                eprintln!("warning: ignoring RUST_LOG={v:?}: {e}");
-                tracing_subscriber::EnvFilter::new(log_level(daemon, cli.quiet, cli.verbose))
-            })
+            tracing_subscriber::EnvFilter::try_new(p2pnode_crdt::quiet_automerge_spans(&v))
+                .unwrap_or_else(|e| {
+                    // Say so rather than silently logging at some other level.
+                    eprintln!("warning: ignoring RUST_LOG={v:?}: {e}");
+                    default_filter(daemon, cli)
+                })
         }
-        _ => tracing_subscriber::EnvFilter::new(log_level(daemon, cli.quiet, cli.verbose)),
+        _ => default_filter(daemon, cli),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn default_filter(daemon: bool, cli: &args::Cli) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(p2pnode_crdt::quiet_automerge_spans(log_level(
+        daemon,
+        cli.quiet,
+        cli.verbose,
+    )))
 }
 
 /// The log filter for the flags. `-v` opens debug for our crates only, over info for the

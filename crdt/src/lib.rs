@@ -73,3 +73,36 @@ pub use error::{Error, Result};
 pub use path::{MAX_DEPTH, MAX_PATH_LEN};
 pub use storage::{DEFAULT_COMPACT_BYTES, Saved, Store};
 pub use sync::{Changed, DEFAULT_MAX_MESSAGE_BYTES, MAX_PEERS, SyncSession};
+
+/// Adds `automerge=warn` to a log filter (`tracing`'s `EnvFilter` syntax) that does not
+/// name automerge itself.
+///
+/// automerge 0.12 instruments some functions at info level with their arguments
+/// Debug-formatted, and one of them (`load_changes`, run for every batch of received
+/// changes) formats the document's whole change graph. Under an `info` filter that turned
+/// each received batch into work in the size of the document: five lab daemons syncing a
+/// 10,000-change document spent most of their CPU on hex-formatting change hashes.
+pub fn quiet_automerge_spans(filter: &str) -> String {
+    if filter.contains("automerge") {
+        filter.to_string()
+    } else if filter.trim().is_empty() {
+        "automerge=warn".to_string()
+    } else {
+        format!("{filter},automerge=warn")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_automerge_spans;
+
+    #[test]
+    fn automerge_spans_are_quieted_unless_the_filter_names_automerge() {
+        assert_eq!(quiet_automerge_spans("info"), "info,automerge=warn");
+        assert_eq!(quiet_automerge_spans(" "), "automerge=warn");
+        assert_eq!(
+            quiet_automerge_spans("debug,automerge=trace"),
+            "debug,automerge=trace"
+        );
+    }
+}

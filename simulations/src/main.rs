@@ -289,8 +289,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_new(p2pnode_crdt::quiet_automerge_spans(
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,automerge=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

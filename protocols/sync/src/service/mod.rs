@@ -71,6 +71,9 @@ const FALLBACK_OPEN: Duration = Duration::from_secs(3);
 /// Least time between two attempts to open a stream to one peer, doubled after each
 /// attempt that brought no stream (a peer that refuses us is not asked every few seconds).
 const RETRY_EVERY: Duration = Duration::from_secs(3);
+/// An attempt that failed after this long failed on the connection, not on the peer's
+/// answer, and is retried after [`RETRY_EVERY`] without backing off further.
+const SLOW_FAILURE: Duration = RETRY_EVERY;
 /// Most doublings of [`RETRY_EVERY`] (3 s x 2^6: about three minutes).
 const MAX_BACKOFF_DOUBLINGS: u32 = 6;
 /// Opening a stream (dial, handshake) gives up after this long.
@@ -230,7 +233,8 @@ pub(crate) enum Inbound {
 enum Opened {
     // Boxed: a secure stream is large beside the failure variant.
     Ok(PeerId, Box<SecureStream<libp2p::Stream>>),
-    Failed(PeerId, String),
+    /// Why, and how long the attempt took.
+    Failed(PeerId, String, Duration),
 }
 
 enum Input {
@@ -499,9 +503,18 @@ impl Service {
                 self.opening.remove(&peer);
                 self.attach(peer, *stream, preferred(self.me, peer, true), batch);
             }
-            Input::Opened(Opened::Failed(peer, reason)) => {
+            Input::Opened(Opened::Failed(peer, reason, took)) => {
                 self.opening.remove(&peer);
                 tracing::debug!(%peer, "cannot open a sync stream: {reason}");
+                // A slow failure is the connection not answering (a network split, a
+                // stalled link), not the peer refusing: it already waited its time, and
+                // the next attempt must come soon after the link heals, so it does not
+                // back off further.
+                if took >= SLOW_FAILURE
+                    && let Some(seen) = self.seen.get_mut(&peer)
+                {
+                    seen.attempts = seen.attempts.min(1);
+                }
             }
             Input::Tick => self.tick().await,
             Input::Membership(network) => self.membership_changed(network.as_deref()),
@@ -955,6 +968,7 @@ impl Service {
         let client = self.client.clone();
         let tx = self.opened_tx.clone();
         spawn(async move {
+            let started = Instant::now();
             let protocol = StreamProtocol::new(crate::STREAM_PROTOCOL);
             let opened = tokio::time::timeout(
                 OPEN_TIMEOUT,
@@ -963,8 +977,8 @@ impl Service {
             .await;
             let result = match opened {
                 Ok(Ok(stream)) => Opened::Ok(peer, Box::new(stream)),
-                Ok(Err(e)) => Opened::Failed(peer, e.to_string()),
-                Err(_) => Opened::Failed(peer, "timed out".into()),
+                Ok(Err(e)) => Opened::Failed(peer, e.to_string(), started.elapsed()),
+                Err(_) => Opened::Failed(peer, "timed out".into(), started.elapsed()),
             };
             let _ = tx.send(result).await;
         });
