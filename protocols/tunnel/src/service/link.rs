@@ -1,0 +1,239 @@
+//! One tunnel stream to one member of one network: its outgoing queue, the writer that
+//! drains it and the reader that checks every packet before the TUN device sees it.
+//!
+//! Wire: after the secure handshake the opener sends one message naming the network (its
+//! 32-byte id); from then on each message is one IP packet (a secure frame with its 4-byte
+//! length prefix), so a packet is never split or merged with another. The reader and
+//! writer reuse one buffer each: no allocation per packet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use p2pnode_secure::Session;
+use p2pnode_secure::session::HEADER_LEN;
+use p2pnode_secure::stream::LENGTH_PREFIX_LEN;
+use tokio::sync::Notify;
+
+use crate::device::PacketDevice;
+use crate::queue::PacketQueue;
+
+use super::path::DataPath;
+
+/// Packets waiting for one member's writer. Sized for a burst of a fast inner TCP flow
+/// (256 x 1280 B = 320 KiB per member, allocated once when the first stream comes up).
+pub(super) const QUEUE_PACKETS: usize = 256;
+/// The most a packet may wait for a writer. Inner TCP retransmits after 200 ms at the
+/// least (Linux's minimum RTO): a packet older than that is better dropped than sent,
+/// since sending it only adds to the queue the inner flow is already backing off from.
+pub(super) const MAX_QUEUE_AGE: Duration = Duration::from_millis(200);
+/// Bytes of sealed frames the writer gathers before one write: fewer, larger writes on
+/// the stream (each costs a muxer frame and a syscall below it).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The queue in front of one member's writer, kept while the network is up so a
+/// replaced stream picks up where the old one stopped.
+pub(super) struct Outgoing {
+    queue: Mutex<PacketQueue>,
+    ready: Notify,
+    /// The id of the stream writing this queue now; 0 when none (packets are then not
+    /// queued but counted as unsent).
+    link: AtomicU64,
+}
+
+impl Outgoing {
+    pub(super) fn new(mtu: u16, now: Instant) -> Self {
+        Self {
+            queue: Mutex::new(PacketQueue::new(
+                QUEUE_PACKETS,
+                usize::from(mtu),
+                MAX_QUEUE_AGE,
+                now,
+            )),
+            ready: Notify::new(),
+            link: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues a copy of `packet` for the writer; `false` when no stream is up.
+    pub(super) fn push(&self, packet: &[u8], now: Instant) -> bool {
+        if self.link.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let pushed = match self.queue.lock() {
+            Ok(mut q) => q.push(packet, now),
+            Err(_) => false,
+        };
+        if pushed {
+            self.ready.notify_one();
+        }
+        pushed
+    }
+
+    pub(super) fn set_link(&self, id: u64) {
+        self.link.store(id, Ordering::Relaxed);
+    }
+
+    /// Marks the queue unwritten, if stream `id` is still the one writing it.
+    pub(super) fn unset_link(&self, id: u64) {
+        let _ = self
+            .link
+            .compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Packets the queue dropped: (full, waited too long).
+    pub(super) fn dropped(&self) -> (u64, u64) {
+        self.queue
+            .lock()
+            .map(|q| (q.dropped_full(), q.dropped_stale()))
+            .unwrap_or_default()
+    }
+}
+
+/// Why a stream task ended.
+pub(super) type Ended = String;
+
+/// Drains `out` into the stream: each packet sealed as one frame, the frames of a burst
+/// gathered into one write. Ends on the first error (the owner drops the link).
+pub(super) async fn write_packets<W>(
+    mut io: W,
+    session: Arc<Mutex<Session>>,
+    out: Arc<Outgoing>,
+) -> Ended
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH + 2048);
+    loop {
+        out.ready.notified().await;
+        loop {
+            buf.clear();
+            let now = Instant::now();
+            while buf.len() < WRITE_BATCH {
+                let start = buf.len();
+                buf.resize(start + LENGTH_PREFIX_LEN + HEADER_LEN, 0);
+                let popped = match out.queue.lock() {
+                    Ok(mut q) => q.pop(now, |p| buf.extend_from_slice(p)),
+                    Err(_) => return "queue lock poisoned".into(),
+                };
+                if popped.is_none() {
+                    buf.truncate(start);
+                    break;
+                }
+                let sealed = match session.lock() {
+                    Ok(mut s) => s.seal_in_place(&mut buf, start + LENGTH_PREFIX_LEN, now),
+                    Err(_) => return "session lock poisoned".into(),
+                };
+                if let Err(e) = sealed {
+                    return format!("cannot seal: {e}");
+                }
+                // A frame is at most a packet plus the secure overhead: far below u32::MAX.
+                let len = u32::try_from(buf.len() - start - LENGTH_PREFIX_LEN).unwrap_or(0);
+                buf[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+            }
+            if buf.is_empty() {
+                break;
+            }
+            if let Err(e) = io.write_all(&buf).await {
+                return e.to_string();
+            }
+        }
+        if let Err(e) = io.flush().await {
+            return e.to_string();
+        }
+    }
+}
+
+/// Reads frames, opens them, and writes the packets the engine lets through into the TUN
+/// device. Ends on the first error: a stream that fails once is not trusted again.
+pub(super) async fn read_packets<R, D>(
+    mut io: R,
+    session: Arc<Mutex<Session>>,
+    path: Arc<Mutex<DataPath>>,
+    device: Arc<D>,
+    member: crate::MemberId,
+    mtu: u16,
+) -> Ended
+where
+    R: futures::AsyncRead + Unpin,
+    D: PacketDevice,
+{
+    let max = match session.lock() {
+        Ok(s) => s.config().max_frame_len(),
+        Err(_) => return "session lock poisoned".into(),
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(usize::from(mtu) + 64);
+    loop {
+        let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+        if let Err(e) = io.read_exact(&mut prefix).await {
+            return e.to_string();
+        }
+        let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+        if len > max {
+            return format!("frame of {len} bytes (at most {max})");
+        }
+        buf.resize(len, 0);
+        if let Err(e) = io.read_exact(&mut buf).await {
+            return e.to_string();
+        }
+        let packet = {
+            let Ok(mut s) = session.lock() else {
+                return "session lock poisoned".into();
+            };
+            match s.open(&mut buf) {
+                Ok(p) => p,
+                Err(e) => return format!("bad secure frame: {e}"),
+            }
+        };
+        let pass = match path.lock() {
+            Ok(mut p) => p.on_peer_packet(&member, packet, mtu),
+            Err(_) => return "data path lock poisoned".into(),
+        };
+        if pass && let Err(e) = device.send(packet).await {
+            tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}");
+        }
+    }
+}
+
+/// Sends the hello naming the network on a stream we opened.
+pub(super) async fn send_hello<IO>(
+    stream: &mut p2pnode_secure::SecureStream<IO>,
+    network: &[u8; 32],
+) -> Result<(), String>
+where
+    IO: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    stream.send(network).await.map_err(|e| e.to_string())
+}
+
+/// Reads the hello of a stream a member opened: the network it is for.
+pub(super) async fn read_hello<IO>(
+    stream: &mut p2pnode_secure::SecureStream<IO>,
+) -> Result<[u8; 32], String>
+where
+    IO: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let hello = stream.recv().await.map_err(|e| e.to_string())?;
+    <[u8; 32]>::try_from(hello.as_slice()).map_err(|_| "a hello that names no network".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_without_a_stream_takes_nothing() {
+        let now = Instant::now();
+        let out = Outgoing::new(1280, now);
+        assert!(!out.push(b"packet", now), "no stream: not queued");
+        out.set_link(7);
+        assert!(out.push(b"packet", now));
+        // An old stream ending does not unset the new one.
+        out.unset_link(6);
+        assert!(out.push(b"packet", now));
+        out.unset_link(7);
+        assert!(!out.push(b"packet", now));
+        assert_eq!(out.dropped(), (0, 0));
+    }
+}
