@@ -220,7 +220,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::io;
+    use std::net::IpAddr;
+
+    use p2pnode_secure::{HandshakeConfig, SessionConfig, SigningKey, initiate, respond};
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
     use super::*;
+    use crate::packet::build_packet;
+    use crate::{Claim, Engine, MemberId};
 
     #[test]
     fn a_queue_without_a_stream_takes_nothing() {
@@ -235,5 +244,114 @@ mod tests {
         out.unset_link(7);
         assert!(!out.push(b"packet", now));
         assert_eq!(out.dropped(), (0, 0));
+    }
+
+    /// A stand-in TUN device that keeps what is written into it.
+    #[derive(Default)]
+    struct Sink {
+        written: Mutex<Vec<Vec<u8>>>,
+        wrote: Notify,
+    }
+
+    impl PacketDevice for Sink {
+        async fn recv(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            std::future::pending().await
+        }
+
+        async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            if let Ok(mut w) = self.written.lock() {
+                w.push(packet.to_vec());
+            }
+            self.wrote.notify_one();
+            Ok(packet.len())
+        }
+    }
+
+    /// Packets cross a real secure stream one frame each, whatever their sizes, after the
+    /// hello; the receiver's engine lets the sender's own packets into the device and
+    /// drops the forged one, counting it.
+    #[tokio::test]
+    async fn packets_cross_whole_and_a_forged_one_stops_before_the_device() {
+        let (alice, bob) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let label = crate::STREAM_PROTOCOL.as_bytes();
+        let config = |me: &SigningKey, them: &SigningKey| {
+            HandshakeConfig::new(me.clone(), them.verifying_key(), label)
+                .with_session(SessionConfig::default())
+        };
+        let (a_io, b_io) = tokio::io::duplex(4096);
+        let (mut ra, mut rb) = (rand::rngs::OsRng, rand::rngs::OsRng);
+        let (a, b) = tokio::join!(
+            initiate(a_io.compat(), config(&alice, &bob), &mut ra),
+            respond(b_io.compat(), config(&bob, &alice), &mut rb),
+        );
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let net = [6; 32];
+        let (sent, got) = tokio::join!(send_hello(&mut a, &net), read_hello(&mut b));
+        sent.unwrap();
+        assert_eq!(got.unwrap(), net);
+
+        let (ma, mb) = (MemberId(b"alice".to_vec()), MemberId(b"bob".to_vec()));
+        let claims = [ma.clone(), mb.clone()].map(|member| Claim {
+            member,
+            lease: None,
+        });
+        let engine = Engine::new(net, mb.clone(), 1280, &claims, BTreeSet::new()).unwrap();
+        let (la, lb) = (
+            engine.table().lease(&ma).unwrap(),
+            engine.our_lease().unwrap(),
+        );
+        let path = Arc::new(Mutex::new(DataPath::new(engine)));
+        let sink = Arc::new(Sink::default());
+
+        let now = Instant::now();
+        let out = Arc::new(Outgoing::new(1280, now));
+        out.set_link(1);
+        let genuine: Vec<Vec<u8>> = [0usize, 1, 500, 1252]
+            .iter()
+            .map(|len| build_packet(IpAddr::V4(la.v4), IpAddr::V4(lb.v4), &vec![7; *len]))
+            .collect();
+        let forged = build_packet(IpAddr::from([100, 64, 9, 9]), IpAddr::V4(lb.v4), b"x");
+        assert!(out.push(&genuine[0], now) && out.push(&forged, now));
+        for p in &genuine[1..] {
+            assert!(out.push(p, now));
+        }
+
+        let (a_io, a_session) = a.into_parts();
+        let (b_io, b_session) = b.into_parts();
+        let (_a_read, a_write) = a_io.split();
+        let (b_read, _b_write) = b_io.split();
+        let writer = tokio::spawn(write_packets(
+            a_write,
+            Arc::new(Mutex::new(a_session)),
+            out.clone(),
+        ));
+        let reader = tokio::spawn(read_packets(
+            b_read,
+            Arc::new(Mutex::new(b_session)),
+            path.clone(),
+            sink.clone(),
+            ma.clone(),
+            1280,
+        ));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let n = sink.written.lock().map(|w| w.len()).unwrap_or(0);
+                if n >= genuine.len() {
+                    break;
+                }
+                sink.wrote.notified().await;
+            }
+        })
+        .await
+        .expect("the genuine packets reach the device");
+        assert_eq!(*sink.written.lock().unwrap(), genuine, "whole, in order");
+        let p = path.lock().unwrap();
+        assert_eq!(p.drops(Some(&ma)).get("spoofed_source"), Some(&1));
+        assert_eq!(p.engine.counts(&ma).packets_in, genuine.len() as u64);
+        writer.abort();
+        reader.abort();
     }
 }

@@ -169,3 +169,70 @@ impl NetTunnel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use p2pnode_node::network::{Lease as RecordLease, Member, NetworkId, Role};
+
+    use super::*;
+    use crate::Prefixes;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn entry(peer: PeerId, name: Option<&str>, lease: Option<Vec<u8>>, revoked: bool) -> Member {
+        Member {
+            peer,
+            role: Role::Member,
+            name: name.map(str::to_string),
+            lease: lease.map(|l| RecordLease::new(l).unwrap()),
+            added_by: None,
+            added_at_ms: None,
+            revoked_by: revoked.then_some(peer),
+        }
+    }
+
+    /// The roster becomes the engine's input: revoked members refused, recorded leases
+    /// read back (unreadable ones are no lease), names of the others kept.
+    #[test]
+    fn a_roster_becomes_claims_revocations_and_names() {
+        let (me, named, gone, odd) = (peer(), peer(), peer(), peer());
+        let id = [3; 32];
+        let p = Prefixes::of(&id);
+        let lease = Lease {
+            v4: p.v4_host(42),
+            v6: p.derive(&id, &MemberId(named.to_bytes())).1,
+        };
+        let roster = Roster {
+            id: NetworkId(id),
+            members: vec![
+                entry(me, Some("me"), None, false),
+                entry(
+                    named,
+                    Some("laptop"),
+                    Some(lease.to_bytes().to_vec()),
+                    false,
+                ),
+                entry(gone, None, None, true),
+                entry(odd, None, Some(vec![9, 9]), false),
+            ],
+        };
+        let view = View::of(&roster, &me);
+        assert_eq!(view.claims.len(), 3);
+        let claim = |p: &PeerId| {
+            view.claims
+                .iter()
+                .find(|c| c.member == MemberId(p.to_bytes()))
+                .cloned()
+        };
+        assert_eq!(claim(&named).unwrap().lease, Some(lease));
+        assert_eq!(claim(&odd).unwrap().lease, None);
+        assert!(claim(&gone).is_none());
+        assert!(view.revoked.contains(&MemberId(gone.to_bytes())));
+        assert_eq!(view.names.get(&named), Some(&Some("laptop".to_string())));
+        assert!(!view.names.contains_key(&me) && !view.names.contains_key(&gone));
+    }
+}
