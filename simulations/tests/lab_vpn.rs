@@ -6,6 +6,8 @@
 //! - a member that sends packets with a forged source (a second address on its own TUN
 //!   device, used with `ping -I`) has none reach the receiver's device: the receiver
 //!   counts every one under `spoofed_source` and its `packets_in` from that member stays;
+//! - a member revoked by the admin is dropped from another member's tunnel within 2 s,
+//!   and its pings get no reply;
 //! - `vpn up` refuses, in one line, a network the node is not in and a prefix that an
 //!   existing route covers;
 //! - iperf3 TCP through the tunnel (one stream, a few seconds), reported, not judged.
@@ -254,6 +256,63 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "no forged packet reached v2's TUN device"
     );
 
+    // v1 (the admin) revokes v3: v2 learns it by the network's push and its tunnel stops
+    // taking v3's packets at once; measured from the revoke command's return.
+    ping_through(&lab, "v3", &v4(1), 1).await;
+    nodes[0]
+        .client_text(&["net", "revoke", NET, nodes[2].peer_id()])
+        .await
+        .unwrap();
+    let revoked_at = tokio::time::Instant::now();
+    wait_for(
+        "v2's tunnel to drop the revoked v3",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let s = status(&nodes[1]).await;
+            let listed = s["members"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|m| m["peer_id"] == nodes[2].peer_id()));
+            if listed {
+                Poll::seen(format!("v3 still a member: {s}"))
+            } else {
+                Poll::Ready(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let revoked_ms = revoked_at.elapsed().as_millis();
+    assert!(
+        revoked_ms < 2000,
+        "revocation acted on after {revoked_ms} ms"
+    );
+    let out = lab
+        .exec_output("v3", "ping", &["-c", "3", "-i", "0.2", "-W", "1", &v4(1)])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "a revoked member's pings go nowhere");
+    // The revoked member learns nothing more of the network (the record goes to current
+    // members only), but the others closed its streams and refuse new ones.
+    wait_for(
+        "v3 to have no tunnel stream left",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let s = status(&nodes[2]).await;
+            let linked = s["members"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|m| m["linked"] == true));
+            if linked {
+                Poll::seen(s.to_string())
+            } else {
+                Poll::Ready(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+
     // iperf3 TCP, v1 -> v2, through the tunnel.
     lab.exec("v2", "iperf3", &["-s", "-1", "-D", "-B", &v4(1)])
         .await
@@ -300,6 +359,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "iperf3_tcp_mbit_s": mbit_s,
         "iperf3_retransmits": retransmits,
         "forged_dropped": spoofed["drops"]["spoofed_source"],
+        "revocation_acted_on_ms": revoked_ms,
         "v2_from_v1": member(&s2, &nodes[0]),
         "v2_drops": s2["drops"],
     }));
