@@ -51,8 +51,7 @@ impl DataPath {
             Outbound::Send(member) => {
                 let queued = self.out.get(member).is_some_and(|o| o.push(packet, now));
                 if !queued {
-                    let member = member.clone();
-                    self.unsent.entry(member).or_default().no_stream += 1;
+                    unsent_of(&mut self.unsent, member).no_stream += 1;
                 }
                 FromTun::Done
             }
@@ -66,17 +65,7 @@ impl DataPath {
         if packet.len() > usize::from(mtu) {
             // Its sender's device has a larger MTU than ours: the kernel would take it,
             // but a member must not make us carry more than we set.
-            if let Some(u) = self.unsent.get_mut(member) {
-                u.too_big_in += 1;
-            } else {
-                self.unsent.insert(
-                    member.clone(),
-                    Unsent {
-                        too_big_in: 1,
-                        ..Unsent::default()
-                    },
-                );
-            }
+            unsent_of(&mut self.unsent, member).too_big_in += 1;
             return false;
         }
         self.engine.from_peer(member, packet)
@@ -121,6 +110,17 @@ impl DataPath {
             add("stale", stale);
         }
         out
+    }
+}
+
+/// `member`'s unsent counts; the id is copied on its first drop only, not per packet.
+fn unsent_of<'a>(unsent: &'a mut BTreeMap<MemberId, Unsent>, member: &MemberId) -> &'a mut Unsent {
+    if !unsent.contains_key(member) {
+        unsent.insert(member.clone(), Unsent::default());
+    }
+    match unsent.get_mut(member) {
+        Some(u) => u,
+        None => unreachable!("inserted above"),
     }
 }
 
