@@ -11,6 +11,10 @@
 //! - `vpn up` refuses, in one line, a network the node is not in and a prefix that an
 //!   existing route covers;
 //! - iperf3 TCP through the tunnel (one stream, a few seconds), reported, not judged.
+//!   On 2026-12-04 here: 720 to 980 Mbit/s with a release binary (`P2PNODE_BIN`; the
+//!   sender's queue drops when the stream lags, about 20,000 packets a run), 20 to
+//!   40 Mbit/s with the debug one, over the node's streams (the datagram path is later
+//!   work).
 //!
 //! Needs root; without it the test fails when env CI is set and otherwise says why and
 //! returns.
@@ -341,6 +345,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
     let retransmits = iperf["end"]["sum_sent"]["retransmits"].as_u64();
     assert!(mbit_s > 0.0, "{iperf}");
 
+    let s1 = status(&nodes[0]).await;
     let s2 = status(&nodes[1]).await;
     for node in &nodes {
         let d: Value = node.client_json(&["vpn", "down", NET]).await.unwrap();
@@ -362,5 +367,6 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "revocation_acted_on_ms": revoked_ms,
         "v2_from_v1": member(&s2, &nodes[0]),
         "v2_drops": s2["drops"],
+        "v1_drops": s1["drops"],
     }));
 }
