@@ -88,6 +88,49 @@ async fn create_invite_join_and_membership_survives_restart() {
     b.shutdown().await;
 }
 
+/// A member records its own lease (the tunnel's bytes, opaque to the node): it is stored,
+/// reaches the admin, and shows in both rosters under the same network id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_lease_reaches_the_other_members_roster() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path()).await;
+    let b = node(db.path()).await;
+    a.client().networks().create("vpn").unwrap();
+    join(&a, &b, "vpn").await;
+    let pb = b.client().peer_id();
+    let lease = vec![1, 100, 70, 0, 9];
+    b.client()
+        .networks()
+        .set_lease("vpn", lease.clone())
+        .unwrap();
+    let lease_of = |n: &Node| {
+        let roster = n.client().networks().roster("vpn").unwrap();
+        let m = roster.members.iter().find(|m| m.peer == pb).cloned();
+        (
+            roster.id,
+            m.and_then(|m| m.lease).map(|l| l.as_bytes().to_vec()),
+        )
+    };
+    let (id_b, on_b) = lease_of(&b);
+    assert_eq!(on_b.as_deref(), Some(&lease[..]));
+    let id_a = wait_for(|| async {
+        let (id, on_a) = lease_of(&a);
+        (on_a.as_deref() == Some(&lease[..])).then_some(id)
+    })
+    .await;
+    assert_eq!(id_a, id_b);
+    assert!(matches!(
+        b.client().networks().set_lease("vpn", vec![0; 64]),
+        Err(NetError::Refused { .. })
+    ));
+    assert!(matches!(
+        b.client().networks().roster("nope"),
+        Err(NetError::UnknownNetwork(_))
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_four_connected_members_within_two_seconds() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();

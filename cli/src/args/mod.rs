@@ -6,6 +6,7 @@ mod chat;
 mod db;
 mod files;
 mod net;
+mod vpn;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2pnode_node::Multiaddr;
@@ -14,6 +15,7 @@ pub(crate) use chat::{ChatArgs, ChatCommand, RoomCommand};
 pub(crate) use db::DbCommand;
 pub(crate) use files::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
 pub(crate) use net::NetCommand;
+pub(crate) use vpn::VpnCommand;
 
 /// p2pnode: a serverless peer-to-peer node.
 ///
@@ -125,7 +127,7 @@ pub(crate) enum Command {
     /// Create chat rooms and list their members.
     #[command(subcommand)]
     Room(RoomCommand),
-    /// Networks: who may use the members-only protocols (sync). Membership is a signed
+    /// Networks: who may use the members-only protocols (sync, vpn). Membership is a signed
     /// record the members exchange whenever they connect; no server, and a revocation
     /// reaches every connected member at once.
     #[command(subcommand)]
@@ -134,6 +136,11 @@ pub(crate) enum Command {
     /// merge).
     #[command(subcommand)]
     Db(DbCommand),
+    /// A mesh VPN between the members of a network: each member gets addresses in the
+    /// network's prefixes on a TUN device, and packets go straight to the member that
+    /// holds the destination, over an end-to-end encrypted stream.
+    #[command(subcommand)]
+    Vpn(VpnCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Install it where your shell looks, for example:
   bash: p2pnode completions bash > ~/.local/share/bash-completion/completions/p2pnode
@@ -185,7 +192,7 @@ pub(crate) enum TrustCommand {
         /// The peer id, or a contact's name.
         #[arg(value_name = "PEER")]
         peer_id: String,
-        /// Comma-separated names of protocols this node runs (today: chat, files, sync).
+        /// Comma-separated names of protocols this node runs (today: chat, files, sync, tunnel).
         #[arg(long, value_delimiter = ',')]
         protocols: Vec<String>,
     },

@@ -17,6 +17,7 @@ mod status;
 mod stop;
 mod trust;
 mod verify;
+mod vpn;
 
 use anyhow::Result;
 use p2pnode_node::control::ControlClient;
@@ -54,6 +55,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Room(cmd) => chat::room_command(&control, cmd, json).await,
         Command::Net(cmd) => net::run(&control, cmd, json).await,
         Command::Db(cmd) => db::run(&control, cmd, json).await,
+        Command::Vpn(cmd) => vpn::run(&control, cmd, json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
         Command::Share(args) => files::share(&control, args, json).await,
         Command::Unshare { content_id } => files::unshare(&control, content_id, json).await,

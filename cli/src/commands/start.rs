@@ -8,6 +8,7 @@ use p2pnode_chat::service::Chat;
 use p2pnode_files::service::Files;
 use p2pnode_node::{Node, control};
 use p2pnode_sync::service::Sync;
+use p2pnode_tunnel::service::Tunnel;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
@@ -25,6 +26,7 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
         .protocol(Chat)
         .protocol(Files::default())
         .protocol(Sync)
+        .protocol(Tunnel)
         .start()
         .await
     {

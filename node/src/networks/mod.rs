@@ -36,8 +36,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::error::NodeError;
 use crate::network::{
-    Applied, InviteToken, JoinRequest, Member, Membership, NetworkId, Op, OpError, OpId, Role,
-    SignedOp,
+    Applied, InviteToken, JoinRequest, Lease, Member, Membership, NetworkId, Op, OpError, OpId,
+    Role, SignedOp,
 };
 use crate::store::StoreError;
 use db::NetworkDb;
@@ -186,6 +186,17 @@ pub struct InviteInfo {
     pub uses: u32,
     /// The role it grants.
     pub role: String,
+}
+
+/// A network as a protocol that hands out addresses sees it (the tunnel): its id and
+/// everyone its record names, revoked ones included, with the lease each recorded. The
+/// node does not read leases: they are the protocol's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    /// The network's id.
+    pub id: NetworkId,
+    /// Its members, revoked ones included.
+    pub members: Vec<Member>,
 }
 
 /// A change to a record, for protocols that act on membership.
@@ -375,6 +386,24 @@ impl Networks {
         let mut state = self.state();
         let m = Self::by_name(&mut state, network)?;
         Ok(m.members().map(member_info).collect())
+    }
+
+    /// The id and members (with names and leases) of `network`.
+    pub fn roster(&self, network: &str) -> Result<Roster, NetError> {
+        let mut state = self.state();
+        let m = Self::by_name(&mut state, network)?;
+        Ok(Roster {
+            id: m.network(),
+            members: m.members().cloned().collect(),
+        })
+    }
+
+    /// Records our own address lease in `network` (opaque bytes, at most
+    /// [`crate::network::MAX_LEASE_LEN`]), stores it and pushes it to the members.
+    pub fn set_lease(&self, network: &str, lease: Vec<u8>) -> Result<(), NetError> {
+        let lease = Lease::new(lease).map_err(NetError::refused("lease"))?;
+        let peer = self.inner.me;
+        self.make(network, Op::SetLease { peer, lease }, "lease")
     }
 
     /// Creates a network with us as its first admin.

@@ -33,12 +33,13 @@ pub enum DeviceError {
     },
 }
 
-/// Where packets come from and go to: the TUN device, or a test's stand-in.
+/// Where packets come from and go to: the TUN device, or a test's stand-in. Its futures
+/// are `Send`, so a service can run them on any worker thread.
 pub trait PacketDevice {
     /// Reads one packet into `buf`, returning its length.
-    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>>;
+    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>> + Send;
     /// Writes one packet.
-    fn send(&self, packet: &[u8]) -> impl std::future::Future<Output = io::Result<usize>>;
+    fn send(&self, packet: &[u8]) -> impl std::future::Future<Output = io::Result<usize>> + Send;
 }
 
 /// A network's TUN device.

@@ -25,6 +25,38 @@ pub struct Lease {
     pub v6: Ipv6Addr,
 }
 
+/// The first byte of an encoded lease: the encoding's version.
+const LEASE_V1: u8 = 1;
+/// The length of an encoded lease: version, IPv4, IPv6.
+pub const LEASE_BYTES: usize = 1 + 4 + 16;
+
+impl Lease {
+    /// The lease as a member records it in the network's membership record (the node
+    /// keeps it as opaque bytes): version 1, then the IPv4 and IPv6 addresses.
+    pub fn to_bytes(&self) -> [u8; LEASE_BYTES] {
+        let mut out = [0; LEASE_BYTES];
+        out[0] = LEASE_V1;
+        out[1..5].copy_from_slice(&self.v4.octets());
+        out[5..].copy_from_slice(&self.v6.octets());
+        out
+    }
+
+    /// A recorded lease read back; `None` for bytes of another version or length, which
+    /// count as no lease (the member's derived addresses stand in).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; LEASE_BYTES] = bytes.try_into().ok()?;
+        if bytes[0] != LEASE_V1 {
+            return None;
+        }
+        let v4: [u8; 4] = bytes[1..5].try_into().ok()?;
+        let v6: [u8; 16] = bytes[5..].try_into().ok()?;
+        Some(Self {
+            v4: Ipv4Addr::from(v4),
+            v6: Ipv6Addr::from(v6),
+        })
+    }
+}
+
 /// A member and the lease its latest lease operation names, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -227,6 +259,20 @@ mod tests {
         assert!(table.must_record(&member(3)));
         assert!(!table.must_record(&member(1)));
         assert_eq!(table.holder_v4(p.v4_host(500)), Some(&member(1)));
+    }
+
+    #[test]
+    fn a_lease_reads_back_and_other_bytes_are_no_lease() {
+        let p = Prefixes::of(&NET);
+        let (v4, v6) = p.derive(&NET, &member(4));
+        let lease = Lease { v4, v6 };
+        let bytes = lease.to_bytes();
+        assert_eq!(Lease::from_bytes(&bytes), Some(lease));
+        assert_eq!(Lease::from_bytes(&bytes[1..]), None);
+        let mut other = bytes;
+        other[0] = 2;
+        assert_eq!(Lease::from_bytes(&other), None);
+        assert_eq!(Lease::from_bytes(&[]), None);
     }
 
     #[test]

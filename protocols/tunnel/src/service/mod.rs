@@ -1,0 +1,409 @@
+//! The tunnel service (`vpn up/down/status`): per network that is up, an [`Engine`] fed
+//! the network's members and leases from the node, a TUN device with our addresses, and
+//! one secure stream per member on [`crate::STREAM_PROTOCOL`].
+//!
+//! One task (the owner) holds the networks that are up and their streams; it alone
+//! changes them, on commands, membership events, accepted or opened streams and a tick.
+//! The packets never pass through it: per network one task reads the TUN device and
+//! routes each packet (through the engine, under a short lock, see `path`) into the
+//! bounded queue of the member that holds its destination; per stream a writer drains
+//! that queue and a reader checks each packet with the engine before it is written into
+//! the device (`link`). A membership change updates the engine at once, so a revoked
+//! member's packets are refused from that moment, and its streams are closed.
+//!
+//! Streams: per network and member, one. The member with the smaller peer id opens it as
+//! soon as both are up; the other opens only if none came after [`FALLBACK_OPEN`]. When
+//! both exist, the one the smaller id opened wins on both ends (as sync does).
+//!
+//! This carries packets over the node's streams (reliable and ordered): the datagram path
+//! over QUIC is later work. The queue in front of each writer drops packets that waited
+//! too long, which keeps an inner TCP's view of the path honest.
+//!
+//! Files: `net` (a network that is up, and the engine's input from the node's roster),
+//! `path` (the data path and the TUN reader), `link` (a stream's reader and writer),
+//! `streams` (accepting, opening and attaching streams), `sys` (what `vpn up` checks on
+//! the host), `handle`, `routes`, `error`.
+
+mod error;
+mod handle;
+mod link;
+mod net;
+mod path;
+mod routes;
+mod streams;
+mod sys;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::{PeerId, Stream, StreamProtocol};
+use p2pnode_node::networks::{NetEvent, Networks};
+use p2pnode_node::secure::SecureListener;
+use p2pnode_node::{Client, Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler};
+use p2pnode_secure::SecureStream;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::api::{Down, NetStatus};
+use crate::device::TunDevice;
+use crate::{Engine, MemberId};
+pub use error::TunnelError;
+pub use handle::TunnelHandle;
+use net::{NetTunnel, View};
+use path::DataPath;
+
+/// Commands queued for the owner.
+const COMMAND_QUEUE: usize = 64;
+/// Events from stream tasks queued for the owner.
+const EVENT_QUEUE: usize = 256;
+/// Most streams (over all networks) at once.
+pub const MAX_LINKS: usize = 1024;
+/// Accepted streams whose hello we wait for at once; more are closed unread.
+const MAX_HELLOS: usize = 32;
+/// How long an accepted stream may take to name its network.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Opening a stream (dial, handshake, hello) gives up after this long.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often members without a stream are looked at.
+const TICK: Duration = Duration::from_millis(500);
+/// The larger peer id opens a stream itself when none came after this long.
+const FALLBACK_OPEN: Duration = Duration::from_secs(3);
+/// Least time between two attempts to open a stream to one member, doubled after each
+/// attempt (a member whose tunnel is down is not asked every tick).
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// Most doublings of [`RETRY_EVERY`] (2 s x 2^5: about a minute).
+const MAX_BACKOFF_DOUBLINGS: u32 = 5;
+/// A stream that lived this long was a working one: after it ends, opening starts over
+/// without the backoff.
+const HEALTHY_LINK: Duration = Duration::from_secs(10);
+/// The largest MTU `vpn up` takes (IPv4's largest packet); the smallest is IPv6's 1280.
+const MAX_MTU: u16 = u16::MAX;
+
+enum Command {
+    Up {
+        network: String,
+        mtu: u16,
+        reply: oneshot::Sender<Result<NetStatus, TunnelError>>,
+    },
+    Down {
+        network: String,
+        reply: oneshot::Sender<Result<Down, TunnelError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<NetStatus>>,
+    },
+}
+
+// Boxed: a secure stream dwarfs the other events.
+type Secure = Box<SecureStream<Stream>>;
+
+/// What the stream tasks tell the owner.
+enum Event {
+    Opened {
+        network: String,
+        peer: PeerId,
+        stream: Result<Secure, String>,
+    },
+    Hello {
+        peer: PeerId,
+        network: [u8; 32],
+        stream: Secure,
+    },
+    Closed {
+        network: String,
+        peer: PeerId,
+        link: u64,
+        reason: String,
+    },
+}
+
+/// Spawns a task of the service in the current span (the node's).
+fn spawn<F>(task: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(task))
+}
+
+/// The tunnel protocol, to register on a node: `Node::builder(..).protocol(Tunnel)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tunnel;
+
+impl Protocol for Tunnel {
+    type Handler = TunnelService;
+
+    fn name(&self) -> &'static str {
+        crate::PROTOCOL
+    }
+
+    fn start(self, ctx: Context) -> Result<TunnelService, ProtocolError> {
+        let listener = ctx
+            .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))
+            .map_err(|e| ProtocolError::new(crate::PROTOCOL, e))?;
+        let client = ctx.client().clone();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let service = Service {
+            me: client.peer_id(),
+            networks: ctx.networks().clone(),
+            client: client.clone(),
+            nets: BTreeMap::new(),
+            events_tx,
+            hellos: Arc::new(Semaphore::new(MAX_HELLOS)),
+            next_link: 1,
+        };
+        let task = spawn(service.run(listener, cmd_rx, events_rx, stop_rx));
+        Ok(TunnelService {
+            handle: TunnelHandle {
+                commands: cmd_tx,
+                client,
+            },
+            owner: OwnerTask::new(stop_tx, task),
+        })
+    }
+}
+
+/// The running tunnel protocol, as the node keeps it.
+pub struct TunnelService {
+    handle: TunnelHandle,
+    owner: OwnerTask,
+}
+
+impl std::fmt::Debug for TunnelService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelService")
+    }
+}
+
+impl TunnelService {
+    /// The handle for `vpn up/down/status`.
+    pub fn handle(&self) -> &TunnelHandle {
+        &self.handle
+    }
+}
+
+impl ProtocolHandler for TunnelService {
+    fn route_prefixes(&self) -> &[&'static str] {
+        crate::api::routes::PREFIXES
+    }
+
+    fn handle(
+        &self,
+        request: p2pnode_node::control::ControlRequest,
+    ) -> futures::future::BoxFuture<'static, p2pnode_node::control::ControlReply> {
+        let handle = self.handle.clone();
+        Box::pin(async move { routes::serve(&handle, request).await })
+    }
+
+    fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+        // The owner takes every network down (devices closed, interfaces gone) and ends.
+        Box::pin(self.owner.stop(crate::PROTOCOL))
+    }
+}
+
+struct Service {
+    client: Client,
+    me: PeerId,
+    networks: Networks,
+    nets: BTreeMap<String, NetTunnel>,
+    events_tx: mpsc::Sender<Event>,
+    hellos: Arc<Semaphore>,
+    next_link: u64,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut listener: SecureListener,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut events_rx: mpsc::Receiver<Event>,
+        mut stop_rx: oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut membership = self.networks.subscribe();
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                event = membership.recv() => match event {
+                    Ok(NetEvent::Changed { name, .. } | NetEvent::Left { name }) => {
+                        self.membership_changed(&name).await;
+                    }
+                    // Lagged: look at every network again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let names: Vec<String> = self.nets.keys().cloned().collect();
+                        for name in names {
+                            self.membership_changed(&name).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(c) = cmd_rx.recv() => self.command(c).await,
+                Some(a) = listener.next() => self.accepted(a),
+                Some(e) = events_rx.recv() => self.event(e),
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        for (name, t) in std::mem::take(&mut self.nets) {
+            t.stop().await;
+            tracing::info!(network = name, "tunnel down (node stopping)");
+        }
+        tracing::debug!("tunnel service stopped");
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Up {
+                network,
+                mtu,
+                reply,
+            } => {
+                let result = self.up(&network, mtu).await;
+                let _ = reply.send(result);
+            }
+            Command::Down { network, reply } => {
+                let result = match self.nets.remove(&network) {
+                    Some(t) => {
+                        let interface = t.interface.clone();
+                        t.stop().await;
+                        tracing::info!(network, interface, "tunnel down");
+                        Ok(Down { network, interface })
+                    }
+                    None => Err(TunnelError::NotUp(network)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Status { reply } => {
+                let list = self.nets.iter().map(|(n, t)| t.status(n)).collect();
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    async fn up(&mut self, network: &str, mtu: u16) -> Result<NetStatus, TunnelError> {
+        if let Some(t) = self.nets.get(network) {
+            return Ok(t.status(network));
+        }
+        if !self.networks.is_in(network) {
+            return Err(TunnelError::NotMember(network.to_string()));
+        }
+        let roster = self.networks.roster(network)?;
+        let view = View::of(&roster, &self.me);
+        let me = MemberId(self.me.to_bytes());
+        let engine = Engine::new(roster.id.0, me, mtu, &view.claims, view.revoked)?;
+        let lease = engine
+            .our_lease()
+            .ok_or_else(|| TunnelError::NotMember(network.to_string()))?;
+        let prefixes = engine.table().prefixes();
+        let interface = sys::interface_name(network, &roster.id.0);
+        sys::check_free(&interface, &prefixes).map_err(|taken| match taken {
+            sys::Taken::Interface(name) => TunnelError::InterfaceExists(name),
+            sys::Taken::Route { prefix, overlap } => TunnelError::Collision {
+                network: network.to_string(),
+                prefix,
+                route: overlap.route,
+                interface: overlap.interface,
+            },
+        })?;
+        if engine.must_record_ours() {
+            self.record_lease(network, lease).await;
+        }
+        let device = Arc::new(TunDevice::create(&interface, lease, &prefixes, mtu)?);
+        let path = Arc::new(Mutex::new(DataPath::new(engine)));
+        let reader = {
+            let (device, path, network) = (device.clone(), path.clone(), network.to_string());
+            spawn(async move {
+                let reason = path::read_tun(device, path, mtu).await;
+                tracing::warn!(network, "tunnel: {reason}");
+            })
+        };
+        tracing::info!(
+            network,
+            interface,
+            ipv4 = %lease.v4,
+            ipv6 = %lease.v6,
+            "tunnel up"
+        );
+        let t = NetTunnel {
+            id: roster.id.0,
+            interface,
+            mtu,
+            lease,
+            path,
+            device,
+            reader,
+            members: view.names,
+            links: HashMap::new(),
+            opening: BTreeSet::new(),
+            waiting: HashMap::new(),
+        };
+        let status = t.status(network);
+        self.nets.insert(network.to_string(), t);
+        self.tick();
+        Ok(status)
+    }
+
+    /// Writes our lease into the network's record: the tie-break moved us, and members
+    /// that join later must see the address as ours.
+    async fn record_lease(&self, network: &str, lease: crate::Lease) {
+        let networks = self.networks.clone();
+        let name = network.to_string();
+        let bytes = lease.to_bytes().to_vec();
+        let result = tokio::task::spawn_blocking(move || networks.set_lease(&name, bytes)).await;
+        match result {
+            Ok(Ok(())) => tracing::info!(network, ipv4 = %lease.v4, "tunnel: recorded our lease"),
+            Ok(Err(e)) => tracing::warn!(network, "tunnel: cannot record our lease: {e}"),
+            Err(e) => tracing::warn!(network, "tunnel: cannot record our lease: {e}"),
+        }
+    }
+
+    /// Acts on a change to `network`'s record at once: the engine gets the new members
+    /// and revocations (a revoked member's packets are refused from here on), streams of
+    /// members gone are closed; if we are no member any more, the tunnel goes down.
+    async fn membership_changed(&mut self, network: &str) {
+        let Some(t) = self.nets.get_mut(network) else {
+            return;
+        };
+        let roster = match self.networks.roster(network) {
+            Ok(r) if self.networks.is_in(network) => r,
+            _ => {
+                if let Some(t) = self.nets.remove(network) {
+                    t.stop().await;
+                }
+                tracing::info!(network, "tunnel down: no longer a member of the network");
+                return;
+            }
+        };
+        let view = View::of(&roster, &self.me);
+        let (lease, record) = {
+            let Ok(mut p) = t.path.lock() else {
+                return;
+            };
+            if let Err(e) = p.engine.update(&view.claims, view.revoked) {
+                tracing::warn!(network, "tunnel: cannot settle the addresses: {e}");
+                return;
+            }
+            (p.engine.our_lease(), p.engine.must_record_ours())
+        };
+        t.members = view.names;
+        let members = &t.members;
+        t.links.retain(|peer, _| members.contains_key(peer));
+        t.waiting.retain(|peer, _| members.contains_key(peer));
+        match lease {
+            Some(l) if l != t.lease => tracing::warn!(
+                network,
+                "tunnel: the tie-break moved our address to {} / {}; run `p2pnode vpn down {network}` \
+                 and `vpn up` again to use it",
+                l.v4,
+                l.v6
+            ),
+            _ => {}
+        }
+        if record && let Some(l) = lease {
+            self.record_lease(network, l).await;
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! One network's data path, shared by the task reading the TUN device and every stream
+//! reader: the engine (routing, checks, counts) and the queue of each member's stream.
+//! Each packet takes the lock once, briefly; nothing in it allocates per packet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::device::PacketDevice;
+use crate::{DropReason, Engine, MemberId, Outbound};
+
+use super::link::Outgoing;
+
+/// Drops the service counts beside the engine's: packets it could not hand on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Unsent {
+    /// Routed to a member with no stream up.
+    pub(super) no_stream: u64,
+    /// A member sent a packet larger than our MTU.
+    pub(super) too_big_in: u64,
+}
+
+/// The engine and the members' queues.
+pub(super) struct DataPath {
+    pub(super) engine: Engine,
+    pub(super) out: HashMap<MemberId, Arc<Outgoing>>,
+    pub(super) unsent: BTreeMap<MemberId, Unsent>,
+}
+
+/// What the TUN reader does with a packet once the lock is let go.
+pub(super) enum FromTun {
+    /// Queued, or dropped and counted: nothing more to do.
+    Done,
+    /// Write this ICMP error back into the device.
+    Reply(Vec<u8>),
+}
+
+impl DataPath {
+    pub(super) fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            out: HashMap::new(),
+            unsent: BTreeMap::new(),
+        }
+    }
+
+    /// A packet read from our TUN device: routed, and queued for the member that holds
+    /// its destination.
+    pub(super) fn on_tun_packet(&mut self, packet: &[u8], now: Instant) -> FromTun {
+        match self.engine.from_tun(packet) {
+            Outbound::Send(member) => {
+                let queued = self.out.get(member).is_some_and(|o| o.push(packet, now));
+                if !queued {
+                    unsent_of(&mut self.unsent, member).no_stream += 1;
+                }
+                FromTun::Done
+            }
+            Outbound::TooBig(reply) => FromTun::Reply(reply),
+            Outbound::Drop(_) => FromTun::Done,
+        }
+    }
+
+    /// A packet `member` sent: whether it may be written into our TUN device.
+    pub(super) fn on_peer_packet(&mut self, member: &MemberId, packet: &[u8], mtu: u16) -> bool {
+        if packet.len() > usize::from(mtu) {
+            // Its sender's device has a larger MTU than ours: the kernel would take it,
+            // but a member must not make us carry more than we set.
+            unsent_of(&mut self.unsent, member).too_big_in += 1;
+            return false;
+        }
+        self.engine.from_peer(member, packet)
+    }
+
+    /// Drops by reason for `member` (or all members for `None`), zeros left out.
+    pub(super) fn drops(&self, member: Option<&MemberId>) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        let mut add = |name: &str, n: u64| {
+            if n > 0 {
+                *out.entry(name.to_string()).or_insert(0) += n;
+            }
+        };
+        match member {
+            Some(m) => {
+                let c = self.engine.counts(m);
+                for r in DropReason::ALL {
+                    add(r.as_str(), c.dropped[r as usize]);
+                }
+            }
+            None => {
+                for (r, n) in self.engine.drops().iter() {
+                    add(r.as_str(), n);
+                }
+            }
+        }
+        let unsent = self
+            .unsent
+            .iter()
+            .filter(|(m, _)| member.is_none_or(|x| x == *m));
+        for (_, u) in unsent {
+            add("no_stream", u.no_stream);
+            add("too_big_in", u.too_big_in);
+        }
+        let queues = self
+            .out
+            .iter()
+            .filter(|(m, _)| member.is_none_or(|x| x == *m));
+        for (_, o) in queues {
+            let (full, stale) = o.dropped();
+            add("queue_full", full);
+            add("stale", stale);
+        }
+        out
+    }
+}
+
+/// `member`'s unsent counts; the id is copied on its first drop only, not per packet.
+fn unsent_of<'a>(unsent: &'a mut BTreeMap<MemberId, Unsent>, member: &MemberId) -> &'a mut Unsent {
+    if !unsent.contains_key(member) {
+        unsent.insert(member.clone(), Unsent::default());
+    }
+    match unsent.get_mut(member) {
+        Some(u) => u,
+        None => unreachable!("inserted above"),
+    }
+}
+
+/// Reads the TUN device until it fails or the task is aborted: each packet routed by
+/// the engine to its member's queue; "too big" answers written back into the device.
+pub(super) async fn read_tun<D: PacketDevice>(
+    device: Arc<D>,
+    path: Arc<Mutex<DataPath>>,
+    mtu: u16,
+) -> String {
+    // Room for any packet the kernel may hand us (GSO is off), reused for every one.
+    let mut buf = vec![0u8; usize::from(mtu).max(1500) + 64];
+    loop {
+        let n = match device.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => return format!("cannot read the TUN device: {e}"),
+        };
+        let action = match path.lock() {
+            Ok(mut p) => p.on_tun_packet(&buf[..n], Instant::now()),
+            Err(_) => return "data path lock poisoned".into(),
+        };
+        if let FromTun::Reply(reply) = action
+            && let Err(e) = device.send(&reply).await
+        {
+            tracing::debug!("tunnel: cannot write an ICMP error into the TUN device: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::Claim;
+    use crate::packet::build_packet;
+
+    fn member(i: u8) -> MemberId {
+        MemberId(vec![i; 4])
+    }
+
+    fn path() -> DataPath {
+        let claims: Vec<Claim> = (0..3)
+            .map(|i| Claim {
+                member: member(i),
+                lease: None,
+            })
+            .collect();
+        DataPath::new(Engine::new([4; 32], member(0), 1280, &claims, BTreeSet::new()).unwrap())
+    }
+
+    fn to(p: &DataPath, i: u8, len: usize) -> Vec<u8> {
+        let ours = p.engine.our_lease().unwrap();
+        let theirs = p.engine.table().lease(&member(i)).unwrap();
+        build_packet(IpAddr::V4(ours.v4), IpAddr::V4(theirs.v4), &vec![0; len])
+    }
+
+    #[test]
+    fn packets_go_to_the_members_queue_or_are_counted_unsent() {
+        let now = Instant::now();
+        let mut p = path();
+        let out = Arc::new(Outgoing::new(1280, now));
+        p.out.insert(member(1), out.clone());
+        // No stream yet on either member: both counted as unsent.
+        let (a, b) = (to(&p, 1, 10), to(&p, 2, 10));
+        assert!(matches!(p.on_tun_packet(&a, now), FromTun::Done));
+        assert!(matches!(p.on_tun_packet(&b, now), FromTun::Done));
+        assert_eq!(p.unsent[&member(1)].no_stream, 1);
+        assert_eq!(p.unsent[&member(2)].no_stream, 1);
+        out.set_link(1);
+        p.on_tun_packet(&a, now);
+        assert_eq!(p.unsent[&member(1)].no_stream, 1, "queued this time");
+        let all = p.drops(None);
+        assert_eq!(all.get("no_stream"), Some(&2));
+        assert_eq!(p.drops(Some(&member(2))).get("no_stream"), Some(&1));
+        // Too big: an ICMP error to write back, counted by the engine.
+        let big = to(&p, 1, 2000);
+        assert!(matches!(p.on_tun_packet(&big, now), FromTun::Reply(_)));
+        assert_eq!(p.drops(None).get("too_big"), Some(&1));
+    }
+
+    #[test]
+    fn a_packet_over_our_mtu_from_a_member_is_refused_and_counted() {
+        let mut p = path();
+        let theirs = p.engine.table().lease(&member(1)).unwrap();
+        let ours = p.engine.our_lease().unwrap();
+        let ok = build_packet(IpAddr::V4(theirs.v4), IpAddr::V4(ours.v4), &[0; 100]);
+        let big = build_packet(IpAddr::V4(theirs.v4), IpAddr::V4(ours.v4), &[0; 1300]);
+        assert!(p.on_peer_packet(&member(1), &ok, 1280));
+        assert!(!p.on_peer_packet(&member(1), &big, 1280));
+        assert_eq!(p.drops(Some(&member(1))).get("too_big_in"), Some(&1));
+        assert_eq!(p.engine.counts(&member(1)).packets_in, 1);
+    }
+}
