@@ -9,13 +9,13 @@
 //! hold the same heads and the same JSON, and every acknowledged put that was not deleted
 //! must be there with its value.
 //!
-//! Operations: 2,000 in all here (env `P2PNODE_SYNC_OPS` for another figure, and
-//! `P2PNODE_SYNC_CONVERGE_SECS` for another bound). The issue asks 10,000 within 10 s: on
-//! 2026-12-04, in a debug build beside other builds, 1,000 converged 0.9 s after the last
-//! heal, 2,000 in 2.8 s and 10,000 only in 28 s, so the goal holds at 2,000 and is missed
-//! at 10,000 (the time grows faster than the operations: to be found). The lab's delay
-//! link sits in NAT routers; these hosts are on the public segment, so there is no added
-//! delay here, only the loss.
+//! Operations: 10,000 in all, as the issue asks (env `P2PNODE_SYNC_OPS` for another
+//! figure, and `P2PNODE_SYNC_CONVERGE_SECS` for another bound than 10 s). Seen on
+//! 2026-12-04, debug build, another build running beside: 5.5 s and 7.6 s after the last
+//! heal. Before automerge's info-level spans were quieted (they formatted the whole change
+//! graph on every received batch) the same run took 35 s. The lab's delay link sits in NAT
+//! routers; these hosts are on the public segment, so there is no added delay here, only
+//! the loss.
 //!
 //! Needs root; without it the test fails when env CI is set and otherwise says why and
 //! returns.
@@ -59,7 +59,7 @@ async fn five_nodes_converge_after_splits_and_loss_with_every_acknowledged_write
     let ops: usize = std::env::var("P2PNODE_SYNC_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(10_000);
     let mut builder = LabBuilder::new();
     for h in HOSTS {
         builder = builder.public_host(h);
