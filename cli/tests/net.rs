@@ -75,6 +75,17 @@ fn create_invite_join_revoke_and_refuse_bad_tickets() {
         (out.status.success() && out.stdout.starts_with(b"1")).then_some(())
     });
 
+    // A new ticket also names B, the member A is connected to, so that it admits
+    // joiners while A is offline.
+    let invite = json(&a.dir, &["net", "invite", "home"]);
+    let (_, addrs) =
+        p2pnode_node::networks::parse_ticket(invite["ticket"].as_str().unwrap()).unwrap();
+    let suffix = format!("/p2p/{}", b.peer_id);
+    assert!(
+        addrs.iter().any(|x| x.to_string().ends_with(&suffix)),
+        "the ticket names no other member: {addrs:?}"
+    );
+
     // Revoke by contact name. (The revoked peer is not told: it is no member any more,
     // and members show nothing of the record to non-members.)
     json(&a.dir, &["contacts", "add", "bob", &b.peer_id]);

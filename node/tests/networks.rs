@@ -251,3 +251,40 @@ async fn bad_invites_are_refused_and_store_nothing() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_admits_through_another_member_while_its_issuer_is_offline() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = node(dirs[0].path()).await;
+    let b = node(dirs[1].path()).await;
+    let c = node(dirs[2].path()).await;
+    let (pb, pc) = (b.client().peer_id(), c.client().peer_id());
+    a.client().networks().create("home").unwrap();
+    join(&a, &b, "home").await;
+    // The ticket names the issuer and another member, as `net invite` does with the
+    // members it is connected to; then the issuer goes offline.
+    let addrs = vec![addr_of(&a).await, addr_of(&b).await];
+    let t = a
+        .client()
+        .networks()
+        .invite("home", Duration::from_secs(3600), 1, false, &addrs)
+        .unwrap()
+        .ticket;
+    a.shutdown().await;
+
+    let joined = c.client().join_network(&t, None).await.unwrap();
+    assert_eq!(joined.name, "home");
+    assert!(is_member(&b, "home", pc) && is_member(&c, "home", pb));
+    let members = c.client().networks().members("home").unwrap();
+    let entry = members
+        .iter()
+        .find(|m| m.peer_id == pc.to_string())
+        .unwrap();
+    assert_eq!(
+        entry.added_by.as_deref(),
+        Some(pb.to_string().as_str()),
+        "the member that answered wrote the add"
+    );
+    b.shutdown().await;
+    c.shutdown().await;
+}

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use p2pnode_secure::SecureStream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -381,50 +381,104 @@ pub async fn join(
         return Err(NetError::Invalid("already a member of this network".into()));
     }
     let issuer = invite.issuer;
-    let mut reached = false;
+    // Whom to ask, in order: the issuer at its addresses, then the other members the ticket
+    // names, one peer at a time.
+    let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = vec![(issuer, Vec::new())];
     for addr in addrs {
+        let peer = crate::event_loop::peer_of(&addr).unwrap_or(issuer);
         let addr = if crate::event_loop::peer_of(&addr).is_some() {
             addr
         } else {
             addr.with(libp2p::multiaddr::Protocol::P2p(issuer))
         };
-        match client.connect_addr(addr.clone()).await {
-            Ok(_) => {
-                reached = true;
-                break;
-            }
-            Err(e) => tracing::debug!(%addr, "join: cannot reach the issuer there: {e}"),
+        match candidates.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, list)) => list.push(addr),
+            None => candidates.push((peer, vec![addr])),
         }
     }
-    if !reached {
-        // The DHT may know where the issuer is now.
-        client.connect_peer(issuer).await?;
-    }
     let request = token.join_request(&networks.me());
-    let run = async {
-        let mut stream = client.open_secure(issuer, NET_PROTOCOL, APP).await?;
-        let req = Request::Join {
-            request: request.to_wire(),
-            name,
-        };
-        let ops = match ask(&mut stream, issuer, &req).await? {
-            Response::Joined { ops } => decode_ops(ops),
-            Response::Refused { reason } => {
-                return Err(NetError::JoinRefused {
-                    peer: issuer.to_string(),
-                    reason,
-                });
-            }
-            _ => return Err(exchange_err(issuer, "unexpected answer")),
-        };
-        let record = networks.joined(invite.network, ops)?;
-        let info = networks.keep_joined(record)?;
-        // The rest of a record larger than one message.
-        sync_rounds(networks, &mut stream, issuer, invite.network, Vec::new()).await?;
-        let _ = stream.close().await;
-        Ok(info)
-    };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, run)
+    let mut last = None;
+    for (peer, addrs) in candidates {
+        let attempt = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            reach(client, peer, addrs, peer == issuer).await?;
+            join_through(
+                client,
+                networks,
+                peer,
+                &request,
+                invite.network,
+                name.clone(),
+            )
+            .await
+        })
         .await
-        .map_err(|_| exchange_err(issuer, "timed out"))?
+        .unwrap_or_else(|_| Err(exchange_err(peer, "timed out")));
+        match attempt {
+            Ok(info) => return Ok(info),
+            // A member's refusal is the network's answer (the invite is used up, expired or
+            // revoked in the record every member holds): asking another would not help.
+            Err(e @ NetError::JoinRefused { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!(%peer, "join: no answer from this member: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| exchange_err(issuer, "no member reachable")))
+}
+
+/// Connects to `peer` at one of `addrs`, or else (for the issuer) wherever the DHT says it
+/// is now.
+async fn reach(
+    client: &Client,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    look_up: bool,
+) -> Result<(), NetError> {
+    for addr in addrs {
+        match client.connect_addr(addr.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => tracing::debug!(%addr, "join: cannot reach {peer} there: {e}"),
+        }
+    }
+    if look_up {
+        client.connect_peer(peer).await?;
+        return Ok(());
+    }
+    Err(exchange_err(
+        peer,
+        "not reachable at the ticket's addresses",
+    ))
+}
+
+/// Presents the join request to `member` and keeps the record it answers with.
+async fn join_through(
+    client: &Client,
+    networks: &Networks,
+    member: PeerId,
+    request: &JoinRequest,
+    network: NetworkId,
+    name: Option<String>,
+) -> Result<NetInfo, NetError> {
+    let mut stream = client.open_secure(member, NET_PROTOCOL, APP).await?;
+    let req = Request::Join {
+        request: request.to_wire(),
+        name,
+    };
+    let ops = match ask(&mut stream, member, &req).await? {
+        Response::Joined { ops } => decode_ops(ops),
+        Response::Refused { reason } => {
+            return Err(NetError::JoinRefused {
+                peer: member.to_string(),
+                reason,
+            });
+        }
+        _ => return Err(exchange_err(member, "unexpected answer")),
+    };
+    let record = networks.joined(network, ops)?;
+    let info = networks.keep_joined(record)?;
+    // The rest of a record larger than one message.
+    sync_rounds(networks, &mut stream, member, network, Vec::new()).await?;
+    let _ = stream.close().await;
+    Ok(info)
 }

@@ -18,9 +18,11 @@
 //! What `net invite` prints and `net join` takes: the invite token of
 //! [`crate::network::InviteToken`] (network, invite key and secret, expiry, uses, role,
 //! the issuing admin's peer id, signed by that admin), then `.` and the base32 CBOR of up
-//! to [`MAX_TICKET_ADDRS`] addresses the issuer listened on when it issued the ticket. The
-//! joiner dials those addresses, or else looks the issuer up in the DHT by its peer id, and
-//! presents its join request there; any member (the issuer is one) can admit it.
+//! to [`MAX_TICKET_ADDRS`] addresses: where the issuer listened when it issued the ticket,
+//! then one address each (ending in `/p2p/<id>`) of up to [`MAX_TICKET_MEMBERS`] other
+//! members it was connected to. Any member can admit the joiner, so the joiner asks the
+//! issuer first (at its addresses, or else found in the DHT by its peer id), then each of
+//! those members in turn, until one answers: a ticket works while its issuer is offline.
 
 pub mod db;
 pub mod exchange;
@@ -46,6 +48,8 @@ use db::NetworkDb;
 pub const MAX_NETWORKS: usize = 256;
 /// Most addresses a ticket carries.
 pub const MAX_TICKET_ADDRS: usize = 8;
+/// Of those, most that name other members than the issuer.
+pub const MAX_TICKET_MEMBERS: usize = 3;
 /// Longest address in a ticket, in bytes of text.
 const MAX_TICKET_ADDR_LEN: usize = 256;
 /// Longest ticket text accepted.

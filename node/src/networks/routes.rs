@@ -91,6 +91,36 @@ async fn our_addrs(client: &Client) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// Where up to [`super::MAX_TICKET_MEMBERS`] other current members of `network` can be
+/// reached, one address each ending in its `/p2p/<id>`: a joiner is admitted by any member,
+/// so a ticket still works while its issuer is offline.
+async fn member_addrs(client: &Client, networks: &Networks, network: &str) -> Vec<Multiaddr> {
+    let Ok(peers) = client.peers().await else {
+        return Vec::new();
+    };
+    let me = client.peer_id();
+    peers
+        .iter()
+        .filter_map(|p| {
+            let peer: libp2p::PeerId = p.peer_id.parse().ok()?;
+            if peer == me || !networks.is_member(network, &peer) {
+                return None;
+            }
+            // One we dialled first: its address is where the member listens. One it
+            // dialled is usually that too (nodes dial from their listening port), else
+            // an address nobody can dial, which the joiner then skips.
+            let c = p.connections.iter().min_by_key(|c| !c.outbound)?;
+            let addr: Multiaddr = c.address.parse().ok()?;
+            Some(if crate::event_loop::peer_of(&addr) == Some(peer) {
+                addr
+            } else {
+                addr.with(libp2p::multiaddr::Protocol::P2p(peer))
+            })
+        })
+        .take(super::MAX_TICKET_MEMBERS)
+        .collect()
+}
+
 fn body<T: serde::de::DeserializeOwned>(req: &ControlRequest) -> Result<T, NetError> {
     req.json::<T>().map_err(NetError::Node)
 }
@@ -116,7 +146,9 @@ pub(crate) async fn handle(req: ControlRequest, client: &Client) -> ControlReply
                         MAX_EXPIRY_SECS / 86400
                     )));
                 }
-                let addrs = our_addrs(client).await;
+                let mut addrs = our_addrs(client).await;
+                addrs.truncate(super::MAX_TICKET_ADDRS - super::MAX_TICKET_MEMBERS);
+                addrs.extend(member_addrs(client, &networks, &r.network).await);
                 blocking(move || {
                     networks.invite(
                         &r.network,
