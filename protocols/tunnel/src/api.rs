@@ -80,6 +80,10 @@ pub struct MemberStatus {
     pub ipv6: String,
     /// Whether a tunnel stream to it is up.
     pub linked: bool,
+    /// Tunnel streams it has had since `vpn up`: over a relay, one more each time a
+    /// circuit ends (the tunnel opens a new stream over a new circuit).
+    #[serde(default)]
+    pub streams: u64,
     /// `direct` or `relayed` while connected; `None` when not connected.
     pub path: Option<String>,
     /// The connection's round trip, when known.

@@ -132,6 +132,7 @@ impl NetTunnel {
                     ipv4: lease.map(|l| l.v4.to_string()).unwrap_or_default(),
                     ipv6: lease.map(|l| l.v6.to_string()).unwrap_or_default(),
                     linked: self.links.contains_key(peer),
+                    streams: p.out.get(&id).map_or(0, |o| o.streams()),
                     path: None,
                     rtt_ms: None,
                     packets_out: c.packets_out,
