@@ -12,6 +12,12 @@
 //! circuit's end to come back, and a slow inner TCP flow (iperf3) to outlive the circuit
 //! without a reset.
 //!
+//! Names: neither sets one, so `vpn up` names each after the host (the lab's hosts share
+//! one host name, so the member with the larger peer id takes the name and four
+//! characters of its id); each resolves the other's `<name>.p2p` through its own DNS
+//! responder and through the other's, across the tunnel, to the addresses `vpn up`
+//! gave, and an unknown name is NXDOMAIN.
+//!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 //! Each test prints its outcome as one JSON line on stdout (the ping round trip in ms).
 
@@ -30,6 +36,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// Longer than DCUtR's attempts, so a relayed outcome is settled by its "giving up" line.
+const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
 const DCUTR_WINDOW: Duration = Duration::from_secs(45);
 const NET: &str = "lab";
 /// How long one relayed circuit may live in this lab.
@@ -96,6 +103,40 @@ async fn first_echo(lab: &Lab, host: &str, to: &str) {
     )
     .await
     .unwrap();
+}
+
+/// Asks the DNS responder at `server` (port 53) from `host` for `name` of type `qtype`.
+async fn resolve(lab: &Lab, host: &str, server: &str, name: &str, qtype: &str) -> Value {
+    let server = format!("{server}:53");
+    let args = [
+        "dns-query",
+        "--server",
+        &server,
+        "--name",
+        name,
+        "--type",
+        qtype,
+    ];
+    let out = lab.exec(host, SIM_BIN, &args).await.unwrap();
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Waits until `node`'s status names `peer`; the name.
+async fn wait_named(node: &Node, peer: &Node) -> String {
+    wait_for(
+        &format!("{} to know {}'s name", node.name(), peer.name()),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let m = member(&status(node).await, peer);
+            match m["name"].as_str() {
+                Some(n) => Poll::Ready(n.to_string()),
+                None => Poll::seen(m.to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// `ping`'s summary: (received, average round trip in ms).
@@ -204,6 +245,63 @@ async fn tunnel_across(nat: NatKind, expected: PathKind) {
     let (got, rtt6_ms) = ping(lab, "a", &v6_b, 5, "0.2").await;
     assert_eq!(got, 5, "every IPv6 echo A -> B comes back");
 
+    // Names: each took the host name (one with a suffix), and resolves the other's.
+    let (name_b, name_a) = tokio::join!(wait_named(&a, &b), wait_named(&b, &a));
+    let name_b = wait_for(
+        "the two names to differ",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let (nb, na) = (wait_named(&a, &b).await, wait_named(&b, &a).await);
+            if nb != na && wait_named(&a, &b).await == nb {
+                Poll::Ready(nb)
+            } else {
+                Poll::seen(format!("{na} and {nb}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e} (first seen: {name_a}, {name_b})"));
+    let name_a = wait_named(&b, &a).await;
+    let fqdn_a = format!("{name_a}.p2p");
+    let fqdn_b = format!("{name_b}.p2p");
+    let asked = Instant::now();
+    let got = resolve(lab, "a", &ip_a, &fqdn_b, "A").await;
+    let resolve_ms = asked.elapsed().as_millis();
+    assert_eq!(
+        got,
+        json!({"rcode": "NoError", "addrs": [ip_b]}),
+        "{fqdn_b} at A"
+    );
+    let got = resolve(lab, "a", &ip_a, &fqdn_b, "AAAA").await;
+    assert_eq!(
+        got,
+        json!({"rcode": "NoError", "addrs": [v6_b]}),
+        "{fqdn_b} AAAA at A"
+    );
+    // B asks A's responder, across the tunnel, for A's own name.
+    let got = resolve(lab, "b", &ip_a, &fqdn_a, "A").await;
+    assert_eq!(
+        got,
+        json!({"rcode": "NoError", "addrs": [ip_a]}),
+        "{fqdn_a} at A from B"
+    );
+    let got = resolve(lab, "b", &ip_b, "nobody.p2p", "A").await;
+    assert_eq!(got["rcode"], "NxDomain", "{got}");
+    // The address the answer gave is the one that pings.
+    let (got, _) = ping(lab, "b", &ip_a, 3, "0.2").await;
+    assert_eq!(got, 3);
+    let s_b = status(&b).await;
+    assert_eq!(s_b["dns"], ip_b.as_str(), "{s_b}");
+    let resolver = s_b["resolver"].as_str().unwrap();
+    assert!(
+        resolver.contains(&format!(
+            "resolvectl dns {} {ip_b}",
+            s_b["interface"].as_str().unwrap()
+        )) && resolver.contains("~p2p"),
+        "{resolver}"
+    );
+
     // `vpn status` names the path, on both sides.
     for (node, peer) in [(&a, &b), (&b, &a)] {
         let m = member(&status(node).await, peer);
@@ -291,6 +389,8 @@ async fn tunnel_across(nat: NatKind, expected: PathKind) {
         "linked_ms": linked_ms,
         "ping_rtt_ms": rtt_ms,
         "ping6_rtt_ms": rtt6_ms,
+        "names": [name_a, name_b],
+        "resolve_ms": resolve_ms,
         "circuit": { "secs": CIRCUIT_SECS, "bytes": CIRCUIT_BYTES },
         "outlived_circuit": outlived,
         "a_to_b": m,

@@ -65,6 +65,13 @@ pub struct NetStatus {
     pub members: Vec<MemberStatus>,
     /// Packets dropped, by reason (all members, both ways), zeros left out.
     pub drops: BTreeMap<String, u64>,
+    /// Where the DNS responder for `<name>.p2p` listens (our IPv4 address, port 53), when
+    /// it runs.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// The line that points a resolver at it for `~p2p` (systemd-resolved's commands).
+    #[serde(default)]
+    pub resolver: String,
 }
 
 /// A member of a network, as the tunnel sees it.
