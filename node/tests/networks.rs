@@ -131,6 +131,42 @@ async fn a_members_lease_reaches_the_other_members_roster() {
     b.shutdown().await;
 }
 
+/// A member names itself: the name reaches the admin's roster; a name another member
+/// holds is refused, and so is an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_names_itself_once_and_a_taken_name_is_refused() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path()).await;
+    let b = node(db.path()).await;
+    a.client().networks().create("vpn").unwrap();
+    join(&a, &b, "vpn").await;
+    let pb = b.client().peer_id();
+    a.client().networks().set_name("vpn", "desk").unwrap();
+    b.client().networks().set_name("vpn", "laptop").unwrap();
+    let name_of = |n: &Node, p: PeerId| {
+        let roster = n.client().networks().roster("vpn").unwrap();
+        roster
+            .members
+            .iter()
+            .find(|m| m.peer == p)
+            .and_then(|m| m.name.clone())
+    };
+    assert_eq!(name_of(&b, pb).as_deref(), Some("laptop"));
+    wait_for(|| async { (name_of(&a, pb).as_deref() == Some("laptop")).then_some(()) }).await;
+    wait_for(|| async {
+        (name_of(&b, a.client().peer_id()).as_deref() == Some("desk")).then_some(())
+    })
+    .await;
+    let taken = b.client().networks().set_name("vpn", "desk").unwrap_err();
+    assert!(taken.to_string().contains("already taken"), "{taken}");
+    assert!(matches!(
+        b.client().networks().set_name("vpn", ""),
+        Err(NetError::Refused { .. })
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_four_connected_members_within_two_seconds() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -152,6 +152,22 @@ enum Commands {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Asks a DNS server one question over UDP and prints the answer as JSON
+    /// (`{"rcode": "NoError", "addrs": [...]}`): the lab resolves `<name>.p2p` with it.
+    DnsQuery {
+        /// The server.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The name asked for.
+        #[arg(long)]
+        name: String,
+        /// `A` or `AAAA`.
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// Wait for the answer.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -410,6 +426,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let results =
                 lab::udp::probe(bind, &targets, Duration::from_millis(timeout_ms)).await?;
             println!("{}", serde_json::to_string(&results)?);
+            Ok(())
+        }
+        Commands::DnsQuery {
+            server,
+            name,
+            qtype,
+            timeout_ms,
+        } => {
+            let qtype = match qtype.to_ascii_uppercase().as_str() {
+                "A" => p2pnode_tunnel::dns::TYPE_A,
+                "AAAA" => p2pnode_tunnel::dns::TYPE_AAAA,
+                other => anyhow::bail!("unknown type {other:?} (A, AAAA)"),
+            };
+            let answer =
+                lab::udp::dns_query(server, &name, qtype, Duration::from_millis(timeout_ms))
+                    .await?;
+            println!("{answer}");
             Ok(())
         }
         Commands::BenchHolepunch {

@@ -47,6 +47,16 @@ fn print_status(n: &NetStatus) {
         );
     }
     println!("  drops in all: {}", drops(&n.drops));
+    match &n.dns {
+        Some(addr) => println!(
+            "  names: <name>.p2p answered on {addr}:53; to use them here: {}",
+            n.resolver
+        ),
+        None => println!(
+            "  names: no DNS responder (port 53 on {} was taken)",
+            n.ipv4
+        ),
+    }
 }
 
 pub(crate) async fn run(control: &ControlClient, cmd: VpnCommand, json: bool) -> Result<()> {

@@ -410,6 +410,30 @@ impl Networks {
         self.make(network, Op::SetLease { peer, lease }, "lease")
     }
 
+    /// Names us `name` in `network` (the name protocols show and resolve, as the
+    /// tunnel's `<name>.p2p`), stores it and pushes it to the members. Refused when
+    /// another current member holds the name.
+    pub fn set_name(&self, network: &str, name: &str) -> Result<(), NetError> {
+        let peer = self.inner.me;
+        {
+            let mut state = self.state();
+            let m = Self::by_name(&mut state, network)?;
+            let taken = m
+                .members()
+                .any(|o| o.peer != peer && !o.revoked() && o.name.as_deref() == Some(name));
+            if taken {
+                return Err(NetError::Invalid(format!(
+                    "the name `{name}` is already taken in network `{network}`"
+                )));
+            }
+        }
+        let op = Op::SetName {
+            peer,
+            name: name.to_string(),
+        };
+        self.make(network, op, "name")
+    }
+
     /// Creates a network with us as its first admin.
     pub fn create(&self, name: &str) -> Result<NetInfo, NetError> {
         check_name(name)?;

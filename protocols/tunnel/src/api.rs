@@ -65,6 +65,13 @@ pub struct NetStatus {
     pub members: Vec<MemberStatus>,
     /// Packets dropped, by reason (all members, both ways), zeros left out.
     pub drops: BTreeMap<String, u64>,
+    /// Where the DNS responder for `<name>.p2p` listens (our IPv4 address, port 53), when
+    /// it runs.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// The line that points a resolver at it for `~p2p` (systemd-resolved's commands).
+    #[serde(default)]
+    pub resolver: String,
 }
 
 /// A member of a network, as the tunnel sees it.
@@ -80,6 +87,10 @@ pub struct MemberStatus {
     pub ipv6: String,
     /// Whether a tunnel stream to it is up.
     pub linked: bool,
+    /// Tunnel streams it has had since `vpn up`: over a relay, one more each time a
+    /// circuit ends (the tunnel opens a new stream over a new circuit).
+    #[serde(default)]
+    pub streams: u64,
     /// `direct` or `relayed` while connected; `None` when not connected.
     pub path: Option<String>,
     /// The connection's round trip, when known.

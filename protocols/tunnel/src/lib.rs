@@ -10,6 +10,7 @@
 //!   tie-break on member id;
 //! - [`packet`]: header parsing, the inbound checks (membership, revocation, source
 //!   address, destination) and outbound routing, with drop counts by reason;
+//! - [`dns`]: `<name>.p2p` answered with a member's tunnel addresses, bytes in and out;
 //! - [`icmp`]: "packet too big" replies for packets over the tunnel's MTU;
 //! - [`engine`]: one network's tunnel as a state machine: route, check, count;
 //! - [`queue`]: the bounded, deadline-keeping packet queue in front of a relayed path;
@@ -23,6 +24,7 @@ pub mod addr;
 pub mod api;
 #[cfg(feature = "device")]
 pub mod device;
+pub mod dns;
 pub mod engine;
 pub mod icmp;
 pub mod lease;

@@ -5,6 +5,9 @@
 //! echoes: behind a cone NAT every echo sees the same public port (the local one), behind
 //! a symmetric NAT each destination sees another. Both run inside lab namespaces as
 //! `p2pnode-sim udp-echo` and `p2pnode-sim udp-probe`.
+//!
+//! [`dns_query`] asks a DNS server one question (`p2pnode-sim dns-query`, run in a lab
+//! namespace to resolve `<name>.p2p` through a node's tunnel responder).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -143,4 +146,43 @@ impl Lab {
             reason: format!("{err}: {out}"),
         })
     }
+}
+
+/// Asks `server` for `name` of type `qtype` (resent every [`RETRY_AFTER`] until
+/// `timeout`): the answer as JSON, `{"rcode": .., "addrs": [..]}`.
+pub async fn dns_query(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    timeout: Duration,
+) -> std::io::Result<serde_json::Value> {
+    use p2pnode_tunnel::dns;
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    let id = rand::random::<u16>();
+    let query = dns::query(id, name, qtype);
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; dns::MAX_MESSAGE];
+    while Instant::now() < deadline {
+        socket.send_to(&query, server).await?;
+        let wait = RETRY_AFTER.min(deadline.saturating_duration_since(Instant::now()));
+        if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await
+            && from == server
+            && let Some(r) = dns::read_response(&buf[..n])
+            && r.id == id
+        {
+            return Ok(serde_json::json!({
+                "rcode": format!("{:?}", r.rcode),
+                "addrs": r.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from {server} for {name}"),
+    ))
 }

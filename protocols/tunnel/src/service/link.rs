@@ -40,6 +40,9 @@ pub(super) struct Outgoing {
     /// The id of the stream writing this queue now; 0 when none (packets are then not
     /// queued but counted as unsent).
     link: AtomicU64,
+    /// Streams that have written this queue (a relayed member gets a new one each time a
+    /// relay circuit ends).
+    streams: AtomicU64,
 }
 
 impl Outgoing {
@@ -53,6 +56,7 @@ impl Outgoing {
             )),
             ready: Notify::new(),
             link: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
         }
     }
 
@@ -73,6 +77,12 @@ impl Outgoing {
 
     pub(super) fn set_link(&self, id: u64) {
         self.link.store(id, Ordering::Relaxed);
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Streams that have written this queue so far.
+    pub(super) fn streams(&self) -> u64 {
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// Marks the queue unwritten, if stream `id` is still the one writing it.
@@ -244,6 +254,7 @@ mod tests {
         out.unset_link(7);
         assert!(!out.push(b"packet", now));
         assert_eq!(out.dropped(), (0, 0));
+        assert_eq!(out.streams(), 1);
     }
 
     /// A stand-in TUN device that keeps what is written into it.

@@ -27,6 +27,7 @@
 mod error;
 mod handle;
 mod link;
+mod names;
 mod net;
 mod path;
 mod routes;
@@ -290,7 +291,22 @@ impl Service {
         if !self.networks.is_in(network) {
             return Err(TunnelError::NotMember(network.to_string()));
         }
-        let roster = self.networks.roster(network)?;
+        let mut roster = self.networks.roster(network)?;
+        // Our name, for `<name>.p2p`: the host name when we have set none.
+        // A member's name may arrive between our look and our op: then look again, once.
+        for _ in 0..2 {
+            if names::own_name(&roster, &self.me).is_some() {
+                break;
+            }
+            let Some(name) = names::default_name(&roster, &self.me) else {
+                break;
+            };
+            let named = self.record_name(network, name).await;
+            roster = self.networks.roster(network)?;
+            if named {
+                break;
+            }
+        }
         let view = View::of(&roster, &self.me);
         let me = MemberId(self.me.to_bytes());
         let engine = Engine::new(roster.id.0, me, mtu, &view.claims, view.revoked)?;
@@ -312,6 +328,8 @@ impl Service {
             self.record_lease(network, lease).await;
         }
         let device = Arc::new(TunDevice::create(&interface, lease, &prefixes, mtu)?);
+        let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
+        let dns = self.start_dns(network, &interface, lease.v4, &names).await;
         let path = Arc::new(Mutex::new(DataPath::new(engine)));
         let reader = {
             let (device, path, network) = (device.clone(), path.clone(), network.to_string());
@@ -339,6 +357,8 @@ impl Service {
             links: HashMap::new(),
             opening: BTreeSet::new(),
             waiting: HashMap::new(),
+            names,
+            dns,
         };
         let status = t.status(network);
         self.nets.insert(network.to_string(), t);
@@ -358,6 +378,55 @@ impl Service {
             Ok(Err(e)) => tracing::warn!(network, "tunnel: cannot record our lease: {e}"),
             Err(e) => tracing::warn!(network, "tunnel: cannot record our lease: {e}"),
         }
+    }
+
+    /// Records `name` as ours in `network`; whether it was.
+    async fn record_name(&self, network: &str, name: String) -> bool {
+        let networks = self.networks.clone();
+        let net = network.to_string();
+        let n = name.clone();
+        let result = tokio::task::spawn_blocking(move || networks.set_name(&net, &n)).await;
+        match result {
+            Ok(Ok(())) => {
+                tracing::info!(network, name, "tunnel: recorded our name");
+                return true;
+            }
+            Ok(Err(e)) => tracing::warn!(network, "tunnel: cannot record our name: {e}"),
+            Err(e) => tracing::warn!(network, "tunnel: cannot record our name: {e}"),
+        }
+        false
+    }
+
+    /// Starts the DNS responder of `network` on `addr` (the device's address, so the
+    /// device is up first), and points systemd-resolved at it where that runs. `None`
+    /// when the socket cannot be bound: the tunnel works without names.
+    async fn start_dns(
+        &self,
+        network: &str,
+        interface: &str,
+        addr: std::net::Ipv4Addr,
+        names: &names::Names,
+    ) -> Option<JoinHandle<()>> {
+        let socket = match names::bind(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(network, "tunnel: no DNS responder on {addr}:53: {e}");
+                return None;
+            }
+        };
+        let task = spawn(names::serve(socket, names.clone()));
+        let iface = interface.to_string();
+        match tokio::task::spawn_blocking(move || names::configure_resolver(&iface, addr)).await {
+            Ok(Ok(true)) => tracing::info!(
+                network,
+                interface,
+                "tunnel: systemd-resolved asks {addr} for ~p2p"
+            ),
+            Ok(Ok(false)) => tracing::debug!(network, "tunnel: no systemd-resolved to configure"),
+            Ok(Err(e)) => tracing::warn!(network, "tunnel: cannot configure systemd-resolved: {e}"),
+            Err(e) => tracing::warn!(network, "tunnel: cannot configure systemd-resolved: {e}"),
+        }
+        Some(task)
     }
 
     /// Acts on a change to `network`'s record at once: the engine gets the new members
@@ -386,6 +455,9 @@ impl Service {
                 tracing::warn!(network, "tunnel: cannot settle the addresses: {e}");
                 return;
             }
+            if let Ok(mut names) = t.names.lock() {
+                *names = names::table_of(&roster, p.engine.table());
+            }
             (p.engine.our_lease(), p.engine.must_record_ours())
         };
         t.members = view.names;
@@ -404,6 +476,11 @@ impl Service {
         }
         if record && let Some(l) = lease {
             self.record_lease(network, l).await;
+        }
+        if names::must_rename(&roster, &self.me)
+            && let Some(name) = names::default_name(&roster, &self.me)
+        {
+            let _ = self.record_name(network, name).await;
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::device::TunDevice;
 use crate::{Claim, Lease, MemberId};
 
 use super::link::Outgoing;
+use super::names::{self, Names};
 use super::path::DataPath;
 
 /// The engine's input from a roster: every current member's claim, the revoked ones, and
@@ -97,6 +98,10 @@ pub(super) struct NetTunnel {
     pub(super) links: HashMap<PeerId, Link>,
     pub(super) opening: BTreeSet<PeerId>,
     pub(super) waiting: HashMap<PeerId, Waiting>,
+    /// Names to leases, for the DNS responder.
+    pub(super) names: Names,
+    /// The DNS responder, when its socket could be bound.
+    pub(super) dns: Option<JoinHandle<()>>,
 }
 
 impl NetTunnel {
@@ -105,6 +110,10 @@ impl NetTunnel {
     pub(super) async fn stop(mut self) {
         self.reader.abort();
         let _ = (&mut self.reader).await;
+        if let Some(mut dns) = self.dns.take() {
+            dns.abort();
+            let _ = (&mut dns).await;
+        }
         for (_, mut link) in self.links.drain() {
             for t in &mut link.tasks {
                 t.abort();
@@ -132,6 +141,7 @@ impl NetTunnel {
                     ipv4: lease.map(|l| l.v4.to_string()).unwrap_or_default(),
                     ipv6: lease.map(|l| l.v6.to_string()).unwrap_or_default(),
                     linked: self.links.contains_key(peer),
+                    streams: p.out.get(&id).map_or(0, |o| o.streams()),
                     path: None,
                     rtt_ms: None,
                     packets_out: c.packets_out,
@@ -152,6 +162,8 @@ impl NetTunnel {
             mtu: self.mtu,
             members,
             drops: p.drops(None),
+            dns: self.dns_addr(),
+            resolver: names::resolver_line(&self.interface, self.lease.v4),
         }
     }
 
@@ -166,7 +178,13 @@ impl NetTunnel {
             mtu: self.mtu,
             members: Vec::new(),
             drops: BTreeMap::new(),
+            dns: self.dns_addr(),
+            resolver: names::resolver_line(&self.interface, self.lease.v4),
         }
+    }
+
+    fn dns_addr(&self) -> Option<String> {
+        self.dns.as_ref().map(|_| self.lease.v4.to_string())
     }
 }
 

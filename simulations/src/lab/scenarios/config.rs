@@ -82,6 +82,18 @@ pub struct ScenarioConfig {
     /// Start the relay and the peers with `--metrics 127.0.0.1:9464` (in their own
     /// namespaces) and scrape them at the end of a hole-punching trial.
     pub metrics: bool,
+    /// The relay's per-circuit limits, when a scenario needs circuits that end sooner
+    /// than the node's defaults (600 s, 64 MiB); `None` keeps the defaults.
+    pub relay_circuit: Option<CircuitLimits>,
+}
+
+/// How long one relayed circuit may live and how many bytes (both ways) it may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitLimits {
+    /// Its lifetime, in seconds.
+    pub secs: u64,
+    /// Its bytes, both directions together.
+    pub bytes: u64,
 }
 
 /// A hole-punching set-up the lab runs: the peers' protocol (`--hole-punch`), and whether
@@ -168,6 +180,7 @@ impl Default for ScenarioConfig {
             keep_logs: false,
             hole_punch: Punch::default(),
             metrics: false,
+            relay_circuit: None,
         }
     }
 }

@@ -26,7 +26,7 @@ mod lan;
 mod peers;
 mod restart;
 
-pub use config::{Punch, ScenarioConfig, Transport};
+pub use config::{CircuitLimits, Punch, ScenarioConfig, Transport};
 pub use holepunch::{HolePunchLab, HolePunchOutcome, hole_punch};
 pub use lan::{SameLanOutcome, same_lan};
 pub use peers::{

@@ -38,11 +38,19 @@ pub async fn start_relay(
         // Every NAT router of the lab sits in one /24 (198.51.100.0/24), so the relay's
         // per-network limits would count the whole lab as one host; a benchmark of many
         // trials would run into them.
-        config_toml: Some(
-            "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n\
-             max_connections_per_prefix = 0\n"
-                .into(),
-        ),
+        config_toml: Some({
+            let mut toml = String::from(
+                "[relay_limits]\nreservation_burst_per_prefix = 0\ncircuit_burst_per_prefix = 0\n\
+                 max_connections_per_prefix = 0\n",
+            );
+            if let Some(c) = config.relay_circuit {
+                toml.push_str(&format!(
+                    "max_circuit_duration_secs = {}\nmax_circuit_bytes = {}\n",
+                    c.secs, c.bytes
+                ));
+            }
+            toml
+        }),
         command_line: None,
     };
     lab.start_node("relay", name, spec).await
