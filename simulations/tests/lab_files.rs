@@ -476,6 +476,72 @@ async fn a_provider_with_a_corrupt_copy_is_dropped_and_the_others_finish() {
     );
 }
 
+/// Longest the transfer may go without verifying a byte after a provider is killed.
+const MAX_STALL: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_pull_leaves_the_others_to_finish_with_a_short_stall() {
+    let _machine = MACHINE.write().await;
+    let f = Files::start(&["a", "b", "c", "d"]).await;
+    let b = f.node("b");
+    let providers = [f.node("a"), f.node("c"), f.node("d")];
+    let original = f.path("original.bin");
+    random_file(&original, MEDIUM);
+    let mut id = None;
+    for p in providers {
+        let copy = f.path(&format!("{}/share/data.bin", p.name()));
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(&original, &copy).unwrap();
+        let shared = share(p, copy.parent().unwrap()).await;
+        assert_eq!(*id.get_or_insert(shared.clone()), shared);
+    }
+    let id = id.unwrap();
+    let to = f.path("out");
+    let mut args = vec!["get", id.as_str(), "--to", to.to_str().unwrap()];
+    for p in providers {
+        args.extend(["--from", p.peer_id()]);
+    }
+    let mut getter = b.spawn_client(&args).unwrap();
+    wait_progress(b, MEDIUM / 4).await;
+    providers[1].kill().await.unwrap();
+    let killed = Instant::now();
+
+    // Follow the transfer: the longest time between two snapshots that show progress.
+    let (mut last_bytes, mut last_change) = (0u64, killed);
+    let mut stall = Duration::ZERO;
+    loop {
+        let list: Vec<Value> = b.client_json(&["transfers"]).await.unwrap();
+        let t = list.last().unwrap();
+        let done = t["bytes_done"].as_u64().unwrap_or(0);
+        if done > last_bytes {
+            stall = stall.max(last_change.elapsed());
+            (last_bytes, last_change) = (done, Instant::now());
+        }
+        if t["status"] != "running" {
+            assert_eq!(t["status"], "done", "the transfer failed: {t}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < GET_TIMEOUT,
+            "the transfer did not finish: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(GET_TIMEOUT, getter.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "get failed after the provider was killed");
+    assert_same(&original, &to.join("share/data.bin"));
+    report(&serde_json::json!({
+        "test": "provider_killed",
+        "bytes": MEDIUM,
+        "stall_ms": stall.as_millis(),
+        "finished_s_after_kill": killed.elapsed().as_secs_f64(),
+    }));
+    assert!(stall < MAX_STALL, "the transfer stalled {stall:?} after the kill");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_in_the_target_cannot_redirect_a_write_outside() {
     let _machine = MACHINE.write().await;

@@ -207,6 +207,40 @@ impl Lab {
         Ok(())
     }
 
+    /// Delays every packet host `name` receives by `delay`, with a delay link in the
+    /// host's own namespace like a router's: packets arriving on `eth0` are marked, routed
+    /// into the TUN device, held by a `p2pnode-sim delay-link` process, written back and
+    /// then delivered. Between two hosts so delayed a round trip grows by twice `delay`.
+    /// For hosts on the public segment, whose packets cross no router.
+    pub async fn delay_host(&mut self, name: &str, delay: Duration) -> Result<(), LabError> {
+        let ns = self.host(name)?.namespace.clone();
+        let sim_binary = self.sim_binary.clone().map_err(LabError::SimBinary)?;
+        self.sysctl(
+            &ns,
+            &[
+                // The marked first pass is forwarded into the TUN device.
+                "net.ipv4.ip_forward=1",
+                // The second pass comes in on the TUN device, not on the route back.
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+            ],
+        )
+        .await?;
+        let rules = format!(
+            "table ip lab_host_delay {{
+  chain first_pass {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname \"eth0\" notrack meta mark set {DELAY_MARK}
+  }}
+}}
+"
+        );
+        cmd::run_with_stdin("ip", &["netns", "exec", &ns, "nft", "-f", "-"], &rules).await?;
+        self.add_delay_link(name, &ns, delay, &sim_binary).await
+    }
+
     /// Routes everything the router forwards through a TUN device served by a
     /// `p2pnode-sim delay-link` process (see [`crate::lab::delay`] for the packet path).
     async fn add_delay_link(
