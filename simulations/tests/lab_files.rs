@@ -539,7 +539,10 @@ async fn a_provider_killed_mid_pull_leaves_the_others_to_finish_with_a_short_sta
         "stall_ms": stall.as_millis(),
         "finished_s_after_kill": killed.elapsed().as_secs_f64(),
     }));
-    assert!(stall < MAX_STALL, "the transfer stalled {stall:?} after the kill");
+    assert!(
+        stall < MAX_STALL,
+        "the transfer stalled {stall:?} after the kill"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,6 +220,12 @@ impl Lab {
             &[
                 // The marked first pass is forwarded into the TUN device.
                 "net.ipv4.ip_forward=1",
+                // Early demux would hand a packet of a known TCP connection (even the
+                // last ACK of a handshake) to its socket on the first pass, before the
+                // detour: connections then never complete.
+                "net.ipv4.ip_early_demux=0",
+                "net.ipv4.tcp_early_demux=0",
+                "net.ipv4.udp_early_demux=0",
                 // The second pass comes in on the TUN device, not on the route back.
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
