@@ -12,10 +12,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, report, two_peers};
+use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios::{self, HolePunchLab, Transport};
+use p2pnode_sim::lab::scenarios;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -37,32 +37,15 @@ struct NatOutcome {
 
 async fn transfer(nat: NatKind, expected: PathKind) {
     init_tracing();
-    if let Err(err) = p2pnode_sim::lab::require_root() {
-        panic!("{err}: the files NAT lab tests need root (CI runs them as root)");
-    }
-    if let Err(err) = p2pnode_sim::lab::node::p2pnode_binary() {
-        panic!("{err}: build it first (`cargo build -p p2pnode`)");
-    }
+    require_nat_lab("files");
     let _machine = MACHINE.read().await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
         ..config()
     };
-    let t = Transport::Tcp;
-    let hp = KeepLogsOnPanic(HolePunchLab::new(nat, nat, t, cfg.clone()).await.unwrap());
+    let (_lab, a, b) = nat_pair(nat, expected, &cfg).await;
     {
-        let (a, b) = two_peers(&hp.0, t, &cfg).await;
-        // Reach A first and let the path settle, so the transfer runs on the path asked.
-        b.connect(a.peer_id()).await.unwrap();
-        let direct = scenarios::wait_direct(&b, &a, t, cfg.direct_window, cfg.poll_interval)
-            .await
-            .unwrap();
-        let path = if direct.is_some() {
-            PathKind::Direct
-        } else {
-            PathKind::Relayed
-        };
-        assert_eq!(path, expected, "the connection is not {expected:?}");
+        let path = expected;
 
         let work = tempfile::tempdir().unwrap();
         let src = work.path().join("src");

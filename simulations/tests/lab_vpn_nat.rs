@@ -27,10 +27,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, report, two_peers};
+use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
-use p2pnode_sim::lab::scenarios::{self, CircuitLimits, HolePunchLab, Transport};
+use p2pnode_sim::lab::scenarios::{self, CircuitLimits};
 use p2pnode_sim::lab::{Lab, NatKind, Node};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -167,12 +167,7 @@ async fn ping(lab: &Lab, host: &str, to: &str, count: u32, interval: &str) -> (u
 
 async fn tunnel_across(nat: NatKind, expected: PathKind) {
     init_tracing();
-    if let Err(err) = p2pnode_sim::lab::require_root() {
-        panic!("{err}: the tunnel NAT lab tests need root (CI runs them as root)");
-    }
-    if let Err(err) = p2pnode_sim::lab::node::p2pnode_binary() {
-        panic!("{err}: build it first (`cargo build -p p2pnode`)");
-    }
+    require_nat_lab("tunnel");
     let _machine = MACHINE.read().await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
@@ -182,20 +177,9 @@ async fn tunnel_across(nat: NatKind, expected: PathKind) {
         }),
         ..config()
     };
-    let t = Transport::Tcp;
-    let hp = KeepLogsOnPanic(HolePunchLab::new(nat, nat, t, cfg.clone()).await.unwrap());
+    let (hp, a, b) = nat_pair(nat, expected, &cfg).await;
     let lab = &hp.0.lab;
-    let (a, b) = two_peers(&hp.0, t, &cfg).await;
-    b.connect(a.peer_id()).await.unwrap();
-    let direct = scenarios::wait_direct(&b, &a, t, cfg.direct_window, cfg.poll_interval)
-        .await
-        .unwrap();
-    let path = if direct.is_some() {
-        PathKind::Direct
-    } else {
-        PathKind::Relayed
-    };
-    assert_eq!(path, expected, "the connection is not {expected:?}");
+    let path = expected;
     let path_name = match expected {
         PathKind::Direct => "direct",
         _ => "relayed",

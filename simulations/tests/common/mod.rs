@@ -6,10 +6,11 @@
 use std::io::Write;
 use std::sync::LazyLock;
 
-use p2pnode_sim::lab::Node;
+use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::scenarios::{
     self, HolePunchLab, PEER_PORT, PeerOptions, ScenarioConfig, Transport,
 };
+use p2pnode_sim::lab::{NatKind, Node};
 
 pub mod chat;
 pub mod sync;
@@ -106,4 +107,43 @@ pub async fn two_peers(hp: &HolePunchLab, t: Transport, cfg: &ScenarioConfig) ->
     )
     .expect("reservations");
     (a, b)
+}
+
+/// Fails the test unless the NAT lab can run here (root and the `p2pnode` binary): the
+/// tests that call it never skip. `what` names them in the message.
+pub fn require_nat_lab(what: &str) {
+    if let Err(err) = p2pnode_sim::lab::require_root() {
+        panic!("{err}: the {what} NAT lab tests need root (CI runs them as root)");
+    }
+    if let Err(err) = p2pnode_sim::lab::node::p2pnode_binary() {
+        panic!("{err}: build it first (`cargo build -p p2pnode`)");
+    }
+}
+
+/// Peers `a` and `b` over TCP behind two NAT routers of kind `nat`, knowing only the
+/// relay, with `b` connected to `a` and the connection settled: it must be `expected`
+/// (direct behind cone NATs once hole punching worked, relayed behind symmetric ones).
+pub async fn nat_pair(
+    nat: NatKind,
+    expected: PathKind,
+    cfg: &ScenarioConfig,
+) -> (KeepLogsOnPanic, Node, Node) {
+    let t = Transport::Tcp;
+    let hp = KeepLogsOnPanic(
+        HolePunchLab::new(nat, nat, t, cfg.clone())
+            .await
+            .expect("the NAT lab builds"),
+    );
+    let (a, b) = two_peers(&hp.0, t, cfg).await;
+    b.connect(a.peer_id()).await.expect("b connects to a");
+    let direct = scenarios::wait_direct(&b, &a, t, cfg.direct_window, cfg.poll_interval)
+        .await
+        .expect("the path settles");
+    let path = if direct.is_some() {
+        PathKind::Direct
+    } else {
+        PathKind::Relayed
+    };
+    assert_eq!(path, expected, "the connection is not {expected:?}");
+    (hp, a, b)
 }
