@@ -16,10 +16,12 @@
 //! batch) the same run took 35 s.
 //!
 //! The lab's delay link (env `P2PNODE_SYNC_DELAY_MS`, per host and direction) is off by
-//! default: with 25 ms, runs converged 4.5 s and 12.3 s after the last heal and one missed
-//! the 10 s bound, so the goal does not hold with it yet. The likely cause, not yet proven:
-//! a connection that carried data while the network was split waits for TCP's next
-//! retransmission, backed off during the split, before it moves again.
+//! default: with 25 ms, runs converged 4.5, 12.3, 8.0 and 8.8 s after the last heal and one
+//! missed the 10 s bound, so the goal does not hold with it yet. The cause: a connection
+//! that carried data while the network was split moves again only at TCP's next
+//! retransmission, backed off during the split (`ss -ti` at the heal showed retransmission
+//! timeouts up to 33 s, back-off 7). Nodes still converge through members whose connections
+//! recover first; the slow runs are those where one node has none.
 //!
 //! Needs root; without it the test fails when env CI is set and otherwise says why and
 //! returns.
