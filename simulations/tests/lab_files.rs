@@ -430,6 +430,22 @@ async fn sigkill_of_the_sender_then_the_same_get_resumes_within_budget() {
     kill_and_resume(Victim::Sender).await;
 }
 
+/// Writes `MEDIUM` random bytes to `original` and shares a copy of them under the same
+/// name on each of `providers`: the same content id, which is returned.
+async fn share_copies(f: &Files, providers: &[&Node], original: &Path) -> String {
+    random_file(original, MEDIUM);
+    let mut id = None;
+    for p in providers {
+        // The same name and bytes under each provider: the same content id.
+        let copy = f.path(&format!("{}/share/data.bin", p.name()));
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(original, &copy).unwrap();
+        let shared = share(p, copy.parent().unwrap()).await;
+        assert_eq!(*id.get_or_insert(shared.clone()), shared);
+    }
+    id.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_with_a_corrupt_copy_is_dropped_and_the_others_finish() {
     let _machine = MACHINE.write().await;
@@ -437,17 +453,7 @@ async fn a_provider_with_a_corrupt_copy_is_dropped_and_the_others_finish() {
     let b = f.node("b");
     let providers = [f.node("a"), f.node("c"), f.node("d")];
     let original = f.path("original.bin");
-    random_file(&original, MEDIUM);
-    let mut id = None;
-    for p in providers {
-        // The same name and bytes under each provider: the same content id.
-        let copy = f.path(&format!("{}/share/data.bin", p.name()));
-        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-        std::fs::copy(&original, &copy).unwrap();
-        let shared = share(p, copy.parent().unwrap()).await;
-        assert_eq!(*id.get_or_insert(shared.clone()), shared);
-    }
-    let id = id.unwrap();
+    let id = share_copies(&f, &providers, &original).await;
     // d's copy rots after it was shared: same size, other bytes, so every group it
     // serves fails verification.
     random_file(&f.path("d/share/data.bin"), MEDIUM);
@@ -484,16 +490,7 @@ async fn a_provider_killed_mid_pull_leaves_the_others_to_finish_with_a_short_sta
     let b = f.node("b");
     let providers = [f.node("a"), f.node("c"), f.node("d")];
     let original = f.path("original.bin");
-    random_file(&original, MEDIUM);
-    let mut id = None;
-    for p in providers {
-        let copy = f.path(&format!("{}/share/data.bin", p.name()));
-        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-        std::fs::copy(&original, &copy).unwrap();
-        let shared = share(p, copy.parent().unwrap()).await;
-        assert_eq!(*id.get_or_insert(shared.clone()), shared);
-    }
-    let id = id.unwrap();
+    let id = share_copies(&f, &providers, &original).await;
     let to = f.path("out");
     let mut args = vec!["get", id.as_str(), "--to", to.to_str().unwrap()];
     for p in providers {

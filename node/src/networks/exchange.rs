@@ -385,11 +385,10 @@ pub async fn join(
     // names, one peer at a time.
     let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = vec![(issuer, Vec::new())];
     for addr in addrs {
-        let peer = crate::event_loop::peer_of(&addr).unwrap_or(issuer);
-        let addr = if crate::event_loop::peer_of(&addr).is_some() {
-            addr
-        } else {
-            addr.with(libp2p::multiaddr::Protocol::P2p(issuer))
+        // An address without `/p2p/<id>` is the issuer's.
+        let (peer, addr) = match crate::event_loop::peer_of(&addr) {
+            Some(peer) => (peer, addr),
+            None => (issuer, addr.with(libp2p::multiaddr::Protocol::P2p(issuer))),
         };
         match candidates.iter_mut().find(|(p, _)| *p == peer) {
             Some((_, list)) => list.push(addr),
