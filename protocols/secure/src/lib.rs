@@ -67,6 +67,6 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{DecodeError, HandshakeError, OpenError, ReadError, SealError, StreamError};
 pub use handshake::{HandshakeConfig, Initiator, Responder};
 pub use sas::Sas;
-pub use session::{ReceiveMode, Session, SessionConfig, Traffic};
+pub use session::{MAX_PAYLOAD_LEN, ReceiveMode, Session, SessionConfig, Traffic};
 pub use stream::{SecureStream, initiate, respond};
 pub use trust::{MemoryTrustStore, PeerKey, TrustDecision, TrustEntry, TrustStore, decide};

@@ -17,7 +17,7 @@ use rand_core::CryptoRngCore;
 use crate::error::{HandshakeError, ReadError, StreamError};
 use crate::handshake::{HandshakeConfig, Initiator, Responder};
 use crate::sas::Sas;
-use crate::session::{HEADER_LEN, Session};
+use crate::session::Session;
 
 /// Largest handshake message accepted (the largest real one, msg1, is 1314 bytes).
 pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 4096;
@@ -27,6 +27,17 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 /// Reads one length-prefixed message of at most `max` bytes. A clean EOF before the
 /// prefix is [`ReadError::Closed`]; EOF anywhere later is an I/O error.
 pub async fn read_length_prefixed<R>(io: &mut R, max: usize) -> Result<Vec<u8>, ReadError>
+where
+    R: AsyncRead + Unpin,
+{
+    let len = read_prefix(io, max).await?;
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a length prefix and checks it against `max`.
+async fn read_prefix<R>(io: &mut R, max: usize) -> Result<usize, ReadError>
 where
     R: AsyncRead + Unpin,
 {
@@ -47,9 +58,7 @@ where
     if len > max {
         return Err(ReadError::TooLarge { len, max });
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    Ok(len)
 }
 
 /// Writes `data` with its length prefix and flushes.
@@ -143,6 +152,7 @@ pub struct SecureStream<IO> {
     io: IO,
     session: Session,
     write_buf: Vec<u8>,
+    read_buf: Vec<u8>,
 }
 
 impl<IO> SecureStream<IO>
@@ -154,11 +164,19 @@ where
             io,
             session,
             write_buf: Vec::new(),
+            read_buf: Vec::new(),
         }
     }
 
     /// Seals and sends one message of at most the session's maximum payload length.
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), StreamError> {
+        self.feed(payload).await?;
+        self.flush().await
+    }
+
+    /// Seals and writes one message without flushing: a sender of many messages in a row
+    /// feeds them and flushes once, so the layers below can fill whole frames.
+    pub async fn feed(&mut self, payload: &[u8]) -> Result<(), StreamError> {
         self.write_buf.clear();
         self.write_buf.extend_from_slice(&[0; LENGTH_PREFIX_LEN]);
         self.session
@@ -169,25 +187,40 @@ where
             u32::try_from(frame_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         self.write_buf[..LENGTH_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
         self.io.write_all(&self.write_buf).await?;
+        Ok(())
+    }
+
+    /// Flushes what [`feed`](Self::feed) wrote.
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
         self.io.flush().await?;
         Ok(())
     }
 
     /// Receives one message. [`StreamError::Closed`] means the peer closed cleanly.
     pub async fn recv(&mut self) -> Result<Vec<u8>, StreamError> {
+        let mut out = Vec::new();
+        self.recv_into(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Receives one message and appends it to `out`: a reader of many large messages
+    /// reuses its buffers instead of allocating one per message.
+    pub async fn recv_into(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let max = self.session.config().max_frame_len();
-        let mut frame = read_length_prefixed(&mut self.io, max)
-            .await
-            .map_err(|e| match e {
-                ReadError::Closed => StreamError::Closed,
-                ReadError::TooLarge { len, max } => StreamError::FrameTooLarge { len, max },
-                ReadError::Io(e) => StreamError::Io(e),
-            })?;
-        let payload_len = self.session.open(&mut frame)?.len();
-        // The payload sits right after the header; move it to the front in place.
-        frame.truncate(HEADER_LEN + payload_len);
-        frame.drain(..HEADER_LEN);
-        Ok(frame)
+        let len = read_prefix(&mut self.io, max).await.map_err(|e| match e {
+            ReadError::Closed => StreamError::Closed,
+            ReadError::TooLarge { len, max } => StreamError::FrameTooLarge { len, max },
+            ReadError::Io(e) => StreamError::Io(e),
+        })?;
+        // The frame buffer only grows (to the largest frame seen, at most `max`), so it
+        // is zeroed once, not per frame.
+        if self.read_buf.len() < len {
+            self.read_buf.resize(len, 0);
+        }
+        let frame = &mut self.read_buf[..len];
+        self.io.read_exact(frame).await?;
+        out.extend_from_slice(self.session.open(frame)?);
+        Ok(())
     }
 
     /// Closes the write half of the underlying stream.

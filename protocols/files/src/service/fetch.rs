@@ -421,7 +421,7 @@ async fn manifest_from(
         )));
     }
     let mut bytes = Vec::new();
-    wire::recv_data(&mut s, req, len as usize, &mut bytes, ANSWER_TIMEOUT)
+    wire::recv_data(&mut s, len as usize, &mut bytes, ANSWER_TIMEOUT)
         .await
         .map_err(err)?;
     let _ = s.close().await;
@@ -559,7 +559,7 @@ impl Pending {
                 if u64::from(len) > GROUP_SIZE {
                     return Err(WireError::Violation("group larger than a group".into()));
                 }
-                wire::recv_data(s, req, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
+                wire::recv_data(s, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
                 let ok = Proof::from_bytes(&proof.0)
                     .and_then(|p| verify_group(&root, size, group, &self.data, &p))
                     .is_ok();

@@ -1,7 +1,8 @@
 //! The wire exchange of `/p2pnode/files/1`: CBOR messages, one per secure frame. A
-//! fetcher sends requests (each with its own id) and reads the answers in order; a group's
-//! bytes follow its header in [`Response::Data`] frames of at most [`DATA_CHUNK`] bytes,
-//! since a secure frame carries at most 64 KiB and a group is 64 KiB of data.
+//! fetcher sends requests (each with its own id) and reads the answers in order. The
+//! bytes of a manifest or group follow its header as raw data frames of at most
+//! [`DATA_CHUNK`] bytes (the header gives their length), so content is neither wrapped
+//! in CBOR nor copied into a message: a whole 64 KiB group is one secure frame.
 
 use libp2p::Stream;
 use p2pnode_secure::SecureStream;
@@ -10,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ContentId;
 
-/// Bytes of content per data frame: half a group, well under the frame limit.
-pub(super) const DATA_CHUNK: usize = 32 * 1024;
+/// Bytes of content per data frame: a secure frame's whole payload, which is one group.
+pub(super) const DATA_CHUNK: usize = p2pnode_secure::MAX_PAYLOAD_LEN;
 
 /// A request from a fetcher or an offering peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,17 +54,15 @@ pub(super) enum Refusal {
 /// An answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) enum Response {
-    /// The manifest follows: `len` bytes in data frames.
+    /// The manifest follows: `len` bytes in raw data frames.
     Manifest { req: u64, len: u64 },
-    /// A group follows: its proof, and `len` bytes in data frames.
+    /// A group follows: its proof, and `len` bytes in raw data frames.
     Group {
         req: u64,
         group: u64,
         len: u32,
         proof: Blob,
     },
-    /// Bytes of the manifest or group announced before.
-    Data { req: u64, data: Blob },
     /// The offer is in the peer's inbox.
     OfferTaken { req: u64 },
     /// The request was refused; nothing (more) follows for it.
@@ -126,9 +125,16 @@ pub(super) type Secure = SecureStream<Stream>;
 
 /// Sends one message.
 pub(super) async fn send<T: Serialize>(s: &mut Secure, msg: &T) -> Result<(), WireError> {
+    feed(s, msg).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+/// Writes one message without flushing (see [`SecureStream::feed`]).
+pub(super) async fn feed<T: Serialize>(s: &mut Secure, msg: &T) -> Result<(), WireError> {
     let mut buf = Vec::new();
     ciborium::into_writer(msg, &mut buf).map_err(|e| WireError::Decode(e.to_string()))?;
-    s.send(&buf).await?;
+    s.feed(&buf).await?;
     Ok(())
 }
 
@@ -143,40 +149,35 @@ pub(super) async fn recv<T: DeserializeOwned>(
     ciborium::from_reader(frame.as_slice()).map_err(|e| WireError::Decode(e.to_string()))
 }
 
-/// Sends `bytes` as data frames of request `req`.
-pub(super) async fn send_data(s: &mut Secure, req: u64, bytes: &[u8]) -> Result<(), WireError> {
+/// Writes `bytes` as raw data frames, without flushing.
+pub(super) async fn feed_data(s: &mut Secure, bytes: &[u8]) -> Result<(), WireError> {
     for chunk in bytes.chunks(DATA_CHUNK) {
-        let msg = Response::Data {
-            req,
-            data: Blob(chunk.to_vec()),
-        };
-        send(s, &msg).await?;
+        s.feed(chunk).await?;
     }
     Ok(())
 }
 
-/// Reads `len` bytes of request `req` from data frames into `out`.
+/// Sends `bytes` as raw data frames.
+pub(super) async fn send_data(s: &mut Secure, bytes: &[u8]) -> Result<(), WireError> {
+    feed_data(s, bytes).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+/// Reads `len` bytes from raw data frames into `out` (cleared first).
 pub(super) async fn recv_data(
     s: &mut Secure,
-    req: u64,
     len: usize,
     out: &mut Vec<u8>,
     timeout: std::time::Duration,
 ) -> Result<(), WireError> {
     out.clear();
     while out.len() < len {
-        match recv::<Response>(s, timeout).await? {
-            Response::Data { req: r, data } if r == req => {
-                if out.len() + data.0.len() > len {
-                    return Err(WireError::Violation("more data than announced".into()));
-                }
-                out.extend_from_slice(&data.0);
-            }
-            _ => {
-                return Err(WireError::Violation(format!(
-                    "expected data of request {req}, got another message"
-                )));
-            }
+        tokio::time::timeout(timeout, s.recv_into(out))
+            .await
+            .map_err(|_| WireError::Timeout(timeout.as_secs()))??;
+        if out.len() > len {
+            return Err(WireError::Violation("more data than announced".into()));
         }
     }
     Ok(())
