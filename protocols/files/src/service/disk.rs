@@ -77,6 +77,9 @@ pub(super) struct Disk {
     /// Written and verified, not yet synced and marked in the state.
     unsynced: HashSet<GroupRef>,
     unsynced_bytes: u64,
+    /// Bytes of the groups marked in the state, kept as they are marked: counting them
+    /// anew for every progress report cost a tree of 10,000 files quadratic time.
+    verified_bytes: u64,
 }
 
 impl Disk {
@@ -110,8 +113,10 @@ impl Disk {
             state: TransferState::for_manifest(manifest),
             unsynced: HashSet::new(),
             unsynced_bytes: 0,
+            verified_bytes: 0,
         };
         let resumed = disk.load_state(&content)?;
+        disk.verified_bytes = disk.state.verified_bytes();
         if !resumed {
             for (fin, part) in disk.finals.iter().zip(&disk.parts) {
                 if std::fs::symlink_metadata(fin).is_ok() {
@@ -133,6 +138,9 @@ impl Disk {
                 // Saved as whole but killed before the rename: finish it.
                 if std::fs::symlink_metadata(part).is_ok() {
                     disk.finish_file(i)?;
+                    if let Some(dir) = disk.finals[i].parent() {
+                        sync_dir(dir)?;
+                    }
                 }
                 continue;
             }
@@ -222,7 +230,7 @@ impl Disk {
 
     /// Bytes of the groups written.
     pub(super) fn bytes_done(&self) -> u64 {
-        self.state.verified_bytes() + self.unsynced_bytes
+        self.verified_bytes + self.unsynced_bytes
     }
 
     /// Groups written since the last checkpoint.
@@ -263,12 +271,23 @@ impl Disk {
         for g in self.unsynced.drain() {
             self.state.mark_verified(g);
         }
+        self.verified_bytes += self.unsynced_bytes;
         self.unsynced_bytes = 0;
         self.save_state()?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
         for &i in &touched {
             if self.state.file(i as u32).is_some_and(|b| b.is_complete()) {
                 self.finish_file(i)?;
+                if let Some(dir) = self.finals[i].parent() {
+                    dirs.push(dir.to_path_buf());
+                }
             }
+        }
+        // Each directory that got files is synced once, not once per file.
+        dirs.sort_unstable();
+        dirs.dedup();
+        for dir in &dirs {
+            sync_dir(dir)?;
         }
         if self.state.is_complete() {
             std::fs::remove_file(&self.state_path).map_err(|e| io(&self.state_path, e))?;
@@ -308,7 +327,8 @@ impl Disk {
         Ok(())
     }
 
-    /// Syncs a whole file, sets its mode and renames it into place.
+    /// Syncs a whole file, sets its mode and renames it into place (the caller syncs
+    /// the directory).
     fn finish_file(&mut self, i: usize) -> Result<(), FilesError> {
         let f = match self.open[i].take() {
             Some(f) => f,
@@ -320,9 +340,6 @@ impl Disk {
             .map_err(|e| io(&self.parts[i], e))?;
         drop(f);
         std::fs::rename(&self.parts[i], &self.finals[i]).map_err(|e| io(&self.finals[i], e))?;
-        if let Some(dir) = self.finals[i].parent() {
-            sync_dir(dir)?;
-        }
         Ok(())
     }
 }

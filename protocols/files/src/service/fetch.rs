@@ -23,14 +23,16 @@ use crate::{
     verify_group,
 };
 
-/// Events from the workers, waiting for the driver.
-const EVENT_QUEUE: usize = 64;
+/// Events from the workers, waiting for the driver (8 MiB of whole groups at most).
+const EVENT_QUEUE: usize = 128;
 /// Events handled (and groups written) in one batch at most.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 128;
 /// Least time between two checkpoints (syncs and state saves) while groups come in.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Batches queued for one worker at most.
 const WORKER_QUEUE: usize = 4;
+/// Groups outstanding per provider at most, however small they are.
+const MAX_WINDOW: usize = 1024;
 /// Providers asked for the manifest before giving up.
 const MANIFEST_TRIES: usize = 8;
 
@@ -178,8 +180,9 @@ async fn run(
         .map_err(|e| FilesError::Io(e.to_string()))??;
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
     let checkpoint_every = checkpoint_groups(groups_total);
+    let window = window_for(inner.config.window, manifest.total_size(), groups_total);
     let config = PlanConfig::default()
-        .with_window(inner.config.window)
+        .with_window(window)
         .with_endgame_after(inner.config.endgame_after);
     // The planner keeps the missing groups as runs, so a resumed transfer costs little
     // memory; they are never listed one by one.
@@ -190,7 +193,7 @@ async fn run(
         t.size = manifest.total_size();
         t.groups_total = groups_total;
         t.groups_resumed = resumed;
-        t.bytes_done = disk.state.verified_bytes();
+        t.bytes_done = disk.bytes_done();
     });
     if plan.is_done() {
         return Ok(());
@@ -365,6 +368,18 @@ async fn run(
     Ok(())
 }
 
+/// The planner's window for a transfer: `window` whole groups' worth of bytes in flight
+/// per provider. A tree of small files has a group per file, so it gets more groups (up
+/// to [`MAX_WINDOW`]) for the same bytes; otherwise each provider would idle a round trip
+/// every few kilobytes.
+fn window_for(window: usize, size: u64, groups: u64) -> usize {
+    let average = (size / groups.max(1)).clamp(1, GROUP_SIZE);
+    let groups = (window as u64).saturating_mul(GROUP_SIZE) / average;
+    usize::try_from(groups)
+        .unwrap_or(MAX_WINDOW)
+        .clamp(window, MAX_WINDOW.max(window))
+}
+
 struct Worker {
     tx: mpsc::Sender<Vec<GroupRef>>,
     pending: Vec<GroupRef>,
@@ -484,7 +499,7 @@ async fn worker(
 /// A worker's requests sent and not yet answered in full, in the order sent.
 #[derive(Default)]
 struct Pending {
-    requests: VecDeque<(u64, u32, VecDeque<u64>)>,
+    requests: VecDeque<(u64, VecDeque<GroupRef>)>,
     data: Vec<u8>,
 }
 
@@ -493,7 +508,8 @@ impl Pending {
         self.requests.is_empty()
     }
 
-    /// Sends the batch's requests (one per file and up to [`MAX_GROUPS_PER_REQUEST`]).
+    /// Sends the batch's requests (up to [`MAX_GROUPS_PER_REQUEST`] groups each, of any
+    /// files) and flushes once.
     async fn request(
         &mut self,
         inner: &Inner,
@@ -501,31 +517,22 @@ impl Pending {
         content: ContentId,
         batch: Vec<GroupRef>,
     ) -> Result<(), WireError> {
-        let mut requests: Vec<(u64, u32, Vec<u64>)> = Vec::new();
-        for g in batch {
-            match requests.last_mut() {
-                Some((_, file, groups))
-                    if *file == g.file && groups.len() < MAX_GROUPS_PER_REQUEST =>
-                {
-                    groups.push(g.group)
-                }
-                _ => requests.push((inner.next_id(), g.file, vec![g.group])),
-            }
-        }
-        for (req, file, groups) in requests {
+        for groups in batch.chunks(MAX_GROUPS_PER_REQUEST) {
             #[cfg(test)]
             inner
                 .requested_groups
                 .fetch_add(groups.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let req = inner.next_id();
             let msg = Request::Groups {
                 req,
                 content,
-                file,
-                groups: groups.clone(),
+                groups: groups.iter().map(|g| (g.file, g.group)).collect(),
             };
-            wire::send(s, &msg).await?;
-            self.requests.push_back((req, file, groups.into()));
+            wire::feed(s, &msg).await?;
+            self.requests
+                .push_back((req, groups.iter().copied().collect()));
         }
+        s.flush().await?;
         Ok(())
     }
 
@@ -538,24 +545,26 @@ impl Pending {
         entries: &[(u64, ContentId)],
         events: &mpsc::Sender<Event>,
     ) -> Result<bool, WireError> {
-        let Some((req, file, groups)) = self.requests.front_mut() else {
+        let Some((req, groups)) = self.requests.front_mut() else {
             return Ok(true);
         };
-        let (req, file) = (*req, *file);
-        let Some(&group) = groups.front() else {
+        let req = *req;
+        let Some(&g) = groups.front() else {
             self.requests.pop_front();
             return Ok(true);
         };
+        let GroupRef { file, group } = g;
         let Some(&(size, root)) = entries.get(file as usize) else {
             return Err(WireError::Violation("no such file".into()));
         };
         match wire::recv::<Response>(s, ANSWER_TIMEOUT).await? {
             Response::Group {
                 req: r,
+                file: got_file,
                 group: got,
                 len,
                 proof,
-            } if r == req && got == group => {
+            } if r == req && got_file == file && got == group => {
                 if u64::from(len) > GROUP_SIZE {
                     return Err(WireError::Violation("group larger than a group".into()));
                 }
@@ -563,7 +572,6 @@ impl Pending {
                 let ok = Proof::from_bytes(&proof.0)
                     .and_then(|p| verify_group(&root, size, group, &self.data, &p))
                     .is_ok();
-                let g = GroupRef { file, group };
                 let event = if ok {
                     let data =
                         std::mem::replace(&mut self.data, Vec::with_capacity(GROUP_SIZE as usize));
@@ -588,12 +596,9 @@ impl Pending {
                 req: r, message, ..
             } if r == req => {
                 tracing::debug!(%peer, "groups refused: {message}");
-                for (_, file, groups) in self.requests.drain(..) {
+                for (_, groups) in self.requests.drain(..) {
                     for group in groups {
-                        let failed = Event::Failed {
-                            peer,
-                            group: GroupRef { file, group },
-                        };
+                        let failed = Event::Failed { peer, group };
                         if events.send(failed).await.is_err() {
                             return Ok(false);
                         }
@@ -605,5 +610,24 @@ impl Pending {
             }
             _ => Err(WireError::Violation("unexpected answer".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_the_same_bytes_in_flight_for_small_files() {
+        let mib = 1 << 20;
+        // Whole groups: the window as configured.
+        assert_eq!(window_for(32, 1024 * mib, 16_384), 32);
+        // 10,000 files of 4 KiB, a group each: 16 times the groups, same bytes.
+        assert_eq!(window_for(32, 10_000 * 4096, 10_000), 512);
+        // Tiny files are capped, and an empty transfer still has a window.
+        assert_eq!(window_for(32, 10_000, 10_000), MAX_WINDOW);
+        assert_eq!(window_for(32, 0, 0), MAX_WINDOW);
+        // A window configured above the cap stays as configured.
+        assert_eq!(window_for(2000, 1024 * mib, 16_384), 2000);
     }
 }

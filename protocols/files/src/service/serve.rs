@@ -78,8 +78,8 @@ async fn serve_stream(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), Wire
         mut stream,
         decision,
     } = accepted;
-    // A transfer asks for one file's groups request after request: its files stay open.
-    let mut open: Option<OpenFile> = None;
+    // A transfer asks for a large file's groups request after request: it stays open.
+    let mut reader: Option<Reader> = None;
     loop {
         let request = match wire::recv::<Request>(&mut stream, IDLE_TIMEOUT).await {
             Ok(r) => r,
@@ -101,16 +101,14 @@ async fn serve_stream(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), Wire
             Request::Groups {
                 req,
                 content,
-                file,
                 groups,
             } => {
                 let asked = Asked {
                     req,
                     content,
-                    file,
                     groups,
                 };
-                serve_groups(inner, &mut stream, peer, asked, &mut open).await?
+                reader = serve_groups(inner, &mut stream, peer, asked, reader.take()).await?;
             }
             Request::Offer {
                 req,
@@ -135,45 +133,45 @@ fn find_share(inner: &Inner, content: &ContentId, peer: &PeerId) -> Option<Arc<S
     shares.get(content).filter(|s| s.serves(peer)).cloned()
 }
 
-/// Groups read from disk in one blocking call and sent before one flush: fewer thread
-/// hand-offs and flushes per byte, for at most twice 512 KiB held per served stream (the
-/// batch being sent and the next one being read).
-const READ_BATCH: usize = 8;
+/// Bytes read from disk in one blocking call and sent before one flush (8 whole groups,
+/// or many small files): fewer thread hand-offs and flushes per byte, for at most twice
+/// this held per served stream (the batch being sent and the next one being read).
+const READ_BYTES: u64 = 512 * 1024;
 
 /// A request for groups, as received.
 struct Asked {
     req: u64,
     content: ContentId,
-    file: u32,
-    groups: Vec<u64>,
+    groups: Vec<(u32, u64)>,
 }
 
-/// The file a stream serves from, kept open between its requests.
-struct OpenFile {
+/// What a served stream reads with: the file it read last, kept open (a large file is
+/// asked for in many requests), and which content that is from.
+struct Reader {
     content: ContentId,
-    file: u32,
-    opened: Arc<Opened>,
+    file: Option<(u32, Opened)>,
 }
 
-/// One group read: its number, bytes and proof.
-type Read = (u64, Vec<u8>, Vec<u8>);
+/// One group read: its file, number, bytes and proof.
+type Read = (u32, u64, Vec<u8>, Vec<u8>);
 
+/// Serves one request; gives back the reader for the stream's next request, or `None`
+/// when the request was refused.
 async fn serve_groups(
     inner: &Arc<Inner>,
     stream: &mut Secure,
     peer: PeerId,
     asked: Asked,
-    open: &mut Option<OpenFile>,
-) -> Result<(), WireError> {
+    reader: Option<Reader>,
+) -> Result<Option<Reader>, WireError> {
     let Asked {
         req,
         content,
-        file,
         groups,
     } = asked;
     let Some(share) = find_share(inner, &content, &peer) else {
         let msg = refused(req, Refusal::NotFound, format!("{content} is not shared"));
-        return wire::send(stream, &msg).await;
+        return wire::send(stream, &msg).await.map(|()| None);
     };
     if groups.len() > MAX_GROUPS_PER_REQUEST {
         let msg = refused(
@@ -181,66 +179,52 @@ async fn serve_groups(
             Refusal::Busy,
             format!("at most {MAX_GROUPS_PER_REQUEST} groups per request"),
         );
-        return wire::send(stream, &msg).await;
+        return wire::send(stream, &msg).await.map(|()| None);
     }
-    let Some(&(size, root)) = share.entries.get(file as usize) else {
-        return wire::send(stream, &refused(req, Refusal::BadRequest, "no such file")).await;
+    let reader = match reader {
+        Some(r) if r.content == content => r,
+        _ => Reader {
+            content,
+            file: None,
+        },
     };
-    let files = match open {
-        Some(o) if o.content == content && o.file == file => o.opened.clone(),
-        _ => {
-            *open = None;
-            let source = share
-                .sources
-                .get(file as usize)
-                .cloned()
-                .unwrap_or_default();
-            let outboard = inner.outboards.join(root.to_string());
-            let opened =
-                tokio::task::spawn_blocking(move || open_files(&source, &outboard, size)).await;
-            match opened {
-                Ok(Ok(f)) => {
-                    let opened = Arc::new(f);
-                    *open = Some(OpenFile {
-                        content,
-                        file,
-                        opened: opened.clone(),
-                    });
-                    opened
-                }
-                Ok(Err((refusal, message))) => {
-                    tracing::debug!(%peer, "cannot serve: {message}");
-                    return wire::send(stream, &refused(req, refusal, message)).await;
-                }
-                Err(e) => {
-                    return wire::send(stream, &refused(req, Refusal::Io, e.to_string())).await;
-                }
-            }
-        }
-    };
-    let read = |batch: &[u64]| {
-        let (f, batch) = (files.clone(), batch.to_vec());
+    let batches = read_batches(&share, groups);
+    let read = |mut reader: Reader, batch: Vec<(u32, u64)>| {
+        let (share, outboards) = (share.clone(), inner.outboards.clone());
         tokio::task::spawn_blocking(move || {
-            batch
-                .into_iter()
-                .map(|g| read_group(&f, size, g).map(|(data, proof)| (g, data, proof)))
-                .collect::<Result<Vec<Read>, _>>()
+            let read = read_batch(&share, &outboards, &mut reader, &batch);
+            (reader, read)
         })
     };
-    let mut batches = groups.chunks(READ_BATCH);
-    let mut next = batches.next().map(read);
-    while let Some(reading) = next.take() {
-        let batch = match reading.await {
-            Ok(Ok(v)) => v,
-            Ok(Err((refusal, message))) => {
-                tracing::debug!(%peer, "cannot serve a group: {message}");
-                return wire::send(stream, &refused(req, refusal, message)).await;
+    let mut batches = batches.into_iter();
+    let Some(first) = batches.next() else {
+        return Ok(Some(reader));
+    };
+    let mut reading = Some(read(reader, first));
+    let mut kept = None;
+    while let Some(handle) = reading.take() {
+        let (reader, batch) = match handle.await {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = refused(req, Refusal::Io, e.to_string());
+                return wire::send(stream, &msg).await.map(|()| None);
             }
-            Err(e) => return wire::send(stream, &refused(req, Refusal::Io, e.to_string())).await,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err((refusal, message)) => {
+                tracing::debug!(%peer, "cannot serve a group: {message}");
+                return wire::send(stream, &refused(req, refusal, message))
+                    .await
+                    .map(|()| None);
+            }
         };
         // The next batch is read while this one is sent.
-        next = batches.next().map(read);
-        for (group, mut data, proof) in batch {
+        match batches.next() {
+            Some(next) => reading = Some(read(reader, next)),
+            None => kept = Some(reader),
+        }
+        for (file, group, mut data, proof) in batch {
             #[cfg(test)]
             if inner.config.corrupt
                 && let Some(b) = data.first_mut()
@@ -249,6 +233,7 @@ async fn serve_groups(
             }
             let header = Response::Group {
                 req,
+                file,
                 group,
                 len: data.len() as u32,
                 proof: Blob(proof),
@@ -260,7 +245,62 @@ async fn serve_groups(
         }
         stream.flush().await?;
     }
-    Ok(())
+    Ok(kept)
+}
+
+/// Splits the groups asked for into batches of about [`READ_BYTES`].
+fn read_batches(share: &Share, groups: Vec<(u32, u64)>) -> Vec<Vec<(u32, u64)>> {
+    let mut batches: Vec<Vec<(u32, u64)>> = Vec::new();
+    let mut bytes = READ_BYTES;
+    for (file, group) in groups {
+        if bytes >= READ_BYTES {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        // An unknown file or group is refused when read; here it just counts as nothing.
+        let len = share
+            .entries
+            .get(file as usize)
+            .and_then(|&(size, _)| group_range(size, group))
+            .map_or(0, |r| r.end - r.start);
+        bytes += len.max(1);
+        if let Some(b) = batches.last_mut() {
+            b.push((file, group));
+        }
+    }
+    batches
+}
+
+/// Reads a batch of groups (on a blocking thread), opening each file as it comes.
+fn read_batch(
+    share: &Share,
+    outboards: &std::path::Path,
+    reader: &mut Reader,
+    batch: &[(u32, u64)],
+) -> Result<Vec<Read>, (Refusal, String)> {
+    let mut out = Vec::with_capacity(batch.len());
+    for &(file, group) in batch {
+        let &(size, root) = share
+            .entries
+            .get(file as usize)
+            .ok_or((Refusal::BadRequest, "no such file".into()))?;
+        if !matches!(&reader.file, Some((f, _)) if *f == file) {
+            // The previous file is closed before the next is opened.
+            reader.file = None;
+            let source = share
+                .sources
+                .get(file as usize)
+                .ok_or((Refusal::BadRequest, "no such file".into()))?;
+            let outboard = outboards.join(root.to_string());
+            reader.file = Some((file, open_files(source, &outboard, size)?));
+        }
+        let Some((_, opened)) = &reader.file else {
+            return Err((Refusal::Io, "no open file".into()));
+        };
+        let (data, proof) = read_group(opened, size, group)?;
+        out.push((file, group, data, proof));
+    }
+    Ok(out)
 }
 
 /// A shared file and its outboard, open for reading at offsets.

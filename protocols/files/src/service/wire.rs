@@ -19,12 +19,13 @@ pub(super) const DATA_CHUNK: usize = p2pnode_secure::MAX_PAYLOAD_LEN;
 pub(super) enum Request {
     /// The manifest of `content`: answered by [`Response::Manifest`] and data frames.
     Manifest { req: u64, content: ContentId },
-    /// Groups of one file of `content`: for each, [`Response::Group`] and data frames.
+    /// Groups of `content`, each `(file, group)`, of one file or many (a tree of small
+    /// files is asked for many at a time): for each, in order, [`Response::Group`] and
+    /// its data frames.
     Groups {
         req: u64,
         content: ContentId,
-        file: u32,
-        groups: Vec<u64>,
+        groups: Vec<(u32, u64)>,
     },
     /// An offer of `content`, to fetch from the sender once accepted.
     Offer {
@@ -59,6 +60,7 @@ pub(super) enum Response {
     /// A group follows: its proof, and `len` bytes in raw data frames.
     Group {
         req: u64,
+        file: u32,
         group: u64,
         len: u32,
         proof: Blob,
