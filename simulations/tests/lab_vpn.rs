@@ -19,7 +19,10 @@
 //!
 //! And, each with a lab of its own:
 //! - two networks on one node, each with its own device and prefix: within each, pings
-//!   pass; a packet from one network addressed into the other never arrives.
+//!   pass; a packet from one network addressed into the other never arrives;
+//! - a forced address collision (two members whose identities derive the same IPv4
+//!   address): every member settles the same table, the lower peer id keeping the address
+//!   and the other taking the next free one.
 //!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 
@@ -27,6 +30,9 @@
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::vpn::{
@@ -34,9 +40,11 @@ use common::vpn::{
     start_member, status,
 };
 use common::{MACHINE, init_tracing, report, require_nat_lab};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
 use p2pnode_sim::lab::{Lab, Node};
-use p2pnode_tunnel::Prefixes;
+use p2pnode_tunnel::{MemberId, Prefixes};
 use serde_json::{Value, json};
 
 const HOSTS: [&str; 3] = ["v1", "v2", "v3"];
@@ -495,5 +503,156 @@ async fn two_networks_on_one_node_and_no_packet_crosses() {
         "w2_into_blue_dropped": w2_dropped,
         "w3_into_red_dropped": w3_dropped,
         "w3_dropped_red_source": from_w1["drops"]["spoofed_source"],
+    }));
+}
+
+/// The IPv4 address a member derives in network `id` (its first choice).
+fn derived_v4(id: &[u8; 32], peer: &PeerId) -> Ipv4Addr {
+    Prefixes::of(id).derive(id, &MemberId(peer.to_bytes())).0
+}
+
+/// Two new identities that derive the same IPv4 address in network `id`, other than
+/// `avoid`. The /16 holds 65,534 addresses, so a few hundred keys hold such a pair (the
+/// birthday bound): the search takes well under a second.
+fn colliding_keys(id: &[u8; 32], avoid: Ipv4Addr) -> (Keypair, Keypair) {
+    let mut seen: HashMap<Ipv4Addr, Keypair> = HashMap::new();
+    for _ in 0..100_000 {
+        let key = Keypair::generate_ed25519();
+        let v4 = derived_v4(id, &key.public().to_peer_id());
+        if v4 == avoid {
+            continue;
+        }
+        if let Some(first) = seen.remove(&v4) {
+            return (first, key);
+        }
+        seen.insert(v4, key);
+    }
+    panic!("no two of 100,000 keys derive the same address");
+}
+
+/// Puts `key` where a daemon with data directory `dir` finds its identity, as the node
+/// writes one (directory 0700, file 0600).
+fn write_identity(dir: &Path, key: &Keypair) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(p2pnode_node::identity::IDENTITY_FILE))
+        .unwrap();
+    file.write_all(&key.to_protobuf_encoding().unwrap())
+        .unwrap();
+}
+
+/// The next usable address after `ip` in its /16 that none of `held` is.
+fn next_free(ip: Ipv4Addr, held: &[Ipv4Addr]) -> Ipv4Addr {
+    let [a, b, c, d] = ip.octets();
+    let mut host = u16::from_be_bytes([c, d]);
+    loop {
+        host = host.wrapping_add(1);
+        let [c, d] = host.to_be_bytes();
+        let next = Ipv4Addr::new(a, b, c, d);
+        if host != 0 && host != u16::MAX && !held.contains(&next) {
+            return next;
+        }
+    }
+}
+
+/// The address table `node`'s tunnel shows: peer id to IPv4 address, itself included.
+async fn table(node: &Node) -> BTreeMap<String, String> {
+    let s = status(node, NET).await;
+    let mut t = BTreeMap::from([(
+        node.peer_id().to_string(),
+        s["ipv4"].as_str().unwrap_or_default().to_string(),
+    )]);
+    for m in s["members"].as_array().into_iter().flatten() {
+        t.insert(
+            m["peer_id"].as_str().unwrap_or_default().to_string(),
+            m["ipv4"].as_str().unwrap_or_default().to_string(),
+        );
+    }
+    t
+}
+
+/// k2 and k3 start with identities made to derive the same IPv4 address in k1's network
+/// (no knob in the node: the keys are searched for). All three join, then run `vpn up`:
+/// every member's `vpn status` shows the same table, in which the member with the lower
+/// peer id keeps the address and the other took the next free one; pings reach both
+/// addresses, each at the member the table names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_address_collision_is_settled_alike_on_every_member() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&["k1", "k2", "k3"]).await;
+    let k1 = start_member(&lab, "k1").await;
+    k1.client_text(&["net", "create", NET]).await.unwrap();
+    let id = network_id(&k1, NET).await;
+    let k1_v4 = derived_v4(&id, &k1.peer_id().parse().unwrap());
+    let (key2, key3) = colliding_keys(&id, k1_v4);
+    write_identity(&lab.node_data_dir("k2"), &key2);
+    write_identity(&lab.node_data_dir("k3"), &key3);
+    let (k2, k3) = tokio::join!(start_member(&lab, "k2"), start_member(&lab, "k3"));
+    assert_eq!(k2.peer_id(), key2.public().to_peer_id().to_string());
+    assert_eq!(k3.peer_id(), key3.public().to_peer_id().to_string());
+    let claimed = derived_v4(&id, &key2.public().to_peer_id());
+    assert_eq!(claimed, derived_v4(&id, &key3.public().to_peer_id()));
+    connect_all(&lab, &[&k1, &k2, &k3]).await;
+    join_network(NET, &k1, &[(&k2, None), (&k3, None)]).await;
+
+    let (winner, loser) =
+        if key2.public().to_peer_id().to_bytes() < key3.public().to_peer_id().to_bytes() {
+            (&k2, &k3)
+        } else {
+            (&k3, &k2)
+        };
+    let moved = next_free(claimed, &[k1_v4, claimed]);
+    let expected = BTreeMap::from([
+        (k1.peer_id().to_string(), k1_v4.to_string()),
+        (winner.peer_id().to_string(), claimed.to_string()),
+        (loser.peer_id().to_string(), moved.to_string()),
+    ]);
+    let mut ups = BTreeMap::new();
+    for node in [&k1, &k2, &k3] {
+        ups.insert(
+            node.name().to_string(),
+            vpn_up(node, NET).await["ipv4"].clone(),
+        );
+    }
+    assert_eq!(ups[winner.name()], claimed.to_string(), "{ups:?}");
+    assert_eq!(ups[loser.name()], moved.to_string(), "{ups:?}");
+    for node in [&k1, &k2, &k3] {
+        wait_for(
+            &format!("{}'s table to settle", node.name()),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || async {
+                let t = table(node).await;
+                if t == expected {
+                    Poll::Ready(())
+                } else {
+                    Poll::seen(format!("{t:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}; expected {expected:?}"));
+    }
+    // The table is what the data path uses: each address reaches the member it names.
+    ping_through(&lab, winner.host(), &moved.to_string(), 3).await;
+    ping_through(&lab, loser.host(), &claimed.to_string(), 3).await;
+    ping_through(&lab, "k1", &moved.to_string(), 3).await;
+    ping_through(&lab, "k1", &claimed.to_string(), 3).await;
+    for node in [&k1, &k2, &k3] {
+        node.client_text(&["vpn", "down", NET]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_collision",
+        "claimed": claimed.to_string(),
+        "winner": winner.peer_id(),
+        "loser_moved_to": moved.to_string(),
     }));
 }
