@@ -22,7 +22,8 @@
 //!   pass; a packet from one network addressed into the other never arrives;
 //! - a forced address collision (two members whose identities derive the same IPv4
 //!   address): every member settles the same table, the lower peer id keeping the address
-//!   and the other taking the next free one.
+//!   and the other taking the next free one;
+//! - `vpn up` at start for the networks the config file's `[vpn] up` names.
 //!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use common::vpn::{
     connect_all, count, form_network, join_network, member, network_id, ping_through, public_lab,
-    start_member, status,
+    start_member, status, try_status,
 };
 use common::{MACHINE, init_tracing, report, require_nat_lab};
 use libp2p::PeerId;
@@ -654,5 +655,81 @@ async fn a_forced_address_collision_is_settled_alike_on_every_member() {
         "claimed": claimed.to_string(),
         "winner": winner.peer_id(),
         "loser_moved_to": moved.to_string(),
+    }));
+}
+
+/// A network the config file's `[vpn] up` names comes up when the daemon starts; one it
+/// names that the node is not in is one logged line, and the daemon runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_named_in_the_config_come_up_at_start() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&["s1", "s2"]).await;
+    let (s1, s2) = tokio::join!(start_member(&lab, "s1"), start_member(&lab, "s2"));
+    connect_all(&lab, &[&s1, &s2]).await;
+    form_network(NET, &s1, &[(&s2, None)]).await;
+    let up1 = vpn_up(&s1, NET).await;
+    assert!(try_status(&s2, NET).await.is_none());
+
+    s2.kill().await.unwrap();
+    std::fs::write(
+        s2.data_dir().join(p2pnode_node::config::CONFIG_FILE),
+        format!("[vpn]\nup = [\"{NET}\", \"elsewhere\"]\n"),
+    )
+    .unwrap();
+    s2.start().await.unwrap();
+    let up2 = wait_for(
+        "s2's tunnel to come up at start",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            match try_status(&s2, NET).await {
+                Some(s) => Poll::Ready(s),
+                None => Poll::seen("not up"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let line = wait_for(
+        "s2 to log the network it is not in",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let log = s2.log_tail(20_000);
+            let line = log
+                .lines()
+                .find(|l| l.contains("vpn up at start") && l.contains("elsewhere"))
+                .map(str::to_string);
+            match line {
+                Some(l) => Poll::Ready(l),
+                None => Poll::seen("no line yet"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        line.contains("not a member of network `elsewhere`"),
+        "{line}"
+    );
+    s2.check_running().unwrap();
+    let list: Value = s2.client_json(&["vpn", "status"]).await.unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    s2.connect(&common::vpn::member_addr(&lab, &s1))
+        .await
+        .unwrap();
+    let ip = |v: &Value| v["ipv4"].as_str().unwrap().to_string();
+    ping_through(&lab, "s2", &ip(&up1), 3).await;
+    ping_through(&lab, "s1", &ip(&up2), 3).await;
+    for node in [&s1, &s2] {
+        node.client_text(&["vpn", "down", NET]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_up_at_start",
+        "up": up2["interface"],
+        "logged": line,
     }));
 }
