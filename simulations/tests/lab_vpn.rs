@@ -23,7 +23,8 @@
 //! - a forced address collision (two members whose identities derive the same IPv4
 //!   address): every member settles the same table, the lower peer id keeping the address
 //!   and the other taking the next free one;
-//! - `vpn up` at start for the networks the config file's `[vpn] up` names.
+//! - `vpn up` at start for the networks the config file's `[vpn] up` names;
+//! - `vpn up` on a daemon without CAP_NET_ADMIN: one line naming the capability.
 //!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 
@@ -44,7 +45,7 @@ use common::{MACHINE, init_tracing, report, require_nat_lab};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
-use p2pnode_sim::lab::{Lab, Node};
+use p2pnode_sim::lab::{Lab, Node, NodeSpec};
 use p2pnode_tunnel::{MemberId, Prefixes};
 use serde_json::{Value, json};
 
@@ -732,4 +733,63 @@ async fn networks_named_in_the_config_come_up_at_start() {
         "up": up2["interface"],
         "logged": line,
     }));
+}
+
+/// CAP_NET_ADMIN's bit in a capability set.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// A daemon without CAP_NET_ADMIN: started as root through `setpriv`, which takes the
+/// capability out of its bounding and inheritable sets, so the daemon never holds it.
+/// `vpn up` fails with one line that names the capability, and no tunnel is left up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpn_up_without_cap_net_admin_names_the_capability() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.read().await;
+    let lab = public_lab(&["c1"]).await;
+    let ip = lab.host("c1").unwrap().ip;
+    let spec = NodeSpec {
+        listen: vec![format!("/ip4/{ip}/tcp/4001")],
+        wrapper: [
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..NodeSpec::default()
+    };
+    let c1 = lab
+        .start_node("c1", "c1", spec)
+        .await
+        .expect("the daemon starts through setpriv (util-linux)");
+    // The set-up itself: the daemon holds no CAP_NET_ADMIN.
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", c1.pid().unwrap())).unwrap();
+    let effective = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        effective & (1 << CAP_NET_ADMIN),
+        0,
+        "the daemon holds CAP_NET_ADMIN: {effective:x}"
+    );
+
+    c1.client_text(&["net", "create", NET]).await.unwrap();
+    let out = c1
+        .client_output(&["vpn", "up", NET], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("CAP_NET_ADMIN"), "{stderr}");
+    let list: Value = c1.client_json(&["vpn", "status"]).await.unwrap();
+    assert_eq!(list, json!([]), "no tunnel is up");
+    c1.check_running().unwrap();
+    report(&json!({"test": "lab_vpn_no_cap_net_admin", "error": lines[0]}));
 }
