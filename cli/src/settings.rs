@@ -132,6 +132,15 @@ mod tests {
         assert_eq!(s.vpn, VpnSettings::default());
     }
 
+    /// The shipped relay configuration reads as the node's own parser read it.
+    #[test]
+    fn the_shipped_relay_config_reads_alike() {
+        let text = include_str!("../../deploy/relay.toml");
+        let s = parse(text).unwrap();
+        assert_eq!(s.node, toml::from_str::<Config>(text).unwrap());
+        assert_eq!(s.vpn, VpnSettings::default());
+    }
+
     #[test]
     fn mistakes_are_one_line_naming_the_file() {
         for (text, needle) in [
