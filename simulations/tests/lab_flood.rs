@@ -160,6 +160,7 @@ async fn start_relay(lab: &Lab) -> Node {
              max_connections_per_prefix = {CONNECTIONS_PER_PREFIX}\n"
         )),
         command_line: None,
+        wrapper: vec![],
     };
     lab.start_node("relay", "relay", spec).await.unwrap()
 }

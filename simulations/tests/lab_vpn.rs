@@ -1,6 +1,7 @@
-//! The tunnel between real daemons in the lab (issue #21, first part: the stream path).
+//! The tunnel between real daemons in the lab (issue #21), members on the lab's public
+//! segment.
 //!
-//! Three hosts on the public segment, members of one network, each runs `vpn up`:
+//! Three members of one network, each runs `vpn up`:
 //! - `ping` from one host's namespace to another member's tunnel address (IPv4 and IPv6)
 //!   gets its replies, and `vpn status --json` counts the bytes both ways;
 //! - a member that sends packets with a forged source (a second address on its own TUN
@@ -16,114 +17,55 @@
 //!   40 Mbit/s with the debug one, over the node's streams (the datagram path is later
 //!   work).
 //!
-//! Needs root; without it the test fails when env CI is set and otherwise says why and
-//! returns.
+//! And, each with a lab of its own:
+//! - two networks on one node, each with its own device and prefix: within each, pings
+//!   pass; a packet from one network addressed into the other never arrives;
+//! - a forced address collision (two members whose identities derive the same IPv4
+//!   address): every member settles the same table, the lower peer id keeping the address
+//!   and the other taking the next free one;
+//! - `vpn up` at start for the networks the config file's `[vpn] up` names;
+//! - `vpn up` on a daemon without CAP_NET_ADMIN: one line naming the capability.
+//!
+//! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{MACHINE, init_tracing, lab_allowed, report};
+use common::vpn::{
+    connect_all, count, form_network, join_network, member, network_id, ping_through, public_lab,
+    start_member, status, try_status,
+};
+use common::{MACHINE, init_tracing, report, require_nat_lab};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
-use p2pnode_sim::lab::{Lab, LabBuilder, Node, NodeSpec};
+use p2pnode_sim::lab::{Lab, Node, NodeSpec};
+use p2pnode_tunnel::{MemberId, Prefixes};
 use serde_json::{Value, json};
 
-const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
 const HOSTS: [&str; 3] = ["v1", "v2", "v3"];
 const NET: &str = "lab";
 /// Echo requests sent with a forged source.
 const FORGED: u64 = 5;
 const IPERF_SECS: &str = "5";
 
-/// `vpn status --json` of `node`: the one network's entry.
-async fn status(node: &Node) -> Value {
-    let list: Value = node.client_json(&["vpn", "status"]).await.unwrap();
-    list.as_array()
-        .and_then(|l| l.iter().find(|n| n["network"] == NET))
-        .cloned()
-        .unwrap_or_else(|| panic!("{} has no tunnel up: {list}", node.name()))
-}
-
-/// What `node`'s status says about `peer`.
-fn member<'a>(status: &'a Value, peer: &Node) -> &'a Value {
-    status["members"]
-        .as_array()
-        .and_then(|l| l.iter().find(|m| m["peer_id"] == peer.peer_id()))
-        .unwrap_or_else(|| panic!("no member {} in {status}", peer.name()))
-}
-
-fn count(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or(0)
-}
-
-/// Pings `to` from `host` until one echo comes back (the streams come up within seconds),
-/// then `count` more, all of which must come back.
-async fn ping_through(lab: &Lab, host: &str, to: &str, count: u32) {
-    wait_for(
-        &format!("a first ping from {host} to {to}"),
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async {
-            let out = lab
-                .exec_output(host, "ping", &["-c", "1", "-W", "1", to])
-                .await
-                .unwrap();
-            if out.status.success() {
-                Poll::Ready(())
-            } else {
-                Poll::seen(String::from_utf8_lossy(&out.stdout).into_owned())
-            }
-        },
-    )
-    .await
-    .unwrap();
-    let n = count.to_string();
-    let out = lab
-        .exec(host, "ping", &["-c", &n, "-i", "0.2", "-W", "2", to])
-        .await
-        .unwrap_or_else(|e| panic!("ping {to} from {host}: {e}"));
-    assert!(
-        out.contains(&format!("{count} received")),
-        "every echo comes back: {out}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
-    if !lab_allowed() {
-        return;
-    }
-    let _machine = MACHINE.write().await;
     init_tracing();
-    let mut builder = LabBuilder::new();
-    for h in HOSTS {
-        builder = builder.public_host(h);
-    }
-    let lab = builder
-        .sim_binary(SIM_BIN)
-        .build()
-        .await
-        .expect("lab builds");
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&HOSTS).await;
     let mut nodes = Vec::new();
     for h in HOSTS {
-        let ip = lab.host(h).unwrap().ip;
-        let spec = NodeSpec {
-            listen: vec![format!("/ip4/{ip}/tcp/4001")],
-            ..NodeSpec::default()
-        };
-        nodes.push(lab.start_node(h, h, spec).await.expect("node starts"));
+        nodes.push(start_member(&lab, h).await);
     }
-    let addr = |i: usize| {
-        let ip = lab.host(HOSTS[i]).unwrap().ip;
-        nodes[i].addr_with_id(&format!("/ip4/{ip}/tcp/4001"))
-    };
-    for (i, node) in nodes.iter().enumerate() {
-        for j in i + 1..HOSTS.len() {
-            node.connect(&addr(j)).await.expect("connect");
-        }
-    }
+    connect_all(&lab, &nodes.iter().collect::<Vec<_>>()).await;
 
     // A network the node is not in: one clear line.
     let out = nodes[0]
@@ -136,33 +78,13 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "{err}"
     );
 
-    nodes[0].client_text(&["net", "create", NET]).await.unwrap();
-    for (i, node) in nodes.iter().enumerate().skip(1) {
-        let invite: Value = nodes[0].client_json(&["net", "invite", NET]).await.unwrap();
-        let ticket = invite["ticket"].as_str().unwrap().to_string();
-        let name = format!("member{i}");
-        node.client_text(&["net", "join", &ticket, "--name", &name])
-            .await
-            .expect("join");
-    }
-    for node in &nodes {
-        wait_for(
-            &format!("{} to know every member", node.name()),
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            || async {
-                let list: Value = node.client_json(&["net", "list"]).await.unwrap();
-                let members = list[0]["members"].as_u64().unwrap_or(0);
-                if members == HOSTS.len() as u64 {
-                    Poll::Ready(())
-                } else {
-                    Poll::seen(format!("{members} members"))
-                }
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let names = ["member1", "member2"];
+    let joiners: Vec<(&Node, Option<&str>)> = nodes[1..]
+        .iter()
+        .zip(names)
+        .map(|(n, name)| (n, Some(name)))
+        .collect();
+    form_network(NET, &nodes[0], &joiners).await;
 
     let up: Value = nodes[0].client_json(&["vpn", "up", NET]).await.unwrap();
     // A route over the network's prefix on v3: refused, naming the route; then it goes.
@@ -191,7 +113,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
     assert_eq!(ups[1]["mtu"], 1280);
     // Every member settles the same addresses.
     for (i, node) in nodes.iter().enumerate() {
-        let s = status(node).await;
+        let s = status(node, NET).await;
         for (j, other) in nodes.iter().enumerate() {
             if i != j {
                 assert_eq!(member(&s, other)["ipv4"].as_str().unwrap(), v4(j));
@@ -204,7 +126,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
     ping_through(&lab, "v3", &v4(0), 5).await;
     ping_through(&lab, "v1", &v6(2), 5).await;
 
-    let s2 = status(&nodes[1]).await;
+    let s2 = status(&nodes[1], NET).await;
     let from_v1 = member(&s2, &nodes[0]);
     assert!(
         count(from_v1, "bytes_in") > 0 && count(from_v1, "bytes_out") > 0,
@@ -241,7 +163,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
-            let s = status(&nodes[1]).await;
+            let s = status(&nodes[1], NET).await;
             let m = member(&s, &nodes[0]).clone();
             let n = m["drops"]["spoofed_source"].as_u64().unwrap_or(0);
             if n >= FORGED {
@@ -273,7 +195,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         Duration::from_secs(10),
         Duration::from_millis(20),
         || async {
-            let s = status(&nodes[1]).await;
+            let s = status(&nodes[1], NET).await;
             let listed = s["members"]
                 .as_array()
                 .is_some_and(|l| l.iter().any(|m| m["peer_id"] == nodes[2].peer_id()));
@@ -303,7 +225,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
-            let s = status(&nodes[2]).await;
+            let s = status(&nodes[2], NET).await;
             let linked = s["members"]
                 .as_array()
                 .is_some_and(|l| l.iter().any(|m| m["linked"] == true));
@@ -345,8 +267,8 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
     let retransmits = iperf["end"]["sum_sent"]["retransmits"].as_u64();
     assert!(mbit_s > 0.0, "{iperf}");
 
-    let s1 = status(&nodes[0]).await;
-    let s2 = status(&nodes[1]).await;
+    let s1 = status(&nodes[0], NET).await;
+    let s2 = status(&nodes[1], NET).await;
     for node in &nodes {
         let d: Value = node.client_json(&["vpn", "down", NET]).await.unwrap();
         assert_eq!(d["network"], NET);
@@ -369,4 +291,505 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "v2_drops": s2["drops"],
         "v1_drops": s1["drops"],
     }));
+}
+
+/// The network w1 and w2 share in the two-network test.
+const RED: &str = "red";
+
+/// `vpn up net` on `node`: its status.
+async fn vpn_up(node: &Node, net: &str) -> Value {
+    node.client_json(&["vpn", "up", net])
+        .await
+        .unwrap_or_else(|e| panic!("{} brings {net} up: {e}", node.name()))
+}
+
+/// Creates, on `admin`, a network whose IPv4 prefix differs from `other`'s and returns its
+/// name. Prefixes are /16s drawn from 64 by the network id, so one pair of networks in
+/// 64 shares one, and a node in both can bring up only one of them (`vpn up` refuses the
+/// other's route as a collision): the test needs two, so it draws again.
+async fn network_beside(admin: &Node, other: &str) -> String {
+    let taken = Prefixes::of(&network_id(admin, other).await).v4;
+    for i in 0..8 {
+        let name = format!("blue{i}");
+        admin.client_text(&["net", "create", &name]).await.unwrap();
+        if Prefixes::of(&network_id(admin, &name).await).v4 != taken {
+            return name;
+        }
+    }
+    panic!("eight networks in a row share {other}'s prefix {taken}");
+}
+
+/// Makes `from` (a member of one network only, whose tunnel status `from_up` is) send
+/// [`FORGED`] pings to `to`, an address in another network's `prefix`, through its own
+/// device (a route it adds for that prefix); checks none comes back and its tunnel drops
+/// each as having no route, then removes the route. Returns the drops it counted.
+async fn pings_into_another_network(
+    lab: &Lab,
+    from: &Node,
+    from_up: &Value,
+    prefix: &str,
+    to: &str,
+) -> u64 {
+    let net = from_up["network"].as_str().unwrap();
+    let iface = from_up["interface"].as_str().unwrap();
+    let before = status(from, net).await["drops"]["no_route"]
+        .as_u64()
+        .unwrap_or(0);
+    lab.exec(from.host(), "ip", &["route", "add", prefix, "dev", iface])
+        .await
+        .unwrap();
+    let n = FORGED.to_string();
+    let out = lab
+        .exec_output(from.host(), "ping", &["-c", &n, "-i", "0.2", "-W", "1", to])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.contains(" 0 received"),
+        "{to} is not reachable from {} through {net}: {stdout}",
+        from.name()
+    );
+    // At least ours: the kernel's own IPv6 multicast (router and neighbour solicitations)
+    // has no holder either and counts alike.
+    let dropped = wait_for(
+        &format!("{} to count its pings into another network", from.name()),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let s = status(from, net).await;
+            let n = s["drops"]["no_route"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before);
+            if n >= FORGED {
+                Poll::Ready(n)
+            } else {
+                Poll::seen(format!("{n} counted: {}", s["drops"]))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    lab.exec(from.host(), "ip", &["route", "del", prefix, "dev", iface])
+        .await
+        .unwrap();
+    dropped
+}
+
+/// w1 is in two networks, `red` and `blue*`, each with its own TUN device and prefix; w2
+/// is in `red` only and w3 in `blue*` only. Within each network pings pass both ways.
+/// Across them none does:
+/// - w2 routes blue's prefix into its red device and pings w1's blue address: its tunnel
+///   drops every packet (`no_route`: no red member holds it) and w1's red tunnel gets
+///   nothing from w2 meanwhile; the same for w3 into red;
+/// - w1 itself pings w3's blue address from its red address (`ping -I`): its blue device
+///   carries the packets to w3, whose tunnel drops every one as `spoofed_source` (the
+///   source is no blue member's lease) and none reaches w3's device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_networks_on_one_node_and_no_packet_crosses() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&["w1", "w2", "w3"]).await;
+    let (w1, w2, w3) = tokio::join!(
+        start_member(&lab, "w1"),
+        start_member(&lab, "w2"),
+        start_member(&lab, "w3")
+    );
+    connect_all(&lab, &[&w1, &w2, &w3]).await;
+    w1.client_text(&["net", "create", RED]).await.unwrap();
+    let blue = network_beside(&w1, RED).await;
+    join_network(RED, &w1, &[(&w2, None)]).await;
+    join_network(&blue, &w1, &[(&w3, None)]).await;
+
+    let w1_red = vpn_up(&w1, RED).await;
+    let w1_blue = vpn_up(&w1, &blue).await;
+    let w2_red = vpn_up(&w2, RED).await;
+    let w3_blue = vpn_up(&w3, &blue).await;
+    assert_ne!(
+        w1_red["interface"], w1_blue["interface"],
+        "{w1_red} {w1_blue}"
+    );
+    assert_ne!(
+        w1_red["prefix_v4"], w1_blue["prefix_v4"],
+        "{w1_red} {w1_blue}"
+    );
+    assert_ne!(
+        w1_red["prefix_v6"], w1_blue["prefix_v6"],
+        "{w1_red} {w1_blue}"
+    );
+    let ip = |v: &Value| v["ipv4"].as_str().unwrap().to_string();
+    // Each of w1's tunnels knows its own network's member only.
+    let peers = |s: &Value| -> Vec<String> {
+        let list = s["members"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|m| m["peer_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(peers(&status(&w1, RED).await), [w2.peer_id()]);
+    assert_eq!(peers(&status(&w1, &blue).await), [w3.peer_id()]);
+
+    ping_through(&lab, "w2", &ip(&w1_red), 3).await;
+    ping_through(&lab, "w1", &ip(&w2_red), 3).await;
+    ping_through(&lab, "w3", &ip(&w1_blue), 3).await;
+    ping_through(&lab, "w1", &ip(&w3_blue), 3).await;
+
+    // From a member of one network into the other: dropped where it is sent.
+    let w1_from_w2 = count(member(&status(&w1, RED).await, &w2), "packets_in");
+    let blue_prefix = w1_blue["prefix_v4"].as_str().unwrap();
+    let red_prefix = w1_red["prefix_v4"].as_str().unwrap();
+    let w2_dropped =
+        pings_into_another_network(&lab, &w2, &w2_red, blue_prefix, &ip(&w1_blue)).await;
+    let w3_dropped =
+        pings_into_another_network(&lab, &w3, &w3_blue, red_prefix, &ip(&w1_red)).await;
+    assert_eq!(
+        count(member(&status(&w1, RED).await, &w2), "packets_in"),
+        w1_from_w2,
+        "nothing of w2's pings into blue reached w1"
+    );
+
+    // From the node in both, with red's source into blue: dropped where it arrives.
+    let w3_from_w1 = count(member(&status(&w3, &blue).await, &w1), "packets_in");
+    let n = FORGED.to_string();
+    let out = lab
+        .exec_output(
+            "w1",
+            "ping",
+            &[
+                "-c",
+                &n,
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                &ip(&w1_red),
+                &ip(&w3_blue),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "no reply to red's address from blue");
+    let from_w1 = wait_for(
+        "w3 to count w1's packets with a red source",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let m = member(&status(&w3, &blue).await, &w1).clone();
+            let n = m["drops"]["spoofed_source"].as_u64().unwrap_or(0);
+            if n >= FORGED {
+                Poll::Ready(m)
+            } else {
+                Poll::seen(format!("{n} counted: {m}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(from_w1["drops"]["spoofed_source"], FORGED, "{from_w1}");
+    assert_eq!(
+        count(&from_w1, "packets_in"),
+        w3_from_w1,
+        "no packet with a red source reached w3's device"
+    );
+    // Within each network the tunnels still carry.
+    ping_through(&lab, "w2", &ip(&w1_red), 1).await;
+    ping_through(&lab, "w3", &ip(&w1_blue), 1).await;
+
+    for (node, net) in [(&w1, RED), (&w1, &blue), (&w2, RED), (&w3, &blue)] {
+        node.client_text(&["vpn", "down", net]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_two_networks",
+        "prefixes": [red_prefix, blue_prefix],
+        "w2_into_blue_dropped": w2_dropped,
+        "w3_into_red_dropped": w3_dropped,
+        "w3_dropped_red_source": from_w1["drops"]["spoofed_source"],
+    }));
+}
+
+/// The IPv4 address a member derives in network `id` (its first choice).
+fn derived_v4(id: &[u8; 32], peer: &PeerId) -> Ipv4Addr {
+    Prefixes::of(id).derive(id, &MemberId(peer.to_bytes())).0
+}
+
+/// Two new identities that derive the same IPv4 address in network `id`, other than
+/// `avoid`. The /16 holds 65,534 addresses, so a few hundred keys hold such a pair (the
+/// birthday bound): the search takes well under a second.
+fn colliding_keys(id: &[u8; 32], avoid: Ipv4Addr) -> (Keypair, Keypair) {
+    let mut seen: HashMap<Ipv4Addr, Keypair> = HashMap::new();
+    for _ in 0..100_000 {
+        let key = Keypair::generate_ed25519();
+        let v4 = derived_v4(id, &key.public().to_peer_id());
+        if v4 == avoid {
+            continue;
+        }
+        if let Some(first) = seen.remove(&v4) {
+            return (first, key);
+        }
+        seen.insert(v4, key);
+    }
+    panic!("no two of 100,000 keys derive the same address");
+}
+
+/// Puts `key` where a daemon with data directory `dir` finds its identity, as the node
+/// writes one (directory 0700, file 0600).
+fn write_identity(dir: &Path, key: &Keypair) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(p2pnode_node::identity::IDENTITY_FILE))
+        .unwrap();
+    file.write_all(&key.to_protobuf_encoding().unwrap())
+        .unwrap();
+}
+
+/// The next usable address after `ip` in its /16 that none of `held` is.
+fn next_free(ip: Ipv4Addr, held: &[Ipv4Addr]) -> Ipv4Addr {
+    let [a, b, c, d] = ip.octets();
+    let mut host = u16::from_be_bytes([c, d]);
+    loop {
+        host = host.wrapping_add(1);
+        let [c, d] = host.to_be_bytes();
+        let next = Ipv4Addr::new(a, b, c, d);
+        if host != 0 && host != u16::MAX && !held.contains(&next) {
+            return next;
+        }
+    }
+}
+
+/// The address table `node`'s tunnel shows: peer id to IPv4 address, itself included.
+async fn table(node: &Node) -> BTreeMap<String, String> {
+    let s = status(node, NET).await;
+    let mut t = BTreeMap::from([(
+        node.peer_id().to_string(),
+        s["ipv4"].as_str().unwrap_or_default().to_string(),
+    )]);
+    for m in s["members"].as_array().into_iter().flatten() {
+        t.insert(
+            m["peer_id"].as_str().unwrap_or_default().to_string(),
+            m["ipv4"].as_str().unwrap_or_default().to_string(),
+        );
+    }
+    t
+}
+
+/// k2 and k3 start with identities made to derive the same IPv4 address in k1's network
+/// (no knob in the node: the keys are searched for). All three join, then run `vpn up`:
+/// every member's `vpn status` shows the same table, in which the member with the lower
+/// peer id keeps the address and the other took the next free one; pings reach both
+/// addresses, each at the member the table names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_address_collision_is_settled_alike_on_every_member() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&["k1", "k2", "k3"]).await;
+    let k1 = start_member(&lab, "k1").await;
+    k1.client_text(&["net", "create", NET]).await.unwrap();
+    let id = network_id(&k1, NET).await;
+    let k1_v4 = derived_v4(&id, &k1.peer_id().parse().unwrap());
+    let (key2, key3) = colliding_keys(&id, k1_v4);
+    write_identity(&lab.node_data_dir("k2"), &key2);
+    write_identity(&lab.node_data_dir("k3"), &key3);
+    let (k2, k3) = tokio::join!(start_member(&lab, "k2"), start_member(&lab, "k3"));
+    assert_eq!(k2.peer_id(), key2.public().to_peer_id().to_string());
+    assert_eq!(k3.peer_id(), key3.public().to_peer_id().to_string());
+    let claimed = derived_v4(&id, &key2.public().to_peer_id());
+    assert_eq!(claimed, derived_v4(&id, &key3.public().to_peer_id()));
+    connect_all(&lab, &[&k1, &k2, &k3]).await;
+    join_network(NET, &k1, &[(&k2, None), (&k3, None)]).await;
+
+    let (winner, loser) =
+        if key2.public().to_peer_id().to_bytes() < key3.public().to_peer_id().to_bytes() {
+            (&k2, &k3)
+        } else {
+            (&k3, &k2)
+        };
+    let moved = next_free(claimed, &[k1_v4, claimed]);
+    let expected = BTreeMap::from([
+        (k1.peer_id().to_string(), k1_v4.to_string()),
+        (winner.peer_id().to_string(), claimed.to_string()),
+        (loser.peer_id().to_string(), moved.to_string()),
+    ]);
+    let mut ups = BTreeMap::new();
+    for node in [&k1, &k2, &k3] {
+        ups.insert(
+            node.name().to_string(),
+            vpn_up(node, NET).await["ipv4"].clone(),
+        );
+    }
+    assert_eq!(ups[winner.name()], claimed.to_string(), "{ups:?}");
+    assert_eq!(ups[loser.name()], moved.to_string(), "{ups:?}");
+    for node in [&k1, &k2, &k3] {
+        wait_for(
+            &format!("{}'s table to settle", node.name()),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || async {
+                let t = table(node).await;
+                if t == expected {
+                    Poll::Ready(())
+                } else {
+                    Poll::seen(format!("{t:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}; expected {expected:?}"));
+    }
+    // The table is what the data path uses: each address reaches the member it names.
+    ping_through(&lab, winner.host(), &moved.to_string(), 3).await;
+    ping_through(&lab, loser.host(), &claimed.to_string(), 3).await;
+    ping_through(&lab, "k1", &moved.to_string(), 3).await;
+    ping_through(&lab, "k1", &claimed.to_string(), 3).await;
+    for node in [&k1, &k2, &k3] {
+        node.client_text(&["vpn", "down", NET]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_collision",
+        "claimed": claimed.to_string(),
+        "winner": winner.peer_id(),
+        "loser_moved_to": moved.to_string(),
+    }));
+}
+
+/// A network the config file's `[vpn] up` names comes up when the daemon starts; one it
+/// names that the node is not in is one logged line, and the daemon runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_named_in_the_config_come_up_at_start() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&["s1", "s2"]).await;
+    let (s1, s2) = tokio::join!(start_member(&lab, "s1"), start_member(&lab, "s2"));
+    connect_all(&lab, &[&s1, &s2]).await;
+    form_network(NET, &s1, &[(&s2, None)]).await;
+    let up1 = vpn_up(&s1, NET).await;
+    assert!(try_status(&s2, NET).await.is_none());
+
+    s2.kill().await.unwrap();
+    std::fs::write(
+        s2.data_dir().join(p2pnode_node::config::CONFIG_FILE),
+        format!("[vpn]\nup = [\"{NET}\", \"elsewhere\"]\n"),
+    )
+    .unwrap();
+    s2.start().await.unwrap();
+    let up2 = wait_for(
+        "s2's tunnel to come up at start",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            match try_status(&s2, NET).await {
+                Some(s) => Poll::Ready(s),
+                None => Poll::seen("not up"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let line = wait_for(
+        "s2 to log the network it is not in",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let log = s2.log_tail(20_000);
+            let line = log
+                .lines()
+                .find(|l| l.contains("vpn up at start") && l.contains("elsewhere"))
+                .map(str::to_string);
+            match line {
+                Some(l) => Poll::Ready(l),
+                None => Poll::seen("no line yet"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        line.contains("not a member of network `elsewhere`"),
+        "{line}"
+    );
+    s2.check_running().unwrap();
+    let list: Value = s2.client_json(&["vpn", "status"]).await.unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    s2.connect(&common::vpn::member_addr(&lab, &s1))
+        .await
+        .unwrap();
+    let ip = |v: &Value| v["ipv4"].as_str().unwrap().to_string();
+    ping_through(&lab, "s2", &ip(&up1), 3).await;
+    ping_through(&lab, "s1", &ip(&up2), 3).await;
+    for node in [&s1, &s2] {
+        node.client_text(&["vpn", "down", NET]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_up_at_start",
+        "up": up2["interface"],
+        "logged": line,
+    }));
+}
+
+/// CAP_NET_ADMIN's bit in a capability set.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// A daemon without CAP_NET_ADMIN: started as root through `setpriv`, which takes the
+/// capability out of its bounding and inheritable sets, so the daemon never holds it.
+/// `vpn up` fails with one line that names the capability, and no tunnel is left up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpn_up_without_cap_net_admin_names_the_capability() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.read().await;
+    let lab = public_lab(&["c1"]).await;
+    let ip = lab.host("c1").unwrap().ip;
+    let spec = NodeSpec {
+        listen: vec![format!("/ip4/{ip}/tcp/4001")],
+        wrapper: [
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..NodeSpec::default()
+    };
+    let c1 = lab
+        .start_node("c1", "c1", spec)
+        .await
+        .expect("the daemon starts through setpriv (util-linux)");
+    // The set-up itself: the daemon holds no CAP_NET_ADMIN.
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", c1.pid().unwrap())).unwrap();
+    let effective = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        effective & (1 << CAP_NET_ADMIN),
+        0,
+        "the daemon holds CAP_NET_ADMIN: {effective:x}"
+    );
+
+    c1.client_text(&["net", "create", NET]).await.unwrap();
+    let out = c1
+        .client_output(&["vpn", "up", NET], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("CAP_NET_ADMIN"), "{stderr}");
+    let list: Value = c1.client_json(&["vpn", "status"]).await.unwrap();
+    assert_eq!(list, json!([]), "no tunnel is up");
+    c1.check_running().unwrap();
+    report(&json!({"test": "lab_vpn_no_cap_net_admin", "error": lines[0]}));
 }

@@ -8,7 +8,7 @@ use p2pnode_chat::service::Chat;
 use p2pnode_files::service::Files;
 use p2pnode_node::{Node, control};
 use p2pnode_sync::service::Sync;
-use p2pnode_tunnel::service::Tunnel;
+use p2pnode_tunnel::service::{Tunnel, TunnelService};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
@@ -18,7 +18,7 @@ use crate::settings;
 
 pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result<()> {
     p2pnode_node::identity::ensure_data_dir(data_dir)?;
-    let config = settings::start_config(data_dir, args)?;
+    let settings::StartSettings { node: config, vpn } = settings::start_settings(data_dir, args)?;
     // Bind the socket first: a second daemon on the same data directory must fail before it
     // touches the identity or the database.
     let listener = control::bind(data_dir).await?;
@@ -61,6 +61,9 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
             println!("relay server: on");
         }
     });
+    if let Some(tunnel) = node.protocol::<TunnelService>() {
+        vpn_up(tunnel, &vpn).await;
+    }
 
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
@@ -74,4 +77,22 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
     node.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_FILE));
     Ok(())
+}
+
+/// Brings up the tunnels the config file's `[vpn] up` names. One that cannot come up (not
+/// a member yet, no CAP_NET_ADMIN, a colliding route) is logged in one line and the daemon
+/// runs on: the others and every other protocol do not depend on it.
+async fn vpn_up(tunnel: &TunnelService, vpn: &settings::VpnSettings) {
+    for network in &vpn.up {
+        match tunnel.handle().up(network, vpn.mtu).await {
+            Ok(n) => tracing::info!(
+                network,
+                interface = n.interface,
+                ipv4 = n.ipv4,
+                ipv6 = n.ipv6,
+                "vpn up at start (config [vpn] up)"
+            ),
+            Err(e) => tracing::warn!(network, "vpn up at start (config [vpn] up) failed: {e}"),
+        }
+    }
 }

@@ -70,6 +70,10 @@ pub struct NodeSpec {
     /// the fields above (a test that runs a service unit's `ExecStart`). It must name the
     /// node's data directory ([`Lab::node_data_dir`]), or client commands will not reach it.
     pub command_line: Option<Vec<String>>,
+    /// A program with its arguments that the daemon is started through, and which must
+    /// exec it, as `setpriv` does (a test of a daemon without a capability); empty for
+    /// none. Client commands do not go through it.
+    pub wrapper: Vec<String>,
 }
 
 impl NodeSpec {
@@ -301,13 +305,25 @@ impl Node {
     }
 
     fn command(&self, args: &[String]) -> Command {
+        self.command_through(&[], args)
+    }
+
+    /// `args` of the binary run in the node's namespace through `wrapper` (see
+    /// [`NodeSpec::wrapper`]).
+    fn command_through(&self, wrapper: &[String], args: &[String]) -> Command {
+        let binary = self.binary.to_string_lossy().into_owned();
+        let (program, args) = match wrapper.split_first() {
+            None => (binary, args.to_vec()),
+            Some((program, rest)) => {
+                let mut all = rest.to_vec();
+                all.push(binary);
+                all.extend_from_slice(args);
+                (program.clone(), all)
+            }
+        };
         let mut command = Command::new("ip");
         command
-            .args(cmd::netns_exec_args(
-                &self.namespace,
-                &self.binary.to_string_lossy(),
-                args,
-            ))
+            .args(cmd::netns_exec_args(&self.namespace, &program, &args))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command
@@ -328,7 +344,7 @@ impl Node {
         let rust_log =
             std::env::var("P2PNODE_LAB_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.into());
         let child = self
-            .command(&args)
+            .command_through(&self.spec.wrapper, &args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .env("RUST_LOG", rust_log)
@@ -553,6 +569,7 @@ mod tests {
             extra_args: vec![],
             config_toml: None,
             command_line: None,
+            wrapper: vec![],
         };
         let args = spec.start_args(Path::new("/d"));
         assert_eq!(

@@ -14,6 +14,7 @@ use p2pnode_sim::lab::{NatKind, Node};
 
 pub mod chat;
 pub mod sync;
+pub mod vpn;
 use tokio::sync::RwLock;
 
 const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");

@@ -52,6 +52,7 @@ pub async fn start_relay(
             toml
         }),
         command_line: None,
+        wrapper: vec![],
     };
     lab.start_node("relay", name, spec).await
 }
@@ -124,6 +125,7 @@ pub async fn start_peer(
         extra_args,
         config_toml: None,
         command_line: None,
+        wrapper: vec![],
     };
     lab.start_node(host, name, spec).await
 }
