@@ -18,8 +18,8 @@ use p2pnode_node::control::ControlClient;
 use crate::args::{AcceptArgs, GetArgs, SendArgs, ShareArgs};
 use crate::output;
 
-/// How often a followed transfer is asked for its progress.
-const POLL: Duration = Duration::from_millis(250);
+/// Longest wait for a followed transfer's progress.
+const PROGRESS_WAIT: Duration = Duration::from_millis(250);
 /// Least time between two progress lines.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -234,8 +234,14 @@ async fn follow(
     }
     let mut progress = Progress::new(json);
     while t.status == TransferStatus::Running {
-        tokio::time::sleep(POLL).await;
-        t = control.get(&routes::transfer(t.id)).await?;
+        // The daemon answers as soon as the transfer ends, or with its progress after
+        // this long: the end is seen at once, and the bar moves often enough.
+        t = control
+            .get(&routes::transfer_wait(
+                t.id,
+                PROGRESS_WAIT.as_millis() as u64,
+            ))
+            .await?;
         progress.update(&t);
     }
     progress.finish();

@@ -17,7 +17,9 @@ pub mod routes {
     pub const SHARES: &str = "files/shares";
     /// `POST` [`super::GetRequest`] -> [`super::TransferInfo`] of the started transfer.
     pub const GET: &str = "files/get";
-    /// `GET` -> [`super::TransferInfo`]s; `GET ?id=<n>` -> one [`super::TransferInfo`].
+    /// `GET` -> [`super::TransferInfo`]s; `GET ?id=<n>` -> one [`super::TransferInfo`];
+    /// `GET ?id=<n>&wait_ms=<ms>` -> the same once it has ended, or after `ms` (at most
+    /// 10 s) if it still runs.
     pub const TRANSFERS: &str = "files/transfers";
     /// `POST` [`super::SendRequest`] -> [`super::SendInfo`] once the peer took the offer.
     pub const SEND: &str = "files/send";
@@ -35,6 +37,11 @@ pub mod routes {
     /// The transfers route asking for one transfer.
     pub fn transfer(id: u64) -> String {
         format!("{TRANSFERS}?id={id}")
+    }
+
+    /// The transfers route waiting up to `wait_ms` for one transfer to end.
+    pub fn transfer_wait(id: u64, wait_ms: u64) -> String {
+        format!("{TRANSFERS}?id={id}&wait_ms={wait_ms}")
     }
 }
 

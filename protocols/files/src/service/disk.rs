@@ -7,7 +7,7 @@
 //! and a kill loses at most the groups since the last checkpoint. A file is renamed into
 //! place once whole, after the state saying so.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,15 @@ pub(super) struct Disk {
     /// Bytes of the groups marked in the state, kept as they are marked: counting them
     /// anew for every progress report cost a tree of 10,000 files quadratic time.
     verified_bytes: u64,
+    /// Files in `open`; past [`MAX_OPEN_FILES`] they are all closed.
+    open_count: usize,
+    /// Directories made for `.part` files so far.
+    made_dirs: HashSet<PathBuf>,
 }
+
+/// Files a transfer keeps open at most: a tree of small files has many written and not
+/// yet renamed between two checkpoints, and a process has only so many descriptors.
+const MAX_OPEN_FILES: usize = 256;
 
 impl Disk {
     /// Checks every path of `manifest` under `target`, loads the resume state if one is
@@ -114,6 +122,8 @@ impl Disk {
             unsynced: HashSet::new(),
             unsynced_bytes: 0,
             verified_bytes: 0,
+            open_count: 0,
+            made_dirs: HashSet::new(),
         };
         let resumed = disk.load_state(&content)?;
         disk.verified_bytes = disk.state.verified_bytes();
@@ -137,28 +147,17 @@ impl Disk {
             if complete {
                 // Saved as whole but killed before the rename: finish it.
                 if std::fs::symlink_metadata(part).is_ok() {
-                    disk.finish_file(i)?;
+                    disk.ready_file(i)?;
+                    disk.rename_file(i)?;
                     if let Some(dir) = disk.finals[i].parent() {
                         sync_dir(dir)?;
                     }
                 }
                 continue;
             }
-            if std::fs::symlink_metadata(part).is_err() {
-                if let Some(parent) = part.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-                }
-                // Checked again now that the directories exist: a link put there since
-                // the first check is refused here, and O_NOFOLLOW covers the last step.
-                let rel = part
-                    .strip_prefix(target)
-                    .ok()
-                    .and_then(|p| p.to_str())
-                    .ok_or_else(|| FilesError::Invalid(format!("bad path {}", part.display())))?;
-                safe_join(target, rel).map_err(|e| bad_path(rel, e))?;
-                let f = open_nofollow(part, true).map_err(|e| io(part, e))?;
-                f.set_len(disk.sizes[i]).map_err(|e| io(part, e))?;
-            }
+            // A missing .part is made when its first group is written (see `file`): a
+            // tree of small files then costs one create per file, not a create here and
+            // an open there.
         }
         if !resumed {
             // The state and its spare take their space now, while there is some.
@@ -213,14 +212,48 @@ impl Disk {
         Ok(true)
     }
 
+    /// File `i`'s `.part`, opened (or made, at its first group) and kept open.
     fn file(&mut self, i: usize) -> Result<&File, FilesError> {
         if self.open[i].is_none() {
-            let f = open_nofollow(&self.parts[i], false).map_err(|e| io(&self.parts[i], e))?;
+            if self.open_count >= MAX_OPEN_FILES {
+                self.open.iter_mut().for_each(|f| *f = None);
+                self.open_count = 0;
+            }
+            let part = &self.parts[i];
+            let f = match open_nofollow(part, false) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.make_part(i)?,
+                Err(e) => return Err(io(part, e)),
+            };
             self.open[i] = Some(f);
+            self.open_count += 1;
         }
         self.open[i]
             .as_ref()
             .ok_or_else(|| FilesError::Io("file not open".into()))
+    }
+
+    /// Makes file `i`'s `.part` (and its directories), of the file's size.
+    fn make_part(&mut self, i: usize) -> Result<File, FilesError> {
+        let part = &self.parts[i];
+        if let Some(parent) = part.parent()
+            && !self.made_dirs.contains(parent)
+        {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            self.made_dirs.insert(parent.to_path_buf());
+        }
+        // Checked again now that the directories exist: a link put there since the
+        // first check is refused here, and O_NOFOLLOW covers the last step.
+        let rel = part
+            .strip_prefix(&self.target)
+            .ok()
+            .and_then(|p| p.to_str())
+            .ok_or_else(|| FilesError::Invalid(format!("bad path {}", part.display())))?;
+        safe_join(&self.target, rel)
+            .map_err(|e| FilesError::Invalid(format!("refused path {rel:?}: {e}")))?;
+        let f = open_nofollow(part, true).map_err(|e| write_err(part, e))?;
+        f.set_len(self.sizes[i]).map_err(|e| write_err(part, e))?;
+        Ok(f)
     }
 
     /// Whether `g` is written (checkpointed or not).
@@ -261,12 +294,25 @@ impl Disk {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        let mut touched: Vec<usize> = self.unsynced.iter().map(|g| g.file as usize).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for &i in &touched {
-            let part = self.parts[i].clone();
-            self.file(i)?.sync_data().map_err(|e| io(&part, e))?;
+        let mut new_groups: BTreeMap<usize, u64> = BTreeMap::new();
+        for g in &self.unsynced {
+            *new_groups.entry(g.file as usize).or_default() += 1;
+        }
+        let mut whole: Vec<usize> = Vec::new();
+        for (&i, &n) in &new_groups {
+            let becomes_whole = self
+                .state
+                .file(i as u32)
+                .is_some_and(|b| b.verified() + n == b.groups());
+            if becomes_whole {
+                // Synced and given its mode now, renamed after the state is saved: one
+                // sync for a file that is whole, not one here and one at the rename.
+                self.ready_file(i)?;
+                whole.push(i);
+            } else {
+                let part = self.parts[i].clone();
+                self.file(i)?.sync_data().map_err(|e| io(&part, e))?;
+            }
         }
         for g in self.unsynced.drain() {
             self.state.mark_verified(g);
@@ -275,12 +321,10 @@ impl Disk {
         self.unsynced_bytes = 0;
         self.save_state()?;
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for &i in &touched {
-            if self.state.file(i as u32).is_some_and(|b| b.is_complete()) {
-                self.finish_file(i)?;
-                if let Some(dir) = self.finals[i].parent() {
-                    dirs.push(dir.to_path_buf());
-                }
+        for &i in &whole {
+            self.rename_file(i)?;
+            if let Some(dir) = self.finals[i].parent() {
+                dirs.push(dir.to_path_buf());
             }
         }
         // Each directory that got files is synced once, not once per file.
@@ -327,20 +371,24 @@ impl Disk {
         Ok(())
     }
 
-    /// Syncs a whole file, sets its mode and renames it into place (the caller syncs
-    /// the directory).
-    fn finish_file(&mut self, i: usize) -> Result<(), FilesError> {
+    /// Syncs a whole file and sets its mode, and closes it.
+    fn ready_file(&mut self, i: usize) -> Result<(), FilesError> {
         let f = match self.open[i].take() {
-            Some(f) => f,
+            Some(f) => {
+                self.open_count = self.open_count.saturating_sub(1);
+                f
+            }
             None => open_nofollow(&self.parts[i], false).map_err(|e| io(&self.parts[i], e))?,
         };
         let mode = if self.executable[i] { 0o755 } else { 0o644 };
         f.sync_all().map_err(|e| io(&self.parts[i], e))?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io(&self.parts[i], e))?;
-        drop(f);
-        std::fs::rename(&self.parts[i], &self.finals[i]).map_err(|e| io(&self.finals[i], e))?;
-        Ok(())
+            .map_err(|e| io(&self.parts[i], e))
+    }
+
+    /// Renames a whole file into place (the caller syncs the directory).
+    fn rename_file(&self, i: usize) -> Result<(), FilesError> {
+        std::fs::rename(&self.parts[i], &self.finals[i]).map_err(|e| io(&self.finals[i], e))
     }
 }
 

@@ -172,12 +172,18 @@ async fn run(
             "no provider of {content} found"
         )));
     }
+    let started = Instant::now();
     let manifest = fetch_manifest(inner, content, &providers).await?;
     let target = to.clone();
     let m = manifest.clone();
     let mut disk = tokio::task::spawn_blocking(move || Disk::prepare(&target, &m, content))
         .await
         .map_err(|e| FilesError::Io(e.to_string()))??;
+    tracing::debug!(
+        transfer = id,
+        ms = started.elapsed().as_millis(),
+        "manifest fetched, files prepared"
+    );
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
     let checkpoint_every = checkpoint_groups(groups_total);
     let window = window_for(inner.config.window, manifest.total_size(), groups_total);
@@ -364,7 +370,7 @@ async fn run(
     .map_err(|e| FilesError::Io(e.to_string()))?;
     outcome?;
     synced?;
-    tracing::info!(transfer = id, content = %content, fetched, resumed, "transfer complete");
+    tracing::info!(transfer = id, content = %content, fetched, resumed, ms = started.elapsed().as_millis(), "transfer complete");
     Ok(())
 }
 

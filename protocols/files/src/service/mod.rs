@@ -343,6 +343,41 @@ impl FilesHandle {
             .ok_or_else(|| FilesError::NotFound(format!("no transfer {id}")))
     }
 
+    /// The transfer `id` once it has ended, or as it is after `wait` if it still runs:
+    /// a client following a transfer learns of its end at once instead of at its next
+    /// poll, and gets progress at least every `wait`.
+    pub async fn transfer_wait(&self, id: u64, wait: Duration) -> Result<TransferInfo, FilesError> {
+        // Subscribed before looking, so an end between the two is not missed.
+        let mut rx = self.subscribe();
+        let now = self.transfer(id)?;
+        if now.status != TransferStatus::Running || wait.is_zero() {
+            return Ok(now);
+        }
+        let ended = async {
+            loop {
+                match rx.recv().await {
+                    Ok(FilesEvent::Transfer(t))
+                        if t.id == id && t.status != TransferStatus::Running =>
+                    {
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if self
+                            .transfer(id)
+                            .is_ok_and(|t| t.status != TransferStatus::Running)
+                        {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, ended).await;
+        self.transfer(id)
+    }
+
     /// Offers `paths` to `peer`: they are hashed and shared with that peer only, and the
     /// offer goes to its inbox. Fails if the peer refuses it.
     pub async fn send(

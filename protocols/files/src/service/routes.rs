@@ -2,6 +2,7 @@
 //! through the protocol contract.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use p2pnode_node::control::{ControlReply, ControlRequest, Method};
 use p2pnode_node::parse_peer_id;
@@ -11,6 +12,9 @@ use crate::api::{
     AcceptRequest, ContentRequest, FilesEvent, GetRequest, OfferRequest, SendRequest, ShareRequest,
     routes,
 };
+
+/// Longest a client may ask to wait for a transfer's end in one request.
+const MAX_WAIT_MS: u64 = 10_000;
 
 /// Serves one request under the files prefix.
 pub(super) async fn serve(files: &FilesHandle, req: ControlRequest) -> ControlReply {
@@ -51,7 +55,14 @@ async fn route(files: &FilesHandle, req: &ControlRequest) -> Result<ControlReply
                 let id = id
                     .parse()
                     .map_err(|_| FilesError::Invalid(format!("invalid transfer id {id:?}")))?;
-                ControlReply::ok(&files.transfer(id)?)
+                let wait_ms: u64 = match req.query("wait_ms") {
+                    Some(ms) => ms
+                        .parse()
+                        .map_err(|_| FilesError::Invalid(format!("invalid wait_ms {ms:?}")))?,
+                    None => 0,
+                };
+                let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+                ControlReply::ok(&files.transfer_wait(id, wait).await?)
             }
             None => ControlReply::ok(&files.transfers()),
         },

@@ -151,7 +151,11 @@ async fn a_file_shared_by_three_providers_arrives_whole_with_groups_from_several
     .await;
     let to = dir.path().join("out");
     let t = files(&r).get(&s.content, to.clone(), vec![]).await.unwrap();
-    let t = finished(&files(&r), t.id).await;
+    // A client waiting for the end hears of it when it comes, not after its whole wait.
+    let wait = std::time::Duration::from_secs(120);
+    let waited = std::time::Instant::now();
+    let t = files(&r).transfer_wait(t.id, wait).await.unwrap();
+    assert!(waited.elapsed() < wait, "the wait ran out: {t:?}");
     assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
     assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), s.data);
     let serving = t.providers.iter().filter(|p| p.groups > 0).count();
