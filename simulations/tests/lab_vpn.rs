@@ -158,23 +158,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         .await
         .unwrap();
     assert!(!out.status.success(), "no reply to a forged source");
-    let spoofed = wait_for(
-        "v2 to count the forged packets",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            let s = status(&nodes[1], NET).await;
-            let m = member(&s, &nodes[0]).clone();
-            let n = m["drops"]["spoofed_source"].as_u64().unwrap_or(0);
-            if n >= FORGED {
-                Poll::Ready(m)
-            } else {
-                Poll::seen(format!("{n} counted: {m}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let spoofed = wait_spoofed(&nodes[1], NET, &nodes[0], "v2 to count the forged packets").await;
     assert_eq!(spoofed["drops"]["spoofed_source"], FORGED, "{spoofed}");
     assert_eq!(
         count(&spoofed, "packets_in"),
@@ -297,6 +281,27 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
 const RED: &str = "red";
 
 /// `vpn up net` on `node`: its status.
+/// Waits until `node`'s tunnel in `net` has counted [`FORGED`] packets from `from` as
+/// `spoofed_source`; returns `from`'s row of its status.
+async fn wait_spoofed(node: &Node, net: &str, from: &Node, what: &str) -> Value {
+    wait_for(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let m = member(&status(node, net).await, from).clone();
+            let n = m["drops"]["spoofed_source"].as_u64().unwrap_or(0);
+            if n >= FORGED {
+                Poll::Ready(m)
+            } else {
+                Poll::seen(format!("{n} counted: {m}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn vpn_up(node: &Node, net: &str) -> Value {
     node.client_json(&["vpn", "up", net])
         .await
@@ -470,22 +475,13 @@ async fn two_networks_on_one_node_and_no_packet_crosses() {
         .await
         .unwrap();
     assert!(!out.status.success(), "no reply to red's address from blue");
-    let from_w1 = wait_for(
+    let from_w1 = wait_spoofed(
+        &w3,
+        &blue,
+        &w1,
         "w3 to count w1's packets with a red source",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            let m = member(&status(&w3, &blue).await, &w1).clone();
-            let n = m["drops"]["spoofed_source"].as_u64().unwrap_or(0);
-            if n >= FORGED {
-                Poll::Ready(m)
-            } else {
-                Poll::seen(format!("{n} counted: {m}"))
-            }
-        },
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(from_w1["drops"]["spoofed_source"], FORGED, "{from_w1}");
     assert_eq!(
         count(&from_w1, "packets_in"),

@@ -27,6 +27,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::vpn::first_echo;
 use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
@@ -81,28 +82,6 @@ async fn wait_linked(node: &Node, peer: &Node) -> Value {
     )
     .await
     .unwrap()
-}
-
-/// Pings `to` from `host` until one echo comes back.
-async fn first_echo(lab: &Lab, host: &str, to: &str) {
-    wait_for(
-        &format!("a first ping from {host} to {to}"),
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        || async {
-            let out = lab
-                .exec_output(host, "ping", &["-c", "1", "-W", "1", to])
-                .await
-                .unwrap();
-            if out.status.success() {
-                Poll::Ready(())
-            } else {
-                Poll::seen(String::from_utf8_lossy(&out.stdout).into_owned())
-            }
-        },
-    )
-    .await
-    .unwrap();
 }
 
 /// Asks the DNS responder at `server` (port 53) from `host` for `name` of type `qtype`.
@@ -220,8 +199,8 @@ async fn tunnel_across(nat: NatKind, expected: PathKind) {
     assert_eq!(from_a["ipv4"], ip_b.as_str(), "{from_a}");
     assert_eq!(from_b["ipv4"], ip_a.as_str(), "{from_b}");
 
-    first_echo(lab, "a", &ip_b).await;
-    first_echo(lab, "b", &ip_a).await;
+    first_echo(lab, "a", &ip_b, Duration::from_secs(60)).await;
+    first_echo(lab, "b", &ip_a, Duration::from_secs(60)).await;
     let (got, rtt_ms) = ping(lab, "a", &ip_b, PINGS, "0.2").await;
     assert_eq!(got, PINGS, "every echo A -> B comes back");
     let (got, _) = ping(lab, "b", &ip_a, 5, "0.2").await;

@@ -8,7 +8,9 @@ use futures::io::{AsyncWriteExt, Cursor};
 use p2pnode_secure::stream::{
     MAX_HANDSHAKE_MESSAGE_LEN, read_length_prefixed, write_length_prefixed,
 };
-use p2pnode_secure::{HandshakeError, ReadError, SessionConfig, StreamError, initiate, respond};
+use p2pnode_secure::{
+    HandshakeError, ReadError, SecureStream, SessionConfig, StreamError, initiate, respond,
+};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 type Pipe = Compat<tokio::io::DuplexStream>;
@@ -18,16 +20,21 @@ fn duplex() -> (Pipe, Pipe) {
     (a.compat(), b.compat())
 }
 
-#[tokio::test]
-async fn handshake_and_messages_both_ways() {
-    let peers = Peers::default();
+/// Alice and Bob after a handshake over an in-memory pipe.
+async fn connected(peers: &Peers) -> (SecureStream<Pipe>, SecureStream<Pipe>) {
     let (a_io, b_io) = duplex();
     let (mut ra, mut rb) = (rng(1), rng(2));
     let (a, b) = tokio::join!(
         initiate(a_io, peers.alice_config(SessionConfig::default()), &mut ra),
         respond(b_io, peers.bob_config(SessionConfig::default()), &mut rb),
     );
-    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    (a.unwrap(), b.unwrap())
+}
+
+#[tokio::test]
+async fn handshake_and_messages_both_ways() {
+    let peers = Peers::default();
+    let (mut a, mut b) = connected(&peers).await;
     assert_eq!(a.sas(), b.sas());
     assert_eq!(a.remote_key(), &peers.bob.verifying_key());
     assert_eq!(b.remote_key(), &peers.alice.verifying_key());
@@ -47,14 +54,7 @@ async fn handshake_and_messages_both_ways() {
 
 #[tokio::test]
 async fn fed_messages_arrive_whole_after_one_flush_and_append_in_order() {
-    let peers = Peers::default();
-    let (a_io, b_io) = duplex();
-    let (mut ra, mut rb) = (rng(1), rng(2));
-    let (a, b) = tokio::join!(
-        initiate(a_io, peers.alice_config(SessionConfig::default()), &mut ra),
-        respond(b_io, peers.bob_config(SessionConfig::default()), &mut rb),
-    );
-    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    let (mut a, mut b) = connected(&Peers::default()).await;
     // A large message, then smaller ones: the reader's frame buffer is reused, and what
     // a larger frame left in it must not leak into a smaller message.
     let msgs: Vec<Vec<u8>> = [65_536usize, 3, 0, 1400]

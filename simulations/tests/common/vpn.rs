@@ -145,12 +145,11 @@ pub fn count(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
 }
 
-/// Pings `to` from `host` until one echo comes back (the streams come up within seconds),
-/// then `count` more, all of which must come back.
-pub async fn ping_through(lab: &Lab, host: &str, to: &str, count: u32) {
+/// Pings `to` from `host` until one echo comes back, for at most `within`.
+pub async fn first_echo(lab: &Lab, host: &str, to: &str, within: Duration) {
     wait_for(
         &format!("a first ping from {host} to {to}"),
-        Duration::from_secs(30),
+        within,
         Duration::from_millis(100),
         || async {
             let out = lab
@@ -166,6 +165,12 @@ pub async fn ping_through(lab: &Lab, host: &str, to: &str, count: u32) {
     )
     .await
     .unwrap();
+}
+
+/// Pings `to` from `host` until one echo comes back (the streams come up within seconds),
+/// then `count` more, all of which must come back.
+pub async fn ping_through(lab: &Lab, host: &str, to: &str, count: u32) {
+    first_echo(lab, host, to, Duration::from_secs(30)).await;
     let n = count.to_string();
     let out = lab
         .exec(host, "ping", &["-c", &n, "-i", "0.2", "-W", "2", to])
