@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::FilesError;
 use crate::resume::MAX_STATE_BYTES;
-use crate::{ContentId, GroupRef, Manifest, TransferState, group_range, safe_join};
+use crate::{ContentId, GroupRef, Manifest, TransferState, group_count, group_range, safe_join};
 
 /// Groups written since the last checkpoint at most (16 MiB) before the next one.
 const CHECKPOINT_GROUPS: usize = 256;
@@ -252,7 +252,11 @@ impl Disk {
         safe_join(&self.target, rel)
             .map_err(|e| FilesError::Invalid(format!("refused path {rel:?}: {e}")))?;
         let f = open_nofollow(part, true).map_err(|e| write_err(part, e))?;
-        f.set_len(self.sizes[i]).map_err(|e| write_err(part, e))?;
+        // A file of one group is written whole by that group; a larger one gets its size
+        // now, so groups can land at their offsets in any order.
+        if group_count(self.sizes[i]) > 1 {
+            f.set_len(self.sizes[i]).map_err(|e| write_err(part, e))?;
+        }
         Ok(f)
     }
 
