@@ -31,6 +31,9 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/p2pnode/1.0.0";
 pub struct Behaviour {
     /// Refuses and closes connections of revoked peers (checked first).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses a redial's connection when the peer got connected by another dial first
+    /// (before any behaviour below sees it).
+    pub redials: crate::redials::Behaviour,
     /// On relay nodes: refuses inbound connections past a network's share, before the
     /// handshake and before they take one of the global slots below.
     pub prefix_connections: Toggle<prefix_connections::Behaviour>,
@@ -127,6 +130,7 @@ impl Behaviour {
 
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
+            redials: crate::redials::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             prefix_connections: (cfg.relay && cfg.relay_limits.max_connections_per_prefix > 0)
                 .then(|| {

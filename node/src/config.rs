@@ -35,6 +35,13 @@ pub struct Config {
     pub max_reservations: usize,
     /// Connections with no open stream are closed after this many seconds.
     pub idle_timeout_secs: u64,
+    /// A TCP connection whose sent data stays unacknowledged for this many seconds is
+    /// closed (Linux `TCP_USER_TIMEOUT`), and redialled when this node dialled it: after a
+    /// network outage a fresh connection moves at once, while the old one would wait for a
+    /// retransmission timer that backed off during the outage (up to two minutes). A slow
+    /// connection that still gets acknowledgements is not affected. 0: the kernel's
+    /// default (about 15 minutes of retransmissions).
+    pub tcp_user_timeout_secs: u64,
     /// Upper bound on established connections, in and out.
     pub max_connections: u32,
     /// Upper bound on established connections per peer.
@@ -185,6 +192,7 @@ impl Default for Config {
             relay_limits: RelayLimits::default(),
             max_reservations: 2,
             idle_timeout_secs: 300,
+            tcp_user_timeout_secs: 5,
             max_connections: 512,
             max_connections_per_peer: 8,
             max_memory_mb: 1024,
@@ -254,6 +262,11 @@ impl Config {
     /// The idle timeout as a [`Duration`].
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The TCP user timeout, if any (see [`Config::tcp_user_timeout_secs`]).
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.tcp_user_timeout_secs)).filter(|d| !d.is_zero())
     }
 
     /// The addresses to listen on, and whether they are the defaults (which may fall back to a

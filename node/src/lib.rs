@@ -42,6 +42,7 @@ pub mod peer;
 pub mod prefix_connections;
 pub mod privacy;
 pub mod protocol;
+pub mod redials;
 pub mod relay_limits;
 mod route;
 pub mod secure;

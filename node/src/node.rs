@@ -227,7 +227,10 @@ impl NodeBuilder {
                 return Err(StartError::RelayOnlyWithoutRelay);
             }
             let base: swarm::TransportFactory = match transport {
-                TransportKind::Real => Arc::new(swarm::tcp_quic_transport),
+                TransportKind::Real => {
+                    let stall = config.tcp_user_timeout();
+                    Arc::new(move |key| swarm::tcp_quic_transport(key, stall))
+                }
                 TransportKind::Memory => Arc::new(swarm::memory_transport),
                 TransportKind::Custom(factory) => factory,
             };

@@ -3,6 +3,7 @@
 //! simulations. Both share [`Behaviour::new`], so simulations run the node's own stack.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
@@ -29,15 +30,19 @@ fn boxed(
 
 /// A swarm on the real transports.
 pub fn build(keypair: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, BuildError> {
+    let stall = cfg.tcp_user_timeout();
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(build_err)?
         .with_quic()
+        // TCP as the builder's `with_tcp` makes it, plus the user timeout on every socket.
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key).map_err(boxed)?;
+            Ok(tcp_transport(stall)
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default()))
+        })
+        .map_err(build_err)?
         .with_dns()
         .map_err(build_err)?
         .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -89,8 +94,11 @@ pub fn build_custom(
 /// nodes reach their relays by address). Security and the multiplexer are negotiated
 /// lazily (`V1Lazy`: the dialer's first Noise message goes with the protocol name), as
 /// libp2p's builder does for TCP in [`build`]: a round trip less per connection.
-pub fn tcp_quic_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+pub fn tcp_quic_transport(
+    key: &Keypair,
+    stall: Option<Duration>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp_transport(stall)
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default());
@@ -103,6 +111,35 @@ pub fn tcp_quic_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox
         })
         .boxed())
 }
+
+/// TCP (no Nagle) whose connections, dialled or accepted, get `stall` as their
+/// `TCP_USER_TIMEOUT`: the kernel then closes a connection whose sent data stayed
+/// unacknowledged that long, instead of retransmitting with a backed-off timeout (after a
+/// network split of a minute the next retransmission can be half a minute away, while a
+/// fresh connection starts with a fresh timer). A connection that moves, however slowly,
+/// keeps getting acknowledgements and is never closed by it; an idle one has nothing
+/// unacknowledged. The event loop redials a dialled connection that ends this way.
+fn tcp_transport(stall: Option<Duration>) -> Boxed<tcp::tokio::TcpStream> {
+    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .map(move |stream, _| {
+            if let Some(timeout) = stall {
+                set_user_timeout(&stream, timeout);
+            }
+            stream
+        })
+        .boxed()
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_user_timeout(stream: &tcp::tokio::TcpStream, timeout: Duration) {
+    if let Err(e) = socket2::SockRef::from(&stream.0).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT: {e}");
+    }
+}
+
+/// Elsewhere the kernel's own (long) timeout stays.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_user_timeout(_stream: &tcp::tokio::TcpStream, _timeout: Duration) {}
 
 /// Wraps a transport factory so it dials only `relays` and listens nowhere.
 pub fn relay_only(factory: TransportFactory, relays: Vec<libp2p::Multiaddr>) -> TransportFactory {

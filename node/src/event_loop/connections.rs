@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError};
+use libp2p::swarm::{ConnectionError, ConnectionId, DialError};
 use libp2p::{Multiaddr, PeerId, identify, relay};
 use tokio::sync::oneshot;
 
@@ -17,6 +17,34 @@ use crate::error::NodeError;
 
 /// How often unconnected bootstrap peers and relays are redialled, at most.
 const REDIAL_MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Whether a connection ended because it stalled: its socket timed out (TCP's user
+/// timeout, see `crate::swarm`), as opposed to an orderly close, the idle timeout or a
+/// refusal by the peer.
+/// The socket's error comes wrapped (yamux's, inside an `Other` I/O error): the chain of
+/// sources is searched.
+pub(super) fn stalled(cause: Option<&ConnectionError>) -> bool {
+    let Some(ConnectionError::IO(e)) = cause else {
+        return false;
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| {
+                io.get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static))
+            })
+            .or_else(|| err.source());
+    }
+    false
+}
 
 /// A connection as the event loop tracks it.
 pub(super) struct Conn {
@@ -105,6 +133,7 @@ impl EventLoop {
     pub(crate) fn block(&mut self, peer: PeerId) {
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.keep.remove(&peer);
+        self.reconnects.connected(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         tracing::info!(%peer, "peer blocked");
     }
@@ -234,12 +263,38 @@ impl EventLoop {
         }
     }
 
+    /// Dials the peers whose connection stalled (see [`super::reconnect`]).
+    pub(super) fn reconnect(&mut self) {
+        for (peer, addrs) in self.reconnects.due(Instant::now()) {
+            // `Disconnected`, not the default: an earlier attempt may still wait on its
+            // SYN retransmission, and this one starts a fresh schedule. A surplus
+            // connection is refused by `crate::redials`.
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs.clone())
+                .condition(PeerCondition::Disconnected)
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(%peer, "dialling a stalled peer");
+                    self.swarm.behaviour_mut().redials.redial(id);
+                    self.circuits.dialling(id, peer, &addrs);
+                }
+                Err(e) => tracing::debug!(%peer, "redial refused: {e}"),
+            }
+        }
+    }
+
     pub(super) fn on_connection(
         &mut self,
         peer: PeerId,
         id: ConnectionId,
         endpoint: ConnectedPoint,
     ) {
+        if self.reconnects.is_lost(&peer) {
+            tracing::info!(%peer, "stalled peer reconnected");
+            self.reconnects.connected(&peer);
+        }
         let outbound = endpoint.is_dialer();
         let address = endpoint.get_remote_address().clone();
         let path = if endpoint.is_relayed() {
@@ -421,4 +476,35 @@ pub(super) fn dial_error(peer: Option<PeerId>, error: &DialError) -> NodeError {
         other => other.to_string(),
     };
     NodeError::Unreachable { target, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// An error that wraps another, as yamux's decode error wraps the socket's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] io::Error);
+
+    #[test]
+    fn a_timed_out_socket_counts_as_stalled_however_deeply_wrapped() {
+        let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+        assert!(stalled(Some(&ConnectionError::IO(timed_out()))));
+        // What the lab showed: `Other(yamux Error(Decode(Io(TimedOut))))`.
+        let wrapped = io::Error::other(Wrapped(timed_out()));
+        assert!(stalled(Some(&ConnectionError::IO(wrapped))));
+    }
+
+    #[test]
+    fn other_endings_do_not_count_as_stalled() {
+        assert!(!stalled(None));
+        assert!(!stalled(Some(&ConnectionError::KeepAliveTimeout)));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!stalled(Some(&ConnectionError::IO(reset))));
+        let eof = io::Error::other(Wrapped(io::Error::from(io::ErrorKind::UnexpectedEof)));
+        assert!(!stalled(Some(&ConnectionError::IO(eof))));
+    }
 }

@@ -10,6 +10,7 @@ mod diagnostics;
 mod lookups;
 mod providers;
 mod punching;
+mod reconnect;
 mod relays;
 mod topics;
 
@@ -42,11 +43,12 @@ pub use providers::{MAX_PROVIDER_KEY, MAX_PROVIDERS};
 pub use topics::{TopicMessage, TopicMessageId, Validation};
 
 use addrs::is_concrete;
-use connections::{Conn, Keep, dial_error};
+use connections::{Conn, Keep, dial_error, stalled};
 use diagnostics::Observations;
 use lookups::PendingLookup;
 use providers::PendingProviders;
 use punching::PendingCircuits;
+use reconnect::Reconnects;
 use relays::Reservation;
 use topics::Joined;
 
@@ -109,6 +111,8 @@ pub struct EventLoop {
     reservations: HashMap<ListenerId, Reservation>,
     keep: HashMap<PeerId, Keep>,
     dialing: HashSet<PeerId>,
+    /// Peers whose dialled connection stalled, redialled until one is back.
+    reconnects: Reconnects,
     topics: HashMap<gossipsub::TopicHash, Joined>,
     punching: HolePunching,
     our_addrs: Candidates,
@@ -160,6 +164,7 @@ impl EventLoop {
             reservations: HashMap::new(),
             keep: HashMap::new(),
             dialing: HashSet::new(),
+            reconnects: Reconnects::default(),
             topics: HashMap::new(),
             punching,
             our_addrs,
@@ -188,6 +193,7 @@ impl EventLoop {
                 Some(dial) = self.punching.dials.recv() => self.punch_dial(dial),
                 _ = redial.tick() => {
                     self.redial();
+                    self.reconnect();
                     self.lookup_topics();
                 }
                 () = &mut shutdown => break,
@@ -263,12 +269,24 @@ impl EventLoop {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if let Some(list) = self.conns.get_mut(&peer_id) {
+                    let mut stalled_dial = None;
                     if let Some(c) = list.iter().find(|c| c.id == connection_id) {
                         self.metrics
                             .connection(c.path_label(), c.transport_label(), -1);
+                        if stalled(cause.as_ref()) {
+                            tracing::info!(peer = %peer_id, address = %c.address, outbound = c.outbound, "connection stalled");
+                            if c.outbound {
+                                stalled_dial = Some(c.address.clone());
+                            }
+                        }
                     }
                     list.retain(|c| c.id != connection_id);
                     if list.is_empty() {
+                        if let Some(addr) = stalled_dial {
+                            tracing::info!(peer = %peer_id, %addr, "redialling a stalled peer");
+                            self.reconnects
+                                .lost(peer_id, addr, std::time::Instant::now());
+                        }
                         self.conns.remove(&peer_id);
                         self.forget_circuits(peer_id);
                         if let Some(punch) = self.punches.remove(&peer_id) {
