@@ -12,7 +12,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use super::disk::{Disk, checkpoint_groups};
+use super::disk::{Checked, Disk, checkpoint_groups};
 use super::serve::open;
 use super::wire::{self, Request, Response, Secure, WireError};
 use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
@@ -42,12 +42,16 @@ enum Event {
     Verified {
         peer: PeerId,
         group: GroupRef,
-        data: Vec<u8>,
+        data: Checked,
     },
     /// A group that failed verification: the provider is to be dropped.
     Bad { peer: PeerId, group: GroupRef },
     /// The provider could not serve a group.
     Failed { peer: PeerId, group: GroupRef },
+    /// The provider is still fetching the content and has not got the group yet.
+    NotYet { peer: PeerId, group: GroupRef },
+    /// A provider found while the transfer runs (serve-while-fetching).
+    Found { peer: PeerId },
     /// The provider's stream failed; the worker ended.
     Gone { peer: PeerId, reason: String },
 }
@@ -178,12 +182,28 @@ async fn run(
     let mut disk = tokio::task::spawn_blocking(move || Disk::prepare(&target, &m, content))
         .await
         .map_err(|e| FilesError::Io(e.to_string()))??;
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let swarm = dht && inner.config.serve_while_fetching;
+    if swarm {
+        let (parts, finals) = disk.paths();
+        let partial = super::share::start_partial(inner, id, &manifest, parts, finals)?;
+        disk.serve(partial.clone());
+        let found = |peer| Event::Found { peer };
+        inner.spawn(super::share::swarm(
+            Arc::downgrade(inner),
+            content,
+            Some(partial),
+            ev_tx.clone(),
+            found,
+        ));
+    }
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
     let checkpoint_every = checkpoint_groups(groups_total);
     let window = window_for(inner.config.window, manifest.total_size(), groups_total);
     let config = PlanConfig::default()
         .with_window(window)
-        .with_endgame_after(inner.config.endgame_after);
+        .with_endgame_after(inner.config.endgame_after)
+        .with_start(if swarm { rand::random() } else { 0 });
     // The planner keeps the missing groups as runs, so a resumed transfer costs little
     // memory; they are never listed one by one.
     let mut plan = Planner::new(config, disk.state.missing());
@@ -205,21 +225,20 @@ async fn run(
             .map(|e| (e.size, e.root))
             .collect(),
     );
-    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
+    let start_worker = |p: PeerId| {
+        // A few batches queued at most; the planner's window bounds what they hold.
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
+        inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
+        Worker {
+            tx,
+            pending: Vec::new(),
+        }
+    };
     for p in providers {
         if plan.add_provider(p) {
-            // A few batches queued at most; the planner's window bounds what they hold.
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-            let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
-            inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
-            workers.insert(
-                p,
-                Worker {
-                    tx,
-                    pending: Vec::new(),
-                },
-            );
+            workers.insert(p, start_worker(p));
         }
     }
     let mut fetched = 0u64;
@@ -268,7 +287,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let mut writes: Vec<(PeerId, GroupRef, Vec<u8>)> = Vec::new();
+        let mut writes: Vec<(PeerId, GroupRef, Checked)> = Vec::new();
         for ev in events {
             match ev {
                 Event::Verified { peer, group, data } => writes.push((peer, group, data)),
@@ -280,6 +299,13 @@ async fn run(
                     dropped.insert(peer);
                 }
                 Event::Failed { peer, group } => plan.on_failed(&peer, group),
+                Event::NotYet { peer, group } => plan.on_missing(&peer, group, Instant::now()),
+                Event::Found { peer } => {
+                    if peer != me && !workers.contains_key(&peer) && plan.add_provider(peer) {
+                        tracing::debug!(%peer, "provider found while fetching");
+                        workers.insert(peer, start_worker(peer));
+                    }
+                }
                 Event::Gone { peer, reason } => {
                     tracing::info!(%peer, "provider left the transfer: {reason}");
                     last_failure = format!("{peer}: {reason}");
@@ -289,7 +315,7 @@ async fn run(
             }
         }
         // An endgame duplicate, or a group already on disk: only the planner hears of it.
-        let mut batch: Vec<(GroupRef, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<(GroupRef, Checked)> = Vec::new();
         let mut done: Vec<(PeerId, GroupRef)> = Vec::new();
         for (peer, group, data) in writes {
             if !disk.has(group) && !batch.iter().any(|(g, _)| *g == group) {
@@ -569,21 +595,36 @@ impl Pending {
                     return Err(WireError::Violation("group larger than a group".into()));
                 }
                 wire::recv_data(s, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
-                let ok = Proof::from_bytes(&proof.0)
-                    .and_then(|p| verify_group(&root, size, group, &self.data, &p))
-                    .is_ok();
-                let event = if ok {
-                    let data =
+                let proven = Proof::from_bytes(&proof.0)
+                    .and_then(|p| verify_group(&root, size, group, &self.data, &p));
+                let ok = proven.is_ok();
+                let event = if let Ok(proven) = proven {
+                    let bytes =
                         std::mem::replace(&mut self.data, Vec::with_capacity(GROUP_SIZE as usize));
                     Event::Verified {
                         peer,
                         group: g,
-                        data,
+                        data: Checked { bytes, proven },
                     }
                 } else {
                     Event::Bad { peer, group: g }
                 };
                 if events.send(event).await.is_err() || !ok {
+                    return Ok(false);
+                }
+                groups.pop_front();
+                if groups.is_empty() {
+                    self.requests.pop_front();
+                }
+                Ok(true)
+            }
+            Response::NotYet {
+                req: r,
+                file: got_file,
+                group: got,
+            } if r == req && got_file == file && got == group => {
+                // A provider still fetching: this group is asked elsewhere, it stays.
+                if events.send(Event::NotYet { peer, group: g }).await.is_err() {
                     return Ok(false);
                 }
                 groups.pop_front();
