@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -245,6 +245,7 @@ async fn run(
     let mut dropped: HashSet<PeerId> = HashSet::new();
     let mut last_failure = String::from("none");
     let mut last_checkpoint = Instant::now();
+    let mut alone_until: Option<Instant> = None;
     let outcome: Result<(), FilesError> = loop {
         if plan.is_done() {
             break Ok(());
@@ -264,16 +265,28 @@ async fn run(
                 }
             }
         }
-        if workers.is_empty() {
+        // Serving while fetching, the swarm task may find providers again (one that
+        // left, others that got groups since): wait a few of its rounds before giving up.
+        if !workers.is_empty() {
+            alone_until = None;
+        } else if alone_until.is_none() {
+            let wait = if swarm {
+                3 * inner.config.rediscover_every
+            } else {
+                Duration::ZERO
+            };
+            alone_until = Some(now + wait);
+        }
+        if alone_until.is_some_and(|t| t <= now) {
             break Err(FilesError::NoProvider(format!(
                 "no provider left with {} groups missing (last failure: {last_failure}); run the same command again to resume",
                 plan.remaining()
             )));
         }
-        let first = match plan.poll_timeout() {
+        let first = match plan.poll_timeout().into_iter().chain(alone_until).min() {
             Some(at) => match tokio::time::timeout_at(at.into(), ev_rx.recv()).await {
                 Ok(e) => e,
-                Err(_) => continue, // an endgame duplicate came due
+                Err(_) => continue, // an endgame duplicate came due, or the wait ended
             },
             None => ev_rx.recv().await,
         };
