@@ -170,10 +170,13 @@ fn run_mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRepor
         .map_err(|_| SwarmError::Thread("the simulation panicked".into()))?
 }
 
-/// Times a fetcher runs its `get` at most.
-pub const MAX_TRIES: u32 = 20;
-/// Pause before a failed `get` runs again (virtual time).
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Times a fetcher runs its `get` at most (within [`Settings::limit_secs`]).
+pub const MAX_TRIES: u32 = 100;
+/// Pause before a failed `get` runs again (virtual time). What fails one is mostly the
+/// seed's handshake gate refusing a burst of strangers (8 handshakes of strangers pending
+/// at once, a rate per peer), whose clock is the wall clock: a virtual second of pause is
+/// a few wall seconds here.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One `get`, until its transfer ends.
 async fn get_once(files: &FilesHandle, content: &str, to: &Path) -> Result<(), String> {
@@ -315,7 +318,7 @@ async fn mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRep
         ..FilesConfig::default()
     };
 
-    // The seed shares the file.
+    // The seed first; the fetchers join through it.
     let (seed, seed_addr) = start(
         0,
         root.path(),
@@ -326,17 +329,6 @@ async fn mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRep
         counters[0].clone(),
     )
     .await?;
-    let mut data = vec![0u8; usize::try_from(settings.size).unwrap_or(usize::MAX)];
-    StdRng::seed_from_u64(settings.seed).fill_bytes(&mut data);
-    let source = seed.dir.join("file.bin");
-    std::fs::write(&source, &data).map_err(io_err("cannot write the shared file"))?;
-    let shared = seed
-        .files
-        .share(vec![source])
-        .await
-        .map_err(|e| SwarmError::Share(e.to_string()))?;
-
-    // The fetchers join through the seed.
     let mut fetchers = Vec::with_capacity(settings.fetchers);
     for (i, counter) in counters.iter().enumerate().skip(1) {
         let (up, _) = start(
@@ -352,6 +344,19 @@ async fn mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRep
         connected(&up, i).await?;
         fetchers.push(up);
     }
+
+    // Then the seed shares the file: its provider record goes to the nodes closest to
+    // the content id, which the fetchers' lookups reach (shared before anyone joined,
+    // the record would stay with the seed alone until its next announcement).
+    let mut data = vec![0u8; usize::try_from(settings.size).unwrap_or(usize::MAX)];
+    StdRng::seed_from_u64(settings.seed).fill_bytes(&mut data);
+    let source = seed.dir.join("file.bin");
+    std::fs::write(&source, &data).map_err(io_err("cannot write the shared file"))?;
+    let shared = seed
+        .files
+        .share(vec![source])
+        .await
+        .map_err(|e| SwarmError::Share(e.to_string()))?;
 
     // Every fetcher gets the file at once; each completion is timed as its event comes.
     // A transfer that fails (a seed's gate refuses handshakes from a burst of strangers)

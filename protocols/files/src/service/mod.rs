@@ -10,6 +10,13 @@
 //! provider side and offers, `fetch` transfers, `disk` what a transfer writes,
 //! `accepted` accepted offers kept until done, `wire` the messages, `routes` the control
 //! routes.
+//!
+//! Serving while fetching ([`Config::serve_while_fetching`]): a `get` registers its
+//! content as a partial (`share`), the transfer's writes make each verified group
+//! servable with its proof (`disk`), `serve` answers the groups it has and `NotYet` for
+//! the rest, and the fetcher's planner keeps such a provider for other groups. Bounds:
+//! the same streams per peer and in all as any share, 32 partials kept, one provider
+//! lookup per transfer every `rediscover_every`.
 
 mod accepted;
 mod disk;
