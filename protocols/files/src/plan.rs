@@ -12,9 +12,24 @@
 //! verifies first wins and the planner names the other requests to cancel. So one slow
 //! or silently dead provider cannot hold back the last groups.
 //!
+//! Not yet: a provider that is itself still fetching the content answers "not yet" for a
+//! group it has not verified ([`Planner::on_missing`]). The group goes back to the queue
+//! for the others, the provider stays, and it is not asked for that group again for
+//! [`PlanConfig::not_yet_retry`]; meanwhile it is asked for other queued groups (the
+//! first [`SCAN_GROUPS`] of the queue are looked at).
+//!
+//! Order: groups are fetched in the order given, from [`PlanConfig::start`] on, wrapping
+//! around. Many fetchers of one content that each start at a random point hold different
+//! groups early, so they have something to give each other.
+//!
 //! Time comes in as `now`; [`Planner::poll_timeout`] says when to call again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Queued groups looked at, at most, for one that a provider has not said "not yet" to.
+pub const SCAN_GROUPS: u64 = 1024;
+/// "Not yet" answers remembered per provider at most (expired ones are forgotten first).
+pub const MAX_NOT_YET: usize = 4096;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -42,6 +57,11 @@ pub struct PlanConfig {
     pub max_providers: usize,
     /// Dropped providers remembered (refused if offered again), at most.
     pub max_dropped: usize,
+    /// How long a provider that answered "not yet" for a group is not asked for it again.
+    pub not_yet_retry: Duration,
+    /// Where in the missing groups to start (taken modulo their number): 0 fetches them in
+    /// the order given; a random value spreads many fetchers of one content apart.
+    pub start: u64,
 }
 
 impl Default for PlanConfig {
@@ -52,6 +72,8 @@ impl Default for PlanConfig {
             max_copies: 2,
             max_providers: 32,
             max_dropped: 256,
+            not_yet_retry: Duration::from_secs(1),
+            start: 0,
         }
     }
 }
@@ -72,6 +94,18 @@ impl PlanConfig {
     /// Sets [`max_copies`](Self::max_copies) (at least 1; 1 turns the endgame off).
     pub fn with_max_copies(mut self, copies: usize) -> Self {
         self.max_copies = copies.max(1);
+        self
+    }
+
+    /// Sets [`not_yet_retry`](Self::not_yet_retry).
+    pub fn with_not_yet_retry(mut self, retry: Duration) -> Self {
+        self.not_yet_retry = retry;
+        self
+    }
+
+    /// Sets [`start`](Self::start).
+    pub fn with_start(mut self, start: u64) -> Self {
+        self.start = start;
         self
     }
 
@@ -110,6 +144,14 @@ pub enum Answer<P> {
 struct ProviderState {
     outstanding: BTreeSet<GroupRef>,
     served: u64,
+    /// Groups it answered "not yet" for, and until when it is not asked for them again.
+    not_yet: HashMap<GroupRef, Instant>,
+}
+
+impl ProviderState {
+    fn lacks(&self, g: &GroupRef, now: Instant) -> bool {
+        self.not_yet.get(g).is_some_and(|until| *until > now)
+    }
 }
 
 /// Hands out missing groups to providers (see the [module docs](self)). Memory is the
@@ -138,6 +180,25 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
             match queue.back_mut() {
                 Some((file, range)) if *file == g.file && range.end == g.group => range.end += 1,
                 _ => queue.push_back((g.file, g.group..g.group + 1)),
+            }
+        }
+        // Start at `config.start`: the runs before that point go to the back.
+        if remaining > 0 {
+            let mut skip = config.start % remaining;
+            while skip > 0 {
+                let Some((file, range)) = queue.pop_front() else {
+                    break;
+                };
+                let len = range.end - range.start;
+                if len <= skip {
+                    skip -= len;
+                    queue.push_back((file, range));
+                } else {
+                    let cut = range.start + skip;
+                    queue.push_front((file, cut..range.end));
+                    queue.push_back((file, range.start..cut));
+                    skip = 0;
+                }
             }
         }
         Self {
@@ -210,6 +271,29 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
         }
     }
 
+    /// The provider does not have the group yet (it is still fetching it itself): the
+    /// group goes back to the queue unless asked elsewhere too, the provider stays, and
+    /// it is not asked for that group again for [`PlanConfig::not_yet_retry`].
+    pub fn on_missing(&mut self, provider: &P, group: GroupRef, now: Instant) {
+        let retry = self.config.not_yet_retry;
+        let Some(state) = self.providers.get_mut(provider) else {
+            return;
+        };
+        let asked = state.outstanding.remove(&group);
+        if state.not_yet.len() >= MAX_NOT_YET {
+            state.not_yet.retain(|_, until| *until > now);
+            if state.not_yet.len() >= MAX_NOT_YET {
+                // Still full of fresh answers: forgetting them only costs a round trip.
+                state.not_yet.clear();
+            }
+        }
+        state.not_yet.insert(group, now + retry);
+        if asked && self.forget_copy(group, provider) {
+            self.queue
+                .push_front((group.file, group.group..group.group + 1));
+        }
+    }
+
     /// The provider's group verified (and is written): it is done.
     pub fn on_verified(&mut self, provider: &P, group: GroupRef) -> Answer<P> {
         let asked = self
@@ -245,20 +329,35 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
     pub fn next_request(&mut self, now: Instant) -> Option<Request<P>> {
         let window = self.config.window;
         if !self.queue.is_empty() {
-            // The provider with the most room.
-            let provider = self
+            // The provider with the most room, and the first queued group it has not said
+            // "not yet" to; the next provider if it said so to all of those looked at.
+            let mut with_room: Vec<(&P, &ProviderState)> = self
                 .providers
                 .iter()
                 .filter(|(_, s)| s.outstanding.len() < window)
-                .min_by_key(|(_, s)| s.outstanding.len())
-                .map(|(p, _)| p.clone())?;
-            let group = self.pop_queue()?;
-            self.ask(&provider, group, now);
-            return Some(Request {
-                provider,
-                group,
-                duplicate: false,
+                .collect();
+            with_room.sort_by_key(|(_, s)| s.outstanding.len());
+            let found = with_room.into_iter().find_map(|(p, s)| {
+                find_queued(&self.queue, |g| !s.lacks(&g, now)).map(|at| (p.clone(), at))
             });
+            if let Some((provider, at)) = found {
+                let group = take_queued(&mut self.queue, at);
+                self.ask(&provider, group, now);
+                return Some(Request {
+                    provider,
+                    group,
+                    duplicate: false,
+                });
+            }
+            if self.providers.values().all(|s| s.not_yet.is_empty()) {
+                return None;
+            }
+            // Expired answers go now, so `poll_timeout` names only times still ahead.
+            for s in self.providers.values_mut() {
+                s.not_yet.retain(|_, until| *until > now);
+            }
+            // Every provider with room said "not yet" to the groups at the front: the
+            // endgame may still ask one of them for a group outstanding elsewhere.
         }
         let (provider, group) = self.endgame_candidate(now)?;
         self.ask(&provider, group, now);
@@ -272,20 +371,40 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
     /// When [`next_request`](Self::next_request) may next have something without any
     /// answer arriving first (an endgame duplicate coming due), if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.queue.is_empty() {
+        let window = self.config.window;
+        let lacking = self.providers.values().any(|s| !s.not_yet.is_empty());
+        if !self.queue.is_empty() && !lacking {
             return None; // only answers free a slot
         }
-        self.in_flight
+        // A provider with room that said "not yet" to queued groups may be asked again.
+        let not_yet = if self.queue.is_empty() {
+            None
+        } else {
+            self.providers
+                .values()
+                .filter(|s| s.outstanding.len() < window)
+                .flat_map(|s| s.not_yet.values())
+                .min()
+                .copied()
+        };
+        // An endgame duplicate coming due: past `endgame_after`, at a provider with room
+        // that was not asked for the group and has not said "not yet" to it lately.
+        let endgame = self
+            .in_flight
             .iter()
             .filter(|(_, copies)| copies.len() < self.config.max_copies)
-            .filter(|(_, copies)| {
-                self.providers.iter().any(|(p, s)| {
-                    s.outstanding.len() < self.config.window && copies.iter().all(|(c, _)| c != p)
-                })
+            .filter_map(|(g, copies)| {
+                let due = copies.iter().map(|(_, t)| *t).max()? + self.config.endgame_after;
+                self.providers
+                    .iter()
+                    .filter(|(p, s)| {
+                        s.outstanding.len() < window && copies.iter().all(|(c, _)| c != *p)
+                    })
+                    .map(|(_, s)| s.not_yet.get(g).map_or(due, |until| due.max(*until)))
+                    .min()
             })
-            .filter_map(|(_, copies)| copies.iter().map(|(_, t)| *t).max())
-            .min()
-            .map(|t| t + self.config.endgame_after)
+            .min();
+        not_yet.into_iter().chain(endgame).min()
     }
 
     /// Groups not verified yet (queued or outstanding).
@@ -308,19 +427,6 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
         self.providers
             .get(provider)
             .map_or(0, |s| s.outstanding.len())
-    }
-
-    fn pop_queue(&mut self) -> Option<GroupRef> {
-        let (file, range) = self.queue.front_mut()?;
-        let g = GroupRef {
-            file: *file,
-            group: range.start,
-        };
-        range.start += 1;
-        if range.is_empty() {
-            self.queue.pop_front();
-        }
-        Some(g)
     }
 
     fn ask(&mut self, provider: &P, group: GroupRef, now: Instant) {
@@ -371,7 +477,9 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
                 .providers
                 .iter()
                 .filter(|(p, s)| {
-                    s.outstanding.len() < self.config.window && copies.iter().all(|(c, _)| c != *p)
+                    s.outstanding.len() < self.config.window
+                        && copies.iter().all(|(c, _)| c != *p)
+                        && !s.lacks(group, now)
                 })
                 .min_by_key(|(_, s)| s.outstanding.len())
                 .map(|(p, _)| p.clone());
@@ -381,6 +489,44 @@ impl<P: Clone + Ord + std::fmt::Debug> Planner<P> {
         }
         best.map(|(_, g, p)| (p, g))
     }
+}
+
+/// Where in the queue (run, group) the first of the first [`SCAN_GROUPS`] queued groups
+/// that `ok` accepts is.
+fn find_queued(
+    queue: &VecDeque<(u32, Range<u64>)>,
+    mut ok: impl FnMut(GroupRef) -> bool,
+) -> Option<(usize, u64)> {
+    let mut budget = SCAN_GROUPS;
+    for (i, (file, range)) in queue.iter().enumerate() {
+        for group in range.clone() {
+            if budget == 0 {
+                return None;
+            }
+            budget -= 1;
+            if ok(GroupRef { file: *file, group }) {
+                return Some((i, group));
+            }
+        }
+    }
+    None
+}
+
+/// Takes the group at `at` (from [`find_queued`]) out of its run, splitting the run.
+fn take_queued(queue: &mut VecDeque<(u32, Range<u64>)>, (i, group): (usize, u64)) -> GroupRef {
+    let (file, range) = queue[i].clone();
+    if range.start == group {
+        queue[i].1.start += 1;
+    } else if range.end == group + 1 {
+        queue[i].1.end -= 1;
+    } else {
+        queue[i].1.end = group;
+        queue.insert(i + 1, (file, group + 1..range.end));
+    }
+    if queue[i].1.is_empty() {
+        queue.remove(i);
+    }
+    GroupRef { file, group }
 }
 
 #[cfg(test)]
@@ -633,5 +779,109 @@ mod tests {
                 (1, 0)
             ]
         );
+    }
+
+    #[test]
+    fn a_provider_that_answers_not_yet_stays_and_is_asked_for_other_groups() {
+        let t0 = Instant::now();
+        let config = PlanConfig::default()
+            .with_window(2)
+            .with_not_yet_retry(Duration::from_secs(1));
+        let mut plan = Planner::new(config, groups(8));
+        plan.add_provider("seed");
+        plan.add_provider("partial");
+        let asked = fill(&mut plan, t0);
+        assert_eq!(asked.len(), 4);
+        // The partial provider has none of what it was asked for yet.
+        let lacked: Vec<GroupRef> = asked
+            .iter()
+            .filter(|r| r.provider == "partial")
+            .map(|r| r.group)
+            .collect();
+        assert_eq!(lacked.len(), 2);
+        for g in &lacked {
+            plan.on_missing(&"partial", *g, t0);
+        }
+        assert_eq!(plan.outstanding(&"partial"), 0, "still in the transfer");
+        // It is asked for other groups, never for those it lacks; the seed has no room.
+        let again = fill(&mut plan, t0);
+        assert_eq!(again.len(), 2);
+        for r in &again {
+            assert_eq!(r.provider, "partial");
+            assert!(!lacked.contains(&r.group), "{r:?}");
+        }
+        // The lacked groups go to the seed as it frees its window.
+        for r in asked.iter().filter(|r| r.provider == "seed") {
+            assert!(matches!(
+                plan.on_verified(&"seed", r.group),
+                Answer::Done { .. }
+            ));
+        }
+        let to_seed = fill(&mut plan, t0);
+        let mut got: Vec<GroupRef> = to_seed.iter().map(|r| r.group).collect();
+        got.sort();
+        assert_eq!(got, lacked, "the lacked groups go first");
+        assert!(to_seed.iter().all(|r| r.provider == "seed"));
+        // It lacks these too now; with the seed's window full nothing is asked...
+        for r in again {
+            plan.on_missing(&"partial", r.group, t0);
+        }
+        let more = fill(&mut plan, t0);
+        assert!(more.iter().all(|r| r.provider == "partial"));
+        for r in more {
+            plan.on_missing(&"partial", r.group, t0);
+        }
+        assert!(
+            fill(&mut plan, t0).is_empty(),
+            "it lacks all that is queued"
+        );
+        // ... until the retry time, when it may be asked for them again.
+        let wake = plan.poll_timeout().expect("a retry is due at some point");
+        assert_eq!(wake, t0 + Duration::from_secs(1));
+        let later = fill(&mut plan, wake);
+        assert_eq!(later.len(), 2);
+        assert!(later.iter().all(|r| r.provider == "partial"));
+    }
+
+    #[test]
+    fn a_transfer_of_only_not_yet_providers_waits_instead_of_spinning() {
+        let t0 = Instant::now();
+        let mut plan = Planner::new(PlanConfig::default().with_window(4), groups(3));
+        plan.add_provider("partial");
+        let asked = fill(&mut plan, t0);
+        for r in &asked {
+            plan.on_missing(&"partial", r.group, t0);
+        }
+        assert!(fill(&mut plan, t0).is_empty());
+        let wake = plan.poll_timeout().unwrap();
+        assert!(wake > t0);
+        // At that time it is asked again, and then it has them.
+        let again = fill(&mut plan, wake);
+        assert_eq!(again.len(), 3);
+        for r in again {
+            assert!(matches!(
+                plan.on_verified(&"partial", r.group),
+                Answer::Done { .. }
+            ));
+        }
+        assert!(plan.is_done());
+    }
+
+    #[test]
+    fn the_start_point_rotates_the_order_and_keeps_every_group() {
+        let missing: Vec<GroupRef> = (0..4)
+            .chain(10..14)
+            .map(|group| GroupRef { file: 0, group })
+            .collect();
+        let mut plan = Planner::new(
+            PlanConfig::default().with_window(100).with_start(8 + 5),
+            missing.clone(),
+        );
+        plan.add_provider("a");
+        let order: Vec<u64> = fill(&mut plan, Instant::now())
+            .iter()
+            .map(|r| r.group.group)
+            .collect();
+        assert_eq!(order, vec![11, 12, 13, 0, 1, 2, 3, 10]);
     }
 }

@@ -7,6 +7,10 @@
 //! need the same latency, so before anything else the dialer and the listener tell each
 //! other their node index over the raw connection (four bytes each way, not delayed).
 //!
+//! A node may also have an [`Uplink`]: a rate its connections share, so bytes leave it one
+//! after another at that rate before their latency starts (a seed serving fifty peers
+//! serves each a fiftieth of its rate). Without one, a link is latency only.
+//!
 //! A thin wrapper around the muxer counts the Kademlia streams each node opens and accepts
 //! (by their protocol name in the first bytes of the stream) and reads the target of each
 //! FIND_NODE request a node sends, which is how the simulation counts the requests of each
@@ -95,6 +99,35 @@ impl NodeCounters {
     }
 }
 
+/// A node's upload rate, shared by all its connections: each write is sent once the
+/// bytes written before it (on any connection) are, at `bytes_per_sec`.
+#[derive(Debug)]
+pub struct Uplink {
+    bytes_per_sec: f64,
+    /// When the bytes written so far will have left.
+    free_at: Mutex<Option<Instant>>,
+}
+
+impl Uplink {
+    /// An uplink of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            free_at: Mutex::new(None),
+        }
+    }
+
+    /// When `n` bytes written now have left the node.
+    fn send(&self, n: usize) -> Instant {
+        let now = Instant::now();
+        let mut free = self.free_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = free.map_or(now, |f| f.max(now));
+        let done = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+        *free = Some(done);
+        done
+    }
+}
+
 /// Builds node `me`'s transport: memory, delayed per link, Noise, yamux, counted.
 pub(crate) fn transport_factory(
     me: usize,
@@ -102,8 +135,20 @@ pub(crate) fn transport_factory(
     counters: Arc<NodeCounters>,
     link_buffer: usize,
 ) -> TransportFactory {
+    transport_factory_with_uplink(me, latency, counters, link_buffer, None)
+}
+
+/// [`transport_factory`], with the node's writes paced by `uplink`.
+pub(crate) fn transport_factory_with_uplink(
+    me: usize,
+    latency: Arc<LatencyTable>,
+    counters: Arc<NodeCounters>,
+    link_buffer: usize,
+    uplink: Option<Arc<Uplink>>,
+) -> TransportFactory {
     Arc::new(move |key| {
         let latency = latency.clone();
+        let uplink = uplink.clone();
         let link_counters = counters.clone();
         let muxer_counters = counters.clone();
         Ok(MemoryTransport::default()
@@ -112,12 +157,10 @@ pub(crate) fn transport_factory(
                 if endpoint.is_dialer() {
                     link_counters.dialled.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok::<_, io::Error>(DelayedIo::new(
-                    conn,
-                    latency.between(me, peer),
-                    link_buffer,
-                    link_counters,
-                ))
+                let mut io =
+                    DelayedIo::new(conn, latency.between(me, peer), link_buffer, link_counters);
+                io.uplink = uplink;
+                Ok::<_, io::Error>(io)
             })
             // Lazy, as the node's real TCP transport negotiates (libp2p's builder).
             .upgrade(Version::V1Lazy)
@@ -174,6 +217,7 @@ pub(crate) struct DelayedIo<S> {
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     counters: Arc<NodeCounters>,
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl<S> DelayedIo<S> {
@@ -193,6 +237,7 @@ impl<S> DelayedIo<S> {
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
             counters,
+            uplink: None,
         }
     }
 }
@@ -248,7 +293,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DelayedIo<S> {
             return Poll::Pending;
         }
         let n = buf.len().min(room);
-        let due = Instant::now() + this.latency;
+        let sent = match &this.uplink {
+            Some(up) => up.send(n),
+            None => Instant::now(),
+        };
+        let due = sent + this.latency;
         // Writes made at the same instant travel together: fewer, larger chunks.
         match this.queue.back_mut() {
             Some((at, chunk)) if *at == due => chunk.extend_from_slice(&buf[..n]),

@@ -19,7 +19,8 @@
 //! delayed transport and the request counters), `runner` (starting nodes, running the
 //! phases), `gossip` (the message spread), [`report`] (statistics, JSON, HTML and SVG), and
 //! [`convergence`] (documents converging under churn: the sync core alone, no network
-//! stack).
+//! stack), and [`swarm`] (one seed and many fetchers of one file, with serve-while-
+//! fetching and without: the files service on real nodes).
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ pub mod link;
 pub mod plan;
 pub mod report;
 pub mod scenario;
+pub mod swarm;
 
 mod gossip;
 mod runner;

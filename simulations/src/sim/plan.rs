@@ -104,6 +104,17 @@ pub struct LatencyTable {
 }
 
 impl LatencyTable {
+    /// Latencies drawn uniformly between `min_ms` and `max_ms` per pair, fixed by `seed`.
+    pub fn uniform(seed: u64, min_ms: f64, max_ms: f64) -> Self {
+        Self {
+            model: LatencyModel::Uniform,
+            seed: splitmix64(seed ^ LATENCY),
+            min_ms,
+            max_ms,
+            points: Vec::new(),
+        }
+    }
+
     /// The largest latency a link can have.
     pub fn max(&self) -> Duration {
         Duration::from_secs_f64(self.max_ms / 1000.0)

@@ -6,15 +6,30 @@
 //! saved (write, fsync, rename), so the state never claims a group the disk does not hold,
 //! and a kill loses at most the groups since the last checkpoint. A file is renamed into
 //! place once whole, after the state saying so.
+//!
+//! Serving while fetching: a transfer given a [`Partial`] also writes each group's
+//! outboard entries (what its proof established) into the partial outboard, and only then
+//! marks the group there, so a group is served only once its bytes and proof are on disk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::FilesError;
+use super::share::Partial;
 use crate::resume::MAX_STATE_BYTES;
-use crate::{ContentId, GroupRef, Manifest, TransferState, group_count, group_range, safe_join};
+use crate::{
+    ContentId, GroupRef, Manifest, TransferState, VerifiedGroup, group_count, group_range,
+    outboard_size, safe_join,
+};
+
+/// A group's bytes that verified, and the outboard entries its proof established.
+pub(super) struct Checked {
+    pub(super) bytes: Vec<u8>,
+    pub(super) proven: VerifiedGroup,
+}
 
 /// Groups written since the last checkpoint at most (16 MiB) before the next one.
 const CHECKPOINT_GROUPS: usize = 256;
@@ -84,6 +99,10 @@ pub(super) struct Disk {
     open_count: usize,
     /// Directories made for `.part` files so far.
     made_dirs: HashSet<PathBuf>,
+    /// Serving while fetching: where written groups are made known, and each file's
+    /// partial outboard, opened at its first group.
+    serving: Option<Arc<Partial>>,
+    outboards: Vec<Option<File>>,
 }
 
 /// Files a transfer keeps open at most: a tree of small files has many written and not
@@ -124,6 +143,8 @@ impl Disk {
             verified_bytes: 0,
             open_count: 0,
             made_dirs: HashSet::new(),
+            serving: None,
+            outboards: Vec::new(),
         };
         let resumed = disk.load_state(&content)?;
         disk.verified_bytes = disk.state.verified_bytes();
@@ -212,6 +233,51 @@ impl Disk {
         Ok(true)
     }
 
+    /// Where each file is written while fetched, and where it goes once whole.
+    pub(super) fn paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        (self.parts.clone(), self.finals.clone())
+    }
+
+    /// Serves the groups written from now on through `partial`.
+    pub(super) fn serve(&mut self, partial: Arc<Partial>) {
+        self.outboards = self.sizes.iter().map(|_| None).collect();
+        self.serving = Some(partial);
+    }
+
+    /// Writes a group's outboard entries into its file's partial outboard.
+    fn write_outboard(&mut self, g: GroupRef, proven: &VerifiedGroup) -> Result<(), FilesError> {
+        let i = g.file as usize;
+        let size = self.sizes[i];
+        let (Some(partial), Some(slot)) = (&self.serving, self.outboards.get_mut(i)) else {
+            return Ok(());
+        };
+        if group_count(size) == 1 {
+            return Ok(()); // no outboard: the group is the whole file
+        }
+        let path = partial.outboard(g.file);
+        if slot.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            f.set_len(outboard_size(size)).map_err(|e| io(&path, e))?;
+            *slot = Some(f);
+        }
+        let Some(f) = slot.as_ref() else {
+            return Ok(());
+        };
+        for (offset, pair) in proven.outboard_entries() {
+            f.write_all_at(pair, offset)
+                .map_err(|e| write_err(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// File `i`'s `.part`, opened (or made, at its first group) and kept open.
     fn file(&mut self, i: usize) -> Result<&File, FilesError> {
         if self.open[i].is_none() {
@@ -275,19 +341,44 @@ impl Disk {
         self.unsynced.len()
     }
 
-    /// Writes verified groups at their offsets (not synced yet).
-    pub(super) fn write(&mut self, groups: &[(GroupRef, Vec<u8>)]) -> Result<(), FilesError> {
-        for (g, data) in groups {
-            let i = g.file as usize;
-            let range = group_range(self.sizes[i], g.group)
-                .ok_or_else(|| FilesError::Io("group out of range".into()))?;
-            let part = self.parts[i].clone();
-            self.file(i)?
-                .write_all_at(data, range.start)
-                .map_err(|e| write_err(&part, e))?;
-            if self.unsynced.insert(*g) {
-                self.unsynced_bytes += data.len() as u64;
-            }
+    /// Writes verified groups at their offsets (not synced yet), and when serving while
+    /// fetching, their outboard entries; then makes them servable.
+    pub(super) fn write(&mut self, groups: &[(GroupRef, Checked)]) -> Result<(), FilesError> {
+        let written = self.write_groups(groups);
+        if let Some(p) = &self.serving {
+            // Those before a failure are whole on disk, as their proofs are.
+            let n = match &written {
+                Ok(n) => *n,
+                Err((n, _)) => *n,
+            };
+            p.mark(groups.iter().take(n).map(|(g, _)| *g));
+        }
+        written.map(|_| ()).map_err(|(_, e)| e)
+    }
+
+    /// Writes groups in order; how many were written, or how many before the failure.
+    fn write_groups(
+        &mut self,
+        groups: &[(GroupRef, Checked)],
+    ) -> Result<usize, (usize, FilesError)> {
+        for (n, (g, checked)) in groups.iter().enumerate() {
+            self.write_one(*g, checked).map_err(|e| (n, e))?;
+        }
+        Ok(groups.len())
+    }
+
+    fn write_one(&mut self, g: GroupRef, checked: &Checked) -> Result<(), FilesError> {
+        self.write_outboard(g, &checked.proven)?;
+        let data = &checked.bytes;
+        let i = g.file as usize;
+        let range = group_range(self.sizes[i], g.group)
+            .ok_or_else(|| FilesError::Io("group out of range".into()))?;
+        let part = self.parts[i].clone();
+        self.file(i)?
+            .write_all_at(data, range.start)
+            .map_err(|e| write_err(&part, e))?;
+        if self.unsynced.insert(g) {
+            self.unsynced_bytes += data.len() as u64;
         }
         Ok(())
     }

@@ -7,12 +7,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use super::disk::{Disk, checkpoint_groups};
+use super::disk::{Checked, Disk, checkpoint_groups};
 use super::serve::open;
 use super::wire::{self, Request, Response, Secure, WireError};
 use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
@@ -42,12 +42,16 @@ enum Event {
     Verified {
         peer: PeerId,
         group: GroupRef,
-        data: Vec<u8>,
+        data: Checked,
     },
     /// A group that failed verification: the provider is to be dropped.
     Bad { peer: PeerId, group: GroupRef },
     /// The provider could not serve a group.
     Failed { peer: PeerId, group: GroupRef },
+    /// The provider is still fetching the content and has not got the group yet.
+    NotYet { peer: PeerId, group: GroupRef },
+    /// A provider found while the transfer runs (serve-while-fetching).
+    Found { peer: PeerId },
     /// The provider's stream failed; the worker ended.
     Gone { peer: PeerId, reason: String },
 }
@@ -184,12 +188,28 @@ async fn run(
         ms = started.elapsed().as_millis(),
         "manifest fetched, files prepared"
     );
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let swarm = dht && inner.config.serve_while_fetching;
+    if swarm {
+        let (parts, finals) = disk.paths();
+        let partial = super::share::start_partial(inner, id, &manifest, parts, finals)?;
+        disk.serve(partial.clone());
+        let found = |peer| Event::Found { peer };
+        inner.spawn(super::share::swarm(
+            Arc::downgrade(inner),
+            content,
+            Some(partial),
+            ev_tx.clone(),
+            found,
+        ));
+    }
     let groups_total: u64 = manifest.entries().iter().map(|e| group_count(e.size)).sum();
     let checkpoint_every = checkpoint_groups(groups_total);
     let window = window_for(inner.config.window, manifest.total_size(), groups_total);
     let config = PlanConfig::default()
         .with_window(window)
-        .with_endgame_after(inner.config.endgame_after);
+        .with_endgame_after(inner.config.endgame_after)
+        .with_start(if swarm { rand::random() } else { 0 });
     // The planner keeps the missing groups as runs, so a resumed transfer costs little
     // memory; they are never listed one by one.
     let mut plan = Planner::new(config, disk.state.missing());
@@ -211,27 +231,27 @@ async fn run(
             .map(|e| (e.size, e.root))
             .collect(),
     );
-    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
+    let start_worker = |p: PeerId| {
+        // A few batches queued at most; the planner's window bounds what they hold.
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
+        inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
+        Worker {
+            tx,
+            pending: Vec::new(),
+        }
+    };
     for p in providers {
         if plan.add_provider(p) {
-            // A few batches queued at most; the planner's window bounds what they hold.
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-            let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
-            inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
-            workers.insert(
-                p,
-                Worker {
-                    tx,
-                    pending: Vec::new(),
-                },
-            );
+            workers.insert(p, start_worker(p));
         }
     }
     let mut fetched = 0u64;
     let mut dropped: HashSet<PeerId> = HashSet::new();
     let mut last_failure = String::from("none");
     let mut last_checkpoint = Instant::now();
+    let mut alone_until: Option<Instant> = None;
     let outcome: Result<(), FilesError> = loop {
         if plan.is_done() {
             break Ok(());
@@ -251,16 +271,28 @@ async fn run(
                 }
             }
         }
-        if workers.is_empty() {
+        // Serving while fetching, the swarm task may find providers again (one that
+        // left, others that got groups since): wait a few of its rounds before giving up.
+        if !workers.is_empty() {
+            alone_until = None;
+        } else if alone_until.is_none() {
+            let wait = if swarm {
+                3 * inner.config.rediscover_every
+            } else {
+                Duration::ZERO
+            };
+            alone_until = Some(now + wait);
+        }
+        if alone_until.is_some_and(|t| t <= now) {
             break Err(FilesError::NoProvider(format!(
                 "no provider left with {} groups missing (last failure: {last_failure}); run the same command again to resume",
                 plan.remaining()
             )));
         }
-        let first = match plan.poll_timeout() {
+        let first = match plan.poll_timeout().into_iter().chain(alone_until).min() {
             Some(at) => match tokio::time::timeout_at(at.into(), ev_rx.recv()).await {
                 Ok(e) => e,
-                Err(_) => continue, // an endgame duplicate came due
+                Err(_) => continue, // an endgame duplicate came due, or the wait ended
             },
             None => ev_rx.recv().await,
         };
@@ -274,7 +306,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let mut writes: Vec<(PeerId, GroupRef, Vec<u8>)> = Vec::new();
+        let mut writes: Vec<(PeerId, GroupRef, Checked)> = Vec::new();
         for ev in events {
             match ev {
                 Event::Verified { peer, group, data } => writes.push((peer, group, data)),
@@ -286,6 +318,13 @@ async fn run(
                     dropped.insert(peer);
                 }
                 Event::Failed { peer, group } => plan.on_failed(&peer, group),
+                Event::NotYet { peer, group } => plan.on_missing(&peer, group, Instant::now()),
+                Event::Found { peer } => {
+                    if peer != me && !workers.contains_key(&peer) && plan.add_provider(peer) {
+                        tracing::debug!(%peer, "provider found while fetching");
+                        workers.insert(peer, start_worker(peer));
+                    }
+                }
                 Event::Gone { peer, reason } => {
                     tracing::info!(%peer, "provider left the transfer: {reason}");
                     last_failure = format!("{peer}: {reason}");
@@ -295,7 +334,7 @@ async fn run(
             }
         }
         // An endgame duplicate, or a group already on disk: only the planner hears of it.
-        let mut batch: Vec<(GroupRef, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<(GroupRef, Checked)> = Vec::new();
         let mut done: Vec<(PeerId, GroupRef)> = Vec::new();
         for (peer, group, data) in writes {
             if !disk.has(group) && !batch.iter().any(|(g, _)| *g == group) {
@@ -575,21 +614,36 @@ impl Pending {
                     return Err(WireError::Violation("group larger than a group".into()));
                 }
                 wire::recv_data(s, len as usize, &mut self.data, ANSWER_TIMEOUT).await?;
-                let ok = Proof::from_bytes(&proof.0)
-                    .and_then(|p| verify_group(&root, size, group, &self.data, &p))
-                    .is_ok();
-                let event = if ok {
-                    let data =
+                let proven = Proof::from_bytes(&proof.0)
+                    .and_then(|p| verify_group(&root, size, group, &self.data, &p));
+                let ok = proven.is_ok();
+                let event = if let Ok(proven) = proven {
+                    let bytes =
                         std::mem::replace(&mut self.data, Vec::with_capacity(GROUP_SIZE as usize));
                     Event::Verified {
                         peer,
                         group: g,
-                        data,
+                        data: Checked { bytes, proven },
                     }
                 } else {
                     Event::Bad { peer, group: g }
                 };
                 if events.send(event).await.is_err() || !ok {
+                    return Ok(false);
+                }
+                groups.pop_front();
+                if groups.is_empty() {
+                    self.requests.pop_front();
+                }
+                Ok(true)
+            }
+            Response::NotYet {
+                req: r,
+                file: got_file,
+                group: got,
+            } if r == req && got_file == file && got == group => {
+                // A provider still fetching: this group is asked elsewhere, it stays.
+                if events.send(Event::NotYet { peer, group: g }).await.is_err() {
                     return Ok(false);
                 }
                 groups.pop_front();

@@ -10,6 +10,13 @@
 //! provider side and offers, `fetch` transfers, `disk` what a transfer writes,
 //! `accepted` accepted offers kept until done, `wire` the messages, `routes` the control
 //! routes.
+//!
+//! Serving while fetching ([`Config::serve_while_fetching`]): a `get` registers its
+//! content as a partial (`share`), the transfer's writes make each verified group
+//! servable with its proof (`disk`), `serve` answers the groups it has and `NotYet` for
+//! the rest, and the fetcher's planner keeps such a provider for other groups. Bounds:
+//! the same streams per peer and in all as any share, 32 partials kept, one provider
+//! lookup per transfer every `rediscover_every`.
 
 mod accepted;
 mod disk;
@@ -21,7 +28,7 @@ mod share;
 mod tests;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +42,7 @@ use tokio::sync::Semaphore;
 
 use crate::ContentId;
 use crate::api::{FilesEvent, OfferInfo, ShareInfo, TransferInfo, TransferStatus};
-use share::Share;
+use share::{Partial, Share};
 
 /// Shares held at most (each keeps its manifest in memory). Below the 1024 keys
 /// Kademlia's record store provides at once, leaving room for chat's topics.
@@ -75,6 +82,14 @@ pub struct Config {
     /// How long a group is outstanding, with nothing else left to ask, before another
     /// provider is asked for it too (the endgame).
     pub endgame_after: Duration,
+    /// Serve what a `get` has verified while it is still fetching, announce this node as
+    /// a provider once it has a group, and look for providers again every
+    /// [`rediscover_every`](Self::rediscover_every) (the others fetching the same content
+    /// become providers as they go). Each `get` then starts at a random group, so that
+    /// its fetchers hold different groups early.
+    pub serve_while_fetching: bool,
+    /// How often a `get` serving while it fetches looks for providers again.
+    pub rediscover_every: Duration,
     /// Test hook: serve every group with one byte flipped (a lying provider).
     #[cfg(test)]
     pub(crate) corrupt: bool,
@@ -90,6 +105,8 @@ impl Default for Config {
             // 2 MiB in flight per provider: 1 Gbit/s at a 16 ms round trip.
             window: 32,
             endgame_after: Duration::from_millis(500),
+            serve_while_fetching: true,
+            rediscover_every: Duration::from_secs(5),
             #[cfg(test)]
             corrupt: false,
             #[cfg(test)]
@@ -213,6 +230,8 @@ pub(crate) struct Inner {
     outboards: PathBuf,
     config: Config,
     shares: Mutex<HashMap<ContentId, Arc<Share>>>,
+    /// Content being (or lately) fetched by a `get`, served while it is; oldest first.
+    partials: Mutex<VecDeque<(ContentId, Arc<Partial>)>>,
     transfers: Mutex<BTreeMap<u64, TransferInfo>>,
     offers: Mutex<BTreeMap<u64, Offer>>,
     streams_per_peer: Mutex<HashMap<PeerId, usize>>,
@@ -224,6 +243,9 @@ pub(crate) struct Inner {
     /// Groups this node asked providers for (tests count what a resume fetches).
     #[cfg(test)]
     requested_groups: AtomicU64,
+    /// Requests answered "not yet" (serve-while-fetching), for tests.
+    #[cfg(test)]
+    not_yet_sent: AtomicU64,
     tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -475,6 +497,9 @@ impl Protocol for Files {
         std::fs::create_dir_all(&outboards)
             .map_err(|e| err(FilesError::Io(format!("{}: {e}", outboards.display()))))?;
         let shares = share::load(ctx.database()).map_err(err)?;
+        // Partial outboards of a previous run prove nothing known to be on disk now.
+        let partial = share::partial_root(&outboards);
+        let _ = std::fs::remove_dir_all(&partial);
         let listener = ctx
             .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))
             .map_err(|e| err(e.into()))?;
@@ -484,6 +509,7 @@ impl Protocol for Files {
             outboards,
             config: self.config,
             shares: Mutex::new(shares),
+            partials: Mutex::new(VecDeque::new()),
             transfers: Mutex::new(BTreeMap::new()),
             offers: Mutex::new(BTreeMap::new()),
             streams_per_peer: Mutex::new(HashMap::new()),
@@ -494,6 +520,8 @@ impl Protocol for Files {
             events: Events::default(),
             #[cfg(test)]
             requested_groups: AtomicU64::new(0),
+            #[cfg(test)]
+            not_yet_sent: AtomicU64::new(0),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
         });
         let span = ctx.span().clone();

@@ -6,6 +6,12 @@
 //! unchanged): its content id is the capability, as with iroh's tickets. Content shared
 //! for an offer is served only to the peer it was offered to, and an offer is taken only
 //! from a peer holding the files permission.
+//!
+//! Serving while fetching: content a `get` is still fetching is served from its
+//! [`Partial`]: the groups verified so far (its `.part` files, proofs from its partial
+//! outboard), and [`Response::NotYet`] in place of each group asked for that it does not
+//! have yet; the request goes on. It costs what any share costs: the same streams, within
+//! the same bounds per peer and in all.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,7 +21,7 @@ use libp2p::{PeerId, StreamProtocol};
 use p2pnode_node::secure::{Accepted, SecureListener};
 use p2pnode_secure::TrustDecision;
 
-use super::share::Share;
+use super::share::{Partial, Share};
 use super::wire::{self, Blob, Refusal, Request, Response, Secure, WireError};
 use super::{
     ANSWER_TIMEOUT, FilesError, IDLE_TIMEOUT, Inner, MAX_GROUPS_PER_REQUEST, MAX_OFFERS,
@@ -87,11 +93,11 @@ async fn serve_stream(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), Wire
             Err(e) => return Err(e),
         };
         match request {
-            Request::Manifest { req, content } => match find_share(inner, &content, &peer) {
-                Some(share) => {
-                    let len = share.manifest.len() as u64;
+            Request::Manifest { req, content } => match find_source(inner, &content, &peer) {
+                Some(source) => {
+                    let len = source.manifest().len() as u64;
                     wire::send(&mut stream, &Response::Manifest { req, len }).await?;
-                    wire::send_data(&mut stream, &share.manifest).await?;
+                    wire::send_data(&mut stream, source.manifest()).await?;
                 }
                 None => {
                     let msg = refused(req, Refusal::NotFound, format!("{content} is not shared"));
@@ -133,6 +139,39 @@ fn find_share(inner: &Inner, content: &ContentId, peer: &PeerId) -> Option<Arc<S
     shares.get(content).filter(|s| s.serves(peer)).cloned()
 }
 
+/// What a content is served from: a share, or a `get` still fetching it.
+#[derive(Clone)]
+enum Source {
+    Full(Arc<Share>),
+    Partial(Arc<Partial>),
+}
+
+impl Source {
+    fn manifest(&self) -> &[u8] {
+        match self {
+            Source::Full(s) => &s.manifest,
+            Source::Partial(p) => &p.manifest,
+        }
+    }
+
+    fn entries(&self) -> &[(u64, ContentId)] {
+        match self {
+            Source::Full(s) => &s.entries,
+            Source::Partial(p) => &p.entries,
+        }
+    }
+}
+
+fn find_source(inner: &Inner, content: &ContentId, peer: &PeerId) -> Option<Source> {
+    if let Some(share) = find_share(inner, content, peer) {
+        return Some(Source::Full(share));
+    }
+    if !inner.config.serve_while_fetching {
+        return None;
+    }
+    super::share::find_partial(inner, content).map(Source::Partial)
+}
+
 /// Bytes read from disk in one blocking call and sent before one flush (8 whole groups,
 /// or many small files): fewer thread hand-offs and flushes per byte, for at most twice
 /// this held per served stream (the batch being sent and the next one being read).
@@ -155,6 +194,12 @@ struct Reader {
 /// One group read: its file, number, bytes and proof.
 type Read = (u32, u64, Vec<u8>, Vec<u8>);
 
+/// One group's answer: read, or not verified here yet (serving while fetching).
+enum Item {
+    Read(Read),
+    NotYet(u32, u64),
+}
+
 /// Serves one request; gives back the reader for the stream's next request, or `None`
 /// when the request was refused.
 async fn serve_groups(
@@ -169,7 +214,7 @@ async fn serve_groups(
         content,
         groups,
     } = asked;
-    let Some(share) = find_share(inner, &content, &peer) else {
+    let Some(share) = find_source(inner, &content, &peer) else {
         let msg = refused(req, Refusal::NotFound, format!("{content} is not shared"));
         return wire::send(stream, &msg).await.map(|()| None);
     };
@@ -203,28 +248,29 @@ async fn serve_groups(
     let mut reading = Some(read(reader, first));
     let mut kept = None;
     while let Some(handle) = reading.take() {
-        let (reader, batch) = match handle.await {
+        let (reader, (batch, failed)) = match handle.await {
             Ok(v) => v,
             Err(e) => {
                 let msg = refused(req, Refusal::Io, e.to_string());
                 return wire::send(stream, &msg).await.map(|()| None);
             }
         };
-        let batch = match batch {
-            Ok(b) => b,
-            Err((refusal, message)) => {
-                tracing::debug!(%peer, "cannot serve a group: {message}");
-                return wire::send(stream, &refused(req, refusal, message))
-                    .await
-                    .map(|()| None);
-            }
-        };
-        // The next batch is read while this one is sent.
-        match batches.next() {
-            Some(next) => reading = Some(read(reader, next)),
-            None => kept = Some(reader),
+        // The next batch is read while this one is sent; none after a failure.
+        match (&failed, batches.next()) {
+            (None, Some(next)) => reading = Some(read(reader, next)),
+            (None, None) => kept = Some(reader),
+            (Some(_), _) => {}
         }
-        for (file, group, mut data, proof) in batch {
+        for item in batch {
+            let (file, group, mut data, proof) = match item {
+                Item::Read(read) => read,
+                Item::NotYet(file, group) => {
+                    #[cfg(test)]
+                    inner.not_yet_sent.fetch_add(1, Ordering::Relaxed);
+                    wire::feed(stream, &Response::NotYet { req, file, group }).await?;
+                    continue;
+                }
+            };
             #[cfg(test)]
             if inner.config.corrupt
                 && let Some(b) = data.first_mut()
@@ -243,13 +289,20 @@ async fn serve_groups(
             data.clear();
             inner.served_groups.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some((refusal, message)) = failed {
+            // The groups before it were sent: the refusal covers the rest of the request.
+            tracing::debug!(%peer, "cannot serve a group: {message}");
+            return wire::send(stream, &refused(req, refusal, message))
+                .await
+                .map(|()| None);
+        }
         stream.flush().await?;
     }
     Ok(kept)
 }
 
 /// Splits the groups asked for into batches of about [`READ_BYTES`].
-fn read_batches(share: &Share, groups: Vec<(u32, u64)>) -> Vec<Vec<(u32, u64)>> {
+fn read_batches(share: &Source, groups: Vec<(u32, u64)>) -> Vec<Vec<(u32, u64)>> {
     let mut batches: Vec<Vec<(u32, u64)>> = Vec::new();
     let mut bytes = READ_BYTES;
     for (file, group) in groups {
@@ -259,7 +312,7 @@ fn read_batches(share: &Share, groups: Vec<(u32, u64)>) -> Vec<Vec<(u32, u64)>> 
         }
         // An unknown file or group is refused when read; here it just counts as nothing.
         let len = share
-            .entries
+            .entries()
             .get(file as usize)
             .and_then(|&(size, _)| group_range(size, group))
             .map_or(0, |r| r.end - r.start);
@@ -271,36 +324,68 @@ fn read_batches(share: &Share, groups: Vec<(u32, u64)>) -> Vec<Vec<(u32, u64)>> 
     batches
 }
 
-/// Reads a batch of groups (on a blocking thread), opening each file as it comes.
+/// Reads a batch of groups (on a blocking thread), opening each file as it comes: the
+/// groups read, and why the one after them could not be (the rest is not read).
 fn read_batch(
-    share: &Share,
+    share: &Source,
     outboards: &std::path::Path,
     reader: &mut Reader,
     batch: &[(u32, u64)],
-) -> Result<Vec<Read>, (Refusal, String)> {
+) -> (Vec<Item>, Option<(Refusal, String)>) {
     let mut out = Vec::with_capacity(batch.len());
     for &(file, group) in batch {
-        let &(size, root) = share
-            .entries
-            .get(file as usize)
-            .ok_or((Refusal::BadRequest, "no such file".into()))?;
-        if !matches!(&reader.file, Some((f, _)) if *f == file) {
-            // The previous file is closed before the next is opened.
-            reader.file = None;
-            let source = share
-                .sources
-                .get(file as usize)
-                .ok_or((Refusal::BadRequest, "no such file".into()))?;
-            let outboard = outboards.join(root.to_string());
-            reader.file = Some((file, open_files(source, &outboard, size)?));
+        if let Source::Partial(p) = share
+            && !p.has(crate::GroupRef { file, group })
+        {
+            out.push(Item::NotYet(file, group));
+            continue;
         }
-        let Some((_, opened)) = &reader.file else {
-            return Err((Refusal::Io, "no open file".into()));
-        };
-        let (data, proof) = read_group(opened, size, group)?;
-        out.push((file, group, data, proof));
+        match read_one(share, outboards, reader, file, group) {
+            Ok(read) => out.push(Item::Read(read)),
+            Err(e) => return (out, Some(e)),
+        }
     }
-    Ok(out)
+    (out, None)
+}
+
+fn read_one(
+    share: &Source,
+    outboards: &std::path::Path,
+    reader: &mut Reader,
+    file: u32,
+    group: u64,
+) -> Result<Read, (Refusal, String)> {
+    let &(size, root) = share
+        .entries()
+        .get(file as usize)
+        .ok_or((Refusal::BadRequest, "no such file".into()))?;
+    if !matches!(&reader.file, Some((f, _)) if *f == file) {
+        // The previous file is closed before the next is opened.
+        reader.file = None;
+        let no_file = || (Refusal::BadRequest, "no such file".to_string());
+        let opened = match share {
+            Source::Full(share) => {
+                let source = share.sources.get(file as usize).ok_or_else(no_file)?;
+                open_files(source, &outboards.join(root.to_string()), size)?
+            }
+            Source::Partial(p) => {
+                let part = p.parts.get(file as usize).ok_or_else(no_file)?;
+                let fin = p.finals.get(file as usize).ok_or_else(no_file)?;
+                // Renamed into place once whole: an open `.part` stays readable, a
+                // later open finds the file under its own name.
+                match open_files(part, &p.outboard(file), size) {
+                    Ok(o) => o,
+                    Err(_) => open_files(fin, &p.outboard(file), size)?,
+                }
+            }
+        };
+        reader.file = Some((file, opened));
+    }
+    let Some((_, opened)) = &reader.file else {
+        return Err((Refusal::Io, "no open file".into()));
+    };
+    let (data, proof) = read_group(opened, size, group)?;
+    Ok((file, group, data, proof))
 }
 
 /// A shared file and its outboard, open for reading at offsets.

@@ -385,3 +385,173 @@ impl Inner {
         id
     }
 }
+
+/// Content being fetched, served while it is (serve-while-fetching): the groups a `get`
+/// has verified, from its `.part` files (or the files once whole) with proofs from a
+/// partial outboard built from what each group's proof established. Groups not verified
+/// yet are refused as "not yet". Only `get`s are served so (their content id is public);
+/// an accepted offer's content is not passed on.
+#[derive(Debug)]
+pub(super) struct Partial {
+    /// The encoded manifest, served as is.
+    pub(super) manifest: Vec<u8>,
+    /// Each file's size and root, in manifest order.
+    pub(super) entries: Vec<(u64, ContentId)>,
+    /// Where each file is while fetched, and where it goes once whole.
+    pub(super) parts: Vec<PathBuf>,
+    pub(super) finals: Vec<PathBuf>,
+    /// `<data>/files/partial/<transfer>`: each file's partial outboard, by index.
+    dir: PathBuf,
+    /// The groups written and verified (in this run: resumed ones have no proof here).
+    have: std::sync::Mutex<crate::TransferState>,
+    /// Wakes the transfer's swarm task at the first group, to announce.
+    first: tokio::sync::Notify,
+    any: std::sync::atomic::AtomicBool,
+}
+
+/// Partials kept at most: those of running transfers and of the last finished ones,
+/// which go on serving what they fetched (oldest forgotten first).
+const MAX_PARTIALS: usize = 32;
+
+impl Partial {
+    /// File `file`'s partial outboard (only files of more than one group have one).
+    pub(super) fn outboard(&self, file: u32) -> PathBuf {
+        self.dir.join(file.to_string())
+    }
+
+    /// Whether group `g` was verified and written.
+    pub(super) fn has(&self, g: crate::GroupRef) -> bool {
+        self.have.lock().is_ok_and(|h| h.is_verified(g))
+    }
+
+    /// Marks groups written (their bytes and outboard entries are on disk).
+    pub(super) fn mark(&self, groups: impl IntoIterator<Item = crate::GroupRef>) {
+        let mut any = false;
+        if let Ok(mut h) = self.have.lock() {
+            for g in groups {
+                any |= h.mark_verified(g);
+            }
+        }
+        if any && !self.any.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.first.notify_one();
+        }
+    }
+
+    fn has_any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The partials' directory under the data directory; emptied at start (what a previous
+/// run left has no groups known to be verified in this one).
+pub(super) fn partial_root(outboards: &std::path::Path) -> PathBuf {
+    outboards.with_file_name("partial")
+}
+
+/// Registers transfer `transfer` of `content` (a `get`) to be served while it runs.
+pub(super) fn start_partial(
+    inner: &Inner,
+    transfer: u64,
+    manifest: &Manifest,
+    parts: Vec<PathBuf>,
+    finals: Vec<PathBuf>,
+) -> Result<Arc<Partial>, FilesError> {
+    let dir = partial_root(&inner.outboards).join(transfer.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let partial = Arc::new(Partial {
+        manifest: manifest.encode(),
+        entries: manifest
+            .entries()
+            .iter()
+            .map(|e| (e.size, e.root))
+            .collect(),
+        parts,
+        finals,
+        dir,
+        have: std::sync::Mutex::new(crate::TransferState::for_manifest(manifest)),
+        first: tokio::sync::Notify::new(),
+        any: std::sync::atomic::AtomicBool::new(false),
+    });
+    if let Ok(mut all) = inner.partials.lock() {
+        all.retain(|(id, _)| *id != manifest.id());
+        if all.len() >= MAX_PARTIALS {
+            all.pop_front();
+        }
+        all.push_back((manifest.id(), partial.clone()));
+    }
+    Ok(partial)
+}
+
+/// The partial serving `content`, if any.
+pub(super) fn find_partial(inner: &Inner, content: &ContentId) -> Option<Arc<Partial>> {
+    let all = inner.partials.lock().ok()?;
+    all.iter()
+        .rev()
+        .find(|(id, _)| id == content)
+        .map(|(_, p)| p.clone())
+}
+
+/// A `get`'s swarm task, while its transfer runs (until `found` closes): announces this
+/// node as a provider once it has a group, and looks for providers again every
+/// `rediscover_every` (others fetching the same content become providers as they go),
+/// handing each to the transfer through `found`.
+pub(super) async fn swarm<T>(
+    inner: Weak<Inner>,
+    content: ContentId,
+    partial: Option<Arc<Partial>>,
+    found: tokio::sync::mpsc::Sender<T>,
+    wrap: fn(PeerId) -> T,
+) {
+    let Some(every) = inner.upgrade().map(|i| i.config.rediscover_every) else {
+        return;
+    };
+    let mut announced = partial.is_none();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the transfer just looked
+    loop {
+        let first = async {
+            match &partial {
+                Some(p) if !announced => p.first.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let lookup = tokio::select! {
+            _ = found.closed() => return,
+            _ = first => false,
+            _ = tick.tick() => true,
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if !announced && partial.as_ref().is_some_and(|p| p.has_any()) {
+            announced = true;
+            match inner.client.provide(content.as_bytes().to_vec()).await {
+                Ok(()) => tracing::debug!(%content, "announced as a provider while fetching"),
+                Err(e) => tracing::debug!(%content, "cannot announce yet: {e}"),
+            }
+        }
+        if lookup {
+            match inner
+                .client
+                .find_providers(content.as_bytes().to_vec())
+                .await
+            {
+                Ok(peers) => {
+                    for peer in peers {
+                        if found.send(wrap(peer)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(%content, "provider lookup failed: {e}"),
+            }
+        }
+    }
+}

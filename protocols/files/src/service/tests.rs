@@ -486,3 +486,89 @@ async fn an_accepted_offer_interrupted_resumes_by_itself_when_the_receiver_resta
         .unwrap();
     assert_eq!(rows, 0);
 }
+
+/// A seed sharing 4 MiB (64 groups), and a node `b` that fetched part of it from the
+/// seed and stopped (its transfer ends as if killed; what it verified stays served).
+/// Returns the swarm, `b`, its directory and how many groups it verified.
+async fn seed_and_a_partial_peer(b_config: Config) -> (Swarm, Node, tempfile::TempDir, u64) {
+    let s = providers_of_one_file(vec![Config::default()], 4 * MIB).await;
+    let seed = s.providers[0].client().peer_id();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        stop_after_groups: Some(24),
+        ..b_config
+    };
+    let b = start(dir.path(), vec![addr_of(&s.boot).await], config).await;
+    let to = dir.path().join("out");
+    let t = files(&b)
+        .get(&s.content, to.clone(), vec![seed])
+        .await
+        .unwrap();
+    let t = finished(&files(&b), t.id).await;
+    assert_eq!(t.status, TransferStatus::Failed, "stopped by the hook");
+    assert!(
+        t.groups_fetched >= 24 && t.groups_fetched < t.groups_total,
+        "{t:?}"
+    );
+    assert!(to.join("big.bin.part").exists());
+    (s, b, dir, t.groups_fetched)
+}
+
+#[tokio::test]
+async fn a_fetcher_gets_only_verified_groups_from_a_peer_still_fetching_and_keeps_it() {
+    let (s, b, _bdir, b_groups) = seed_and_a_partial_peer(Config::default()).await;
+    let (seed, partial) = (s.providers[0].client().peer_id(), b.client().peer_id());
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), vec![addr_of(&s.boot).await], Config::default()).await;
+    let to = dir.path().join("out");
+    let t = files(&c)
+        .get(&s.content, to.clone(), vec![partial, seed])
+        .await
+        .unwrap();
+    let t = finished(&files(&c), t.id).await;
+    assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
+    assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), s.data);
+    // The partial peer served groups it had verified (a group it had not would have
+    // failed verification and dropped it), said "not yet" for others, and stayed.
+    let from_b = t
+        .providers
+        .iter()
+        .find(|p| p.peer_id == partial.to_string())
+        .expect("the partial peer is listed");
+    assert!(!from_b.dropped, "{t:?}");
+    assert!(from_b.groups > 0 && from_b.groups <= b_groups, "{t:?}");
+    assert!(files(&b).inner.not_yet_sent.load(Ordering::Relaxed) > 0);
+    // The rest came from the seed.
+    let from_seed = t
+        .providers
+        .iter()
+        .find(|p| p.peer_id == seed.to_string())
+        .expect("the seed is listed");
+    assert_eq!(from_b.groups + from_seed.groups, t.groups_total, "{t:?}");
+}
+
+#[tokio::test]
+async fn a_partial_peer_serving_a_bad_group_is_dropped_and_the_file_still_arrives() {
+    let liar = Config {
+        corrupt: true,
+        ..Config::default()
+    };
+    let (s, b, _bdir, _) = seed_and_a_partial_peer(liar).await;
+    let (seed, partial) = (s.providers[0].client().peer_id(), b.client().peer_id());
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), vec![addr_of(&s.boot).await], Config::default()).await;
+    let to = dir.path().join("out");
+    let t = files(&c)
+        .get(&s.content, to.clone(), vec![partial, seed])
+        .await
+        .unwrap();
+    let t = finished(&files(&c), t.id).await;
+    assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
+    assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), s.data);
+    let from_b = t
+        .providers
+        .iter()
+        .find(|p| p.peer_id == partial.to_string())
+        .expect("the partial peer is listed");
+    assert!(from_b.dropped, "{t:?}");
+}

@@ -67,6 +67,10 @@ pub(super) enum Response {
     },
     /// The offer is in the peer's inbox.
     OfferTaken { req: u64 },
+    /// In place of a [`Response::Group`]: a provider still fetching the content has not
+    /// verified this group yet. The request goes on with the next group; ask another
+    /// provider for this one, and keep this provider for the others.
+    NotYet { req: u64, file: u32, group: u64 },
     /// The request was refused; nothing (more) follows for it.
     Refused {
         req: u64,
