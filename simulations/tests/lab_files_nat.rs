@@ -1,7 +1,9 @@
 //! A file across the NAT lab: A and B behind two NAT routers know only the relay. B
 //! fetches what A shares by content id and A's peer id: behind two cone NATs once hole
-//! punching made the connection direct, behind two symmetric NATs over the relay (within
-//! its circuit limit). Either way the file must arrive byte-identical.
+//! punching made the connection direct, behind two symmetric NATs over the relay, whose
+//! circuits here carry 4 MiB each: the 8 MiB file crosses several, each ending at the
+//! relay's limit and a new stream taking over. Either way the file must arrive
+//! byte-identical, and the relayed transfer says it went over a relay.
 //!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 //! Each test prints its outcome as one JSON line on stdout.
@@ -15,15 +17,20 @@ use std::time::Duration;
 use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
-use p2pnode_sim::lab::scenarios;
+use p2pnode_sim::lab::scenarios::{self, CircuitLimits};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
 /// Longer than DCUtR's attempts, so a relayed outcome is settled by its "giving up" line.
 const DCUTR_WINDOW: Duration = Duration::from_secs(45);
-/// The file: well under the relay's default 64 MiB per circuit.
+/// The file.
 const SIZE: usize = 8 << 20;
+/// The relay's limits on each circuit in the relayed test: half the file.
+const CIRCUIT: CircuitLimits = CircuitLimits {
+    secs: 600,
+    bytes: 4 << 20,
+};
 const GET_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Serialize)]
@@ -33,6 +40,8 @@ struct NatOutcome {
     bytes: usize,
     seconds: f64,
     mib_per_s: f64,
+    /// Times the provider's stream was opened again (a new relay circuit).
+    reopened: u64,
 }
 
 async fn transfer(nat: NatKind, expected: PathKind) {
@@ -41,6 +50,7 @@ async fn transfer(nat: NatKind, expected: PathKind) {
     let _machine = MACHINE.read().await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
+        relay_circuit: (expected == PathKind::Relayed).then_some(CIRCUIT),
         ..config()
     };
     let (_lab, a, b) = nat_pair(nat, expected, &cfg).await;
@@ -86,12 +96,22 @@ async fn transfer(nat: NatKind, expected: PathKind) {
         );
         // The connection B holds to A afterwards is still of the kind asked for.
         let peer = b.peer(a.peer_id()).await.unwrap().unwrap();
+        let transfers: Value = b.client_json(&["transfers"]).await.unwrap();
+        let t = transfers
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["content_id"] == id))
+            .unwrap_or_else(|| panic!("no transfer of {id}: {transfers}"));
+        let provider = &t["providers"][0];
+        let reopened = provider["reopened"].as_u64().unwrap_or(0);
         if expected == PathKind::Relayed {
             assert!(
                 peer.connections.iter().all(|c| c.path == PathKind::Relayed),
                 "a direct connection appeared behind symmetric NATs: {:?}",
                 peer.connections
             );
+            assert_eq!(provider["relayed"], true, "the transfer says relayed: {t}");
+            // 8 MiB and more over circuits of 4 MiB: at least one new stream.
+            assert!(reopened >= 1, "the file crossed one circuit only: {t}");
         }
         report(&NatOutcome {
             nat: nat.to_string(),
@@ -99,6 +119,7 @@ async fn transfer(nat: NatKind, expected: PathKind) {
             bytes: SIZE,
             seconds: took.as_secs_f64(),
             mib_per_s: SIZE as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+            reopened,
         });
     }
 }

@@ -137,16 +137,32 @@ fn progress_line(t: &TransferInfo, rate: Option<f64>) -> String {
     } else {
         t.bytes_done as f64 * 100.0 / t.size as f64
     };
-    let serving = t.providers.iter().filter(|p| !p.dropped).count();
     let rate = rate.map_or_else(String::new, |r| format!(", {}/s", size(r as u64)));
     format!(
-        "transfer {}: {} of {} ({pct:.0} %{rate}), {}/{} groups, {serving} provider(s)",
+        "transfer {}: {} of {} ({pct:.0} %{rate}), {}/{} groups, {}",
         t.id,
         size(t.bytes_done),
         size(t.size),
         t.groups_resumed + t.groups_fetched,
         t.groups_total,
+        providers(t),
     )
+}
+
+/// "2 provider(s)", and how many of them over a relay and on how many new streams: a
+/// relayed transfer says so, and that it went on across the relay's circuit limits.
+fn providers(t: &TransferInfo) -> String {
+    let serving: Vec<_> = t.providers.iter().filter(|p| !p.dropped).collect();
+    let mut s = format!("{} provider(s)", serving.len());
+    let relayed = serving.iter().filter(|p| p.relayed).count();
+    if relayed > 0 {
+        s.push_str(&format!(", {relayed} over a relay"));
+    }
+    let reopened: u32 = serving.iter().map(|p| p.reopened).sum();
+    if reopened > 0 {
+        s.push_str(&format!(", {reopened} stream(s) reopened"));
+    }
+    s
 }
 
 /// The progress bar's layout.
@@ -192,8 +208,7 @@ impl Progress {
                     bar.set_length(t.size);
                     bar.set_position(t.bytes_done);
                 }
-                let serving = t.providers.iter().filter(|p| !p.dropped).count();
-                bar.set_message(format!("{} file(s), {serving} provider(s)", t.files));
+                bar.set_message(format!("{} file(s), {}", t.files, providers(t)));
             }
             Self::Lines { last_line, first } => {
                 if t.size > 0 && first.is_none() {
@@ -348,7 +363,18 @@ pub(crate) async fn transfers(control: &ControlClient, json: bool) -> Result<()>
             };
             println!("{status:<8} {}  -> {}", t.content_id, t.target);
             if !t.providers.is_empty() {
-                let from: Vec<&str> = t.providers.iter().map(|p| book.short(&p.peer_id)).collect();
+                let from: Vec<String> = t
+                    .providers
+                    .iter()
+                    .map(|p| {
+                        let name = book.short(&p.peer_id);
+                        if p.relayed {
+                            format!("{name} (over a relay)")
+                        } else {
+                            name.to_string()
+                        }
+                    })
+                    .collect();
                 println!("         from {}", from.join(", "));
             }
             println!("         {}", progress_line(t, None));

@@ -107,6 +107,12 @@ pub struct ProviderInfo {
     pub groups: u64,
     /// Whether it was dropped (a group failed verification).
     pub dropped: bool,
+    /// Whether it is reached over a relay (whose circuits end at the relay's limits).
+    #[serde(default)]
+    pub relayed: bool,
+    /// Times its stream ended and another was opened (a new relay circuit, say).
+    #[serde(default)]
+    pub reopened: u32,
 }
 
 /// A transfer (a `get`, or an accepted offer).

@@ -27,12 +27,18 @@ use crate::{
 const EVENT_QUEUE: usize = 128;
 /// Events handled (and groups written) in one batch at most.
 const MAX_BATCH: usize = 128;
+/// How often a transfer asks the node which providers are reached over a relay.
+const PATHS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Least time between two checkpoints (syncs and state saves) while groups come in.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Batches queued for one worker at most.
 const WORKER_QUEUE: usize = 4;
 /// Groups outstanding per provider at most, however small they are.
 const MAX_WINDOW: usize = 1024;
+/// Times one provider's stream is opened again in a transfer, at most. A relay circuit
+/// ends at its limits (time, bytes); a new stream opens a new circuit, so a large file
+/// crosses many of them. A stream is opened again only after the last one served a group.
+const MAX_REOPENS: u32 = 64;
 /// Providers asked for the manifest before giving up.
 const MANIFEST_TRIES: usize = 8;
 
@@ -54,6 +60,8 @@ enum Event {
     Found { peer: PeerId },
     /// The provider's stream failed; the worker ended.
     Gone { peer: PeerId, reason: String },
+    /// A provider whose stream had failed is reachable again, on this new stream.
+    Back { peer: PeerId, stream: Box<Secure> },
 }
 
 /// Why a transfer runs.
@@ -232,11 +240,11 @@ async fn run(
             .collect(),
     );
     let mut workers: HashMap<PeerId, Worker> = HashMap::new();
-    let start_worker = |p: PeerId| {
+    let spawn = |peer: PeerId, stream: Option<Secure>| {
         // A few batches queued at most; the planner's window bounds what they hold.
         let (tx, rx) = mpsc::channel(WORKER_QUEUE);
         let (inner2, entries, ev_tx) = (inner.clone(), entries.clone(), ev_tx.clone());
-        inner.spawn(worker(inner2, p, content, entries, rx, ev_tx));
+        inner.spawn(worker(inner2, peer, content, entries, rx, ev_tx, stream));
         Worker {
             tx,
             pending: Vec::new(),
@@ -244,11 +252,17 @@ async fn run(
     };
     for p in providers {
         if plan.add_provider(p) {
-            workers.insert(p, start_worker(p));
+            workers.insert(p, spawn(p, None));
         }
     }
     let mut fetched = 0u64;
     let mut dropped: HashSet<PeerId> = HashSet::new();
+    // Per provider: groups served on earlier streams, streams opened again, and whether
+    // its connection was last seen relayed.
+    let mut served_before: HashMap<PeerId, u64> = HashMap::new();
+    let mut reopens: HashMap<PeerId, u32> = HashMap::new();
+    let mut relayed: HashSet<PeerId> = HashSet::new();
+    let mut paths_seen: Option<Instant> = None;
     let mut last_failure = String::from("none");
     let mut last_checkpoint = Instant::now();
     let mut alone_until: Option<Instant> = None;
@@ -322,14 +336,45 @@ async fn run(
                 Event::Found { peer } => {
                     if peer != me && !workers.contains_key(&peer) && plan.add_provider(peer) {
                         tracing::debug!(%peer, "provider found while fetching");
-                        workers.insert(peer, start_worker(peer));
+                        workers.insert(peer, spawn(peer, None));
                     }
                 }
                 Event::Gone { peer, reason } => {
-                    tracing::info!(%peer, "provider left the transfer: {reason}");
-                    last_failure = format!("{peer}: {reason}");
+                    let served = plan
+                        .served()
+                        .find(|(p, _)| **p == peer)
+                        .map_or(0, |(_, n)| n);
+                    let n = reopens.entry(peer).or_default();
+                    // Its groups go back to the others now; it rejoins once a new stream
+                    // is open. One that served nothing on its last stream is let go.
+                    let reopen = served > 0 && *n < MAX_REOPENS;
+                    let over = if relayed.contains(&peer) {
+                        " (over a relay, whose circuits end at its limits)"
+                    } else {
+                        ""
+                    };
+                    if reopen {
+                        *n += 1;
+                        tracing::info!(%peer, "provider's stream ended{over}: {reason}; opening another");
+                        let (inner2, ev_tx) = (inner.clone(), ev_tx.clone());
+                        inner.spawn(async move {
+                            if let Ok(stream) = open(&inner2, peer).await {
+                                let stream = Box::new(stream);
+                                let _ = ev_tx.send(Event::Back { peer, stream }).await;
+                            }
+                        });
+                    } else {
+                        tracing::info!(%peer, "provider left the transfer{over}: {reason}");
+                    }
+                    last_failure = format!("{peer}{over}: {reason}");
+                    *served_before.entry(peer).or_default() += served;
                     plan.remove_provider(&peer);
                     workers.remove(&peer);
+                }
+                Event::Back { peer, stream } => {
+                    if !dropped.contains(&peer) && plan.add_provider(peer) {
+                        workers.insert(peer, spawn(peer, Some(*stream)));
+                    }
                 }
             }
         }
@@ -376,18 +421,28 @@ async fn run(
             // are at most a window per provider, and their answers are discarded above.
             let _: Answer<PeerId> = plan.on_verified(&peer, group);
         }
+        // Which providers are reached over a relay, asked of the node once a second.
+        if paths_seen.is_none_or(|t| t.elapsed() >= PATHS_EVERY) {
+            paths_seen = Some(Instant::now());
+            if let Ok(peers) = inner.client.peers().await {
+                relayed = peers
+                    .iter()
+                    .filter(|p| p.path == p2pnode_node::api::Path::Relayed)
+                    .filter_map(|p| p.peer_id.parse().ok())
+                    .collect();
+            }
+        }
+        let info = |p: &PeerId, groups: u64, dropped: bool| ProviderInfo {
+            peer_id: p.to_string(),
+            groups: groups + served_before.get(p).copied().unwrap_or(0),
+            dropped,
+            relayed: relayed.contains(p),
+            reopened: reopens.get(p).copied().unwrap_or(0),
+        };
         let providers: Vec<ProviderInfo> = plan
             .served()
-            .map(|(p, n)| ProviderInfo {
-                peer_id: p.to_string(),
-                groups: n,
-                dropped: false,
-            })
-            .chain(dropped.iter().map(|p| ProviderInfo {
-                peer_id: p.to_string(),
-                groups: 0,
-                dropped: true,
-            }))
+            .map(|(p, n)| info(p, n, false))
+            .chain(dropped.iter().map(|p| info(p, 0, true)))
             .collect();
         let bytes_done = disk.bytes_done();
         inner.update_transfer(id, |t| {
@@ -493,7 +548,7 @@ async fn manifest_from(
     Ok(bytes)
 }
 
-/// One provider's worker: opens its stream at the first batch, then keeps its requests
+/// One provider's worker: opens its stream at the first batch (unless given one), then keeps its requests
 /// pipelined: between reading two groups it sends the requests of any batch that arrived
 /// meanwhile, so the provider always has the next groups queued (the planner's window
 /// bounds how many) and the link does not idle a round trip per batch.
@@ -504,11 +559,16 @@ async fn worker(
     entries: Arc<Vec<(u64, ContentId)>>,
     mut batches: mpsc::Receiver<Vec<GroupRef>>,
     events: mpsc::Sender<Event>,
+    stream: Option<Secure>,
 ) {
     let Some(first) = batches.recv().await else {
         return;
     };
-    let mut s = match open(&inner, peer).await {
+    let opened = match stream {
+        Some(s) => Ok(s),
+        None => open(&inner, peer).await,
+    };
+    let mut s = match opened {
         Ok(s) => s,
         Err(e) => {
             let reason = e.to_string();
