@@ -60,8 +60,11 @@ enum Event {
     Found { peer: PeerId },
     /// The provider's stream failed; the worker ended.
     Gone { peer: PeerId, reason: String },
-    /// A provider whose stream had failed is reachable again, on this new stream.
-    Back { peer: PeerId, stream: Box<Secure> },
+    /// A new stream to a provider whose stream had ended, or why there is none.
+    Back {
+        peer: PeerId,
+        stream: Result<Box<Secure>, String>,
+    },
 }
 
 /// Why a transfer runs.
@@ -262,6 +265,9 @@ async fn run(
     let mut served_before: HashMap<PeerId, u64> = HashMap::new();
     let mut reopens: HashMap<PeerId, u32> = HashMap::new();
     let mut relayed: HashSet<PeerId> = HashSet::new();
+    // Providers whose new stream is being opened: the transfer waits for them before it
+    // says no provider is left.
+    let mut reopening: HashSet<PeerId> = HashSet::new();
     let mut paths_seen: Option<Instant> = None;
     let mut last_failure = String::from("none");
     let mut last_checkpoint = Instant::now();
@@ -287,7 +293,7 @@ async fn run(
         }
         // Serving while fetching, the swarm task may find providers again (one that
         // left, others that got groups since): wait a few of its rounds before giving up.
-        if !workers.is_empty() {
+        if !workers.is_empty() || !reopening.is_empty() {
             alone_until = None;
         } else if alone_until.is_none() {
             let wait = if swarm {
@@ -357,11 +363,13 @@ async fn run(
                         *n += 1;
                         tracing::info!(%peer, "provider's stream ended{over}: {reason}; opening another");
                         let (inner2, ev_tx) = (inner.clone(), ev_tx.clone());
+                        reopening.insert(peer);
                         inner.spawn(async move {
-                            if let Ok(stream) = open(&inner2, peer).await {
-                                let stream = Box::new(stream);
-                                let _ = ev_tx.send(Event::Back { peer, stream }).await;
-                            }
+                            let stream = open(&inner2, peer)
+                                .await
+                                .map(Box::new)
+                                .map_err(|e| e.to_string());
+                            let _ = ev_tx.send(Event::Back { peer, stream }).await;
                         });
                     } else {
                         tracing::info!(%peer, "provider left the transfer{over}: {reason}");
@@ -372,8 +380,20 @@ async fn run(
                     workers.remove(&peer);
                 }
                 Event::Back { peer, stream } => {
-                    if !dropped.contains(&peer) && plan.add_provider(peer) {
-                        workers.insert(peer, spawn(peer, Some(*stream)));
+                    reopening.remove(&peer);
+                    match stream {
+                        Ok(stream) => {
+                            if !dropped.contains(&peer)
+                                && !workers.contains_key(&peer)
+                                && plan.add_provider(peer)
+                            {
+                                workers.insert(peer, spawn(peer, Some(*stream)));
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::info!(%peer, "provider left the transfer: no new stream: {reason}");
+                            last_failure = format!("{peer}: no new stream: {reason}");
+                        }
                     }
                 }
             }
