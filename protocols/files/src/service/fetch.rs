@@ -39,6 +39,8 @@ const MAX_WINDOW: usize = 1024;
 /// ends at its limits (time, bytes); a new stream opens a new circuit, so a large file
 /// crosses many of them. A stream is opened again only after the last one served a group.
 const MAX_REOPENS: u32 = 64;
+/// Failed streams after which a provider the DHT names again is no longer tried.
+const MAX_STRIKES: u32 = 2;
 /// Providers asked for the manifest before giving up.
 const MANIFEST_TRIES: usize = 8;
 
@@ -268,6 +270,10 @@ async fn run(
     // Providers whose new stream is being opened: the transfer waits for them before it
     // says no provider is left.
     let mut reopening: HashSet<PeerId> = HashSet::new();
+    // Per provider: streams that failed to open or served nothing. The DHT keeps naming a
+    // provider that died; found again, it would be tried for ever, and a transfer whose
+    // providers are all gone would never end.
+    let mut strikes: HashMap<PeerId, u32> = HashMap::new();
     let mut paths_seen: Option<Instant> = None;
     let mut last_failure = String::from("none");
     let mut last_checkpoint = Instant::now();
@@ -340,7 +346,13 @@ async fn run(
                 Event::Failed { peer, group } => plan.on_failed(&peer, group),
                 Event::NotYet { peer, group } => plan.on_missing(&peer, group, Instant::now()),
                 Event::Found { peer } => {
-                    if peer != me && !workers.contains_key(&peer) && plan.add_provider(peer) {
+                    let struck = strikes.get(&peer).is_some_and(|&n| n >= MAX_STRIKES);
+                    if peer != me
+                        && !struck
+                        && !reopening.contains(&peer)
+                        && !workers.contains_key(&peer)
+                        && plan.add_provider(peer)
+                    {
                         tracing::debug!(%peer, "provider found while fetching");
                         workers.insert(peer, spawn(peer, None));
                     }
@@ -354,6 +366,9 @@ async fn run(
                     // Its groups go back to the others now; it rejoins once a new stream
                     // is open. One that served nothing on its last stream is let go.
                     let reopen = served > 0 && *n < MAX_REOPENS;
+                    if served == 0 {
+                        *strikes.entry(peer).or_default() += 1;
+                    }
                     let over = if relayed.contains(&peer) {
                         " (over a relay, whose circuits end at its limits)"
                     } else {
@@ -391,6 +406,7 @@ async fn run(
                             }
                         }
                         Err(reason) => {
+                            *strikes.entry(peer).or_default() += 1;
                             tracing::info!(%peer, "provider left the transfer: no new stream: {reason}");
                             last_failure = format!("{peer}: no new stream: {reason}");
                         }
