@@ -514,10 +514,9 @@ async fn seed_and_a_partial_peer(b_config: Config) -> (Swarm, Node, tempfile::Te
     (s, b, dir, t.groups_fetched)
 }
 
-#[tokio::test]
-async fn a_fetcher_gets_only_verified_groups_from_a_peer_still_fetching_and_keeps_it() {
-    let (s, b, _bdir, b_groups) = seed_and_a_partial_peer(Config::default()).await;
-    let (seed, partial) = (s.providers[0].client().peer_id(), b.client().peer_id());
+/// A third node gets the swarm's content from the partial peer and the seed; checks it
+/// arrived whole and returns the finished transfer.
+async fn get_from_partial_and_seed(s: &Swarm, partial: PeerId, seed: PeerId) -> TransferInfo {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path(), vec![addr_of(&s.boot).await], Config::default()).await;
     let to = dir.path().join("out");
@@ -528,22 +527,30 @@ async fn a_fetcher_gets_only_verified_groups_from_a_peer_still_fetching_and_keep
     let t = finished(&files(&c), t.id).await;
     assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
     assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), s.data);
+    t
+}
+
+/// The transfer's entry for provider `peer`.
+fn listed(t: &TransferInfo, peer: PeerId) -> &crate::api::ProviderInfo {
+    t.providers
+        .iter()
+        .find(|p| p.peer_id == peer.to_string())
+        .unwrap_or_else(|| panic!("{peer} is not listed: {t:?}"))
+}
+
+#[tokio::test]
+async fn a_fetcher_gets_only_verified_groups_from_a_peer_still_fetching_and_keeps_it() {
+    let (s, b, _bdir, b_groups) = seed_and_a_partial_peer(Config::default()).await;
+    let (seed, partial) = (s.providers[0].client().peer_id(), b.client().peer_id());
+    let t = get_from_partial_and_seed(&s, partial, seed).await;
     // The partial peer served groups it had verified (a group it had not would have
     // failed verification and dropped it), said "not yet" for others, and stayed.
-    let from_b = t
-        .providers
-        .iter()
-        .find(|p| p.peer_id == partial.to_string())
-        .expect("the partial peer is listed");
+    let from_b = listed(&t, partial);
     assert!(!from_b.dropped, "{t:?}");
     assert!(from_b.groups > 0 && from_b.groups <= b_groups, "{t:?}");
     assert!(files(&b).inner.not_yet_sent.load(Ordering::Relaxed) > 0);
     // The rest came from the seed.
-    let from_seed = t
-        .providers
-        .iter()
-        .find(|p| p.peer_id == seed.to_string())
-        .expect("the seed is listed");
+    let from_seed = listed(&t, seed);
     assert_eq!(from_b.groups + from_seed.groups, t.groups_total, "{t:?}");
 }
 
@@ -555,20 +562,7 @@ async fn a_partial_peer_serving_a_bad_group_is_dropped_and_the_file_still_arrive
     };
     let (s, b, _bdir, _) = seed_and_a_partial_peer(liar).await;
     let (seed, partial) = (s.providers[0].client().peer_id(), b.client().peer_id());
-    let dir = tempfile::tempdir().unwrap();
-    let c = start(dir.path(), vec![addr_of(&s.boot).await], Config::default()).await;
-    let to = dir.path().join("out");
-    let t = files(&c)
-        .get(&s.content, to.clone(), vec![partial, seed])
-        .await
-        .unwrap();
-    let t = finished(&files(&c), t.id).await;
-    assert_eq!(t.status, TransferStatus::Done, "{:?}", t.error);
-    assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), s.data);
-    let from_b = t
-        .providers
-        .iter()
-        .find(|p| p.peer_id == partial.to_string())
-        .expect("the partial peer is listed");
+    let t = get_from_partial_and_seed(&s, partial, seed).await;
+    let from_b = listed(&t, partial);
     assert!(from_b.dropped, "{t:?}");
 }
