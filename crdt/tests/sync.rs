@@ -85,17 +85,30 @@ fn a_reconnect_with_persisted_state_sends_only_what_is_missing() {
     );
 }
 
+/// One change between peers in sync goes out with the first message, and the
+/// acknowledgement closes the round. Automerge judges what the other side already has by
+/// its Bloom filter, which answers "has it" wrongly for about 1 % of changes; the new
+/// change's hash is random (random actor suffix, wall-clock time), so now and then it is
+/// withheld and the other side asks for it: one more round trip, never lost data. The
+/// test repeats the edit and allows that round trip to a few of them.
 #[test]
 fn one_change_between_in_sync_peers_is_one_message_each_way() {
-    let mut a = SyncSession::new(big_doc());
-    let mut b = SyncSession::new(Document::new(b"peer-b").unwrap());
-    run(&mut a, b"peer-a", &mut b, b"peer-b");
-    b.document_mut()
-        .put("items/1/text", &json!("edited"))
-        .unwrap();
-    let (messages, _) = run(&mut b, b"peer-b", &mut a, b"peer-a");
-    assert_eq!(messages, 2);
-    assert_eq!(a.document().get("items/1/text").unwrap(), json!("edited"));
+    const TRIES: usize = 10;
+    let mut two = 0;
+    for _ in 0..TRIES {
+        let mut a = SyncSession::new(big_doc());
+        let mut b = SyncSession::new(Document::new(b"peer-b").unwrap());
+        run(&mut a, b"peer-a", &mut b, b"peer-b");
+        b.document_mut()
+            .put("items/1/text", &json!("edited"))
+            .unwrap();
+        let (messages, _) = run(&mut b, b"peer-b", &mut a, b"peer-a");
+        assert!(messages == 2 || messages == 4, "{messages} messages");
+        two += usize::from(messages == 2);
+        assert_eq!(a.document().get("items/1/text").unwrap(), json!("edited"));
+    }
+    // A false positive rate near 1 % makes three misses in ten about 1 in 15,000.
+    assert!(two >= TRIES - 2, "{two} of {TRIES} edits went in one round");
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub struct Status {
     /// itself after joining).
     #[serde(default)]
     pub dht_queries: usize,
+    /// Keys we announce ourselves a provider of in the DHT (republished while kept).
+    #[serde(default)]
+    pub provided_keys: usize,
 }
 
 /// Whether a connection goes straight to the peer or through a relay.

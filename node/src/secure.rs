@@ -324,6 +324,7 @@ fn failure_reason(e: &NodeError) -> &'static str {
             H::Decode(_) | H::MessageTooLarge { .. } => "malformed",
             H::RemoteKeyMismatch | H::BadSignature | H::CommitmentMismatch => "authentication",
             H::InvalidKemKey | H::Kem => "kem",
+            H::Closed => "closed",
             H::Io(_) => "io",
             #[allow(unreachable_patterns)]
             _ => "other",

@@ -182,3 +182,46 @@ async fn allow_rejects_unknown_protocols() {
     assert_eq!(t.allowed_protocols, vec![APP.to_string()]);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_handshake_refused_by_the_rate_gate_says_so() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_in(da.path()).await;
+    let b = start_in(db.path()).await;
+    let mut listener = b.client().listen_secure(TEST_PROTOCOL, APP).unwrap();
+    a.client().connect_addr(addr_of(&b).await).await.unwrap();
+    // Handshakes one after another, faster than b's gate lets one peer start them (a
+    // burst, then a few a second): one is refused before many more.
+    let mut refused = None;
+    for _ in 0..60 {
+        match a
+            .client()
+            .open_secure(b.client().peer_id(), TEST_PROTOCOL, APP)
+            .await
+        {
+            Ok(_) => {
+                let _ = listener.accepted_now();
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the gate refused a handshake");
+    let NodeError::Handshake { source, .. } = &e else {
+        panic!("not a handshake error: {e}");
+    };
+    assert!(
+        matches!(**source, p2pnode_secure::HandshakeError::Closed),
+        "{e}"
+    );
+    let line = e.to_string();
+    assert!(
+        line.contains("closed the stream instead of answering"),
+        "{line}"
+    );
+    assert!(line.contains("asked too often"), "{line}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -45,3 +45,21 @@ fn every_fetcher_gets_the_file_and_the_seed_serves_less_when_fetchers_serve() {
     let html = std::fs::read_to_string(html).unwrap();
     assert!(html.contains("<svg") && html.contains("fetchers done"));
 }
+
+/// Thirty strangers at once are more than the seed's handshake gate lets in (8 pending).
+/// Those it turns away come back by themselves after a pause (looking for providers again
+/// meanwhile): every `get` completes, and none has to be run again by its user.
+#[test]
+fn a_burst_of_strangers_turned_away_by_the_gate_comes_back() {
+    let settings = Settings {
+        fetchers: 30,
+        size: 256 << 10,
+        ..Settings::default()
+    };
+    let r = run(&settings).unwrap();
+    for m in [&r.seed_only, &r.swarm] {
+        assert!(m.failed.is_empty(), "{m:?}");
+        assert_eq!(m.identical, settings.fetchers, "{m:?}");
+        assert_eq!(m.retries, 0, "gets run again: {m:?}");
+    }
+}

@@ -52,10 +52,21 @@ fn small_network_finds_every_peer_and_the_seed_fixes_the_run() {
         assert_eq!(r.formation.self_lookup_failures, 0);
         let l = r.lookups.as_ref().unwrap();
         assert_eq!(l.planned, 50);
-        // At most one miss: rarely a request waits on one of libp2p's wall-clock timers
-        // while the paused clock runs on, and the lookup times out in virtual time (seen
-        // once in a dozen runs). The 500-node scenario measures the rate properly.
-        assert!(l.succeeded >= 49, "failures: {:?}", l.failures);
+        // At most one miss. The misses seen under load came from the 10 s wall-clock
+        // idle timeout racing requests on the simulated links (see dht-30.toml), which
+        // this scenario no longer uses; 2 or 3 misses in half the runs then, none in five
+        // since. The 500-node scenario measures the rate properly.
+        let failed: Vec<_> = l
+            .records
+            .iter()
+            .filter(|rec| !rec.ok)
+            .map(|rec| (rec.latency_ms, rec.wall_ms, rec.error.clone()))
+            .collect();
+        assert!(
+            l.succeeded >= 49,
+            "failures: {:?}; failed (virtual ms, wall ms, error): {failed:?}",
+            l.failures
+        );
         // Latency is simulated: a lookup costs at least one round trip on a link of at
         // least 10 ms each way.
         let latency = l.latency_ms.unwrap();

@@ -13,6 +13,11 @@ pub(crate) enum VpnCommand {
         /// The device's MTU.
         #[arg(long, default_value_t = 1280, value_parser = clap::value_parser!(u16).range(1280..))]
         mtu: u16,
+        /// Turn the TUN device's offloads off (TCP segmentation and receive coalescing:
+        /// fewer, larger packets between the kernel and the node). On by default where
+        /// the kernel has them; off mainly to compare.
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Take a network's tunnel down: its streams closed and its device removed.
     Down {

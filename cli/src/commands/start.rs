@@ -84,7 +84,7 @@ pub(crate) async fn run(data_dir: &Path, args: &StartArgs, json: bool) -> Result
 /// runs on: the others and every other protocol do not depend on it.
 async fn vpn_up(tunnel: &TunnelService, vpn: &settings::VpnSettings) {
     for network in &vpn.up {
-        match tunnel.handle().up(network, vpn.mtu).await {
+        match tunnel.handle().up(network, vpn.mtu, None).await {
             Ok(n) => tracing::info!(
                 network,
                 interface = n.interface,

@@ -13,8 +13,8 @@ pub(crate) async fn run(control: &ControlClient, json: bool) -> Result<()> {
         println!("NAT status:  {}", s.nat_status);
         println!("peers:       {}", s.connected_peers);
         println!(
-            "DHT:         {} peers in the routing table, {} queries running",
-            s.dht_peers, s.dht_queries
+            "DHT:         {} peers in the routing table, {} queries running, {} keys provided",
+            s.dht_peers, s.dht_queries, s.provided_keys
         );
         println!(
             "relay server: {}",

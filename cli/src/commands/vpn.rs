@@ -29,7 +29,10 @@ fn print_status(n: &NetStatus) {
     for m in &n.members {
         let name = m.name.as_deref().unwrap_or("-");
         let path = match (&m.path, m.linked) {
-            (Some(p), true) => p.clone(),
+            (Some(p), true) => match &m.transport {
+                Some(t) => format!("{p}, {t}"),
+                None => p.clone(),
+            },
             (Some(p), false) => format!("{p}, no stream"),
             (None, _) => "not connected".into(),
         };
@@ -61,11 +64,16 @@ fn print_status(n: &NetStatus) {
 
 pub(crate) async fn run(control: &ControlClient, cmd: VpnCommand, json: bool) -> Result<()> {
     match cmd {
-        VpnCommand::Up { network, mtu } => {
+        VpnCommand::Up {
+            network,
+            mtu,
+            no_offload,
+        } => {
             check_name(&network)?;
             let body = UpRequest {
                 network,
                 mtu: Some(mtu),
+                offload: Some(!no_offload),
             };
             let n: NetStatus = control.post(routes::UP, &body).await?;
             output::show(json, &n, print_status);

@@ -127,6 +127,10 @@ impl EventLoop {
         let kad = &mut self.swarm.behaviour_mut().kad;
         let dht_peers = kad.kbuckets().map(|b| b.num_entries()).sum();
         let dht_queries = kad.iter_queries().count();
+        let provided_keys = {
+            use libp2p::kad::store::RecordStore;
+            kad.store_mut().provided().count()
+        };
         Status {
             peer_id: self.swarm.local_peer_id().to_string(),
             listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
@@ -141,6 +145,7 @@ impl EventLoop {
             relay_server: self.cfg.relay_server,
             dht_peers,
             dht_queries,
+            provided_keys,
         }
     }
 

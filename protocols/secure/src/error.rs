@@ -58,7 +58,15 @@ pub enum HandshakeError {
         /// Cap in force.
         max: usize,
     },
-    /// Reading or writing the underlying stream failed (including EOF mid-handshake).
+    /// The peer closed the stream where a handshake message was due, without sending a
+    /// byte of it: how a responder refuses (too many handshakes from us, or too often, or
+    /// it does not take us), and how an initiator gives up.
+    #[error(
+        "the peer closed the stream instead of answering the handshake \
+         (it refuses handshakes when busy, when asked too often, or from peers it does not take)"
+    )]
+    Closed,
+    /// Reading or writing the underlying stream failed (including EOF mid-message).
     #[error("I/O error during handshake: {0}")]
     Io(#[from] io::Error),
 }

@@ -82,10 +82,34 @@ pub async fn read_handshake_message<R: AsyncRead + Unpin>(
     read_length_prefixed(io, MAX_HANDSHAKE_MESSAGE_LEN)
         .await
         .map_err(|e| match e {
-            ReadError::Closed => HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()),
+            ReadError::Closed => HandshakeError::Closed,
             ReadError::TooLarge { len, max } => HandshakeError::MessageTooLarge { len, max },
-            ReadError::Io(e) => HandshakeError::Io(e),
+            ReadError::Io(e) => closed_or_io(e),
         })
+}
+
+/// A handshake's I/O error, with the stream closed or reset by the peer named as such:
+/// a responder that refuses drops the stream, which the initiator sees as a write that
+/// cannot go out or a read that was reset.
+fn closed_or_io(e: io::Error) -> HandshakeError {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::WriteZero | K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted => {
+            HandshakeError::Closed
+        }
+        _ => HandshakeError::Io(e),
+    }
+}
+
+/// Writes one handshake message; a peer that dropped the stream shows as
+/// [`HandshakeError::Closed`].
+async fn write_handshake_message<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    message: &[u8],
+) -> Result<(), HandshakeError> {
+    write_length_prefixed(io, message)
+        .await
+        .map_err(closed_or_io)
 }
 
 /// Runs the handshake as initiator (the side that opened the stream).
@@ -102,10 +126,10 @@ where
     R: CryptoRngCore,
 {
     let (state, msg1) = Initiator::start(config, rng);
-    write_length_prefixed(&mut io, &msg1).await?;
+    write_handshake_message(&mut io, &msg1).await?;
     let msg2 = read_handshake_message(&mut io).await?;
     let (session, msg3) = state.finish(&msg2)?;
-    write_length_prefixed(&mut io, &msg3).await?;
+    write_handshake_message(&mut io, &msg3).await?;
     Ok(SecureStream::new(io, session))
 }
 
@@ -136,11 +160,15 @@ where
     R: CryptoRngCore,
 {
     let (state, msg2) = Responder::accept(config, msg1, rng)?;
-    write_length_prefixed(&mut io, &msg2).await?;
+    write_handshake_message(&mut io, &msg2).await?;
     let msg3 = read_handshake_message(&mut io).await?;
     let session = state.finish(&msg3)?;
     Ok(SecureStream::new(io, session))
 }
+
+/// Fed frames are written to the stream below once this many bytes gathered (one frame
+/// more at most: the buffer stays under twice a frame's size).
+pub const FEED_BATCH: usize = 64 * 1024;
 
 /// A stream after a successful handshake: whole messages in, whole messages out.
 ///
@@ -174,25 +202,44 @@ where
         self.flush().await
     }
 
-    /// Seals and writes one message without flushing: a sender of many messages in a row
-    /// feeds them and flushes once, so the layers below can fill whole frames.
+    /// Seals one message without sending it yet: a sender of many messages in a row
+    /// feeds them and flushes once. Fed frames gather in a buffer and go down in writes
+    /// of about [`FEED_BATCH`] bytes, so a run of small messages (a file's header and a
+    /// small file, say) costs one write to the stream below, not one each.
+    /// [`flush`](Self::flush) sends what is gathered.
     pub async fn feed(&mut self, payload: &[u8]) -> Result<(), StreamError> {
-        self.write_buf.clear();
+        let start = self.write_buf.len();
         self.write_buf.extend_from_slice(&[0; LENGTH_PREFIX_LEN]);
-        self.session
-            .seal(payload, Instant::now(), &mut self.write_buf)?;
-        let frame_len = self.write_buf.len() - LENGTH_PREFIX_LEN;
+        if let Err(e) = self
+            .session
+            .seal(payload, Instant::now(), &mut self.write_buf)
+        {
+            self.write_buf.truncate(start);
+            return Err(e.into());
+        }
+        let frame_len = self.write_buf.len() - start - LENGTH_PREFIX_LEN;
         // Frames are bounded by MAX_PAYLOAD_LEN plus a few bytes, far below u32::MAX.
         let prefix =
             u32::try_from(frame_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        self.write_buf[..LENGTH_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
-        self.io.write_all(&self.write_buf).await?;
+        self.write_buf[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+        if self.write_buf.len() >= FEED_BATCH {
+            self.write_gathered().await?;
+        }
         Ok(())
     }
 
-    /// Flushes what [`feed`](Self::feed) wrote.
+    /// Sends what [`feed`](Self::feed) gathered, and flushes the stream below.
     pub async fn flush(&mut self) -> Result<(), StreamError> {
+        self.write_gathered().await?;
         self.io.flush().await?;
+        Ok(())
+    }
+
+    async fn write_gathered(&mut self) -> Result<(), StreamError> {
+        if !self.write_buf.is_empty() {
+            self.io.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
         Ok(())
     }
 
@@ -249,8 +296,10 @@ where
         self.session.set_traffic(traffic);
     }
 
-    /// Gives back the stream and session, e.g. to hand frames to another task.
+    /// Gives back the stream and session, e.g. to hand frames to another task. Messages
+    /// fed and not flushed are dropped with the buffer: flush first.
     pub fn into_parts(self) -> (IO, Session) {
+        debug_assert!(self.write_buf.is_empty(), "fed messages not flushed");
         (self.io, self.session)
     }
 }

@@ -233,17 +233,28 @@ async fn a_revoked_member_receives_no_change_after_its_revocation() {
     }
     let value = converged(&a, &b, "plan").await;
     assert_eq!(value["after9"], json!(9));
-    // c tries again (its own tick reopens streams it believes it may have): refused.
-    let (da, dbb) = (db(&a), db(&b));
-    wait_for(|| {
-        let (da, dbb) = (da.clone(), dbb.clone());
-        async move {
-            let refused =
-                da.stats().await.ok()?.refused_streams + dbb.stats().await.ok()?.refused_streams;
-            (refused > 0).then_some(())
-        }
-    })
-    .await;
+    // c asks again, as its own tick would (c was not told it is revoked): a and b each
+    // close the stream unread and count the refusal. The test opens the streams itself
+    // rather than waiting for c's tick, whose backoff depends on how the setup went.
+    let protocol = StreamProtocol::new(p2pnode_sync::STREAM_PROTOCOL);
+    for n in [&a, &b] {
+        let refused_before = db(n).stats().await.unwrap().refused_streams;
+        let mut stream = c
+            .client()
+            .open_secure(n.client().peer_id(), protocol.clone(), "sync")
+            .await
+            .unwrap();
+        let read = tokio::time::timeout(common::WAIT, stream.recv())
+            .await
+            .expect("the member closes the stream");
+        assert!(read.is_err(), "c was sent {} bytes", read.unwrap().len());
+        let h = db(n);
+        wait_for(|| {
+            let h = h.clone();
+            async move { (h.stats().await.ok()?.refused_streams > refused_before).then_some(()) }
+        })
+        .await;
+    }
     let after = db(&c).stats().await.unwrap();
     assert_eq!(after.frames_in, before.frames_in, "{after:?}");
     assert_eq!(after.changes_in, before.changes_in);

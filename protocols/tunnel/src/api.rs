@@ -26,6 +26,9 @@ pub struct UpRequest {
     /// The TUN device's MTU; the default is [`crate::DEFAULT_MTU`].
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// The TUN device's offloads; on when not given.
+    #[serde(default)]
+    pub offload: Option<bool>,
 }
 
 /// Body of `vpn/down`.
@@ -61,6 +64,9 @@ pub struct NetStatus {
     pub prefix_v6: String,
     /// The device's MTU.
     pub mtu: u16,
+    /// Whether the device's offloads are on.
+    #[serde(default)]
+    pub offload: bool,
     /// The other members.
     pub members: Vec<MemberStatus>,
     /// Packets dropped, by reason (all members, both ways), zeros left out.
@@ -72,6 +78,9 @@ pub struct NetStatus {
     /// The line that points a resolver at it for `~p2p` (systemd-resolved's commands).
     #[serde(default)]
     pub resolver: String,
+    /// The node's UDP port for datagrams (all networks share it), when it has one.
+    #[serde(default)]
+    pub udp_port: Option<u16>,
 }
 
 /// A member of a network, as the tunnel sees it.
@@ -93,6 +102,18 @@ pub struct MemberStatus {
     pub streams: u64,
     /// `direct` or `relayed` while connected; `None` when not connected.
     pub path: Option<String>,
+    /// What carries its packets now: `udp` (datagrams on a direct path) or `stream` (the
+    /// tunnel stream: relayed, or while the datagram path is not up); `None` when no
+    /// stream is up.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// The member's UDP endpoint, once a datagram from it authenticated.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The addresses probed for the datagram path (announced by the member, and seen on
+    /// direct connections to it).
+    #[serde(default)]
+    pub candidates: Vec<String>,
     /// The connection's round trip, when known.
     pub rtt_ms: Option<f64>,
     /// Packets sent to it.

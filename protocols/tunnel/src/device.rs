@@ -40,12 +40,20 @@ pub trait PacketDevice {
     fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>> + Send;
     /// Writes one packet.
     fn send(&self, packet: &[u8]) -> impl std::future::Future<Output = io::Result<usize>> + Send;
+    /// Reads one packet if one is waiting, without waiting (`WouldBlock` when none): the
+    /// reader drains a burst this way and sends it as one batch.
+    fn try_recv(&self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 /// A network's TUN device.
 pub struct TunDevice {
     name: String,
     device: tun_rs::AsyncDevice,
+    /// Offloads on: every read and write carries a virtio-net header, and a read may be
+    /// a TCP super-packet of up to 64 KiB that [`TunDevice::recv_batch`] splits.
+    offload: bool,
 }
 
 impl std::fmt::Debug for TunDevice {
@@ -56,14 +64,100 @@ impl std::fmt::Debug for TunDevice {
     }
 }
 
+/// The zero virtio-net header in front of a single packet written with offloads on: no
+/// segmentation, no checksum to fill in.
+const PLAIN_HEADER: [u8; tun_rs::VIRTIO_NET_HDR_LEN] = [0; tun_rs::VIRTIO_NET_HDR_LEN];
+
+/// What one write buffer must hold for the coalescing to use it: the largest IP packet,
+/// with the header room the coalescing asks for on both sides of it.
+const SUPER_PACKET_ROOM: usize = u16::MAX as usize + 2 * tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// Buffers for reading a batch: the raw read (a super-packet with its header) and the
+/// packets it splits into. Allocated once per reader.
+pub struct ReadBatch {
+    raw: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl ReadBatch {
+    /// Room for the segments of one super-packet, each at most `mtu` bytes.
+    pub fn new(mtu: u16) -> Self {
+        let packet = usize::from(mtu).max(1500) + 64;
+        Self {
+            raw: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65_535],
+            bufs: vec![vec![0; packet]; tun_rs::IDEAL_BATCH_SIZE],
+            sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
+        }
+    }
+
+    /// Packet `i` of the last read.
+    pub fn packet(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.sizes[i]]
+    }
+}
+
+/// Packets gathered for one write into the device: with offloads on, consecutive
+/// segments of one TCP flow are coalesced into one super-packet (the kernel's GRO, done
+/// here), so the inner TCP stack takes one large segment instead of dozens.
+pub struct WriteBatch {
+    gro: tun_rs::GROTable,
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl WriteBatch {
+    /// Room for `capacity` packets. Each buffer is reserved at the size of the largest
+    /// super-packet: the coalescing appends a flow's later segments to its first buffer
+    /// and skips any buffer that would have to grow (so buffers sized to one packet
+    /// coalesce nothing). Pages are touched only as packets fill them.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            gro: tun_rs::GROTable::default(),
+            bufs: (0..capacity.max(1))
+                .map(|_| Vec::with_capacity(SUPER_PACKET_ROOM))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Whether no more packets fit.
+    pub fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+
+    /// Adds a copy of `packet`.
+    pub fn push(&mut self, packet: &[u8]) {
+        let Some(buf) = self.bufs.get_mut(self.len) else {
+            return;
+        };
+        buf.clear();
+        buf.extend_from_slice(&PLAIN_HEADER);
+        buf.extend_from_slice(packet);
+        self.len += 1;
+    }
+}
+
 impl TunDevice {
     /// Creates device `name` with our `lease` on the network's `prefixes` (so the kernel
-    /// routes the whole network into it), MTU `mtu`, and brings it up.
+    /// routes the whole network into it), MTU `mtu`, and brings it up; offloads off.
     pub fn create(
         name: &str,
         lease: Lease,
         prefixes: &Prefixes,
         mtu: u16,
+    ) -> Result<Self, DeviceError> {
+        Self::create_with(name, lease, prefixes, mtu, false)
+    }
+
+    /// [`TunDevice::create`], with the kernel's TCP segmentation and receive offloads
+    /// (`IFF_VNET_HDR`) on when `offload` is set and the kernel has them.
+    pub fn create_with(
+        name: &str,
+        lease: Lease,
+        prefixes: &Prefixes,
+        mtu: u16,
+        offload: bool,
     ) -> Result<Self, DeviceError> {
         debug_assert!(prefixes.contains_v4(lease.v4) && prefixes.contains_v6(lease.v6));
         let device = tun_rs::DeviceBuilder::new()
@@ -71,6 +165,7 @@ impl TunDevice {
             .ipv4(lease.v4, V4_PREFIX_LEN, None)
             .ipv6(lease.v6, V6_PREFIX_LEN)
             .mtu(mtu)
+            .offload(offload)
             .enable(true)
             .build_async()
             .map_err(|source| match source.kind() {
@@ -81,9 +176,11 @@ impl TunDevice {
                     source,
                 },
             })?;
+        let offload = device.tcp_gso();
         Ok(Self {
             name: name.into(),
             device,
+            offload,
         })
     }
 
@@ -91,14 +188,137 @@ impl TunDevice {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Whether offloads are on.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Reads one packet, or the segments of one super-packet, into `batch`; returns how
+    /// many. Waits for the first.
+    pub async fn recv_batch(&self, batch: &mut ReadBatch) -> io::Result<usize> {
+        let ReadBatch { raw, bufs, sizes } = batch;
+        self.device.recv_multiple(raw, bufs, sizes, 0).await
+    }
+
+    /// [`TunDevice::recv_batch`] without waiting: `WouldBlock` when nothing is pending.
+    pub fn try_recv_batch(&self, batch: &mut ReadBatch) -> io::Result<usize> {
+        let ReadBatch { raw, bufs, sizes } = batch;
+        self.device.try_recv_multiple(raw, bufs, sizes, 0)
+    }
+
+    /// Writes the packets of `batch` (coalesced where offloads allow) and empties it.
+    pub async fn send_batch(&self, batch: &mut WriteBatch) -> io::Result<()> {
+        let n = std::mem::take(&mut batch.len);
+        if n == 0 {
+            return Ok(());
+        }
+        let bufs = &mut batch.bufs[..n];
+        if self.offload {
+            self.device
+                .send_multiple(&mut batch.gro, bufs, tun_rs::VIRTIO_NET_HDR_LEN)
+                .await?;
+        } else {
+            for b in bufs.iter() {
+                self.device.send(&b[tun_rs::VIRTIO_NET_HDR_LEN..]).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PacketDevice for TunDevice {
+    /// One packet. With offloads on, a read may be a super-packet that only
+    /// [`TunDevice::recv_batch`] can split: this refuses such a device.
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.offload {
+            return Err(io::Error::other("offloads are on: read with recv_batch"));
+        }
         self.device.recv(buf).await
     }
 
     async fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        self.device.send(packet).await
+        if !self.offload {
+            return self.device.send(packet).await;
+        }
+        let parts = [io::IoSlice::new(&PLAIN_HEADER), io::IoSlice::new(packet)];
+        let n = self.device.send_vectored(&parts).await?;
+        Ok(n.saturating_sub(PLAIN_HEADER.len()))
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.offload {
+            return Err(io::Error::other(
+                "offloads are on: read with try_recv_batch",
+            ));
+        }
+        self.device.try_recv(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::icmp::checksum;
+
+    /// Segment `i` of one TCP flow over IPv4: `len` bytes of payload, checksums valid.
+    fn segment(i: u32, len: usize) -> Vec<u8> {
+        let (src, dst) = ([10, 77, 0, 1], [10, 77, 0, 2]);
+        let total = 40 + len;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40; // don't fragment
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        let ip = checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&ip.to_be_bytes());
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&(1000 + i * len as u32).to_be_bytes());
+        t[8..12].copy_from_slice(&7u32.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x10; // ACK
+        t[14..16].copy_from_slice(&512u16.to_be_bytes());
+        for (k, b) in t[20..].iter_mut().enumerate() {
+            *b = (k as u32 + i) as u8;
+        }
+        // The pseudo-header: addresses, protocol, TCP length.
+        let mut pseudo = 0u32;
+        for w in [&src[..], &dst[..]] {
+            pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
+            pseudo += u32::from(u16::from_be_bytes([w[2], w[3]]));
+        }
+        pseudo += 6 + (20 + len) as u32;
+        let tcp = checksum(&p[20..], pseudo);
+        p[36..38].copy_from_slice(&tcp.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_batch_of_one_flow_coalesces_into_one_super_packet() {
+        let mut batch = WriteBatch::new(64);
+        let n = 40;
+        for i in 0..n {
+            batch.push(&segment(i, 1380));
+        }
+        // What `send_multiple` does before it writes: the segments that follow the
+        // first are appended to it, and only the buffers left over are written.
+        let mut to_write = Vec::new();
+        tun_rs::handle_gro(
+            &mut batch.bufs[..n as usize],
+            tun_rs::VIRTIO_NET_HDR_LEN,
+            &mut Default::default(),
+            &mut Default::default(),
+            false,
+            &mut to_write,
+        )
+        .unwrap();
+        assert_eq!(to_write, vec![0], "one write for the whole flow");
+        let first = &batch.bufs[0][tun_rs::VIRTIO_NET_HDR_LEN..];
+        assert_eq!(first.len(), 40 + n as usize * 1380);
     }
 }

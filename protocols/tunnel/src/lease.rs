@@ -4,10 +4,15 @@
 //! allocator and no coordination:
 //!
 //! - a member without a lease takes its derived addresses ([`Prefixes::derive`]);
-//! - when several members claim one address, the lowest member id keeps it;
-//! - each loser, in member-id order, takes the next free address after its claim (wrapping
-//!   inside the /16, skipping the network and broadcast addresses), and its node records
-//!   that as its lease, so the address stays its own when others join later.
+//! - when several members claim one address, a recorded lease beats a derived claim, and
+//!   among equals the lowest member id keeps it: a member that came up first (and
+//!   recorded its addresses) keeps them when a later joiner derives the same ones;
+//! - each loser, in that order, takes the next free address after its claim (wrapping
+//!   inside the /16, skipping the network and broadcast addresses);
+//! - every member records the lease it settled on when it has none recorded or was moved,
+//!   so the address stays its own when others join later. Two that record one address
+//!   at once (apart, say) settle it by member id when their records meet, and the loser
+//!   moves.
 //!
 //! The function looks at the set of claims only, never at their order.
 
@@ -81,7 +86,8 @@ pub struct AddressTable {
     by_member: BTreeMap<MemberId, Lease>,
     by_v4: BTreeMap<Ipv4Addr, MemberId>,
     by_v6: BTreeMap<Ipv6Addr, MemberId>,
-    /// Members whose settled lease differs from the one they claim: each must record it.
+    /// Members whose settled lease differs from the one they claim, or who recorded none:
+    /// each must record it.
     moved: BTreeSet<MemberId>,
 }
 
@@ -90,35 +96,43 @@ impl AddressTable {
     /// with the claim that sorts first) in network `net`.
     pub fn settle(net: &NetworkId, claims: &[Claim]) -> Result<Self, LeaseError> {
         let prefixes = Prefixes::of(net);
-        // One claim per member, in member order, whatever order they came in.
-        let mut wanted: BTreeMap<&MemberId, Lease> = BTreeMap::new();
+        // One claim per member (a recorded one before a derived one, then the smaller),
+        // whatever order they came in.
+        let mut wanted: BTreeMap<&MemberId, (Lease, bool)> = BTreeMap::new();
         for claim in claims {
-            let lease = claim
-                .lease
-                .filter(|l| valid(&prefixes, l))
-                .unwrap_or_else(|| {
-                    let (v4, v6) = prefixes.derive(net, &claim.member);
-                    Lease { v4, v6 }
-                });
+            let recorded = claim.lease.filter(|l| valid(&prefixes, l));
+            let lease = recorded.unwrap_or_else(|| {
+                let (v4, v6) = prefixes.derive(net, &claim.member);
+                Lease { v4, v6 }
+            });
+            let key = |l: &Lease, rec: bool| (!rec, l.v4, l.v6);
+            let this = (lease, recorded.is_some());
             wanted
                 .entry(&claim.member)
                 .and_modify(|old| {
-                    if (lease.v4, lease.v6) < (old.v4, old.v6) {
-                        *old = lease;
+                    if key(&this.0, this.1) < key(&old.0, old.1) {
+                        *old = this;
                     }
                 })
-                .or_insert(lease);
+                .or_insert(this);
         }
+        // Recorded claims first, then derived ones; each in member order.
+        let order: Vec<(&MemberId, Lease)> = wanted
+            .iter()
+            .filter(|(_, (_, rec))| *rec)
+            .chain(wanted.iter().filter(|(_, (_, rec))| !*rec))
+            .map(|(m, (l, _))| (*m, *l))
+            .collect();
         let usable = usize::from(u16::MAX) - 1;
         if wanted.len() > usable {
             return Err(LeaseError::Full(wanted.len()));
         }
-        // Winners first: the lowest member id keeps each claimed address.
+        // Winners first: the first in that order keeps each claimed address.
         let mut by_v4: BTreeMap<Ipv4Addr, MemberId> = BTreeMap::new();
         let mut by_v6: BTreeMap<Ipv6Addr, MemberId> = BTreeMap::new();
         let mut losers_v4 = Vec::new();
         let mut losers_v6 = Vec::new();
-        for (member, lease) in &wanted {
+        for (member, lease) in &order {
             match by_v4.entry(lease.v4) {
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert((*member).clone());
@@ -132,12 +146,17 @@ impl AddressTable {
                 std::collections::btree_map::Entry::Occupied(_) => losers_v6.push(*member),
             }
         }
-        let mut moved = BTreeSet::new();
+        // Members with nothing recorded record what they settle on, moved or not.
+        let mut moved: BTreeSet<MemberId> = wanted
+            .iter()
+            .filter(|(_, (_, rec))| !*rec)
+            .map(|(m, _)| (*m).clone())
+            .collect();
         let mut settled: BTreeMap<MemberId, Lease> =
-            wanted.iter().map(|(m, l)| ((*m).clone(), *l)).collect();
-        // Then each loser, in member order, takes the next free address after its claim.
+            order.iter().map(|(m, l)| ((*m).clone(), *l)).collect();
+        // Then each loser, in that order, takes the next free address after its claim.
         for member in losers_v4 {
-            let start = Prefixes::v4_host_of(wanted[member].v4);
+            let start = Prefixes::v4_host_of(wanted[member].0.v4);
             let host = (1..=u16::MAX)
                 .map(|step| start.wrapping_add(step))
                 .find(|h| is_usable_v4_host(*h) && !by_v4.contains_key(&prefixes.v4_host(*h)))
@@ -150,7 +169,7 @@ impl AddressTable {
             moved.insert(member.clone());
         }
         for member in losers_v6 {
-            let mut octets = wanted[member].v6.octets();
+            let mut octets = wanted[member].0.v6.octets();
             // Count up in the interface id; 2^64 of them, so this ends at once.
             let v6 = loop {
                 let iid = u64::from_be_bytes(octets[8..].try_into().unwrap_or([0; 8]));
@@ -195,8 +214,8 @@ impl AddressTable {
         self.by_v6.get(&ip)
     }
 
-    /// Whether `member` lost a tie-break (or claimed nothing valid) and must record the
-    /// lease it was given.
+    /// Whether `member` lost a tie-break, or has recorded no valid lease yet, and must
+    /// record the lease it was given.
     pub fn must_record(&self, member: &MemberId) -> bool {
         self.moved.contains(member)
     }
@@ -258,7 +277,37 @@ mod tests {
         assert_ne!(loser.v6, same.v6);
         assert!(table.must_record(&member(3)));
         assert!(!table.must_record(&member(1)));
+        assert!(table.must_record(&member(2)), "nothing recorded yet");
         assert_eq!(table.holder_v4(p.v4_host(500)), Some(&member(1)));
+    }
+
+    /// A member that recorded its address keeps it against a later joiner with a lower id
+    /// that derives the same one; among recorded claims the lower id wins again.
+    #[test]
+    fn a_recorded_lease_beats_a_derived_claim_of_a_lower_id() {
+        let p = Prefixes::of(&NET);
+        let derived = |i: u8| {
+            let (v4, v6) = p.derive(&NET, &member(i));
+            Lease { v4, v6 }
+        };
+        // Member 5 recorded member 1's derived addresses (as if it had come first with
+        // them); member 1 has recorded nothing.
+        let taken = derived(1);
+        let claims = [claim(5, Some(taken)), claim(1, None)];
+        let table = AddressTable::settle(&NET, &claims).unwrap();
+        assert_eq!(
+            table.lease(&member(5)),
+            Some(taken),
+            "the recorded lease stays"
+        );
+        let moved = table.lease(&member(1)).unwrap();
+        assert_ne!(moved.v4, taken.v4);
+        assert!(table.must_record(&member(1)) && !table.must_record(&member(5)));
+        // Both recorded: the lower id wins.
+        let claims = [claim(5, Some(taken)), claim(1, Some(taken))];
+        let table = AddressTable::settle(&NET, &claims).unwrap();
+        assert_eq!(table.lease(&member(1)), Some(taken));
+        assert!(table.must_record(&member(5)));
     }
 
     #[test]
@@ -352,17 +401,20 @@ mod tests {
         }
 
         #[test]
-        fn a_member_that_keeps_its_claim_is_the_lowest_claimant(claims in arb_claims()) {
+        fn a_member_that_keeps_its_claim_is_the_first_claimant(claims in arb_claims()) {
             let table = AddressTable::settle(&NET, &claims).unwrap();
             let p = Prefixes::of(&NET);
-            let wants = |c: &Claim| c.lease.map_or_else(|| p.derive(&NET, &c.member).0, |l| l.v4);
+            let recorded = |c: &Claim| c.lease.filter(|l| valid(&p, l));
+            let wants = |c: &Claim| recorded(c).map_or_else(|| p.derive(&NET, &c.member).0, |l| l.v4);
             for c in &claims {
                 let wanted = wants(c);
+                // Recorded claims first, then the lowest id.
                 let lowest = claims
                     .iter()
                     .filter(|o| wants(o) == wanted)
-                    .map(|o| &o.member)
+                    .map(|o| (recorded(o).is_none(), &o.member))
                     .min()
+                    .map(|(_, m)| m)
                     .unwrap();
                 let holder = table.holder_v4(wanted).unwrap();
                 prop_assert_eq!(holder, lowest);

@@ -22,6 +22,7 @@
 pub mod addr;
 #[cfg(feature = "service")]
 pub mod api;
+pub mod datagram;
 #[cfg(feature = "device")]
 pub mod device;
 pub mod dns;

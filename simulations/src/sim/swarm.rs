@@ -172,10 +172,10 @@ fn run_mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRepor
 
 /// Times a fetcher runs its `get` at most (within [`Settings::limit_secs`]).
 pub const MAX_TRIES: u32 = 100;
-/// Pause before a failed `get` runs again (virtual time). What fails one is mostly the
-/// seed's handshake gate refusing a burst of strangers (8 handshakes of strangers pending
-/// at once, a rate per peer), whose clock is the wall clock: a virtual second of pause is
-/// a few wall seconds here.
+/// Pause before a failed `get` runs again (virtual time), as its user would. A burst of
+/// strangers beyond the seed's handshake gate (8 pending at once) no longer fails a `get`:
+/// one turned away comes back by itself. The report counts the runs again, which should
+/// stay at 0.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One `get`, until its transfer ends.
@@ -359,8 +359,8 @@ async fn mode(settings: &Settings, serve_while_fetching: bool) -> Result<ModeRep
         .map_err(|e| SwarmError::Share(e.to_string()))?;
 
     // Every fetcher gets the file at once; each completion is timed as its event comes.
-    // A transfer that fails (a seed's gate refuses handshakes from a burst of strangers)
-    // is run again after a pause, as its user would; it resumes from what it verified.
+    // A transfer that fails is run again after a pause, as its user would; it resumes
+    // from what it verified.
     let start_at = Instant::now();
     let deadline = start_at + Duration::from_secs(settings.limit_secs);
     let mut waits = Vec::with_capacity(fetchers.len());

@@ -181,3 +181,70 @@ pub async fn ping_through(lab: &Lab, host: &str, to: &str, count: u32) {
         "every echo comes back: {out}"
     );
 }
+
+/// iperf3 TCP (one stream, `secs` seconds, `extra` arguments such as a rate) from `host`
+/// to the iperf3 server it starts on `server` at tunnel address `to`; retried until the
+/// tunnel carries it. Returns the rate in Mbit/s and iperf3's JSON.
+/// Starts a one-test iperf3 server on `host`, bound to `to`, and waits until it listens
+/// (`-D` returns before the daemon has bound its port).
+pub async fn iperf3_server(lab: &Lab, host: &str, to: &str) {
+    lab.exec(host, "iperf3", &["-s", "-1", "-D", "-B", to])
+        .await
+        .unwrap();
+    wait_for(
+        "the iperf3 server listening",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let out = lab
+                .exec_output(host, "ss", &["-Hltn", "sport", "=", ":5201"])
+                .await
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(to) {
+                Poll::Ready(())
+            } else {
+                Poll::seen(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn iperf3_through(
+    lab: &Lab,
+    host: &str,
+    server: &str,
+    to: &str,
+    secs: &str,
+    extra: &[&str],
+) -> (f64, Value) {
+    iperf3_server(lab, server, to).await;
+    let iperf = wait_for(
+        "iperf3 through the tunnel",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let out = lab
+                .exec_output(
+                    host,
+                    "iperf3",
+                    &[&["-c", to, "-t", secs, "-J"], extra].concat(),
+                )
+                .await
+                .unwrap();
+            match serde_json::from_slice::<Value>(&out.stdout) {
+                Ok(v) if out.status.success() => Poll::Ready(v),
+                _ => Poll::seen(String::from_utf8_lossy(&out.stdout).into_owned()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let mbit_s = iperf["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6;
+    assert!(mbit_s > 0.0, "{iperf}");
+    (mbit_s, iperf)
+}

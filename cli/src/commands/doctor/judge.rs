@@ -511,6 +511,7 @@ mod tests {
                 relay_server: false,
                 dht_peers: 1,
                 dht_queries: 0,
+                provided_keys: 0,
             },
             diagnostics: Diagnostics {
                 data_dir: "/nonexistent/p2pnode-doctor-test".into(),

@@ -1,11 +1,16 @@
-//! What a transfer writes: each file as `<path>.part` under the target (joined with
-//! [`safe_join`], opened without following links), groups written at their offsets, and
+//! What a transfer writes: each file as `<path>.part` under the target (its path checked
+//! with [`check_path`], its directories opened without following links by [`Dirs`]),
+//! groups written at their offsets, and
 //! the resume state beside them as `.<content-id>.p2pnode-resume`. Verified groups are
 //! written as they come; at a checkpoint (every [`checkpoint_groups`] groups or so often,
 //! see the driver) the files are synced and only then the state marking those groups is
 //! saved (write, fsync, rename), so the state never claims a group the disk does not hold,
 //! and a kill loses at most the groups since the last checkpoint. A file is renamed into
 //! place once whole, after the state saying so.
+//!
+//! Writes run beside the transfer ([`Writer`]): each batch is one short job on the
+//! blocking pool, handed over once the batch before it is written, so the transfer goes
+//! on receiving and verifying while the disk writes, with at most two batches held.
 //!
 //! Serving while fetching: a transfer given a [`Partial`] also writes each group's
 //! outboard entries (what its proof established) into the partial outboard, and only then
@@ -16,13 +21,17 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::FilesError;
+use super::dirs::{Dir, Dirs, Found, split};
 use super::share::Partial;
 use crate::resume::MAX_STATE_BYTES;
 use crate::{
-    ContentId, GroupRef, Manifest, TransferState, VerifiedGroup, group_count, group_range,
-    outboard_size, safe_join,
+    ContentId, GroupRef, Manifest, PathError, TransferState, VerifiedGroup, check_path,
+    group_count, group_range, outboard_size,
 };
 
 /// A group's bytes that verified, and the outboard entries its proof established.
@@ -38,6 +47,9 @@ const CHECKPOINT_GROUPS: usize = 256;
 const CHECKPOINTS_PER_TRANSFER: u64 = 32;
 /// ... but no more often than every 16 groups (1 MiB): syncing is what costs.
 const MIN_CHECKPOINT_GROUPS: usize = 16;
+
+/// Least time between two checkpoints (syncs and state saves) while groups come in.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Groups between two checkpoints for a transfer of `groups_total` groups.
 pub(super) fn checkpoint_groups(groups_total: u64) -> usize {
@@ -73,16 +85,21 @@ fn write_err(path: &Path, e: std::io::Error) -> FilesError {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), FilesError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+fn refused(rel: &str, e: PathError) -> FilesError {
+    FilesError::Invalid(format!("refused path {rel:?}: {e}"))
+}
+
+fn sync_dir(dir: &Dir, path: &Path) -> Result<(), FilesError> {
+    nix::unistd::fsync(dir).map_err(|e| io(path, e))
 }
 
 /// A transfer's files on disk and its resume state.
 pub(super) struct Disk {
     target: PathBuf,
     state_path: PathBuf,
+    /// Each file's path in the manifest (checked), and where that is under the target,
+    /// whole and while fetched.
+    rel: Vec<String>,
     finals: Vec<PathBuf>,
     parts: Vec<PathBuf>,
     executable: Vec<bool>,
@@ -97,8 +114,8 @@ pub(super) struct Disk {
     verified_bytes: u64,
     /// Files in `open`; past [`MAX_OPEN_FILES`] they are all closed.
     open_count: usize,
-    /// Directories made for `.part` files so far.
-    made_dirs: HashSet<PathBuf>,
+    /// The target and the directories under it that files are written in.
+    dirs: Dirs,
     /// Serving while fetching: where written groups are made known, and each file's
     /// partial outboard, opened at its first group.
     serving: Option<Arc<Partial>>,
@@ -118,20 +135,51 @@ impl Disk {
         content: ContentId,
     ) -> Result<Self, FilesError> {
         std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
-        let bad_path =
-            |p: &str, e: crate::PathError| FilesError::Invalid(format!("refused path {p:?}: {e}"));
-        let mut finals = Vec::new();
-        let mut parts = Vec::new();
+        let mut dirs = Dirs::open(target).map_err(|e| io(target, e))?;
+        let n = manifest.entries().len();
+        let (mut rel, mut finals, mut parts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        // What is already there of each file, whole and as a `.part`.
+        let mut found: Vec<(Found, Found)> = Vec::with_capacity(n);
+        // A manifest lists a directory's files together: its directory is looked up once,
+        // and nothing is looked up under one that does not exist yet.
+        let mut last: Option<(&str, Option<Dir>)> = None;
         for e in manifest.entries() {
-            finals.push(safe_join(target, &e.path).map_err(|err| bad_path(&e.path, err))?);
             let part = format!("{}.part", e.path);
-            parts.push(safe_join(target, &part).map_err(|err| bad_path(&part, err))?);
+            check_path(&e.path).map_err(|err| refused(&e.path, err))?;
+            check_path(&part).map_err(|err| refused(&part, err))?;
+            let (dir, name) = split(&e.path);
+            let here = match &last {
+                Some((d, here)) if *d == dir => here.clone(),
+                _ => {
+                    let here = dirs.dir(dir, false).map_err(|err| refused(&e.path, err))?;
+                    last = Some((dir, here.clone()));
+                    here
+                }
+            };
+            found.push(match &here {
+                None => (Found::Nothing, Found::Nothing),
+                Some(d) => (
+                    dirs.look(d, &e.path, name)
+                        .map_err(|err| refused(&e.path, err))?,
+                    dirs.look(d, &part, &format!("{name}.part"))
+                        .map_err(|err| refused(&part, err))?,
+                ),
+            });
+            finals.push(target.join(&e.path));
+            parts.push(target.join(&part));
+            rel.push(e.path.clone());
         }
+        drop(last);
         let sizes: Vec<u64> = manifest.entries().iter().map(|e| e.size).collect();
         let state_path = target.join(format!(".{content}.p2pnode-resume"));
         let mut disk = Self {
             target: target.to_path_buf(),
             state_path,
+            rel,
             finals,
             parts,
             executable: manifest.entries().iter().map(|e| e.executable).collect(),
@@ -142,39 +190,34 @@ impl Disk {
             unsynced_bytes: 0,
             verified_bytes: 0,
             open_count: 0,
-            made_dirs: HashSet::new(),
+            dirs,
             serving: None,
             outboards: Vec::new(),
         };
-        let resumed = disk.load_state(&content)?;
+        let resumed = disk.load_state(&content, &found)?;
         disk.verified_bytes = disk.state.verified_bytes();
         if !resumed {
-            for (fin, part) in disk.finals.iter().zip(&disk.parts) {
-                if std::fs::symlink_metadata(fin).is_ok() {
+            for (i, &(fin, part)) in found.iter().enumerate() {
+                if fin != Found::Nothing {
                     return Err(FilesError::Invalid(format!(
                         "{} already exists; move it away or choose another --to",
-                        fin.display()
+                        disk.finals[i].display()
                     )));
                 }
-                if std::fs::symlink_metadata(part).is_ok() {
+                if part != Found::Nothing {
                     // A .part without state: nothing in it is known good.
-                    std::fs::remove_file(part).map_err(|e| io(part, e))?;
+                    let (d, name) = disk.part_dir(i)?;
+                    Dirs::remove(&d, &name).map_err(|e| io(&disk.parts[i], e))?;
                 }
             }
         }
-        for i in 0..disk.parts.len() {
+        for (i, &(_, part)) in found.iter().enumerate() {
             let complete = disk.state.file(i as u32).is_some_and(|b| b.is_complete());
-            let part = &disk.parts[i];
-            if complete {
+            if complete && part != Found::Nothing {
                 // Saved as whole but killed before the rename: finish it.
-                if std::fs::symlink_metadata(part).is_ok() {
-                    disk.ready_file(i)?;
-                    disk.rename_file(i)?;
-                    if let Some(dir) = disk.finals[i].parent() {
-                        sync_dir(dir)?;
-                    }
-                }
-                continue;
+                disk.ready_file(i)?;
+                let d = disk.rename_file(i)?;
+                sync_dir(&d, &disk.finals[i])?;
             }
             // A missing .part is made when its first group is written (see `file`): a
             // tree of small files then costs one create per file, not a create here and
@@ -187,8 +230,23 @@ impl Disk {
         Ok(disk)
     }
 
+    /// File `i`'s directory (made if missing) and the name of its `.part` in it.
+    fn part_dir(&mut self, i: usize) -> Result<(Dir, String), FilesError> {
+        let (dir, name) = split(&self.rel[i]);
+        let d = self
+            .dirs
+            .dir(dir, true)
+            .map_err(|e| refused(&self.rel[i], e))?
+            .ok_or_else(|| io(&self.parts[i], "no directory"))?;
+        Ok((d, format!("{name}.part")))
+    }
+
     /// Loads a saved state; false if there is none (or it does not fit and was dropped).
-    fn load_state(&mut self, content: &ContentId) -> Result<bool, FilesError> {
+    fn load_state(
+        &mut self,
+        content: &ContentId,
+        found: &[(Found, Found)],
+    ) -> Result<bool, FilesError> {
         let meta = match std::fs::symlink_metadata(&self.state_path) {
             Ok(m) => m,
             Err(_) => return Ok(false),
@@ -209,12 +267,11 @@ impl Disk {
         };
         // A file with verified groups must still have its .part (or, when whole, be in
         // place); otherwise the state is not about what is on disk.
-        for i in 0..self.parts.len() {
+        for (i, &(fin, part)) in found.iter().enumerate() {
             let Some(bits) = state.file(i as u32) else {
                 return Ok(false);
             };
-            let part = std::fs::symlink_metadata(&self.parts[i]).is_ok();
-            let fin = std::fs::symlink_metadata(&self.finals[i]).is_ok();
+            let (fin, part) = (fin != Found::Nothing, part != Found::Nothing);
             let consistent = if bits.is_complete() {
                 part || fin
             } else {
@@ -285,11 +342,23 @@ impl Disk {
                 self.open.iter_mut().for_each(|f| *f = None);
                 self.open_count = 0;
             }
+            let (d, name) = self.part_dir(i)?;
             let part = &self.parts[i];
-            let f = match open_nofollow(part, false) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.make_part(i)?,
-                Err(e) => return Err(io(part, e)),
+            // Made at the file's first group; one made before (a resume, or closed past
+            // the bound) is opened as it is.
+            let f = match Dirs::open_file(&d, &name, true) {
+                Ok(f) => {
+                    // A file of one group is written whole by that group; a larger one
+                    // gets its size now, so groups can land at their offsets in any order.
+                    if group_count(self.sizes[i]) > 1 {
+                        f.set_len(self.sizes[i]).map_err(|e| write_err(part, e))?;
+                    }
+                    f
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Dirs::open_file(&d, &name, false).map_err(|e| io(part, e))?
+                }
+                Err(e) => return Err(write_err(part, e)),
             };
             self.open[i] = Some(f);
             self.open_count += 1;
@@ -299,51 +368,14 @@ impl Disk {
             .ok_or_else(|| FilesError::Io("file not open".into()))
     }
 
-    /// Makes file `i`'s `.part` (and its directories), of the file's size.
-    fn make_part(&mut self, i: usize) -> Result<File, FilesError> {
-        let part = &self.parts[i];
-        if let Some(parent) = part.parent()
-            && !self.made_dirs.contains(parent)
-        {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-            self.made_dirs.insert(parent.to_path_buf());
-        }
-        // Checked again now that the directories exist: a link put there since the
-        // first check is refused here, and O_NOFOLLOW covers the last step.
-        let rel = part
-            .strip_prefix(&self.target)
-            .ok()
-            .and_then(|p| p.to_str())
-            .ok_or_else(|| FilesError::Invalid(format!("bad path {}", part.display())))?;
-        safe_join(&self.target, rel)
-            .map_err(|e| FilesError::Invalid(format!("refused path {rel:?}: {e}")))?;
-        let f = open_nofollow(part, true).map_err(|e| write_err(part, e))?;
-        // A file of one group is written whole by that group; a larger one gets its size
-        // now, so groups can land at their offsets in any order.
-        if group_count(self.sizes[i]) > 1 {
-            f.set_len(self.sizes[i]).map_err(|e| write_err(part, e))?;
-        }
-        Ok(f)
-    }
-
-    /// Whether `g` is written (checkpointed or not).
-    pub(super) fn has(&self, g: GroupRef) -> bool {
-        self.state.is_verified(g) || self.unsynced.contains(&g)
-    }
-
     /// Bytes of the groups written.
     pub(super) fn bytes_done(&self) -> u64 {
         self.verified_bytes + self.unsynced_bytes
     }
 
-    /// Groups written since the last checkpoint.
-    pub(super) fn unsynced(&self) -> usize {
-        self.unsynced.len()
-    }
-
     /// Writes verified groups at their offsets (not synced yet), and when serving while
     /// fetching, their outboard entries; then makes them servable.
-    pub(super) fn write(&mut self, groups: &[(GroupRef, Checked)]) -> Result<(), FilesError> {
+    fn write(&mut self, groups: &[(GroupRef, Checked)]) -> Result<(), FilesError> {
         let written = self.write_groups(groups);
         if let Some(p) = &self.serving {
             // Those before a failure are whole on disk, as their proofs are.
@@ -374,6 +406,12 @@ impl Disk {
         let range = group_range(self.sizes[i], g.group)
             .ok_or_else(|| FilesError::Io("group out of range".into()))?;
         let part = self.parts[i].clone();
+        if self.open[i].is_none() && self.open_count >= MAX_OPEN_FILES {
+            // A checkpoint syncs, renames and closes the files that are whole: taken now,
+            // rather than closing every file and opening each again for its sync (a tree
+            // of small files had most of its files opened twice).
+            self.checkpoint()?;
+        }
         self.file(i)?
             .write_all_at(data, range.start)
             .map_err(|e| write_err(&part, e))?;
@@ -385,7 +423,7 @@ impl Disk {
 
     /// Syncs the groups written since the last checkpoint, saves the state marking them,
     /// then moves the files that became whole into place.
-    pub(super) fn checkpoint(&mut self) -> Result<(), FilesError> {
+    fn checkpoint(&mut self) -> Result<(), FilesError> {
         if self.unsynced.is_empty() {
             return Ok(());
         }
@@ -415,18 +453,23 @@ impl Disk {
         self.verified_bytes += self.unsynced_bytes;
         self.unsynced_bytes = 0;
         self.save_state()?;
-        let mut dirs: Vec<PathBuf> = Vec::new();
+        // Each directory that got files is synced once, not once per file (`whole` is in
+        // manifest order, which keeps a directory's files together).
+        let mut last: Option<(usize, Dir)> = None;
         for &i in &whole {
-            self.rename_file(i)?;
-            if let Some(dir) = self.finals[i].parent() {
-                dirs.push(dir.to_path_buf());
+            let d = self.rename_file(i)?;
+            match &last {
+                Some((j, _)) if split(&self.rel[*j]).0 == split(&self.rel[i]).0 => {}
+                _ => {
+                    if let Some((j, d)) = last.take() {
+                        sync_dir(&d, &self.finals[j])?;
+                    }
+                    last = Some((i, d));
+                }
             }
         }
-        // Each directory that got files is synced once, not once per file.
-        dirs.sort_unstable();
-        dirs.dedup();
-        for dir in &dirs {
-            sync_dir(dir)?;
+        if let Some((j, d)) = last {
+            sync_dir(&d, &self.finals[j])?;
         }
         if self.state.is_complete() {
             std::fs::remove_file(&self.state_path).map_err(|e| io(&self.state_path, e))?;
@@ -458,7 +501,7 @@ impl Disk {
             .and_then(|()| f.sync_all())
             .map_err(|e| write_err(&tmp, e))?;
         std::fs::rename(&tmp, &self.state_path).map_err(|e| io(&self.state_path, e))?;
-        sync_dir(&self.target)?;
+        nix::unistd::fsync(self.dirs.root()).map_err(|e| io(&self.target, e))?;
         // Best effort: without a spare the next save allocates, as any write would.
         if let Ok(spare) = open_nofollow(&tmp, true) {
             let _ = spare.write_all_at(&bytes, 0);
@@ -473,7 +516,10 @@ impl Disk {
                 self.open_count = self.open_count.saturating_sub(1);
                 f
             }
-            None => open_nofollow(&self.parts[i], false).map_err(|e| io(&self.parts[i], e))?,
+            None => {
+                let (d, name) = self.part_dir(i)?;
+                Dirs::open_file(&d, &name, false).map_err(|e| io(&self.parts[i], e))?
+            }
         };
         let mode = if self.executable[i] { 0o755 } else { 0o644 };
         f.sync_all().map_err(|e| io(&self.parts[i], e))?;
@@ -481,9 +527,148 @@ impl Disk {
             .map_err(|e| io(&self.parts[i], e))
     }
 
-    /// Renames a whole file into place (the caller syncs the directory).
-    fn rename_file(&self, i: usize) -> Result<(), FilesError> {
-        std::fs::rename(&self.parts[i], &self.finals[i]).map_err(|e| io(&self.finals[i], e))
+    /// Renames a whole file into place; its directory, which the caller syncs.
+    fn rename_file(&mut self, i: usize) -> Result<Dir, FilesError> {
+        let (d, part) = self.part_dir(i)?;
+        let name = split(&self.rel[i]).1;
+        Dirs::rename(&d, &part, name).map_err(|e| io(&self.finals[i], e))?;
+        Ok(d)
+    }
+}
+
+/// What one write job gives back: the disk, when it last checkpointed, and how it went.
+type Step = (Box<Disk>, Instant, Result<(), FilesError>);
+
+/// A transfer's writes: one batch at a time as a short job on the blocking pool, while
+/// the driver goes on receiving and verifying the next. Short jobs, not a thread for the
+/// transfer's life: a runtime on a paused clock (the simulator's) moves its clock only
+/// while no blocking job runs, so a long-lived one froze every timer there.
+pub(super) struct Writer {
+    idle: Option<(Box<Disk>, Instant)>,
+    busy: Option<tokio::task::JoinHandle<Step>>,
+    /// The first write that failed; nothing more is written after it.
+    failed: Option<FilesError>,
+    checkpoint_every: usize,
+    /// One of the service's writers, held until the last checkpoint is done (the
+    /// service's shutdown waits for them all).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The writer stopped (a write failed): [`Writer::finish`] says why.
+pub(super) struct Stopped;
+
+impl Writer {
+    /// Writes what it is given into `disk`, with a checkpoint every `checkpoint_every`
+    /// groups or [`CHECKPOINT_EVERY`], whichever comes first; it holds one of `writers`
+    /// until its last checkpoint is done.
+    pub(super) async fn start(
+        disk: Disk,
+        checkpoint_every: usize,
+        writers: Arc<Semaphore>,
+    ) -> Result<Self, FilesError> {
+        let permit = writers
+            .acquire_owned()
+            .await
+            .map_err(|_| FilesError::Busy("shutting down".into()))?;
+        Ok(Self {
+            idle: Some((Box::new(disk), Instant::now())),
+            busy: None,
+            failed: None,
+            checkpoint_every,
+            permit: Some(permit),
+        })
+    }
+
+    /// Waits for the job under way, if any, and keeps what it gave back.
+    async fn settle(&mut self) {
+        let Some(job) = self.busy.take() else {
+            return;
+        };
+        match job.await {
+            Ok((disk, at, done)) => {
+                self.idle = Some((disk, at));
+                if let Err(e) = done {
+                    self.failed.get_or_insert(e);
+                }
+            }
+            Err(e) => {
+                self.failed
+                    .get_or_insert(FilesError::Io(format!("the writer failed: {e}")));
+            }
+        }
+    }
+
+    /// Hands verified groups to be written, once the batch before them is written.
+    pub(super) async fn write(&mut self, groups: Vec<(GroupRef, Checked)>) -> Result<(), Stopped> {
+        self.settle().await;
+        if self.failed.is_some() {
+            return Err(Stopped);
+        }
+        let Some((mut disk, mut at)) = self.idle.take() else {
+            return Err(Stopped);
+        };
+        let every = self.checkpoint_every;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            let mut step = || -> Result<(), FilesError> {
+                disk.write(&groups)?;
+                // Syncing is what costs: a checkpoint every so many groups or so often,
+                // not per group.
+                if disk.unsynced.len() >= every || at.elapsed() >= CHECKPOINT_EVERY {
+                    disk.checkpoint()?;
+                    at = Instant::now();
+                }
+                Ok(())
+            };
+            let done = step();
+            (disk, at, done)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the writes, checkpoints what was written and verified (after a failure
+    /// too, so a resume keeps it), and gives the first error met.
+    pub(super) async fn finish(mut self) -> Result<(), FilesError> {
+        self.settle().await;
+        let failed = self.failed.take();
+        let synced = match self.idle.take() {
+            Some((mut disk, _)) => tokio::task::spawn_blocking(move || disk.checkpoint())
+                .await
+                .map_err(|e| FilesError::Io(format!("the writer failed: {e}")))
+                .and_then(|r| r),
+            None => Ok(()),
+        };
+        drop(self.permit.take());
+        match failed {
+            Some(e) => Err(e),
+            None => synced,
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A transfer ended without [`Writer::finish`] (its task was aborted): the last
+    /// checkpoint still runs, holding the permit, so a resume keeps what was written.
+    fn drop(&mut self) {
+        let (busy, idle, permit) = (self.busy.take(), self.idle.take(), self.permit.take());
+        if busy.is_none() && idle.is_none() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let _permit = permit;
+            let disk = match busy {
+                Some(job) => job.await.ok().map(|(disk, _, _)| disk),
+                None => idle.map(|(disk, _)| disk),
+            };
+            if let Some(mut disk) = disk {
+                let synced = tokio::task::spawn_blocking(move || disk.checkpoint()).await;
+                if let Ok(Err(e)) = synced {
+                    tracing::warn!("cannot checkpoint an ended transfer: {e}");
+                }
+            }
+        });
     }
 }
 

@@ -1,8 +1,9 @@
 //! Transfers: find providers, fetch and verify the manifest, then stripe the missing
 //! groups over every provider at once with the [`Planner`]. One worker task per provider
 //! holds its stream and keeps the groups the driver hands it requested (pipelined),
-//! verifying each group against the content's root before handing it back; the driver writes verified groups
-//! in batches (write, sync, save state) and drops a provider whose group failed.
+//! verifying each group against the content's root before handing it back; the driver hands
+//! verified groups in batches to the transfer's [`Writer`] (write, sync, save state, on its
+//! own thread) and drops a provider whose group failed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use p2pnode_node::NodeError;
+use p2pnode_secure::HandshakeError;
 use tokio::sync::mpsc;
 
-use super::disk::{Checked, Disk, checkpoint_groups};
+use super::disk::{Checked, Disk, Writer, checkpoint_groups};
 use super::serve::open;
 use super::wire::{self, Request, Response, Secure, WireError};
 use super::{ANSWER_TIMEOUT, FilesError, Inner, MAX_GROUPS_PER_REQUEST};
@@ -29,8 +32,17 @@ const EVENT_QUEUE: usize = 128;
 const MAX_BATCH: usize = 128;
 /// How often a transfer asks the node which providers are reached over a relay.
 const PATHS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Least time between two checkpoints (syncs and state saves) while groups come in.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Least time between two progress reports while groups come in: each is a copy of the
+/// transfer's info for every watcher, and a batch can be a single small file. Short
+/// enough that a watcher polling every 50 ms sees a transfer of a third of a second move.
+const PROGRESS_EVERY: Duration = Duration::from_millis(25);
+/// Verified groups gathered before they go to the writer, at most, or bytes (a batch of
+/// whole groups goes at once); fewer once the oldest has waited [`WRITE_AFTER`]. Each
+/// hand-off wakes the writer's thread: a tree of small files would otherwise pay a
+/// wake-up for every few files.
+const WRITE_BATCH: usize = 64;
+const WRITE_BATCH_BYTES: u64 = 1 << 20;
+const WRITE_AFTER: Duration = Duration::from_millis(2);
 /// Batches queued for one worker at most.
 const WORKER_QUEUE: usize = 4;
 /// Groups outstanding per provider at most, however small they are.
@@ -43,6 +55,16 @@ const MAX_REOPENS: u32 = 64;
 const MAX_STRIKES: u32 = 2;
 /// Providers asked for the manifest before giving up.
 const MANIFEST_TRIES: usize = 8;
+/// Tries at opening a stream to a provider whose handshake gate turns us away (it has as
+/// many strangers' handshakes pending as it takes) before that counts as a failure. A
+/// popular share has many fetchers knocking at once; each comes back after a pause rather
+/// than failing its `get`.
+const BUSY_TRIES: u32 = 8;
+/// Pause before opening a stream again when the last try failed.
+const REOPEN_PAUSE: Duration = Duration::from_millis(500);
+/// The first pause after a busy refusal; it doubles up to [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE: Duration = Duration::from_millis(250);
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// What a worker reports.
 enum Event {
@@ -60,8 +82,13 @@ enum Event {
     NotYet { peer: PeerId, group: GroupRef },
     /// A provider found while the transfer runs (serve-while-fetching).
     Found { peer: PeerId },
-    /// The provider's stream failed; the worker ended.
-    Gone { peer: PeerId, reason: String },
+    /// The provider's stream failed, or did not open (`busy`: its handshake gate turned us
+    /// away); the worker ended.
+    Gone {
+        peer: PeerId,
+        reason: String,
+        busy: bool,
+    },
     /// A new stream to a provider whose stream had ended, or why there is none.
     Back {
         peer: PeerId,
@@ -161,36 +188,8 @@ async fn run(
     dht: bool,
 ) -> Result<(), FilesError> {
     let me = inner.client.peer_id();
-    let mut providers: Vec<PeerId> = Vec::new();
-    for p in from {
-        if p != me && !providers.contains(&p) {
-            providers.push(p);
-        }
-    }
-    if dht {
-        match inner
-            .client
-            .find_providers(content.as_bytes().to_vec())
-            .await
-        {
-            Ok(found) => {
-                for p in found {
-                    if !providers.contains(&p) {
-                        providers.push(p);
-                    }
-                }
-            }
-            Err(e) if providers.is_empty() => return Err(e.into()),
-            Err(e) => tracing::debug!("provider lookup failed: {e}"),
-        }
-    }
-    if providers.is_empty() {
-        return Err(FilesError::NoProvider(format!(
-            "no provider of {content} found"
-        )));
-    }
     let started = Instant::now();
-    let manifest = fetch_manifest(inner, content, &providers).await?;
+    let (manifest, providers) = fetch_manifest(inner, content, &from, dht).await?;
     let target = to.clone();
     let m = manifest.clone();
     let mut disk = tokio::task::spawn_blocking(move || Disk::prepare(&target, &m, content))
@@ -227,16 +226,19 @@ async fn run(
     // memory; they are never listed one by one.
     let mut plan = Planner::new(config, disk.state.missing());
     let resumed = groups_total - plan.remaining();
+    // Bytes of the groups on disk or handed to the writer.
+    let mut bytes_done = disk.bytes_done();
     inner.update_transfer(id, |t| {
         t.files = manifest.entries().len() as u64;
         t.size = manifest.total_size();
         t.groups_total = groups_total;
         t.groups_resumed = resumed;
-        t.bytes_done = disk.bytes_done();
+        t.bytes_done = bytes_done;
     });
     if plan.is_done() {
         return Ok(());
     }
+    let mut writer = Writer::start(disk, checkpoint_every, inner.writers.clone()).await?;
     let entries: Arc<Vec<(u64, ContentId)>> = Arc::new(
         manifest
             .entries()
@@ -276,7 +278,13 @@ async fn run(
     let mut strikes: HashMap<PeerId, u32> = HashMap::new();
     let mut paths_seen: Option<Instant> = None;
     let mut last_failure = String::from("none");
-    let mut last_checkpoint = Instant::now();
+    let mut reported: Option<Instant> = None;
+    // Verified groups not yet handed to the writer, and since when the first has waited.
+    let mut gathered: Vec<(GroupRef, Checked)> = Vec::new();
+    let mut gathered_at: Option<Instant> = None;
+    let mut gathered_bytes = 0u64;
+    // The writer stopped: its error is the transfer's.
+    let mut stopped = false;
     let mut alone_until: Option<Instant> = None;
     let outcome: Result<(), FilesError> = loop {
         if plan.is_done() {
@@ -315,10 +323,30 @@ async fn run(
                 plan.remaining()
             )));
         }
-        let first = match plan.poll_timeout().into_iter().chain(alone_until).min() {
+        let write_at = gathered_at.map(|t| t + WRITE_AFTER);
+        let wake = plan
+            .poll_timeout()
+            .into_iter()
+            .chain(alone_until)
+            .chain(write_at);
+        let first = match wake.min() {
             Some(at) => match tokio::time::timeout_at(at.into(), ev_rx.recv()).await {
                 Ok(e) => e,
-                Err(_) => continue, // an endgame duplicate came due, or the wait ended
+                Err(_) => {
+                    // An endgame duplicate came due, the wait ended, or gathered groups
+                    // waited long enough.
+                    if gathered_at.is_some_and(|t| t.elapsed() >= WRITE_AFTER)
+                        && writer.write(std::mem::take(&mut gathered)).await.is_err()
+                    {
+                        stopped = true;
+                        break Err(FilesError::Io("the writer stopped".into()));
+                    }
+                    if gathered.is_empty() {
+                        gathered_at = None;
+                        gathered_bytes = 0;
+                    }
+                    continue;
+                }
             },
             None => ev_rx.recv().await,
         };
@@ -357,16 +385,18 @@ async fn run(
                         workers.insert(peer, spawn(peer, None));
                     }
                 }
-                Event::Gone { peer, reason } => {
+                Event::Gone { peer, reason, busy } => {
                     let served = plan
                         .served()
                         .find(|(p, _)| **p == peer)
                         .map_or(0, |(_, n)| n);
                     let n = reopens.entry(peer).or_default();
                     // Its groups go back to the others now; it rejoins once a new stream
-                    // is open. One that served nothing on its last stream is let go.
-                    let reopen = served > 0 && *n < MAX_REOPENS;
-                    if served == 0 {
+                    // is open. One that served nothing on its last stream is let go,
+                    // unless its gate only turned us away for now: then it is asked again
+                    // after a pause, holding no groups meanwhile.
+                    let reopen = (served > 0 || busy) && *n < MAX_REOPENS;
+                    if served == 0 && !busy {
                         *strikes.entry(peer).or_default() += 1;
                     }
                     let over = if relayed.contains(&peer) {
@@ -376,16 +406,20 @@ async fn run(
                     };
                     if reopen {
                         *n += 1;
-                        tracing::info!(%peer, "provider's stream ended{over}: {reason}; opening another");
-                        let (inner2, ev_tx) = (inner.clone(), ev_tx.clone());
+                        if busy {
+                            tracing::debug!(%peer, "provider busy{over}: {reason}; asking again after a pause");
+                        } else {
+                            tracing::info!(%peer, "provider's stream ended{over}: {reason}; opening another");
+                        }
                         reopening.insert(peer);
-                        inner.spawn(async move {
-                            let stream = open(&inner2, peer)
-                                .await
-                                .map(Box::new)
-                                .map_err(|e| e.to_string());
-                            let _ = ev_tx.send(Event::Back { peer, stream }).await;
-                        });
+                        // A busy provider is left alone for a while: the others, or those
+                        // the swarm finds meanwhile, take its groups.
+                        let pause = if busy {
+                            inner.config.rediscover_every.max(busy_pause(1))
+                        } else {
+                            Duration::ZERO
+                        };
+                        reopen_later(inner, &ev_tx, peer, pause);
                     } else {
                         tracing::info!(%peer, "provider left the transfer{over}: {reason}");
                     }
@@ -406,56 +440,50 @@ async fn run(
                             }
                         }
                         Err(reason) => {
-                            *strikes.entry(peer).or_default() += 1;
-                            tracing::info!(%peer, "provider left the transfer: no new stream: {reason}");
                             last_failure = format!("{peer}: no new stream: {reason}");
+                            // One that served before is tried again, once: a new stream
+                            // over a relay can fail while the circuit that just ended is
+                            // torn down ("oneshot canceled"); the next dials a new circuit.
+                            let struck = strikes.entry(peer).or_default();
+                            *struck += 1;
+                            let served = served_before.get(&peer).copied().unwrap_or(0);
+                            if served > 0 && *struck < MAX_STRIKES && !dropped.contains(&peer) {
+                                tracing::info!(%peer, "no new stream: {reason}; trying again");
+                                reopening.insert(peer);
+                                reopen_later(inner, &ev_tx, peer, REOPEN_PAUSE);
+                            } else {
+                                tracing::info!(%peer, "provider left the transfer: no new stream: {reason}");
+                            }
                         }
                     }
                 }
             }
         }
-        // An endgame duplicate, or a group already on disk: only the planner hears of it.
-        let mut batch: Vec<(GroupRef, Checked)> = Vec::new();
-        let mut done: Vec<(PeerId, GroupRef)> = Vec::new();
+        // The planner hears of every group first: an endgame duplicate, or an answer it no
+        // longer waited for, is not written.
         for (peer, group, data) in writes {
-            if !disk.has(group) && !batch.iter().any(|(g, _)| *g == group) {
-                batch.push((group, data));
+            if let Answer::Done { .. } = plan.on_verified(&peer, group) {
+                // Endgame copies still asked elsewhere are not cancelled on the wire: they
+                // are at most a window per provider, and their answers are discarded here.
+                bytes_done += data.bytes.len() as u64;
+                gathered_bytes += data.bytes.len() as u64;
+                fetched += 1;
+                gathered.push((group, data));
+                gathered_at.get_or_insert_with(Instant::now);
             }
-            done.push((peer, group));
         }
-        if !batch.is_empty() {
-            let written = batch.len() as u64;
-            // Syncing is what costs: a checkpoint every so many groups or so often, not
-            // per group, keeps the disk off the transfer's critical path.
-            let sync = disk.unsynced() + batch.len() >= checkpoint_every
-                || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-            let joined = tokio::task::spawn_blocking(move || {
-                let r = disk.write(&batch);
-                let r = if sync {
-                    r.and_then(|()| disk.checkpoint())
-                } else {
-                    r
-                };
-                (disk, r)
-            })
-            .await;
-            let (d, result) = match joined {
-                Ok(v) => v,
-                Err(e) => return Err(FilesError::Io(e.to_string())),
-            };
-            disk = d;
-            if let Err(e) = result {
-                break Err(e);
+        let due = gathered.len() >= WRITE_BATCH
+            || gathered_bytes >= WRITE_BATCH_BYTES
+            || gathered_at.is_some_and(|t| t.elapsed() >= WRITE_AFTER)
+            || plan.is_done();
+        if due && !gathered.is_empty() {
+            gathered_at = None;
+            gathered_bytes = 0;
+            // Written on the writer's thread while the next groups come in.
+            if writer.write(std::mem::take(&mut gathered)).await.is_err() {
+                stopped = true;
+                break Err(FilesError::Io("the writer stopped".into()));
             }
-            if sync {
-                last_checkpoint = Instant::now();
-            }
-            fetched += written;
-        }
-        for (peer, group) in done {
-            // Endgame copies still asked elsewhere are not cancelled on the wire: they
-            // are at most a window per provider, and their answers are discarded above.
-            let _: Answer<PeerId> = plan.on_verified(&peer, group);
         }
         // Which providers are reached over a relay, asked of the node once a second.
         if paths_seen.is_none_or(|t| t.elapsed() >= PATHS_EVERY) {
@@ -468,40 +496,59 @@ async fn run(
                     .collect();
             }
         }
-        let info = |p: &PeerId, groups: u64, dropped: bool| ProviderInfo {
-            peer_id: p.to_string(),
-            groups: groups + served_before.get(p).copied().unwrap_or(0),
-            dropped,
-            relayed: relayed.contains(p),
-            reopened: reopens.get(p).copied().unwrap_or(0),
-        };
-        let providers: Vec<ProviderInfo> = plan
-            .served()
-            .map(|(p, n)| info(p, n, false))
-            .chain(dropped.iter().map(|p| info(p, 0, true)))
-            .collect();
-        let bytes_done = disk.bytes_done();
-        inner.update_transfer(id, |t| {
-            t.bytes_done = bytes_done;
-            t.groups_fetched = fetched;
-            t.providers = providers;
-        });
+        if reported.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || plan.is_done() {
+            reported = Some(Instant::now());
+            let providers = provider_infos(&plan, &dropped, &served_before, &relayed, &reopens);
+            inner.update_transfer(id, |t| {
+                t.bytes_done = bytes_done;
+                t.groups_fetched = fetched;
+                t.providers = providers;
+            });
+        }
         #[cfg(test)]
         if inner.config.stop_after_groups.is_some_and(|n| fetched >= n) && !plan.is_done() {
             break Err(FilesError::Io("stopped by the test hook".into()));
         }
     };
+    let providers = provider_infos(&plan, &dropped, &served_before, &relayed, &reopens);
+    inner.update_transfer(id, |t| {
+        t.bytes_done = bytes_done;
+        t.groups_fetched = fetched;
+        t.providers = providers;
+    });
     // Whatever ended the loop, what was written and verified is kept for a resume.
-    let (_, synced) = tokio::task::spawn_blocking(move || {
-        let r = disk.checkpoint();
-        (disk, r)
-    })
-    .await
-    .map_err(|e| FilesError::Io(e.to_string()))?;
+    if !gathered.is_empty() && writer.write(gathered).await.is_err() {
+        stopped = true;
+    }
+    let written = writer.finish().await;
+    // A writer that stopped ended the loop: its error says why.
+    if stopped || outcome.is_ok() {
+        written?;
+    }
     outcome?;
-    synced?;
     tracing::info!(transfer = id, content = %content, fetched, resumed, ms = started.elapsed().as_millis(), "transfer complete");
     Ok(())
+}
+
+/// What each provider did for the transfer, for its progress.
+fn provider_infos(
+    plan: &Planner<PeerId>,
+    dropped: &HashSet<PeerId>,
+    served_before: &HashMap<PeerId, u64>,
+    relayed: &HashSet<PeerId>,
+    reopens: &HashMap<PeerId, u32>,
+) -> Vec<ProviderInfo> {
+    let info = |p: &PeerId, groups: u64, dropped: bool| ProviderInfo {
+        peer_id: p.to_string(),
+        groups: groups + served_before.get(p).copied().unwrap_or(0),
+        dropped,
+        relayed: relayed.contains(p),
+        reopened: reopens.get(p).copied().unwrap_or(0),
+    };
+    plan.served()
+        .map(|(p, n)| info(p, n, false))
+        .chain(dropped.iter().map(|p| info(p, 0, true)))
+        .collect()
 }
 
 /// The planner's window for a transfer: `window` whole groups' worth of bytes in flight
@@ -521,28 +568,138 @@ struct Worker {
     pending: Vec<GroupRef>,
 }
 
+/// Opens a new stream to `peer` after `pause` (patiently, see [`open_patiently`]) and
+/// reports it to the transfer as [`Event::Back`].
+fn reopen_later(inner: &Arc<Inner>, events: &mpsc::Sender<Event>, peer: PeerId, pause: Duration) {
+    let (inner2, events) = (inner.clone(), events.clone());
+    inner.spawn(async move {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let stream = open_patiently(&inner2, peer)
+            .await
+            .map(Box::new)
+            .map_err(|e| e.to_string());
+        let _ = events.send(Event::Back { peer, stream }).await;
+    });
+}
+
+/// Whether `e` is a provider's handshake gate turning us away: it closed the stream where
+/// its answer was due. That is how it says it is busy (or that we come too often, or that
+/// it does not take us: those fail again, and after [`BUSY_TRIES`] the failure stands).
+fn turned_away(e: &FilesError) -> bool {
+    matches!(
+        e,
+        FilesError::Node(NodeError::Handshake { source, .. })
+            if matches!(**source, HandshakeError::Closed)
+    )
+}
+
+/// The pause before try `n + 1` at a provider that turned us away `n` times: doubling from
+/// [`BUSY_PAUSE`], drawn between half and one and a half times that, so fetchers turned
+/// away together do not all come back together.
+fn busy_pause(n: u32) -> Duration {
+    let base = BUSY_PAUSE
+        .saturating_mul(1 << n.saturating_sub(1).min(8))
+        .min(BUSY_PAUSE_MAX);
+    base.mul_f64(0.5 + rand::random::<f64>())
+}
+
+/// Opens a stream to `peer`, coming back after a pause while its gate turns us away.
+async fn open_patiently(inner: &Inner, peer: PeerId) -> Result<Secure, FilesError> {
+    let mut n = 0;
+    loop {
+        match open(inner, peer).await {
+            Err(e) if turned_away(&e) && n + 1 < BUSY_TRIES => {
+                n += 1;
+                let pause = busy_pause(n);
+                tracing::debug!(%peer, tries = n, ?pause, "provider busy: {e}");
+                tokio::time::sleep(pause).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The providers to fetch `content` from: those named, then (for a `get`) the DHT's.
+async fn providers_of(
+    inner: &Inner,
+    content: ContentId,
+    from: &[PeerId],
+    dht: bool,
+) -> Result<Vec<PeerId>, FilesError> {
+    let me = inner.client.peer_id();
+    let found = if dht {
+        match inner
+            .client
+            .find_providers(content.as_bytes().to_vec())
+            .await
+        {
+            Ok(found) => found,
+            Err(e) if from.iter().all(|p| *p == me) => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!("provider lookup failed: {e}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let mut providers: Vec<PeerId> = Vec::new();
+    for p in from.iter().copied().chain(found) {
+        if p != me && !providers.contains(&p) {
+            providers.push(p);
+        }
+    }
+    if providers.is_empty() {
+        return Err(FilesError::NoProvider(format!(
+            "no provider of {content} found"
+        )));
+    }
+    Ok(providers)
+}
+
 /// Fetches the manifest from the first provider that has it and checks it against the
 /// content id; a manifest that verifies but is refused (an unsafe path) ends the transfer,
-/// since every provider would send the same bytes.
+/// since every provider would send the same bytes. Returns it with the providers found.
+///
+/// When every provider asked turned us away as busy (a popular share with many fetchers
+/// at once), it looks for providers again after a pause and asks again, up to
+/// [`BUSY_TRIES`] rounds: others fetching the same content become providers meanwhile.
 async fn fetch_manifest(
     inner: &Arc<Inner>,
     content: ContentId,
-    providers: &[PeerId],
-) -> Result<Manifest, FilesError> {
-    let mut last = None;
-    for &peer in providers.iter().take(MANIFEST_TRIES) {
-        match manifest_from(inner, peer, content).await {
-            Ok(bytes) => {
-                return Manifest::decode(&bytes)
-                    .map_err(|e| FilesError::Invalid(format!("refused the manifest: {e}")));
-            }
-            Err(e) => {
-                tracing::debug!(%peer, "no manifest: {e}");
-                last = Some(e);
+    from: &[PeerId],
+    dht: bool,
+) -> Result<(Manifest, Vec<PeerId>), FilesError> {
+    let mut round = 0;
+    loop {
+        let providers = providers_of(inner, content, from, dht).await?;
+        let mut last = None;
+        let mut all_busy = true;
+        for &peer in providers.iter().take(MANIFEST_TRIES) {
+            match manifest_from(inner, peer, content).await {
+                Ok(bytes) => return Ok((decode_manifest(&bytes)?, providers)),
+                Err(e) => {
+                    tracing::debug!(%peer, "no manifest: {e}");
+                    all_busy &= turned_away(&e);
+                    last = Some(e);
+                }
             }
         }
+        let e = last.unwrap_or_else(|| FilesError::NoProvider("no provider answered".into()));
+        round += 1;
+        if !all_busy || round >= BUSY_TRIES {
+            return Err(e);
+        }
+        let pause = busy_pause(round);
+        tracing::debug!(%content, round, ?pause, "every provider busy; asking again");
+        tokio::time::sleep(pause).await;
     }
-    Err(last.unwrap_or_else(|| FilesError::NoProvider("no provider answered".into())))
+}
+
+fn decode_manifest(bytes: &[u8]) -> Result<Manifest, FilesError> {
+    Manifest::decode(bytes).map_err(|e| FilesError::Invalid(format!("refused the manifest: {e}")))
 }
 
 async fn manifest_from(
@@ -607,8 +764,8 @@ async fn worker(
     let mut s = match opened {
         Ok(s) => s,
         Err(e) => {
-            let reason = e.to_string();
-            let _ = events.send(Event::Gone { peer, reason }).await;
+            let (reason, busy) = (e.to_string(), turned_away(&e));
+            let _ = events.send(Event::Gone { peer, reason, busy }).await;
             return;
         }
     };
@@ -633,7 +790,8 @@ async fn worker(
     .await;
     if let Err(e) = result {
         let reason = e.to_string();
-        let _ = events.send(Event::Gone { peer, reason }).await;
+        let busy = false;
+        let _ = events.send(Event::Gone { peer, reason, busy }).await;
     }
 }
 
@@ -785,5 +943,37 @@ mod tests {
         assert_eq!(window_for(32, 0, 0), MAX_WINDOW);
         // A window configured above the cap stays as configured.
         assert_eq!(window_for(2000, 1024 * mib, 16_384), 2000);
+    }
+
+    #[test]
+    fn only_a_gate_closing_the_handshake_counts_as_busy() {
+        let handshake = |source| {
+            FilesError::Node(NodeError::Handshake {
+                peer: "p".into(),
+                source: Arc::new(source),
+            })
+        };
+        assert!(turned_away(&handshake(HandshakeError::Closed)));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!turned_away(&handshake(HandshakeError::Io(eof))));
+        assert!(!turned_away(&FilesError::NoProvider("gone".into())));
+    }
+
+    #[test]
+    fn busy_pauses_double_to_a_cap_and_are_spread() {
+        for n in 1..=BUSY_TRIES {
+            let base = BUSY_PAUSE
+                .saturating_mul(1 << (n - 1).min(8))
+                .min(BUSY_PAUSE_MAX);
+            for _ in 0..50 {
+                let p = busy_pause(n);
+                assert!(p >= base / 2 && p <= base * 3 / 2, "try {n}: {p:?}");
+            }
+        }
+        // Patience is bounded: every pause together is a few seconds at most.
+        let most: Duration = (1..BUSY_TRIES)
+            .map(|n| BUSY_PAUSE.saturating_mul(1 << (n - 1)).min(BUSY_PAUSE_MAX) * 3 / 2)
+            .sum();
+        assert!(most < Duration::from_secs(12), "{most:?}");
     }
 }

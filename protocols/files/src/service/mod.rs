@@ -7,9 +7,11 @@
 //! transfer is its own task in one bounded [`JoinSet`](tokio::task::JoinSet) that
 //! shutdown aborts (a transfer's verified groups are on disk with its resume state, so
 //! an aborted one resumes). Files: `share` the shares and their table, `serve` the
-//! provider side and offers, `fetch` transfers, `disk` what a transfer writes,
+//! provider side and offers, `fetch` transfers, `disk` what a transfer writes (on its
+//! own thread), `dirs` the directories it writes in (walked without following links),
 //! `accepted` accepted offers kept until done, `wire` the messages, `routes` the control
-//! routes.
+//! routes; `hostile` (feature `test-util`) a sender without the sender's checks, for
+//! tests of the receiver's.
 //!
 //! Serving while fetching ([`Config::serve_while_fetching`]): a `get` registers its
 //! content as a partial (`share`), the transfer's writes make each verified group
@@ -19,8 +21,11 @@
 //! lookup per transfer every `rediscover_every`.
 
 mod accepted;
+mod dirs;
 mod disk;
 mod fetch;
+#[cfg(feature = "test-util")]
+pub mod hostile;
 mod routes;
 mod serve;
 mod share;
@@ -237,6 +242,9 @@ pub(crate) struct Inner {
     streams_per_peer: Mutex<HashMap<PeerId, usize>>,
     serving: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// A permit per transfer's writer thread, held until its last checkpoint: shutdown
+    /// waits for them all, so no writer outlives the service.
+    writers: Arc<Semaphore>,
     next_id: AtomicU64,
     served_groups: AtomicU64,
     events: Events,
@@ -515,6 +523,7 @@ impl Protocol for Files {
             streams_per_peer: Mutex::new(HashMap::new()),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
+            writers: Arc::new(Semaphore::new(MAX_RUNNING)),
             next_id: AtomicU64::new(1),
             served_groups: AtomicU64::new(0),
             events: Events::default(),
@@ -568,8 +577,8 @@ impl ProtocolHandler for FilesService {
 
     fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
-            // Transfers save their state after every batch, so aborting them leaves a
-            // resumable state; served streams just close.
+            // An aborted transfer's writer checkpoints what it was given (below), so it
+            // leaves a resumable state; served streams just close.
             let tasks = match self.handle.inner.tasks.lock() {
                 Ok(mut t) => Some(std::mem::take(&mut *t)),
                 Err(_) => None,
@@ -577,6 +586,13 @@ impl ProtocolHandler for FilesService {
             if let Some(mut tasks) = tasks {
                 tasks.shutdown().await;
             }
+            // Its writers' last checkpoints.
+            let _ = self
+                .handle
+                .inner
+                .writers
+                .acquire_many(MAX_RUNNING as u32)
+                .await;
         })
     }
 }

@@ -230,6 +230,20 @@ fn hash_all(
     let mut entries = Vec::with_capacity(scanned.files.len());
     let mut sources = Vec::with_capacity(scanned.files.len());
     for file in &scanned.files {
+        if crate::group_count(file.size) == 1 {
+            // A file of one group has an empty outboard, never read (its group is proven
+            // by its root): a tree of small files makes no file per file here.
+            let root = hash_file(&file.source, file.size, std::io::sink())
+                .map_err(|e| FilesError::Io(e.to_string()))?;
+            entries.push(Entry {
+                path: file.path.clone(),
+                size: file.size,
+                root,
+                executable: file.executable,
+            });
+            sources.push(file.source.clone());
+            continue;
+        }
         // Written under a temporary name and renamed to its root once complete, so an
         // outboard under a root's name is always whole.
         let tmp = outboards.join(format!(".tmp-{}", rand::random::<u64>()));
@@ -290,7 +304,8 @@ pub(super) async fn unshare(inner: &Arc<Inner>, id: ContentId) -> Result<ShareIn
     })
     .await
     .map_err(|e| FilesError::Db(e.to_string()))??;
-    if share.only.is_none() {
+    // A partial of the same content (a `get` of it) still serves what it fetched.
+    if share.only.is_none() && find_partial(inner, &id).is_none() {
         inner.client.stop_providing(id.as_bytes().to_vec()).await?;
     }
     // Outboards are kept per file root, shared by every share holding that file: remove
@@ -411,7 +426,7 @@ pub(super) struct Partial {
 
 /// Partials kept at most: those of running transfers and of the last finished ones,
 /// which go on serving what they fetched (oldest forgotten first).
-const MAX_PARTIALS: usize = 32;
+pub(super) const MAX_PARTIALS: usize = 32;
 
 impl Partial {
     /// File `file`'s partial outboard (only files of more than one group have one).
@@ -478,14 +493,39 @@ pub(super) fn start_partial(
         first: tokio::sync::Notify::new(),
         any: std::sync::atomic::AtomicBool::new(false),
     });
-    if let Ok(mut all) = inner.partials.lock() {
-        all.retain(|(id, _)| *id != manifest.id());
-        if all.len() >= MAX_PARTIALS {
-            all.pop_front();
+    let evicted = match inner.partials.lock() {
+        Ok(mut all) => {
+            all.retain(|(id, _)| *id != manifest.id());
+            let evicted = (all.len() >= MAX_PARTIALS)
+                .then(|| all.pop_front())
+                .flatten();
+            all.push_back((manifest.id(), partial.clone()));
+            evicted
         }
-        all.push_back((manifest.id(), partial.clone()));
+        Err(_) => None,
+    };
+    // A forgotten partial serves nothing: its announcement goes too (unless the content
+    // is also shared publicly), or every `get` would leave one behind for good, and the
+    // DHT's store of our announcements would fill until shares could not announce.
+    if let Some((id, _)) = evicted
+        && !publicly_shared(inner, &id)
+    {
+        let client = inner.client.clone();
+        inner.spawn(async move {
+            if let Err(e) = client.stop_providing(id.as_bytes().to_vec()).await {
+                tracing::debug!(content = %id, "cannot withdraw a forgotten partial: {e}");
+            }
+        });
     }
     Ok(partial)
+}
+
+/// Whether `id` is shared with everyone (announced for the share's own sake).
+fn publicly_shared(inner: &Inner, id: &ContentId) -> bool {
+    inner
+        .shares
+        .lock()
+        .is_ok_and(|s| s.get(id).is_some_and(|s| s.only.is_none()))
 }
 
 /// The partial serving `content`, if any.

@@ -566,3 +566,36 @@ async fn a_partial_peer_serving_a_bad_group_is_dropped_and_the_file_still_arrive
     let from_b = listed(&t, partial);
     assert!(from_b.dropped, "{t:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_partial_withdraws_its_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), vec![], Config::default()).await;
+    let inner = files(&node).inner.clone();
+    let provided = || async { node.client().status().await.unwrap().provided_keys };
+    // One more `get` than partials are kept, each announced as its first group arrives.
+    let n = share::MAX_PARTIALS + 1;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let manifest = crate::Manifest::new(vec![crate::manifest::Entry {
+            path: format!("f{i}"),
+            size: 1,
+            root: ContentId::from_bytes([i as u8; 32]),
+            executable: false,
+        }])
+        .unwrap();
+        let part = dir.path().join(format!("f{i}.part"));
+        let fin = dir.path().join(format!("f{i}"));
+        share::start_partial(&inner, i as u64, &manifest, vec![part], vec![fin]).unwrap();
+        node.client()
+            .provide(manifest.id().as_bytes().to_vec())
+            .await
+            .unwrap();
+        ids.push(manifest.id());
+    }
+    // The first was forgotten, and its announcement with it; the others stay.
+    wait_for(|| async { (provided().await == share::MAX_PARTIALS).then_some(()) }).await;
+    assert!(share::find_partial(&inner, &ids[0]).is_none());
+    assert!(share::find_partial(&inner, &ids[n - 1]).is_some());
+    node.shutdown().await;
+}

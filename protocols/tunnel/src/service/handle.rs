@@ -36,7 +36,13 @@ impl TunnelHandle {
     }
 
     /// Brings the tunnel of `network` up (or reports it, if it is up already).
-    pub async fn up(&self, network: &str, mtu: Option<u16>) -> Result<NetStatus, TunnelError> {
+    /// `offload`: the TUN device's offloads (on when `None`).
+    pub async fn up(
+        &self,
+        network: &str,
+        mtu: Option<u16>,
+        offload: Option<bool>,
+    ) -> Result<NetStatus, TunnelError> {
         p2pnode_node::networks::check_name(network)?;
         let mtu = mtu.unwrap_or(crate::DEFAULT_MTU);
         if !(crate::DEFAULT_MTU..=MAX_MTU).contains(&mtu) {
@@ -50,6 +56,7 @@ impl TunnelHandle {
             .ask(|reply| Command::Up {
                 network,
                 mtu,
+                offload: offload.unwrap_or(true),
                 reply,
             })
             .await??;

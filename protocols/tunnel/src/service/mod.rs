@@ -33,6 +33,7 @@ mod path;
 mod routes;
 mod streams;
 mod sys;
+mod udp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,7 @@ enum Command {
     Up {
         network: String,
         mtu: u16,
+        offload: bool,
         reply: oneshot::Sender<Result<NetStatus, TunnelError>>,
     },
     Down {
@@ -104,12 +106,13 @@ enum Event {
     Opened {
         network: String,
         peer: PeerId,
-        stream: Result<Secure, String>,
+        stream: Result<(Secure, Option<Box<udp::Negotiated>>), String>,
     },
     Hello {
         peer: PeerId,
         network: [u8; 32],
         stream: Secure,
+        datagram: Option<Box<udp::Negotiated>>,
     },
     Closed {
         network: String,
@@ -155,6 +158,11 @@ impl Protocol for Tunnel {
             events_tx,
             hellos: Arc::new(Semaphore::new(MAX_HELLOS)),
             next_link: 1,
+            signing: ctx.signing_key().clone(),
+            udp: None,
+            port: Arc::default(),
+            up_ids: Arc::default(),
+            observed_at: std::time::Instant::now(),
         };
         let task = spawn(service.run(listener, cmd_rx, events_rx, stop_rx));
         Ok(TunnelService {
@@ -213,6 +221,19 @@ struct Service {
     events_tx: mpsc::Sender<Event>,
     hellos: Arc<Semaphore>,
     next_link: u64,
+    /// Our identity key, for the datagram sessions' handshakes.
+    signing: p2pnode_secure::SigningKey,
+    /// The datagram socket and its reader, from the first `vpn up` on.
+    udp: Option<(Arc<udp::Udp>, JoinHandle<()>)>,
+    /// The datagram socket's port, 0 before it is bound; shared with the tasks that
+    /// answer streams, which read it once they know the network.
+    port: Arc<std::sync::atomic::AtomicU16>,
+    /// The ids of the networks that are up, for those tasks: a stream for a network that
+    /// is not up (yet) is closed before its datagram negotiation, so an answer never
+    /// goes out without our socket's port, and the opener tries again later.
+    up_ids: Arc<std::sync::RwLock<std::collections::HashSet<[u8; 32]>>>,
+    /// When members without a datagram path were last looked at for new addresses.
+    observed_at: std::time::Instant,
 }
 
 impl Service {
@@ -252,6 +273,9 @@ impl Service {
             t.stop().await;
             tracing::info!(network = name, "tunnel down (node stopping)");
         }
+        if let Some((_, reader)) = self.udp.take() {
+            reader.abort();
+        }
         tracing::debug!("tunnel service stopped");
     }
 
@@ -260,14 +284,16 @@ impl Service {
             Command::Up {
                 network,
                 mtu,
+                offload,
                 reply,
             } => {
-                let result = self.up(&network, mtu).await;
+                let result = self.up(&network, mtu, offload).await;
                 let _ = reply.send(result);
             }
             Command::Down { network, reply } => {
                 let result = match self.nets.remove(&network) {
                     Some(t) => {
+                        self.forget_up(&t.id);
                         let interface = t.interface.clone();
                         t.stop().await;
                         tracing::info!(network, interface, "tunnel down");
@@ -278,15 +304,20 @@ impl Service {
                 let _ = reply.send(result);
             }
             Command::Status { reply } => {
-                let list = self.nets.iter().map(|(n, t)| t.status(n)).collect();
+                let list = self.nets.iter().map(|(n, t)| self.status(n, t)).collect();
                 let _ = reply.send(list);
             }
         }
     }
 
-    async fn up(&mut self, network: &str, mtu: u16) -> Result<NetStatus, TunnelError> {
+    async fn up(
+        &mut self,
+        network: &str,
+        mtu: u16,
+        offload: bool,
+    ) -> Result<NetStatus, TunnelError> {
         if let Some(t) = self.nets.get(network) {
-            return Ok(t.status(network));
+            return Ok(self.status(network, t));
         }
         if !self.networks.is_in(network) {
             return Err(TunnelError::NotMember(network.to_string()));
@@ -327,14 +358,18 @@ impl Service {
         if engine.must_record_ours() {
             self.record_lease(network, lease).await;
         }
-        let device = Arc::new(TunDevice::create(&interface, lease, &prefixes, mtu)?);
+        let device = Arc::new(TunDevice::create_with(
+            &interface, lease, &prefixes, mtu, offload,
+        )?);
+        self.bind_udp().await;
         let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
         let dns = self.start_dns(network, &interface, lease.v4, &names).await;
         let path = Arc::new(Mutex::new(DataPath::new(engine)));
         let reader = {
             let (device, path, network) = (device.clone(), path.clone(), network.to_string());
+            let batch = self.udp.as_ref().map(|(u, _)| u.batch());
             spawn(async move {
-                let reason = path::read_tun(device, path, mtu).await;
+                let reason = path::read_tun(device, path, mtu, batch).await;
                 tracing::warn!(network, "tunnel: {reason}");
             })
         };
@@ -360,10 +395,89 @@ impl Service {
             names,
             dns,
         };
-        let status = t.status(network);
+        let status = self.status(network, &t);
+        if let Ok(mut up) = self.up_ids.write() {
+            up.insert(t.id);
+        }
         self.nets.insert(network.to_string(), t);
         self.tick();
         Ok(status)
+    }
+
+    /// Our lease moved (another member recorded the same address at the same time, and
+    /// won the tie-break): the device takes the new addresses and the DNS responder moves
+    /// with them. Connections on the old address end, as they would on any renumbering.
+    async fn readdress(&mut self, network: &str, new: crate::Lease) {
+        let Some(t) = self.nets.get_mut(network) else {
+            return;
+        };
+        let old = t.lease;
+        if let Err(e) = sys::readdress(&t.interface, old, new).await {
+            tracing::warn!(
+                network,
+                "tunnel: cannot move to {} / {}: {e}",
+                new.v4,
+                new.v6
+            );
+            return;
+        }
+        t.lease = new;
+        tracing::warn!(
+            network,
+            from = %old.v4,
+            to = %new.v4,
+            ipv6 = %new.v6,
+            "tunnel: the tie-break moved our address"
+        );
+        if let Some(dns) = t.dns.take() {
+            dns.abort();
+            let _ = dns.await;
+        }
+        let (interface, names) = (t.interface.clone(), t.names.clone());
+        let dns = self.start_dns(network, &interface, new.v4, &names).await;
+        if let Some(t) = self.nets.get_mut(network) {
+            t.dns = dns;
+        }
+    }
+
+    /// Binds the datagram socket, once. Without it every member is reached over streams.
+    async fn bind_udp(&mut self) {
+        if self.udp.is_some() {
+            return;
+        }
+        match udp::Udp::bind(0).await {
+            Ok(u) => {
+                tracing::info!(port = u.port(), "tunnel: datagram socket bound");
+                let reader = spawn(u.clone().receive());
+                self.port
+                    .store(u.port(), std::sync::atomic::Ordering::Relaxed);
+                self.udp = Some((u, reader));
+            }
+            Err(e) => tracing::warn!("tunnel: no datagram socket, streams only: {e}"),
+        }
+    }
+
+    /// `network`'s status, with the datagram socket's port and the datagrams it dropped
+    /// that belong to no network (named no link, or could not be sent).
+    fn status(&self, network: &str, t: &NetTunnel) -> NetStatus {
+        let mut s = t.status(network);
+        if let Some((u, _)) = &self.udp {
+            s.udp_port = Some(u.port());
+            let (unknown, send_failed) = u.drops();
+            for (reason, n) in [("udp_unknown", unknown), ("udp_send_failed", send_failed)] {
+                if n > 0 {
+                    *s.drops.entry(reason.to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        s
+    }
+
+    /// Takes `id` off the networks that are up.
+    fn forget_up(&self, id: &[u8; 32]) {
+        if let Ok(mut up) = self.up_ids.write() {
+            up.remove(id);
+        }
     }
 
     /// Writes our lease into the network's record: the tie-break moved us, and members
@@ -440,6 +554,7 @@ impl Service {
             Ok(r) if self.networks.is_in(network) => r,
             _ => {
                 if let Some(t) = self.nets.remove(network) {
+                    self.forget_up(&t.id);
                     t.stop().await;
                 }
                 tracing::info!(network, "tunnel down: no longer a member of the network");
@@ -464,15 +579,10 @@ impl Service {
         let members = &t.members;
         t.links.retain(|peer, _| members.contains_key(peer));
         t.waiting.retain(|peer, _| members.contains_key(peer));
-        match lease {
-            Some(l) if l != t.lease => tracing::warn!(
-                network,
-                "tunnel: the tie-break moved our address to {} / {}; run `p2pnode vpn down {network}` \
-                 and `vpn up` again to use it",
-                l.v4,
-                l.v6
-            ),
-            _ => {}
+        if let Some(l) = lease
+            && l != t.lease
+        {
+            self.readdress(network, l).await;
         }
         if record && let Some(l) = lease {
             self.record_lease(network, l).await;

@@ -65,6 +65,8 @@ pub(super) struct Link {
     pub(super) out: Arc<Outgoing>,
     /// The writer and the reader.
     pub(super) tasks: [JoinHandle<()>; 2],
+    /// The member's datagram link, when both sides have a socket.
+    pub(super) udp: Option<super::udp::Attached>,
 }
 
 impl Drop for Link {
@@ -128,6 +130,8 @@ impl NetTunnel {
             return self.empty_status(network);
         };
         let prefixes = p.engine.table().prefixes();
+        let now = Instant::now();
+        let mut all_drops = p.drops(None);
         let members = self
             .members
             .iter()
@@ -135,6 +139,27 @@ impl NetTunnel {
                 let id = MemberId(peer.to_bytes());
                 let lease = p.engine.table().lease(&id);
                 let c = p.engine.counts(&id);
+                let link = self.links.get(peer);
+                let udp = link.and_then(|l| l.udp.as_ref()).map(|a| &a.link);
+                let transport = link.map(|_| {
+                    match udp.and_then(|u| u.usable(now)) {
+                        Some(_) => "udp",
+                        None => "stream",
+                    }
+                    .to_string()
+                });
+                let mut drops = p.drops(Some(&id));
+                if let Some(u) = udp {
+                    let (rejected, send_failed) = u.errors();
+                    for (reason, n) in
+                        [("udp_rejected", rejected), ("udp_send_failed", send_failed)]
+                    {
+                        if n > 0 {
+                            *drops.entry(reason.to_string()).or_insert(0) += n;
+                            *all_drops.entry(reason.to_string()).or_insert(0) += n;
+                        }
+                    }
+                }
                 MemberStatus {
                     peer_id: peer.to_string(),
                     name: name.clone(),
@@ -143,12 +168,17 @@ impl NetTunnel {
                     linked: self.links.contains_key(peer),
                     streams: p.out.get(&id).map_or(0, |o| o.streams()),
                     path: None,
+                    transport,
+                    endpoint: udp.and_then(|u| u.endpoint()).map(|e| e.to_string()),
+                    candidates: udp
+                        .map(|u| u.candidates().iter().map(|c| c.to_string()).collect())
+                        .unwrap_or_default(),
                     rtt_ms: None,
                     packets_out: c.packets_out,
                     bytes_out: c.bytes_out,
                     packets_in: c.packets_in,
                     bytes_in: c.bytes_in,
-                    drops: p.drops(Some(&id)),
+                    drops,
                 }
             })
             .collect();
@@ -160,10 +190,12 @@ impl NetTunnel {
             prefix_v4: format!("{}/{}", prefixes.v4, crate::addr::V4_PREFIX_LEN),
             prefix_v6: format!("{}/{}", prefixes.v6, crate::addr::V6_PREFIX_LEN),
             mtu: self.mtu,
+            offload: self.device.offload(),
             members,
-            drops: p.drops(None),
+            drops: all_drops,
             dns: self.dns_addr(),
             resolver: names::resolver_line(&self.interface, self.lease.v4),
+            udp_port: None,
         }
     }
 
@@ -176,10 +208,12 @@ impl NetTunnel {
             prefix_v4: String::new(),
             prefix_v6: String::new(),
             mtu: self.mtu,
+            offload: self.device.offload(),
             members: Vec::new(),
             drops: BTreeMap::new(),
             dns: self.dns_addr(),
             resolver: names::resolver_line(&self.interface, self.lease.v4),
+            udp_port: None,
         }
     }
 

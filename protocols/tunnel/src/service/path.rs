@@ -3,13 +3,18 @@
 //! Each packet takes the lock once, briefly; nothing in it allocates per packet.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::device::PacketDevice;
+use crate::device::{PacketDevice, ReadBatch, TunDevice};
 use crate::{DropReason, Engine, MemberId, Outbound};
 
 use super::link::Outgoing;
+use super::udp::{Batch, UdpLink};
+
+/// Most reads from the TUN device without waiting before their datagrams go out.
+const BURST: usize = 64;
 
 /// Drops the service counts beside the engine's: packets it could not hand on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,10 +25,12 @@ pub(super) struct Unsent {
     pub(super) too_big_in: u64,
 }
 
-/// The engine and the members' queues.
+/// The engine, the members' queues and their datagram links.
 pub(super) struct DataPath {
     pub(super) engine: Engine,
     pub(super) out: HashMap<MemberId, Arc<Outgoing>>,
+    /// Members with a datagram link; packets take it while it is up.
+    pub(super) udp: HashMap<MemberId, Arc<UdpLink>>,
     pub(super) unsent: BTreeMap<MemberId, Unsent>,
 }
 
@@ -31,6 +38,8 @@ pub(super) struct DataPath {
 pub(super) enum FromTun {
     /// Queued, or dropped and counted: nothing more to do.
     Done,
+    /// Send it as a datagram on this link, to this address.
+    Udp(Arc<UdpLink>, SocketAddr),
     /// Write this ICMP error back into the device.
     Reply(Vec<u8>),
 }
@@ -40,6 +49,7 @@ impl DataPath {
         Self {
             engine,
             out: HashMap::new(),
+            udp: HashMap::new(),
             unsent: BTreeMap::new(),
         }
     }
@@ -49,6 +59,11 @@ impl DataPath {
     pub(super) fn on_tun_packet(&mut self, packet: &[u8], now: Instant) -> FromTun {
         match self.engine.from_tun(packet) {
             Outbound::Send(member) => {
+                if let Some(link) = self.udp.get(member)
+                    && let Some(to) = link.usable(now)
+                {
+                    return FromTun::Udp(link.clone(), to);
+                }
                 let queued = self.out.get(member).is_some_and(|o| o.push(packet, now));
                 if !queued {
                     unsent_of(&mut self.unsent, member).no_stream += 1;
@@ -125,27 +140,57 @@ fn unsent_of<'a>(unsent: &'a mut BTreeMap<MemberId, Unsent>, member: &MemberId) 
 }
 
 /// Reads the TUN device until it fails or the task is aborted: each packet routed by
-/// the engine to its member's queue; "too big" answers written back into the device.
-pub(super) async fn read_tun<D: PacketDevice>(
-    device: Arc<D>,
+/// the engine to its member's queue or datagram link; "too big" answers written back into
+/// the device. A read may be a super-packet of many segments (offloads on); a burst of
+/// reads is taken without waiting and its datagrams sent as batches.
+pub(super) async fn read_tun(
+    device: Arc<TunDevice>,
     path: Arc<Mutex<DataPath>>,
     mtu: u16,
+    mut batch: Option<Batch>,
 ) -> String {
-    // Room for any packet the kernel may hand us (GSO is off), reused for every one.
-    let mut buf = vec![0u8; usize::from(mtu).max(1500) + 64];
+    let mut reads = ReadBatch::new(mtu);
     loop {
-        let n = match device.recv(&mut buf).await {
+        let mut n = match device.recv_batch(&mut reads).await {
             Ok(n) => n,
             Err(e) => return format!("cannot read the TUN device: {e}"),
         };
-        let action = match path.lock() {
-            Ok(mut p) => p.on_tun_packet(&buf[..n], Instant::now()),
-            Err(_) => return "data path lock poisoned".into(),
-        };
-        if let FromTun::Reply(reply) = action
-            && let Err(e) = device.send(&reply).await
-        {
-            tracing::debug!("tunnel: cannot write an ICMP error into the TUN device: {e}");
+        let mut read = 1;
+        loop {
+            for i in 0..n {
+                let packet = reads.packet(i);
+                let now = Instant::now();
+                let action = match path.lock() {
+                    Ok(mut p) => p.on_tun_packet(packet, now),
+                    Err(_) => return "data path lock poisoned".into(),
+                };
+                match action {
+                    FromTun::Done => {}
+                    FromTun::Udp(link, to) => match &mut batch {
+                        Some(b) => b.push(&link, to, packet, now).await,
+                        None => tracing::debug!("tunnel: a datagram link without a socket"),
+                    },
+                    FromTun::Reply(reply) => {
+                        if let Err(e) = device.send(&reply).await {
+                            tracing::debug!(
+                                "tunnel: cannot write an ICMP error into the TUN device: {e}"
+                            );
+                        }
+                    }
+                }
+            }
+            if read == BURST {
+                break;
+            }
+            read += 1;
+            n = match device.try_recv_batch(&mut reads) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return format!("cannot read the TUN device: {e}"),
+            };
+        }
+        if let Some(b) = &mut batch {
+            b.flush().await;
         }
     }
 }

@@ -22,7 +22,7 @@ async fn route(vpn: &TunnelHandle, req: &ControlRequest) -> Result<ControlReply,
     Ok(match (req.method(), req.route()) {
         (Method::Post, routes::UP) => {
             let r: UpRequest = body(req)?;
-            ControlReply::ok(&vpn.up(&r.network, r.mtu).await?)
+            ControlReply::ok(&vpn.up(&r.network, r.mtu, r.offload).await?)
         }
         (Method::Post, routes::DOWN) => {
             let r: DownRequest = body(req)?;

@@ -2,7 +2,7 @@
 //! opening them to members in turn, and starting the reader and writer of each.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::AsyncReadExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -12,11 +12,15 @@ use tokio::sync::mpsc;
 
 use super::link::{self, Outgoing};
 use super::net::{Link, Waiting};
+use super::udp;
 use super::{
     Event, FALLBACK_OPEN, HEALTHY_LINK, HELLO_TIMEOUT, MAX_BACKOFF_DOUBLINGS, MAX_LINKS,
     OPEN_TIMEOUT, RETRY_EVERY, Service, spawn,
 };
 use crate::MemberId;
+
+/// How often members whose datagram path is not up are looked at for new addresses.
+const OBSERVE_EVERY: Duration = Duration::from_secs(2);
 
 impl Service {
     pub(super) fn accepted(&mut self, a: Accepted) {
@@ -33,17 +37,33 @@ impl Service {
             return;
         };
         let events = self.events_tx.clone();
+        let (client, signing) = (self.client.clone(), self.signing.clone());
+        let (port, up_ids) = (self.port.clone(), self.up_ids.clone());
         spawn(async move {
-            let hello = tokio::time::timeout(HELLO_TIMEOUT, link::read_hello(&mut stream)).await;
+            let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+                let network = link::read_hello(&mut stream).await?;
+                // Only for a network that is up: its socket is bound, so the answer
+                // carries our port (a stream that came before our `vpn up` would else
+                // agree on no datagram path for its whole life).
+                if !up_ids.read().is_ok_and(|up| up.contains(&network)) {
+                    return Err("a stream for a network that is not up here".to_string());
+                }
+                let port = port.load(std::sync::atomic::Ordering::Relaxed);
+                let local = udp::Local::gather(&client, signing, port, peer).await;
+                let datagram = udp::answer(&mut stream, &local).await?;
+                Ok::<_, String>((network, datagram))
+            })
+            .await;
             drop(permit);
             match hello {
-                Ok(Ok(network)) => {
+                Ok(Ok((network, datagram))) => {
                     let stream = Box::new(stream);
                     let _ = events
                         .send(Event::Hello {
                             peer,
                             network,
                             stream,
+                            datagram: datagram.map(Box::new),
                         })
                         .await;
                 }
@@ -65,7 +85,7 @@ impl Service {
                 }
                 match stream {
                     // The smaller id's stream wins: ours, when we are the smaller.
-                    Ok(s) => self.attach(&network, peer, *s, self.me < peer),
+                    Ok((s, datagram)) => self.attach(&network, peer, *s, datagram, self.me < peer),
                     Err(e) => tracing::debug!(%peer, network, "cannot open a tunnel stream: {e}"),
                 }
             }
@@ -73,6 +93,7 @@ impl Service {
                 peer,
                 network,
                 stream,
+                datagram,
             } => {
                 let Some(name) = self
                     .nets
@@ -87,7 +108,7 @@ impl Service {
                     tracing::debug!(%peer, network = name, "tunnel stream refused: not a member");
                     return;
                 }
-                self.attach(&name, peer, *stream, peer < self.me);
+                self.attach(&name, peer, *stream, datagram, peer < self.me);
             }
             Event::Closed {
                 network,
@@ -116,6 +137,7 @@ impl Service {
         network: &str,
         peer: PeerId,
         stream: SecureStream<Stream>,
+        datagram: Option<Box<udp::Negotiated>>,
         preferred: bool,
     ) {
         let total: usize = self.nets.values().map(|t| t.links.len()).sum();
@@ -167,6 +189,27 @@ impl Service {
             let done = closed(self.events_tx.clone(), network.to_string());
             spawn(async move { done(link::write_packets(write, session, out).await).await })
         };
+        let datagram = match (datagram, &self.udp) {
+            (Some(n), Some((u, _))) => {
+                let attached = udp::attach(
+                    u,
+                    *n,
+                    member.clone(),
+                    t.path.clone(),
+                    t.device.clone(),
+                    t.mtu,
+                );
+                if attached.is_none() {
+                    tracing::debug!(%peer, network, "tunnel: datagram index taken; stream only");
+                }
+                attached
+            }
+            (None, _) => {
+                tracing::debug!(%peer, network, "tunnel: no datagram path agreed; stream only");
+                None
+            }
+            (Some(_), None) => None,
+        };
         let reader = {
             let (path, device, mtu) = (t.path.clone(), t.device.clone(), t.mtu);
             let done = closed(self.events_tx.clone(), network.to_string());
@@ -183,13 +226,60 @@ impl Service {
                 since: now,
                 out,
                 tasks: [writer, reader],
+                udp: datagram,
             },
         );
+    }
+
+    /// Looks for new addresses of members whose datagram path is not up: a connection
+    /// that was relayed when the stream opened may have become direct (hole-punched)
+    /// since, and its remote address is the member's NAT, where probes may meet.
+    fn observe(&mut self, now: Instant) {
+        if now.duration_since(self.observed_at) < OBSERVE_EVERY {
+            return;
+        }
+        self.observed_at = now;
+        let waiting: Vec<(PeerId, Arc<udp::UdpLink>)> = self
+            .nets
+            .values()
+            .flat_map(|t| t.links.iter())
+            .filter_map(|(peer, l)| l.udp.as_ref().map(|a| (*peer, a.link.clone())))
+            .filter(|(_, link)| link.usable(now).is_none())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        spawn(async move {
+            let Ok(peers) = client.peers().await else {
+                return;
+            };
+            for (peer, link) in waiting {
+                let Some(p) = peers.iter().find(|p| p.peer_id == peer.to_string()) else {
+                    continue;
+                };
+                let direct = p
+                    .connections
+                    .iter()
+                    .filter(|c| c.path == p2pnode_node::api::Path::Direct)
+                    .map(|c| &c.address);
+                let mut ips = Vec::new();
+                udp::push_ips(&mut ips, direct);
+                for ip in ips {
+                    link.observed(ip);
+                }
+            }
+        });
     }
 
     /// Opens streams to members that have none, in turn and with backoff.
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
+        self.observe(now);
+        let (signing, port) = (
+            self.signing.clone(),
+            self.port.load(std::sync::atomic::Ordering::Relaxed),
+        );
         for (name, t) in &mut self.nets {
             let members: Vec<PeerId> = t.members.keys().copied().collect();
             for peer in members {
@@ -218,6 +308,7 @@ impl Service {
                     name.clone(),
                     t.id,
                 );
+                let signing = signing.clone();
                 spawn(async move {
                     let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
                         let protocol = StreamProtocol::new(crate::STREAM_PROTOCOL);
@@ -226,7 +317,9 @@ impl Service {
                             .await
                             .map_err(|e| e.to_string())?;
                         link::send_hello(&mut s, &id).await?;
-                        Ok::<_, String>(Box::new(s))
+                        let local = udp::Local::gather(&client, signing, port, peer).await;
+                        let datagram = udp::offer(&mut s, &local).await?;
+                        Ok::<_, String>((Box::new(s), datagram.map(Box::new)))
                     })
                     .await
                     .unwrap_or_else(|_| Err("timed out".into()));

@@ -2,10 +2,12 @@
 //! free, and no route already covers part of the network's prefixes (the kernel would
 //! then send some tunnel traffic elsewhere, or ours would shadow a LAN). Read from
 //! `/proc/net/route`, `/proc/net/ipv6_route` and `/sys/class/net`, which need no
-//! privilege and no netlink code.
+//! privilege and no netlink code. And moving a device to new addresses when the
+//! tie-break moves a running member.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::Lease;
 use crate::addr::{Prefixes, V4_PREFIX_LEN, V6_PREFIX_LEN};
 
 /// Longest interface name Linux takes (IFNAMSIZ less the NUL).
@@ -125,6 +127,41 @@ pub(super) fn check_free(name: &str, prefixes: &Prefixes) -> Result<(), Taken> {
             prefix: format!("{}/{V6_PREFIX_LEN}", prefixes.v6),
             overlap,
         });
+    }
+    Ok(())
+}
+
+/// Moves interface `interface` from lease `old` to lease `new`, with iproute2 (tun-rs
+/// sets a device's addresses only when it is made). IPv4: the old address goes first,
+/// since deleting a primary address deletes the secondaries of its subnet with it (the
+/// new one would be one). IPv6: the new one first, so the prefix's route stays.
+pub(super) async fn readdress(interface: &str, old: Lease, new: Lease) -> Result<(), String> {
+    let steps = [
+        (IpAddr::V4(old.v4), V4_PREFIX_LEN, "del"),
+        (IpAddr::V4(new.v4), V4_PREFIX_LEN, "add"),
+        (IpAddr::V6(new.v6), V6_PREFIX_LEN, "add"),
+        (IpAddr::V6(old.v6), V6_PREFIX_LEN, "del"),
+    ];
+    for (addr, len, verb) in steps {
+        let unchanged = match addr {
+            IpAddr::V4(_) => old.v4 == new.v4,
+            IpAddr::V6(_) => old.v6 == new.v6,
+        };
+        if unchanged {
+            continue;
+        }
+        let cidr = format!("{addr}/{len}");
+        let out = tokio::process::Command::new("ip")
+            .args(["addr", verb, &cidr, "dev", interface])
+            .output()
+            .await
+            .map_err(|e| format!("cannot run `ip addr {verb} {cidr} dev {interface}`: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`ip addr {verb} {cidr} dev {interface}`: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
     }
     Ok(())
 }

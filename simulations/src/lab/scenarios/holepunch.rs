@@ -105,15 +105,43 @@ impl HolePunchLab {
         transport: Transport,
         config: ScenarioConfig,
     ) -> Result<Self, LabError> {
-        let lab = config
+        Self::build(nat_a, nat_b, false, transport, config).await
+    }
+
+    /// The same lab with a third host, C, behind a third router r3 of kind `nat_a`: for
+    /// tests of three peers each behind a NAT of its own (the tunnel's mesh). [`trial`]
+    /// still runs A and B only.
+    ///
+    /// [`trial`]: Self::trial
+    pub async fn with_third(
+        nat_a: NatKind,
+        nat_b: NatKind,
+        transport: Transport,
+        config: ScenarioConfig,
+    ) -> Result<Self, LabError> {
+        Self::build(nat_a, nat_b, true, transport, config).await
+    }
+
+    async fn build(
+        nat_a: NatKind,
+        nat_b: NatKind,
+        third: bool,
+        transport: Transport,
+        config: ScenarioConfig,
+    ) -> Result<Self, LabError> {
+        let mut builder = config
             .builder()
             .public_host("relay")
             .router_with_faults("r1", nat_a, config.faults())
             .router_with_faults("r2", nat_b, config.faults())
             .host("a", "r1")
-            .host("b", "r2")
-            .build()
-            .await?;
+            .host("b", "r2");
+        if third {
+            builder = builder
+                .router_with_faults("r3", nat_a, config.faults())
+                .host("c", "r3");
+        }
+        let lab = builder.build().await?;
         let relay = start_relay(&lab, "relay", &[transport], &config).await?;
         Ok(Self {
             lab,

@@ -1,0 +1,683 @@
+//! The datagram path (see [`crate::datagram`] for the why and the wire): the service's
+//! UDP socket, the negotiation over a new tunnel stream, each member's datagram link, the
+//! task that reads the socket and the task that probes.
+//!
+//! One socket serves every network: the index in front of each frame finds the link,
+//! and the link knows its network's data path and device. A stranger's datagram costs a
+//! map lookup (an unknown index) or one failed AEAD open (a guessed index); nothing is
+//! kept for it and nothing is sent back. Only an authenticated datagram moves a member's
+//! endpoint or is answered, one probe for one probe.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol as Proto;
+use libp2p::{Multiaddr, PeerId, Stream};
+use p2pnode_node::Client;
+use p2pnode_secure::session::{HEADER_LEN, TAG_LEN};
+use p2pnode_secure::{
+    HandshakeConfig, Initiator, ReceiveMode, Responder, SecureStream, Session, SessionConfig,
+    SigningKey,
+};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use crate::MemberId;
+use crate::datagram::{self, INDEX_LEN, MAX_OFFER_ADDRS, Offer, PathState, Payload};
+use crate::device::{TunDevice, WriteBatch};
+
+use super::path::DataPath;
+
+/// The datagram session's handshake label: not the stream's, so no message of one
+/// handshake can stand in for the other's.
+const LABEL: &[u8] = b"/p2pnode/tunnel/1/datagram";
+/// How often a link's probe task looks whether a probe round is due.
+const PROBE_TICK: Duration = Duration::from_millis(100);
+/// The receive buffer: one GRO read (the kernel coalesces at most 64 KiB), or one
+/// datagram of any size.
+const RECV_BUF: usize = 65_535;
+/// Most packets written into a device at once (a GRO read holds at most 64 datagrams).
+const WRITE_BATCH: usize = 64;
+/// The datagram socket's receive and send buffers (the kernel doubles what it is given).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// The most bytes one GSO send carries (the kernel's limit is 64 KiB of payload).
+const MAX_GSO_BYTES: usize = 60 * 1024;
+
+/// The service's UDP socket and the datagram links by our index.
+pub(super) struct Udp {
+    socket: Arc<UdpSocket>,
+    /// Batched IO on the socket: GSO for sends, GRO for receives, where the kernel has them.
+    state: Arc<UdpSocketState>,
+    port: u16,
+    links: RwLock<HashMap<u32, Arc<UdpLink>>>,
+    /// Datagrams for no link of ours (unknown index, or too short to have one).
+    unknown: AtomicU64,
+    /// Datagrams of the TUN readers' batches that could not be sealed or sent.
+    send_failed: Arc<AtomicU64>,
+}
+
+impl Udp {
+    /// Binds the socket on every IPv4 address, on `port` (0: any free one).
+    pub(super) async fn bind(port: u16) -> std::io::Result<Arc<Self>> {
+        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+        let port = socket.local_addr()?.port();
+        grow_buffers(&socket);
+        let state = UdpSocketState::new((&socket).into())?;
+        tracing::debug!(
+            gso_segments = state.max_gso_segments(),
+            gro_segments = state.gro_segments(),
+            "tunnel: datagram socket offloads"
+        );
+        Ok(Arc::new(Self {
+            socket: Arc::new(socket),
+            state: Arc::new(state),
+            port,
+            links: RwLock::new(HashMap::new()),
+            unknown: AtomicU64::new(0),
+            send_failed: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Registers `link` under its index; `false` when the index is taken (then the member
+    /// stays on the stream).
+    fn register(&self, link: Arc<UdpLink>) -> bool {
+        let Ok(mut links) = self.links.write() else {
+            return false;
+        };
+        if links.contains_key(&link.index) {
+            return false;
+        }
+        links.insert(link.index, link);
+        true
+    }
+
+    fn forget(&self, link: &Arc<UdpLink>) {
+        if let Ok(mut links) = self.links.write()
+            && links.get(&link.index).is_some_and(|l| Arc::ptr_eq(l, link))
+        {
+            links.remove(&link.index);
+        }
+    }
+
+    fn link(&self, index: u32) -> Option<Arc<UdpLink>> {
+        self.links.read().ok()?.get(&index).cloned()
+    }
+
+    /// A batch for the TUN reader's datagrams.
+    pub(super) fn batch(&self) -> Batch {
+        Batch::new(
+            self.socket.clone(),
+            self.state.clone(),
+            self.send_failed.clone(),
+        )
+    }
+
+    /// Reads the socket until the task is aborted: each datagram (several per read, where
+    /// the kernel coalesced them) to its link.
+    pub(super) async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut writes = WriteBatch::new(WRITE_BATCH);
+        loop {
+            let mut meta = [RecvMeta::default()];
+            let read = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let socket = &*self.socket;
+                socket
+                    .async_io(Interest::READABLE, || {
+                        self.state.recv(socket.into(), &mut iov, &mut meta)
+                    })
+                    .await
+            };
+            if let Err(e) = read {
+                // An ICMP error from an earlier send, mostly: the socket still works.
+                tracing::debug!("tunnel: UDP receive: {e}");
+                continue;
+            }
+            let [m] = meta;
+            let len = m.len.min(buf.len());
+            let stride = if m.stride == 0 { len } else { m.stride };
+            if len == 0 {
+                continue;
+            }
+            // The packets that pass go to their device in one batch (coalesced there
+            // with offloads on); a packet for another device sends the batch first.
+            let mut to: Option<Arc<UdpLink>> = None;
+            for datagram in buf[..len].chunks_mut(stride) {
+                let Some((link, packet)) = self.on_datagram(datagram, m.addr) else {
+                    continue;
+                };
+                let other = to
+                    .as_ref()
+                    .is_some_and(|t| !Arc::ptr_eq(&t.device, &link.device));
+                if (other || writes.is_full())
+                    && let Some(t) = &to
+                {
+                    t.write(&mut writes).await;
+                }
+                writes.push(packet);
+                to = Some(link);
+            }
+            if let Some(t) = &to {
+                t.write(&mut writes).await;
+            }
+        }
+    }
+
+    /// One datagram: its link and the packet to write into the device, if it passed.
+    fn on_datagram<'a>(
+        &self,
+        datagram: &'a mut [u8],
+        from: SocketAddr,
+    ) -> Option<(Arc<UdpLink>, &'a [u8])> {
+        let Some((index, frame)) = datagram::split(datagram) else {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(link) = self.link(index) else {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let packet = link.receive(frame, from)?;
+        Some((link, packet))
+    }
+
+    /// (datagrams that named no link of ours, datagrams the batches failed to send).
+    pub(super) fn drops(&self) -> (u64, u64) {
+        (
+            self.unknown.load(Ordering::Relaxed),
+            self.send_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Datagrams the TUN reader sealed and has not sent yet: a run to one address, all of one
+/// size but the last, sent with one GSO call (one syscall and one trip down the kernel's
+/// stack for the whole run). The buffer is allocated once.
+pub(super) struct Batch {
+    socket: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+    buf: Vec<u8>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter than the segment: the run cannot grow.
+    closed: bool,
+    max_segments: usize,
+    /// Datagrams that failed (lost, as on any lossy link), counted for `vpn status`.
+    failed: Arc<AtomicU64>,
+}
+
+impl Batch {
+    fn new(socket: Arc<UdpSocket>, state: Arc<UdpSocketState>, failed: Arc<AtomicU64>) -> Self {
+        let max_segments = state.max_gso_segments().max(1);
+        Self {
+            socket,
+            state,
+            buf: Vec::with_capacity(MAX_GSO_BYTES + RECV_BUF),
+            to: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+            max_segments,
+            failed,
+        }
+    }
+
+    /// Seals `packet` for `link` at the end of the run, sending the run first when the
+    /// datagram cannot join it.
+    pub(super) async fn push(
+        &mut self,
+        link: &UdpLink,
+        to: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+    ) {
+        let len = INDEX_LEN + HEADER_LEN + packet.len() + TAG_LEN;
+        let joins = self.count > 0
+            && self.to == Some(to)
+            && !self.closed
+            && len <= self.segment
+            && self.count < self.max_segments
+            && self.buf.len() + len <= MAX_GSO_BYTES;
+        if self.count > 0 && !joins {
+            self.flush().await;
+        }
+        let start = self.buf.len();
+        if !link.seal_append(packet, &mut self.buf, now) {
+            self.buf.truncate(start);
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let sealed = self.buf.len() - start;
+        if self.count == 0 {
+            self.to = Some(to);
+            self.segment = sealed;
+        } else if sealed < self.segment {
+            self.closed = true;
+        }
+        self.count += 1;
+        // A size other than the one expected (padding, say) ends the run here.
+        if sealed != len {
+            self.closed = true;
+        }
+    }
+
+    /// Sends the run.
+    pub(super) async fn flush(&mut self) {
+        let Some(to) = self.to.take() else {
+            return;
+        };
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &self.buf,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        let socket = &*self.socket;
+        let sent = socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.send(socket.into(), &transmit)
+            })
+            .await;
+        if sent.is_err() {
+            self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// Socket buffers for bursts at link speed: the default (about 200 KiB, much of it
+/// per-datagram overhead) drops a burst of a few hundred datagrams while the reader is
+/// busy. Forced past the sysctl limit where we may (CAP_NET_ADMIN), else as large as the
+/// limit allows.
+fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER)
+    {
+        tracing::debug!("tunnel: cannot grow the datagram socket's receive buffer: {e}");
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER)
+    {
+        tracing::debug!("tunnel: cannot grow the datagram socket's send buffer: {e}");
+    }
+}
+
+/// What one side brings to the negotiation.
+pub(super) struct Local {
+    pub(super) signing: SigningKey,
+    /// Our UDP port; 0 when we have no socket.
+    pub(super) port: u16,
+    /// Our addresses, as the node knows them.
+    pub(super) addrs: Vec<IpAddr>,
+    /// The member's addresses as our direct connections to it see them.
+    pub(super) observed: Vec<IpAddr>,
+}
+
+impl Local {
+    /// Gathers our addresses and the member's observed ones from the node.
+    pub(super) async fn gather(
+        client: &Client,
+        signing: SigningKey,
+        port: u16,
+        peer: PeerId,
+    ) -> Self {
+        let mut addrs = Vec::new();
+        let mut observed = Vec::new();
+        if port != 0 {
+            if let Ok(status) = client.status().await {
+                // Confirmed external addresses first: they matter most behind a NAT.
+                let all = status.external_addrs.iter().chain(&status.listen_addrs);
+                push_ips(&mut addrs, all);
+            }
+            if let Ok(peers) = client.peers().await
+                && let Some(p) = peers.iter().find(|p| p.peer_id == peer.to_string())
+            {
+                let direct = p
+                    .connections
+                    .iter()
+                    .filter(|c| c.path == p2pnode_node::api::Path::Direct)
+                    .map(|c| &c.address);
+                push_ips(&mut observed, direct);
+            }
+        }
+        Self {
+            signing,
+            port,
+            addrs,
+            observed,
+        }
+    }
+}
+
+/// The IP addresses of direct (not relayed) multiaddrs, at most [`MAX_OFFER_ADDRS`].
+pub(super) fn push_ips<'a>(out: &mut Vec<IpAddr>, addrs: impl Iterator<Item = &'a String>) {
+    for a in addrs {
+        let Ok(ma) = a.parse::<Multiaddr>() else {
+            continue;
+        };
+        if ma.iter().any(|p| matches!(p, Proto::P2pCircuit)) {
+            continue;
+        }
+        let ip = ma.iter().find_map(|p| match p {
+            Proto::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Proto::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+        // The socket is IPv4 only.
+        if let Some(ip @ IpAddr::V4(v4)) = ip
+            && !v4.is_unspecified()
+            && !out.contains(&ip)
+            && out.len() < MAX_OFFER_ADDRS
+        {
+            out.push(ip);
+        }
+    }
+}
+
+/// A datagram session agreed over a tunnel stream.
+pub(super) struct Negotiated {
+    session: Session,
+    index: u32,
+    peer_index: u32,
+    peer_port: u16,
+    candidates: Vec<SocketAddr>,
+}
+
+fn config(local: &Local, stream: &SecureStream<Stream>) -> HandshakeConfig {
+    HandshakeConfig::new(local.signing.clone(), *stream.remote_key(), LABEL)
+        .with_session(SessionConfig::default().with_receive_mode(ReceiveMode::Window))
+}
+
+fn our_offer(local: &Local, handshake: Vec<u8>) -> Offer {
+    // Never 0, so a zeroed header never finds a link.
+    let index = rand::random::<u32>().max(1);
+    Offer {
+        index,
+        port: local.port,
+        addrs: local.addrs.clone(),
+        handshake,
+    }
+}
+
+fn negotiated(session: Session, ours: &Offer, theirs: &Offer, local: &Local) -> Option<Negotiated> {
+    if ours.port == 0 || theirs.port == 0 {
+        return None;
+    }
+    let observed = local
+        .observed
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, theirs.port));
+    Some(Negotiated {
+        session,
+        index: ours.index,
+        peer_index: theirs.index,
+        peer_port: theirs.port,
+        candidates: observed.chain(theirs.candidates()).collect(),
+    })
+}
+
+/// The opener's side, after its hello: offer, read the answer, finish the handshake.
+/// `None`: one side has no socket. An error ends the stream.
+pub(super) async fn offer(
+    stream: &mut SecureStream<Stream>,
+    local: &Local,
+) -> Result<Option<Negotiated>, String> {
+    let (initiator, msg1) = Initiator::start(config(local, stream), &mut rand::rngs::OsRng);
+    let ours = our_offer(local, msg1);
+    stream
+        .send(&ours.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = stream.recv().await.map_err(|e| e.to_string())?;
+    let theirs = Offer::decode(&reply).map_err(|e| e.to_string())?;
+    let (session, msg3) = initiator
+        .finish(&theirs.handshake)
+        .map_err(|e| format!("datagram handshake: {e}"))?;
+    stream.send(&msg3).await.map_err(|e| e.to_string())?;
+    Ok(negotiated(session, &ours, &theirs, local))
+}
+
+/// The other side, after reading the hello: answer the offer, finish the handshake.
+pub(super) async fn answer(
+    stream: &mut SecureStream<Stream>,
+    local: &Local,
+) -> Result<Option<Negotiated>, String> {
+    let bytes = stream.recv().await.map_err(|e| e.to_string())?;
+    let theirs = Offer::decode(&bytes).map_err(|e| e.to_string())?;
+    let (responder, msg2) = Responder::accept(
+        config(local, stream),
+        &theirs.handshake,
+        &mut rand::rngs::OsRng,
+    )
+    .map_err(|e| format!("datagram handshake: {e}"))?;
+    let ours = our_offer(local, msg2);
+    stream
+        .send(&ours.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let msg3 = stream.recv().await.map_err(|e| e.to_string())?;
+    let session = responder
+        .finish(&msg3)
+        .map_err(|e| format!("datagram handshake: {e}"))?;
+    Ok(negotiated(session, &ours, &theirs, local))
+}
+
+/// One member's datagram link in one network.
+pub(super) struct UdpLink {
+    /// Our index: the member puts it in front of every frame to us.
+    index: u32,
+    /// The member's index, in front of every frame to it.
+    peer_index: u32,
+    /// The member's UDP port, for addresses found later.
+    peer_port: u16,
+    member: MemberId,
+    socket: Arc<UdpSocket>,
+    session: Mutex<Session>,
+    state: Mutex<PathState>,
+    path: Arc<Mutex<DataPath>>,
+    device: Arc<TunDevice>,
+    mtu: u16,
+    /// Frames that failed to open, payloads of no known kind, and sends that failed.
+    rejected: AtomicU64,
+    send_failed: AtomicU64,
+}
+
+/// A member's datagram link while its stream lives: registered with the socket and the
+/// data path, and its probe task; dropping it undoes all three.
+pub(super) struct Attached {
+    udp: Arc<Udp>,
+    pub(super) link: Arc<UdpLink>,
+    prober: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.prober.abort();
+        self.udp.forget(&self.link);
+        if let Ok(mut p) = self.link.path.lock()
+            && p.udp
+                .get(&self.link.member)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+        {
+            p.udp.remove(&self.link.member);
+        }
+    }
+}
+
+/// Starts the datagram link `n` agreed for `member`: `None` if its index is taken.
+pub(super) fn attach(
+    udp: &Arc<Udp>,
+    n: Negotiated,
+    member: MemberId,
+    path: Arc<Mutex<DataPath>>,
+    device: Arc<TunDevice>,
+    mtu: u16,
+) -> Option<Attached> {
+    let link = Arc::new(UdpLink {
+        index: n.index,
+        peer_index: n.peer_index,
+        peer_port: n.peer_port,
+        member: member.clone(),
+        socket: udp.socket.clone(),
+        session: Mutex::new(n.session),
+        state: Mutex::new(PathState::new(n.candidates, Instant::now())),
+        path: path.clone(),
+        device,
+        mtu,
+        rejected: AtomicU64::new(0),
+        send_failed: AtomicU64::new(0),
+    });
+    if !udp.register(link.clone()) {
+        return None;
+    }
+    if let Ok(mut p) = path.lock() {
+        p.udp.insert(member, link.clone());
+    }
+    let prober = {
+        let link = link.clone();
+        super::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                link.probe_round(Instant::now());
+            }
+        })
+    };
+    Some(Attached {
+        udp: udp.clone(),
+        link,
+        prober,
+    })
+}
+
+impl UdpLink {
+    /// Where packets to the member go now, if the datagram path is up.
+    pub(super) fn usable(&self, now: Instant) -> Option<SocketAddr> {
+        self.state.lock().ok()?.usable(now)
+    }
+
+    /// Adds the member's address `ip` (seen on a direct connection since the negotiation)
+    /// as a candidate, with its UDP port.
+    pub(super) fn observed(&self, ip: IpAddr) {
+        if let Ok(mut s) = self.state.lock()
+            && s.add_candidate(SocketAddr::new(ip, self.peer_port), Instant::now())
+        {
+            tracing::debug!(%ip, "tunnel: a new datagram candidate");
+        }
+    }
+
+    /// The candidates tried.
+    pub(super) fn candidates(&self) -> Vec<SocketAddr> {
+        self.state
+            .lock()
+            .map(|s| s.candidates().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The endpoint that last answered.
+    pub(super) fn endpoint(&self) -> Option<SocketAddr> {
+        self.state.lock().ok()?.endpoint()
+    }
+
+    /// (frames refused, sends failed).
+    pub(super) fn errors(&self) -> (u64, u64) {
+        (
+            self.rejected.load(Ordering::Relaxed),
+            self.send_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Appends `payload` to `buf`, sealed as a datagram for the member.
+    fn seal_append(&self, payload: &[u8], buf: &mut Vec<u8>, now: Instant) -> bool {
+        let start = buf.len();
+        buf.extend_from_slice(&self.peer_index.to_be_bytes());
+        buf.resize(start + INDEX_LEN + HEADER_LEN, 0);
+        buf.extend_from_slice(payload);
+        let sealed = match self.session.lock() {
+            Ok(mut s) => s.seal_in_place(buf, start + INDEX_LEN, now),
+            Err(_) => return false,
+        };
+        sealed.is_ok()
+    }
+
+    fn send_probe(&self, to: SocketAddr, hears_you: bool, now: Instant) {
+        let mut buf = Vec::with_capacity(INDEX_LEN + HEADER_LEN + 2 + TAG_LEN);
+        if !self.seal_append(&datagram::probe(hears_you), &mut buf, now)
+            || self.socket.try_send_to(&buf, to).is_err()
+        {
+            self.send_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn probe_round(&self, now: Instant) {
+        let (to, hears) = match self.state.lock() {
+            Ok(mut s) => (s.probes_due(now), s.hears(now)),
+            Err(_) => return,
+        };
+        for addr in to {
+            self.send_probe(addr, hears, now);
+        }
+    }
+
+    /// Writes `batch` into this link's device.
+    async fn write(&self, batch: &mut WriteBatch) {
+        if let Err(e) = self.device.send_batch(batch).await {
+            tracing::debug!("tunnel: cannot write packets into the TUN device: {e}");
+        }
+    }
+
+    /// One datagram for this link: opened, then a probe answered, or a packet checked by
+    /// the engine and returned for the device.
+    fn receive<'a>(&self, frame: &'a mut [u8], from: SocketAddr) -> Option<&'a [u8]> {
+        let now = Instant::now();
+        let opened = match self.session.lock() {
+            Ok(mut s) => s.open(frame),
+            Err(_) => return None,
+        };
+        let Ok(payload) = opened else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        match datagram::classify(payload) {
+            Payload::Probe { hears_you } => {
+                let answer = match self.state.lock() {
+                    Ok(mut s) => s.on_probe(from, hears_you, now),
+                    Err(_) => return None,
+                };
+                if answer {
+                    self.send_probe(from, true, now);
+                }
+                None
+            }
+            Payload::Packet(packet) => {
+                if let Ok(mut s) = self.state.lock() {
+                    s.on_datagram(from, now);
+                }
+                let pass = match self.path.lock() {
+                    Ok(mut p) => p.on_peer_packet(&self.member, packet, self.mtu),
+                    Err(_) => return None,
+                };
+                pass.then_some(packet)
+            }
+            Payload::Unknown => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
