@@ -53,11 +53,18 @@ fn require_lab() {
     }
 }
 
+/// Size cap of the tmpfs that holds a test's content: the large test's file, its copy
+/// and the tree, with room to spare. A tmpfs takes memory only for what it holds.
+const CONTENT_DISK: &str = "3g";
+
 /// Keeps the lab's logs when the test panics (or env `P2PNODE_LAB_KEEP` is set).
+/// Fields drop in order: the daemons stop before their content's tmpfs is unmounted,
+/// and that before its mount point is removed.
 struct Files {
     lab: Lab,
     nodes: Vec<Node>,
-    dir: tempfile::TempDir,
+    content: Tmpfs,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Files {
@@ -74,6 +81,11 @@ impl Files {
     async fn start(names: &[&str]) -> Files {
         init_tracing();
         require_lab();
+        // The content lives in memory: a CI machine's disk can be nearly full (a 1 GiB
+        // get once failed there with "disk full" half way). Mounted before the daemons
+        // start, for the reason `a_full_disk_gives_one_clear_line...` gives.
+        let dir = tempfile::tempdir().unwrap();
+        let content = Tmpfs::mount(&dir.path().join("content"), CONTENT_DISK);
         let mut builder = LabBuilder::new();
         for name in names {
             builder = builder.public_host(name);
@@ -99,7 +111,8 @@ impl Files {
         Files {
             lab,
             nodes,
-            dir: tempfile::tempdir().unwrap(),
+            content,
+            _dir: dir,
         }
     }
 
@@ -108,7 +121,7 @@ impl Files {
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.content.0.join(rel)
     }
 
     /// Bytes the host's `eth0` has sent.
@@ -364,6 +377,20 @@ async fn kill_and_resume(victim: Victim) {
     random_file(&src, MEDIUM);
     let id = share(a, src.parent().unwrap()).await;
     let to = f.path("out");
+    // The sender's link at 100 Mbit/s: the transfer takes seconds, so the kill lands
+    // where it is aimed (unlimited, 64 MiB can pass between two polls of the progress).
+    // The qdisc goes with the host's namespace.
+    f.lab
+        .exec(
+            "a",
+            "tc",
+            &[
+                "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "100mbit", "burst", "256kb",
+                "latency", "100ms",
+            ],
+        )
+        .await
+        .unwrap();
     let sent_before = f.tx_bytes("a").await;
 
     let fraction = rand::thread_rng().gen_range(0.2..0.8);
