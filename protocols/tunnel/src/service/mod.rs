@@ -15,15 +15,18 @@
 //! soon as both are up; the other opens only if none came after [`FALLBACK_OPEN`]. When
 //! both exist, the one the smaller id opened wins on both ends (as sync does).
 //!
-//! This carries packets over the node's streams (reliable and ordered): the datagram path
-//! over QUIC is later work. The queue in front of each writer drops packets that waited
-//! too long, which keeps an inner TCP's view of the path honest.
+//! Packets go as UDP datagrams where the two members reach each other's socket (`udp`),
+//! else over the stream (reliable and ordered, over a relay say). The queue in front of
+//! each stream writer drops packets that waited too long, which keeps an inner TCP's view
+//! of the path honest.
 //!
 //! Files: `net` (a network that is up, and the engine's input from the node's roster),
-//! `path` (the data path and the TUN reader), `link` (a stream's reader and writer),
+//! `path` (the data path and the TUN reader), `data` (the thread the packets' IO runs on),
+//! `udp` (the datagram path), `link` (a stream's reader and writer),
 //! `streams` (accepting, opening and attaching streams), `sys` (what `vpn up` checks on
 //! the host), `handle`, `routes`, `error`.
 
+mod data;
 mod error;
 mod handle;
 mod link;
@@ -163,6 +166,7 @@ impl Protocol for Tunnel {
             port: Arc::default(),
             up_ids: Arc::default(),
             observed_at: std::time::Instant::now(),
+            data: data::DataThread::default(),
         };
         let task = spawn(service.run(listener, cmd_rx, events_rx, stop_rx));
         Ok(TunnelService {
@@ -234,6 +238,8 @@ struct Service {
     up_ids: Arc<std::sync::RwLock<std::collections::HashSet<[u8; 32]>>>,
     /// When members without a datagram path were last looked at for new addresses.
     observed_at: std::time::Instant,
+    /// The thread the packets' IO runs on, from the first `vpn up` on.
+    data: data::DataThread,
 }
 
 impl Service {
@@ -358,9 +364,14 @@ impl Service {
         if engine.must_record_ours() {
             self.record_lease(network, lease).await;
         }
-        let device = Arc::new(TunDevice::create_with(
-            &interface, lease, &prefixes, mtu, offload,
-        )?);
+        let io = self.data.handle();
+        let device = {
+            // The device's readiness is the data thread's to watch (see `DataThread`).
+            let _io = io.enter();
+            Arc::new(TunDevice::create_with(
+                &interface, lease, &prefixes, mtu, offload,
+            )?)
+        };
         self.bind_udp().await;
         let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
         let dns = self.start_dns(network, &interface, lease.v4, &names).await;
@@ -368,7 +379,7 @@ impl Service {
         let reader = {
             let (device, path, network) = (device.clone(), path.clone(), network.to_string());
             let batch = self.udp.as_ref().map(|(u, _)| u.batch());
-            spawn(async move {
+            data::spawn(&io, async move {
                 let reason = path::read_tun(device, path, mtu, batch).await;
                 tracing::warn!(network, "tunnel: {reason}");
             })
@@ -445,10 +456,11 @@ impl Service {
         if self.udp.is_some() {
             return;
         }
-        match udp::Udp::bind(0).await {
+        let io = self.data.handle();
+        match udp::Udp::bind(0, &io) {
             Ok(u) => {
                 tracing::info!(port = u.port(), "tunnel: datagram socket bound");
-                let reader = spawn(u.clone().receive());
+                let reader = data::spawn(&io, u.clone().receive());
                 self.port
                     .store(u.port(), std::sync::atomic::Ordering::Relaxed);
                 self.udp = Some((u, reader));

@@ -62,9 +62,15 @@ pub(super) struct Udp {
 }
 
 impl Udp {
-    /// Binds the socket on every IPv4 address, on `port` (0: any free one).
-    pub(super) async fn bind(port: u16) -> std::io::Result<Arc<Self>> {
-        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    /// Binds the socket on every IPv4 address, on `port` (0: any free one), its readiness
+    /// watched by `io`'s runtime (the data thread's).
+    pub(super) fn bind(port: u16, io: &tokio::runtime::Handle) -> std::io::Result<Arc<Self>> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+        socket.set_nonblocking(true)?;
+        let socket = {
+            let _io = io.enter();
+            UdpSocket::from_std(socket)?
+        };
         let port = socket.local_addr()?.port();
         grow_buffers(&socket);
         let state = UdpSocketState::new((&socket).into())?;
