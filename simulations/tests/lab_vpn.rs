@@ -24,7 +24,9 @@
 //!   address): every member settles the same table, the lower peer id keeping the address
 //!   and the other taking the next free one;
 //! - `vpn up` at start for the networks the config file's `[vpn] up` names;
-//! - `vpn up` on a daemon without CAP_NET_ADMIN: one line naming the capability.
+//! - `vpn up` on a daemon without CAP_NET_ADMIN: one line naming the capability;
+//! - two members whose only connection is over IPv6 (ULA addresses on the segment): the
+//!   datagram path comes up to the other's IPv6 address.
 //!
 //! Needs root and the `p2pnode` binary: without them the tests fail (they never skip).
 
@@ -1004,4 +1006,68 @@ async fn vpn_up_without_cap_net_admin_names_the_capability() {
     assert_eq!(list, json!([]), "no tunnel is up");
     c1.check_running().unwrap();
     report(&json!({"test": "lab_vpn_no_cap_net_admin", "error": lines[0]}));
+}
+
+/// ULA addresses the IPv6 test gives its two hosts on the public segment.
+const V6_HOSTS: [(&str, &str); 2] = [("w1", "fd00:7e57::1"), ("w2", "fd00:7e57::2")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_connected_over_ipv6_only_carry_packets_as_ipv6_datagrams() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let lab = public_lab(&V6_HOSTS.map(|(h, _)| h)).await;
+    let mut nodes = Vec::new();
+    for (host, ip) in V6_HOSTS {
+        // `nodad`: usable at once, without waiting out duplicate address detection.
+        let cidr = format!("{ip}/64");
+        lab.exec(
+            host,
+            "ip",
+            &["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"],
+        )
+        .await
+        .unwrap();
+        // The daemon knows, and so offers, only its IPv6 address.
+        let spec = NodeSpec {
+            listen: vec![format!("/ip6/{ip}/tcp/4001")],
+            ..NodeSpec::default()
+        };
+        nodes.push(lab.start_node(host, host, spec).await.unwrap());
+    }
+    let (w1, w2) = (&nodes[0], &nodes[1]);
+    w1.connect(&w2.addr_with_id(&format!("/ip6/{}/tcp/4001", V6_HOSTS[1].1)))
+        .await
+        .unwrap();
+    form_network(NET, w1, &[(w2, None)]).await;
+    w1.client_json::<Value>(&["vpn", "up", NET]).await.unwrap();
+    let up: Value = w2.client_json(&["vpn", "up", NET]).await.unwrap();
+    let to = up["ipv4"].as_str().unwrap().to_string();
+    ping_through(&lab, "w1", &to, 5).await;
+
+    // The datagram path comes up over IPv6: w1 sends to w2's IPv6 address.
+    let want = format!("[{}]:", V6_HOSTS[1].1);
+    let seen = wait_for(
+        "w1 to carry packets to w2 as IPv6 datagrams",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let s = status(w1, NET).await;
+            let m = member(&s, w2).clone();
+            let endpoint = m["endpoint"].as_str().unwrap_or_default();
+            if m["transport"] == "udp" && endpoint.starts_with(&want) {
+                Poll::Ready(m)
+            } else {
+                Poll::seen(m.to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ping_through(&lab, "w1", &to, 5).await;
+    report(&json!({
+        "test": "ipv6-datagrams",
+        "endpoint": seen["endpoint"],
+        "candidates": seen["candidates"],
+    }));
 }

@@ -54,6 +54,8 @@ pub(super) struct Udp {
     /// Batched IO on the socket: GSO for sends, GRO for receives, where the kernel has them.
     state: Arc<UdpSocketState>,
     port: u16,
+    /// Bound on `[::]` for IPv6 and IPv4 both (else on `0.0.0.0`, IPv4 only).
+    dual: bool,
     links: RwLock<HashMap<u32, Arc<UdpLink>>>,
     /// Datagrams for no link of ours (unknown index, or too short to have one).
     unknown: AtomicU64,
@@ -62,10 +64,18 @@ pub(super) struct Udp {
 }
 
 impl Udp {
-    /// Binds the socket on every IPv4 address, on `port` (0: any free one), its readiness
-    /// watched by `io`'s runtime (the data thread's).
+    /// Binds the socket on every address, IPv6 and IPv4 (IPv4 only where the host has no
+    /// IPv6), on `port` (0: any free one), its readiness watched by `io`'s runtime (the
+    /// data thread's).
     pub(super) fn bind(port: u16, io: &tokio::runtime::Handle) -> std::io::Result<Arc<Self>> {
-        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+        let (socket, dual) = match bind_dual_stack(port) {
+            Ok(socket) => (socket, true),
+            Err(e) => {
+                tracing::debug!("tunnel: no IPv6 datagram socket, IPv4 only: {e}");
+                let v4 = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+                (v4, false)
+            }
+        };
         socket.set_nonblocking(true)?;
         let socket = {
             let _io = io.enter();
@@ -83,6 +93,7 @@ impl Udp {
             socket: Arc::new(socket),
             state: Arc::new(state),
             port,
+            dual,
             links: RwLock::new(HashMap::new()),
             unknown: AtomicU64::new(0),
             send_failed: Arc::new(AtomicU64::new(0)),
@@ -124,6 +135,7 @@ impl Udp {
             self.socket.clone(),
             self.state.clone(),
             self.send_failed.clone(),
+            self.dual,
         )
     }
 
@@ -149,6 +161,8 @@ impl Udp {
                 continue;
             }
             let [m] = meta;
+            // An IPv4 sender reaches the dual-stack socket as `::ffff:a.b.c.d`.
+            let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
             let len = m.len.min(buf.len());
             let stride = if m.stride == 0 { len } else { m.stride };
             if len == 0 {
@@ -158,7 +172,7 @@ impl Udp {
             // with offloads on); a packet for another device sends the batch first.
             let mut to: Option<Arc<UdpLink>> = None;
             for datagram in buf[..len].chunks_mut(stride) {
-                let Some((link, packet)) = self.on_datagram(datagram, m.addr) else {
+                let Some((link, packet)) = self.on_datagram(datagram, from) else {
                     continue;
                 };
                 let other = to
@@ -220,10 +234,17 @@ pub(super) struct Batch {
     max_segments: usize,
     /// Datagrams that failed (lost, as on any lossy link), counted for `vpn status`.
     failed: Arc<AtomicU64>,
+    /// The socket is dual-stack (see [`on_wire`]).
+    dual: bool,
 }
 
 impl Batch {
-    fn new(socket: Arc<UdpSocket>, state: Arc<UdpSocketState>, failed: Arc<AtomicU64>) -> Self {
+    fn new(
+        socket: Arc<UdpSocket>,
+        state: Arc<UdpSocketState>,
+        failed: Arc<AtomicU64>,
+        dual: bool,
+    ) -> Self {
         let max_segments = state.max_gso_segments().max(1);
         Self {
             socket,
@@ -235,6 +256,7 @@ impl Batch {
             closed: false,
             max_segments,
             failed,
+            dual,
         }
     }
 
@@ -282,6 +304,13 @@ impl Batch {
         let Some(to) = self.to.take() else {
             return;
         };
+        let Some(to) = on_wire(to, self.dual) else {
+            self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
+            self.buf.clear();
+            self.count = 0;
+            self.closed = false;
+            return;
+        };
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -319,6 +348,26 @@ fn grow_buffers(socket: &UdpSocket) {
         && let Err(e) = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER)
     {
         tracing::debug!("tunnel: cannot grow the datagram socket's send buffer: {e}");
+    }
+}
+
+/// A UDP socket on `[::]:port` that IPv4 reaches too (`IPV6_V6ONLY` off, whatever the
+/// system's default), for members whose direct path is IPv6.
+fn bind_dual_stack(port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(socket.into())
+}
+
+/// `to` as the socket takes it: an IPv4 address mapped into IPv6 on a dual-stack socket;
+/// `None` for an IPv6 address on an IPv4-only one (it cannot be reached from there).
+fn on_wire(to: SocketAddr, dual: bool) -> Option<SocketAddr> {
+    match (to.ip(), dual) {
+        (IpAddr::V4(v4), true) => Some(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port())),
+        (IpAddr::V6(_), false) => None,
+        _ => Some(to),
     }
 }
 
@@ -383,9 +432,15 @@ pub(super) fn push_ips<'a>(out: &mut Vec<IpAddr>, addrs: impl Iterator<Item = &'
             Proto::Ip6(ip) => Some(IpAddr::V6(ip)),
             _ => None,
         });
-        // The socket is IPv4 only.
-        if let Some(ip @ IpAddr::V4(v4)) = ip
-            && !v4.is_unspecified()
+        // A link-local IPv6 address needs its interface, which an offer cannot name.
+        let usable = match ip {
+            Some(IpAddr::V4(v4)) => !v4.is_unspecified(),
+            Some(IpAddr::V6(v6)) => {
+                !v6.is_unspecified() && !v6.is_unicast_link_local() && v6.to_ipv4_mapped().is_none()
+            }
+            None => false,
+        };
+        if let Some(ip) = ip.filter(|_| usable)
             && !out.contains(&ip)
             && out.len() < MAX_OFFER_ADDRS
         {
@@ -492,6 +547,8 @@ pub(super) struct UdpLink {
     peer_port: u16,
     member: MemberId,
     socket: Arc<UdpSocket>,
+    /// The socket is dual-stack (see [`on_wire`]).
+    dual: bool,
     session: Mutex<Session>,
     state: Mutex<PathState>,
     path: Arc<Mutex<DataPath>>,
@@ -539,6 +596,7 @@ pub(super) fn attach(
         peer_port: n.peer_port,
         member: member.clone(),
         socket: udp.socket.clone(),
+        dual: udp.dual,
         session: Mutex::new(n.session),
         state: Mutex::new(PathState::new(n.candidates, Instant::now())),
         path: path.clone(),
@@ -623,9 +681,11 @@ impl UdpLink {
 
     fn send_probe(&self, to: SocketAddr, hears_you: bool, now: Instant) {
         let mut buf = Vec::with_capacity(INDEX_LEN + HEADER_LEN + 2 + TAG_LEN);
-        if !self.seal_append(&datagram::probe(hears_you), &mut buf, now)
-            || self.socket.try_send_to(&buf, to).is_err()
-        {
+        let sent = on_wire(to, self.dual).is_some_and(|to| {
+            self.seal_append(&datagram::probe(hears_you), &mut buf, now)
+                && self.socket.try_send_to(&buf, to).is_ok()
+        });
+        if !sent {
             self.send_failed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -684,6 +744,75 @@ impl UdpLink {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn addresses_go_on_the_wire_in_the_sockets_family() {
+        let v4: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let v6: SocketAddr = "[fd00:7e57::2]:4000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:4000".parse().unwrap();
+        assert_eq!(on_wire(v4, true), Some(mapped));
+        assert_eq!(on_wire(v6, true), Some(v6));
+        assert_eq!(on_wire(v4, false), Some(v4));
+        assert_eq!(on_wire(v6, false), None, "IPv6 cannot leave an IPv4 socket");
+    }
+
+    #[test]
+    fn offers_name_ipv4_and_routable_ipv6_addresses() {
+        let addrs = [
+            "/ip4/198.51.100.7/tcp/4001",
+            "/ip6/fd00:7e57::2/tcp/4001",
+            "/ip6/fe80::1/tcp/4001",
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip6/::/tcp/4001",
+            "/ip6/2001:db8::9/udp/4001/quic-v1",
+            "/ip4/198.51.100.7/udp/4001/quic-v1",
+            "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWCw4MSvkcY9n3s5NEAv5UBUCDjBREC5qzpgpjCQ9RQBob/p2p-circuit",
+        ]
+        .map(String::from);
+        let mut out = Vec::new();
+        push_ips(&mut out, addrs.iter());
+        let want: Vec<IpAddr> = vec![
+            Ipv4Addr::new(198, 51, 100, 7).into(),
+            "fd00:7e57::2".parse::<Ipv6Addr>().unwrap().into(),
+            "2001:db8::9".parse::<Ipv6Addr>().unwrap().into(),
+        ];
+        assert_eq!(
+            out, want,
+            "no link-local, unspecified, repeated or relayed address"
+        );
+    }
+
+    #[test]
+    fn the_dual_stack_socket_hears_ipv4_and_ipv6() {
+        let socket = bind_dual_stack(0).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        for from in ["127.0.0.1:0", "[::1]:0"] {
+            let peer = std::net::UdpSocket::bind(from).unwrap();
+            let to = SocketAddr::new(peer.local_addr().unwrap().ip(), port);
+            peer.send_to(b"hi", to).unwrap();
+            let (n, seen) = socket.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"hi");
+            // What the receive path compares with candidates: the sender's own address.
+            assert_eq!(seen.ip().to_canonical(), peer.local_addr().unwrap().ip());
+            let back = on_wire(peer.local_addr().unwrap(), true).unwrap();
+            socket.send_to(b"ok", back).unwrap();
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let (n, _) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"ok");
         }
     }
 }
