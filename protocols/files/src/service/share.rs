@@ -230,42 +230,14 @@ fn hash_all(
     let mut entries = Vec::with_capacity(scanned.files.len());
     let mut sources = Vec::with_capacity(scanned.files.len());
     for file in &scanned.files {
-        if crate::group_count(file.size) == 1 {
+        let root = if crate::group_count(file.size) == 1 {
             // A file of one group has an empty outboard, never read (its group is proven
             // by its root): a tree of small files makes no file per file here.
-            let root = hash_file(&file.source, file.size, std::io::sink())
-                .map_err(|e| FilesError::Io(e.to_string()))?;
-            entries.push(Entry {
-                path: file.path.clone(),
-                size: file.size,
-                root,
-                executable: file.executable,
-            });
-            sources.push(file.source.clone());
-            continue;
-        }
-        // Written under a temporary name and renamed to its root once complete, so an
-        // outboard under a root's name is always whole.
-        let tmp = outboards.join(format!(".tmp-{}", rand::random::<u64>()));
-        let out = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(out);
-        let root = hash_file(&file.source, file.size, &mut w);
-        let root = match root.and_then(|r| {
-            w.flush()
-                .map_err(|e| crate::ScanError::Io {
-                    path: tmp.clone(),
-                    source: e,
-                })
-                .map(|()| r)
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(FilesError::Io(e.to_string()));
-            }
+            hash_file(&file.source, file.size, std::io::sink())
+                .map_err(|e| FilesError::Io(e.to_string()))?
+        } else {
+            write_outboard(outboards, file)?
         };
-        let dest = outboards.join(root.to_string());
-        std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
         entries.push(Entry {
             path: file.path.clone(),
             size: file.size,
@@ -594,4 +566,33 @@ pub(super) async fn swarm<T>(
             }
         }
     }
+}
+
+/// Hashes `file`, writing its outboard under a temporary name renamed to its root once
+/// complete, so an outboard under a root's name is always whole; returns the root.
+fn write_outboard(
+    outboards: &std::path::Path,
+    file: &scan::ScannedFile,
+) -> Result<ContentId, FilesError> {
+    let tmp = outboards.join(format!(".tmp-{}", rand::random::<u64>()));
+    let out = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut w = std::io::BufWriter::new(out);
+    let root = hash_file(&file.source, file.size, &mut w).and_then(|r| {
+        w.flush()
+            .map_err(|e| crate::ScanError::Io {
+                path: tmp.clone(),
+                source: e,
+            })
+            .map(|()| r)
+    });
+    let root = match root {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(FilesError::Io(e.to_string()));
+        }
+    };
+    let dest = outboards.join(root.to_string());
+    std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+    Ok(root)
 }

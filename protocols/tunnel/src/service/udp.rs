@@ -304,27 +304,26 @@ impl Batch {
         let Some(to) = self.to.take() else {
             return;
         };
-        let Some(to) = on_wire(to, self.dual) else {
-            self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
-            self.buf.clear();
-            self.count = 0;
-            self.closed = false;
-            return;
+        let sent = match on_wire(to, self.dual) {
+            Some(to) => {
+                let transmit = Transmit {
+                    destination: to,
+                    ecn: None,
+                    contents: &self.buf,
+                    segment_size: (self.count > 1).then_some(self.segment),
+                    src_ip: None,
+                };
+                let socket = &*self.socket;
+                socket
+                    .async_io(Interest::WRITABLE, || {
+                        self.state.send(socket.into(), &transmit)
+                    })
+                    .await
+                    .is_ok()
+            }
+            None => false,
         };
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: &self.buf,
-            segment_size: (self.count > 1).then_some(self.segment),
-            src_ip: None,
-        };
-        let socket = &*self.socket;
-        let sent = socket
-            .async_io(Interest::WRITABLE, || {
-                self.state.send(socket.into(), &transmit)
-            })
-            .await;
-        if sent.is_err() {
+        if !sent {
             self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
         }
         self.buf.clear();
