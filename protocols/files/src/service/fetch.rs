@@ -60,8 +60,12 @@ const MANIFEST_TRIES: usize = 8;
 /// popular share has many fetchers knocking at once; each comes back after a pause rather
 /// than failing its `get`.
 const BUSY_TRIES: u32 = 8;
-/// Pause before opening a stream again when the last try failed.
+/// Pause before opening a stream again when the last try failed; it doubles per failure.
 const REOPEN_PAUSE: Duration = Duration::from_millis(500);
+/// Failed tries in a row at a new stream to a provider that served, before it leaves: a
+/// new stream over a relay fails while the circuit that just ended is torn down, which
+/// took longer than one pause on a loaded CI machine. Pauses of 0.5, 1 and 2 s between.
+const REOPEN_TRIES: u32 = 4;
 /// The first pause after a busy refusal; it doubles up to [`BUSY_PAUSE_MAX`].
 const BUSY_PAUSE: Duration = Duration::from_millis(250);
 const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
@@ -272,6 +276,8 @@ async fn run(
     // Providers whose new stream is being opened: the transfer waits for them before it
     // says no provider is left.
     let mut reopening: HashSet<PeerId> = HashSet::new();
+    // Failed tries in a row at a new stream, per provider (see REOPEN_TRIES).
+    let mut failed_opens: HashMap<PeerId, u32> = HashMap::new();
     // Per provider: streams that failed to open or served nothing. The DHT keeps naming a
     // provider that died; found again, it would be tried for ever, and a transfer whose
     // providers are all gone would never end.
@@ -432,6 +438,7 @@ async fn run(
                     reopening.remove(&peer);
                     match stream {
                         Ok(stream) => {
+                            failed_opens.remove(&peer);
                             if !dropped.contains(&peer)
                                 && !workers.contains_key(&peer)
                                 && plan.add_provider(peer)
@@ -441,16 +448,19 @@ async fn run(
                         }
                         Err(reason) => {
                             last_failure = format!("{peer}: no new stream: {reason}");
-                            // One that served before is tried again, once: a new stream
-                            // over a relay can fail while the circuit that just ended is
-                            // torn down ("oneshot canceled"); the next dials a new circuit.
-                            let struck = strikes.entry(peer).or_default();
-                            *struck += 1;
+                            // One that served before is tried again, after a pause
+                            // that doubles: a new stream over a relay can fail while the
+                            // circuit that just ended is torn down ("oneshot canceled");
+                            // a later try dials a new circuit.
+                            *strikes.entry(peer).or_default() += 1;
+                            let failed = failed_opens.entry(peer).or_default();
+                            *failed += 1;
                             let served = served_before.get(&peer).copied().unwrap_or(0);
-                            if served > 0 && *struck < MAX_STRIKES && !dropped.contains(&peer) {
+                            if served > 0 && *failed < REOPEN_TRIES && !dropped.contains(&peer) {
                                 tracing::info!(%peer, "no new stream: {reason}; trying again");
                                 reopening.insert(peer);
-                                reopen_later(inner, &ev_tx, peer, REOPEN_PAUSE);
+                                let pause = REOPEN_PAUSE * (1 << (*failed - 1));
+                                reopen_later(inner, &ev_tx, peer, pause);
                             } else {
                                 tracing::info!(%peer, "provider left the transfer: no new stream: {reason}");
                             }
