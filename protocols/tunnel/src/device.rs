@@ -47,10 +47,13 @@ pub trait PacketDevice {
     }
 }
 
-/// A network's TUN device.
+/// A network's TUN device. Its descriptor is non-blocking and registered with no async
+/// runtime: the service's data thread waits on it (see [`TunDevice::fd`]), and other
+/// writers write without waiting (a TUN device takes a write or drops it, it does not
+/// fill up).
 pub struct TunDevice {
     name: String,
-    device: tun_rs::AsyncDevice,
+    device: tun_rs::SyncDevice,
     /// Offloads on: every read and write carries a virtio-net header, and a read may be
     /// a TCP super-packet of up to 64 KiB that [`TunDevice::recv_batch`] splits.
     offload: bool,
@@ -167,7 +170,8 @@ impl TunDevice {
             .mtu(mtu)
             .offload(offload)
             .enable(true)
-            .build_async()
+            .build_sync()
+            .and_then(|d| d.set_nonblocking(true).map(|()| d))
             .map_err(|source| match source.kind() {
                 io::ErrorKind::PermissionDenied => DeviceError::Permission { name: name.into() },
                 io::ErrorKind::NotFound => DeviceError::NoTun,
@@ -194,21 +198,21 @@ impl TunDevice {
         self.offload
     }
 
-    /// Reads one packet, or the segments of one super-packet, into `batch`; returns how
-    /// many. Waits for the first.
-    pub async fn recv_batch(&self, batch: &mut ReadBatch) -> io::Result<usize> {
-        let ReadBatch { raw, bufs, sizes } = batch;
-        self.device.recv_multiple(raw, bufs, sizes, 0).await
+    /// The descriptor to wait on for reads.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.device.as_fd()
     }
 
-    /// [`TunDevice::recv_batch`] without waiting: `WouldBlock` when nothing is pending.
+    /// Reads one packet, or the segments of one super-packet, into `batch` without
+    /// waiting; returns how many (`WouldBlock` when nothing is pending).
     pub fn try_recv_batch(&self, batch: &mut ReadBatch) -> io::Result<usize> {
         let ReadBatch { raw, bufs, sizes } = batch;
-        self.device.try_recv_multiple(raw, bufs, sizes, 0)
+        self.device.recv_multiple(raw, bufs, sizes, 0)
     }
 
     /// Writes the packets of `batch` (coalesced where offloads allow) and empties it.
-    pub async fn send_batch(&self, batch: &mut WriteBatch) -> io::Result<()> {
+    pub fn send_batch(&self, batch: &mut WriteBatch) -> io::Result<()> {
         let n = std::mem::take(&mut batch.len);
         if n == 0 {
             return Ok(());
@@ -216,34 +220,58 @@ impl TunDevice {
         let bufs = &mut batch.bufs[..n];
         if self.offload {
             self.device
-                .send_multiple(&mut batch.gro, bufs, tun_rs::VIRTIO_NET_HDR_LEN)
-                .await?;
+                .send_multiple(&mut batch.gro, bufs, tun_rs::VIRTIO_NET_HDR_LEN)?;
         } else {
             for b in bufs.iter() {
-                self.device.send(&b[tun_rs::VIRTIO_NET_HDR_LEN..]).await?;
+                self.device.send(&b[tun_rs::VIRTIO_NET_HDR_LEN..])?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes one packet without waiting.
+    pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.offload {
+            return self.device.send(packet);
+        }
+        let parts = [io::IoSlice::new(&PLAIN_HEADER), io::IoSlice::new(packet)];
+        let n = self.device.send_vectored(&parts)?;
+        Ok(n.saturating_sub(PLAIN_HEADER.len()))
+    }
+
+    /// Waits (at most 100 ms) until the device has a packet to read. The wait polls a
+    /// copy of the descriptor on a blocking thread: the device is never registered with
+    /// a runtime, which would then hear every packet (see the struct). Only the rare
+    /// caller that reads one packet at a time waits this way, never the data path.
+    async fn readable(&self) -> io::Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let fd = self.fd().try_clone_to_owned()?;
+        tokio::task::spawn_blocking(move || {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::from(100u16)).map_err(io::Error::from)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(())
     }
 }
 
 impl PacketDevice for TunDevice {
     /// One packet. With offloads on, a read may be a super-packet that only
-    /// [`TunDevice::recv_batch`] can split: this refuses such a device.
+    /// [`TunDevice::try_recv_batch`] can split: this refuses such a device.
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.offload {
-            return Err(io::Error::other("offloads are on: read with recv_batch"));
+        loop {
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
+                other => return other,
+            }
         }
-        self.device.recv(buf).await
     }
 
+    /// Without waiting: a TUN device takes a write or drops it.
     async fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        if !self.offload {
-            return self.device.send(packet).await;
-        }
-        let parts = [io::IoSlice::new(&PLAIN_HEADER), io::IoSlice::new(packet)];
-        let n = self.device.send_vectored(&parts).await?;
-        Ok(n.saturating_sub(PLAIN_HEADER.len()))
+        self.try_send(packet)
     }
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -252,7 +280,7 @@ impl PacketDevice for TunDevice {
                 "offloads are on: read with try_recv_batch",
             ));
         }
-        self.device.try_recv(buf)
+        self.device.recv(buf)
     }
 }
 

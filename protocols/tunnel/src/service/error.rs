@@ -45,6 +45,9 @@ pub enum TunnelError {
     /// The network's addresses could not be settled.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// The thread that carries the packets could not be started.
+    #[error("cannot start the tunnel's data thread: {0}")]
+    DataThread(String),
     /// The node's networks refused (unknown network, storage).
     #[error(transparent)]
     Net(#[from] NetError),
@@ -65,6 +68,7 @@ impl TunnelError {
             Self::Device(DeviceError::Permission { .. }) => "permission",
             Self::Device(_) => "device",
             Self::Lease(_) => "lease",
+            Self::DataThread(_) => "data_thread",
             Self::Net(e) => e.kind(),
             Self::Stopped => "stopped",
         }

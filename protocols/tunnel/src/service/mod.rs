@@ -4,8 +4,8 @@
 //!
 //! One task (the owner) holds the networks that are up and their streams; it alone
 //! changes them, on commands, membership events, accepted or opened streams and a tick.
-//! The packets never pass through it: per network one task reads the TUN device and
-//! routes each packet (through the engine, under a short lock, see `path`) into the
+//! The packets never pass through it: per network a reader on the data thread reads the
+//! TUN device and routes each packet (through the engine, under a short lock, see `path`) into the
 //! bounded queue of the member that holds its destination; per stream a writer drains
 //! that queue and a reader checks each packet with the engine before it is written into
 //! the device (`link`). A membership change updates the engine at once, so a revoked
@@ -51,7 +51,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{Down, NetStatus};
-use crate::device::TunDevice;
+use crate::device::{ReadBatch, TunDevice};
 use crate::{Engine, MemberId};
 pub use error::TunnelError;
 pub use handle::TunnelHandle;
@@ -228,7 +228,7 @@ struct Service {
     /// Our identity key, for the datagram sessions' handshakes.
     signing: p2pnode_secure::SigningKey,
     /// The datagram socket and its reader, from the first `vpn up` on.
-    udp: Option<(Arc<udp::Udp>, JoinHandle<()>)>,
+    udp: Option<(Arc<udp::Udp>, data::ReaderHandle)>,
     /// The datagram socket's port, 0 before it is bound; shared with the tasks that
     /// answer streams, which read it once they know the network.
     port: Arc<std::sync::atomic::AtomicU16>,
@@ -280,7 +280,7 @@ impl Service {
             tracing::info!(network = name, "tunnel down (node stopping)");
         }
         if let Some((_, reader)) = self.udp.take() {
-            reader.abort();
+            reader.stop().await;
         }
         tracing::debug!("tunnel service stopped");
     }
@@ -364,26 +364,23 @@ impl Service {
         if engine.must_record_ours() {
             self.record_lease(network, lease).await;
         }
-        let io = self.data.handle();
-        let device = {
-            // The device's readiness is the data thread's to watch (see `DataThread`).
-            let _io = io.enter();
-            Arc::new(TunDevice::create_with(
-                &interface, lease, &prefixes, mtu, offload,
-            )?)
-        };
+        let device = Arc::new(TunDevice::create_with(
+            &interface, lease, &prefixes, mtu, offload,
+        )?);
         self.bind_udp().await;
         let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
         let dns = self.start_dns(network, &interface, lease.v4, &names).await;
         let path = Arc::new(Mutex::new(DataPath::new(engine)));
-        let reader = {
-            let (device, path, network) = (device.clone(), path.clone(), network.to_string());
-            let batch = self.udp.as_ref().map(|(u, _)| u.batch());
-            data::spawn(&io, async move {
-                let reason = path::read_tun(device, path, mtu, batch).await;
-                tracing::warn!(network, "tunnel: {reason}");
-            })
-        };
+        let reader = self
+            .data
+            .add(Box::new(path::TunReader {
+                network: network.to_string(),
+                device: device.clone(),
+                path: path.clone(),
+                reads: ReadBatch::new(mtu),
+                batch: self.udp.as_ref().map(|(u, _)| u.batch()),
+            }))
+            .map_err(|e| TunnelError::DataThread(e.to_string()))?;
         tracing::info!(
             network,
             interface,
@@ -456,11 +453,13 @@ impl Service {
         if self.udp.is_some() {
             return;
         }
-        let io = self.data.handle();
-        match udp::Udp::bind(0, &io) {
-            Ok(u) => {
+        let bound = udp::Udp::bind(0).and_then(|u| {
+            let reader = self.data.add(Box::new(udp::UdpReader::new(u.clone())))?;
+            Ok((u, reader))
+        });
+        match bound {
+            Ok((u, reader)) => {
                 tracing::info!(port = u.port(), "tunnel: datagram socket bound");
-                let reader = data::spawn(&io, u.clone().receive());
                 self.port
                     .store(u.port(), std::sync::atomic::Ordering::Relaxed);
                 self.udp = Some((u, reader));

@@ -94,7 +94,7 @@ pub(super) struct NetTunnel {
     pub(super) lease: Lease,
     pub(super) path: Arc<Mutex<DataPath>>,
     pub(super) device: Arc<TunDevice>,
-    pub(super) reader: JoinHandle<()>,
+    pub(super) reader: super::data::ReaderHandle,
     /// Current members other than us, with their names.
     pub(super) members: BTreeMap<PeerId, Option<String>>,
     pub(super) links: HashMap<PeerId, Link>,
@@ -110,8 +110,7 @@ impl NetTunnel {
     /// Stops every task that holds the device and waits for them, so the device is
     /// closed (and the kernel removes the interface) when this returns.
     pub(super) async fn stop(mut self) {
-        self.reader.abort();
-        let _ = (&mut self.reader).await;
+        self.reader.stop().await;
         if let Some(mut dns) = self.dns.take() {
             dns.abort();
             let _ = (&mut dns).await;

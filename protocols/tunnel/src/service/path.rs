@@ -1,19 +1,21 @@
-//! One network's data path, shared by the task reading the TUN device and every stream
-//! reader: the engine (routing, checks, counts) and the queue of each member's stream.
+//! One network's data path, shared by the TUN device's reader and every stream reader: the engine (routing, checks, counts) and the queue of each member's stream.
 //! Each packet takes the lock once, briefly; nothing in it allocates per packet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::device::{PacketDevice, ReadBatch, TunDevice};
+use crate::device::{ReadBatch, TunDevice};
 use crate::{DropReason, Engine, MemberId, Outbound};
 
+use super::data::Reader;
 use super::link::Outgoing;
 use super::udp::{Batch, UdpLink};
 
-/// Most reads from the TUN device without waiting before their datagrams go out.
+/// Most reads from the TUN device at one readiness before their datagrams go out (the
+/// rest is read at the next: no device or socket waits long behind another).
 const BURST: usize = 64;
 
 /// Drops the service counts beside the engine's: packets it could not hand on.
@@ -139,39 +141,56 @@ fn unsent_of<'a>(unsent: &'a mut BTreeMap<MemberId, Unsent>, member: &MemberId) 
     }
 }
 
-/// Reads the TUN device until it fails or the task is aborted: each packet routed by
-/// the engine to its member's queue or datagram link; "too big" answers written back into
-/// the device. A read may be a super-packet of many segments (offloads on); a burst of
-/// reads is taken without waiting and its datagrams sent as batches.
-pub(super) async fn read_tun(
-    device: Arc<TunDevice>,
-    path: Arc<Mutex<DataPath>>,
-    mtu: u16,
-    mut batch: Option<Batch>,
-) -> String {
-    let mut reads = ReadBatch::new(mtu);
-    loop {
-        let mut n = match device.recv_batch(&mut reads).await {
-            Ok(n) => n,
-            Err(e) => return format!("cannot read the TUN device: {e}"),
-        };
-        let mut read = 1;
-        loop {
+/// Reads one network's TUN device on the data thread: each packet routed by the engine
+/// to its member's queue or datagram link; "too big" answers written back into the
+/// device. A read may be a super-packet of many segments (offloads on); a burst of reads
+/// is taken at once and its datagrams sent as batches.
+pub(super) struct TunReader {
+    pub(super) network: String,
+    pub(super) device: Arc<TunDevice>,
+    pub(super) path: Arc<Mutex<DataPath>>,
+    pub(super) reads: ReadBatch,
+    pub(super) batch: Option<Batch>,
+}
+
+impl Reader for TunReader {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.device.fd()
+    }
+
+    fn on_readable(&mut self) -> Result<(), String> {
+        let result = self.burst();
+        if let Some(b) = &mut self.batch {
+            b.flush();
+        }
+        result.map_err(|e| format!("network {}: {e}", self.network))
+    }
+}
+
+impl TunReader {
+    /// Up to [`BURST`] reads, until the device has nothing more.
+    fn burst(&mut self) -> Result<(), String> {
+        for _ in 0..BURST {
+            let n = match self.device.try_recv_batch(&mut self.reads) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(format!("cannot read the TUN device: {e}")),
+            };
             for i in 0..n {
-                let packet = reads.packet(i);
+                let packet = self.reads.packet(i);
                 let now = Instant::now();
-                let action = match path.lock() {
+                let action = match self.path.lock() {
                     Ok(mut p) => p.on_tun_packet(packet, now),
-                    Err(_) => return "data path lock poisoned".into(),
+                    Err(_) => return Err("data path lock poisoned".into()),
                 };
                 match action {
                     FromTun::Done => {}
-                    FromTun::Udp(link, to) => match &mut batch {
-                        Some(b) => b.push(&link, to, packet, now).await,
+                    FromTun::Udp(link, to) => match &mut self.batch {
+                        Some(b) => b.push(&link, to, packet, now),
                         None => tracing::debug!("tunnel: a datagram link without a socket"),
                     },
                     FromTun::Reply(reply) => {
-                        if let Err(e) = device.send(&reply).await {
+                        if let Err(e) = self.device.try_send(&reply) {
                             tracing::debug!(
                                 "tunnel: cannot write an ICMP error into the TUN device: {e}"
                             );
@@ -179,19 +198,8 @@ pub(super) async fn read_tun(
                     }
                 }
             }
-            if read == BURST {
-                break;
-            }
-            read += 1;
-            n = match device.try_recv_batch(&mut reads) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return format!("cannot read the TUN device: {e}"),
-            };
         }
-        if let Some(b) = &mut batch {
-            b.flush().await;
-        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The datagram path (see [`crate::datagram`] for the why and the wire): the service's
 //! UDP socket, the negotiation over a new tunnel stream, each member's datagram link, the
-//! task that reads the socket and the task that probes.
+//! socket's reader (on the data thread) and the task that probes.
 //!
 //! One socket serves every network: the index in front of each frame finds the link,
 //! and the link knows its network's data path and device. A stranger's datagram costs a
@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -24,13 +25,12 @@ use p2pnode_secure::{
     SigningKey,
 };
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::MemberId;
 use crate::datagram::{self, INDEX_LEN, MAX_OFFER_ADDRS, Offer, PathState, Payload};
 use crate::device::{TunDevice, WriteBatch};
 
+use super::data::{self, Reader};
 use super::path::DataPath;
 
 /// The datagram session's handshake label: not the stream's, so no message of one
@@ -43,12 +43,19 @@ const PROBE_TICK: Duration = Duration::from_millis(100);
 const RECV_BUF: usize = 65_535;
 /// Most packets written into a device at once (a GRO read holds at most 64 datagrams).
 const WRITE_BATCH: usize = 64;
+/// How long a send waits for room in a full socket buffer before its datagrams count as
+/// lost: the data thread's back-pressure, as a blocking socket would give.
+const SEND_WAIT_MS: u16 = 100;
+/// Most socket reads at one readiness (the rest is read at the next).
+const RECV_BURST: usize = 64;
 /// The datagram socket's receive and send buffers (the kernel doubles what it is given).
 const SOCKET_BUFFER: usize = 4 << 20;
 /// The most bytes one GSO send carries (the kernel's limit is 64 KiB of payload).
 const MAX_GSO_BYTES: usize = 60 * 1024;
 
-/// The service's UDP socket and the datagram links by our index.
+/// The service's UDP socket and the datagram links by our index. The socket is
+/// non-blocking and registered with no async runtime: the data thread waits on it (see
+/// [`super::data`]), and probes are sent without waiting.
 pub(super) struct Udp {
     socket: Arc<UdpSocket>,
     /// Batched IO on the socket: GSO for sends, GRO for receives, where the kernel has them.
@@ -65,9 +72,8 @@ pub(super) struct Udp {
 
 impl Udp {
     /// Binds the socket on every address, IPv6 and IPv4 (IPv4 only where the host has no
-    /// IPv6), on `port` (0: any free one), its readiness watched by `io`'s runtime (the
-    /// data thread's).
-    pub(super) fn bind(port: u16, io: &tokio::runtime::Handle) -> std::io::Result<Arc<Self>> {
+    /// IPv6), on `port` (0: any free one).
+    pub(super) fn bind(port: u16) -> std::io::Result<Arc<Self>> {
         let (socket, dual) = match bind_dual_stack(port) {
             Ok(socket) => (socket, true),
             Err(e) => {
@@ -77,10 +83,6 @@ impl Udp {
             }
         };
         socket.set_nonblocking(true)?;
-        let socket = {
-            let _io = io.enter();
-            UdpSocket::from_std(socket)?
-        };
         let port = socket.local_addr()?.port();
         grow_buffers(&socket);
         let state = UdpSocketState::new((&socket).into())?;
@@ -139,59 +141,6 @@ impl Udp {
         )
     }
 
-    /// Reads the socket until the task is aborted: each datagram (several per read, where
-    /// the kernel coalesced them) to its link.
-    pub(super) async fn receive(self: Arc<Self>) {
-        let mut buf = vec![0u8; RECV_BUF];
-        let mut writes = WriteBatch::new(WRITE_BATCH);
-        loop {
-            let mut meta = [RecvMeta::default()];
-            let read = {
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                let socket = &*self.socket;
-                socket
-                    .async_io(Interest::READABLE, || {
-                        self.state.recv(socket.into(), &mut iov, &mut meta)
-                    })
-                    .await
-            };
-            if let Err(e) = read {
-                // An ICMP error from an earlier send, mostly: the socket still works.
-                tracing::debug!("tunnel: UDP receive: {e}");
-                continue;
-            }
-            let [m] = meta;
-            // An IPv4 sender reaches the dual-stack socket as `::ffff:a.b.c.d`.
-            let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-            let len = m.len.min(buf.len());
-            let stride = if m.stride == 0 { len } else { m.stride };
-            if len == 0 {
-                continue;
-            }
-            // The packets that pass go to their device in one batch (coalesced there
-            // with offloads on); a packet for another device sends the batch first.
-            let mut to: Option<Arc<UdpLink>> = None;
-            for datagram in buf[..len].chunks_mut(stride) {
-                let Some((link, packet)) = self.on_datagram(datagram, from) else {
-                    continue;
-                };
-                let other = to
-                    .as_ref()
-                    .is_some_and(|t| !Arc::ptr_eq(&t.device, &link.device));
-                if (other || writes.is_full())
-                    && let Some(t) = &to
-                {
-                    t.write(&mut writes).await;
-                }
-                writes.push(packet);
-                to = Some(link);
-            }
-            if let Some(t) = &to {
-                t.write(&mut writes).await;
-            }
-        }
-    }
-
     /// One datagram: its link and the packet to write into the device, if it passed.
     fn on_datagram<'a>(
         &self,
@@ -216,6 +165,88 @@ impl Udp {
             self.unknown.load(Ordering::Relaxed),
             self.send_failed.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Reads the datagram socket on the data thread: each datagram (several per read, where
+/// the kernel coalesced them) to its link, and the packets that pass into their device.
+pub(super) struct UdpReader {
+    udp: Arc<Udp>,
+    buf: Vec<u8>,
+    writes: WriteBatch,
+}
+
+impl UdpReader {
+    pub(super) fn new(udp: Arc<Udp>) -> Self {
+        Self {
+            udp,
+            buf: vec![0u8; RECV_BUF],
+            writes: WriteBatch::new(WRITE_BATCH),
+        }
+    }
+
+    /// One read; `false` when the socket had nothing more.
+    fn read_one(&mut self) -> bool {
+        let udp = &*self.udp;
+        let mut meta = [RecvMeta::default()];
+        let read = {
+            let mut iov = [IoSliceMut::new(&mut self.buf)];
+            udp.state.recv((&*udp.socket).into(), &mut iov, &mut meta)
+        };
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                // An ICMP error from an earlier send, mostly: the socket still works.
+                tracing::debug!("tunnel: UDP receive: {e}");
+                return true;
+            }
+        }
+        let [m] = meta;
+        // An IPv4 sender reaches the dual-stack socket as `::ffff:a.b.c.d`.
+        let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+        let len = m.len.min(self.buf.len());
+        let stride = if m.stride == 0 { len } else { m.stride };
+        if len == 0 {
+            return true;
+        }
+        // The packets that pass go to their device in one batch (coalesced there with
+        // offloads on); a packet for another device sends the batch first.
+        let mut to: Option<Arc<UdpLink>> = None;
+        for datagram in self.buf[..len].chunks_mut(stride) {
+            let Some((link, packet)) = udp.on_datagram(datagram, from) else {
+                continue;
+            };
+            let other = to
+                .as_ref()
+                .is_some_and(|t| !Arc::ptr_eq(&t.device, &link.device));
+            if (other || self.writes.is_full())
+                && let Some(t) = &to
+            {
+                t.write(&mut self.writes);
+            }
+            self.writes.push(packet);
+            to = Some(link);
+        }
+        if let Some(t) = &to {
+            t.write(&mut self.writes);
+        }
+        true
+    }
+}
+
+impl Reader for UdpReader {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.udp.socket.as_fd()
+    }
+
+    fn on_readable(&mut self) -> Result<(), String> {
+        for _ in 0..RECV_BURST {
+            if !self.read_one() {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -262,13 +293,7 @@ impl Batch {
 
     /// Seals `packet` for `link` at the end of the run, sending the run first when the
     /// datagram cannot join it.
-    pub(super) async fn push(
-        &mut self,
-        link: &UdpLink,
-        to: SocketAddr,
-        packet: &[u8],
-        now: Instant,
-    ) {
+    pub(super) fn push(&mut self, link: &UdpLink, to: SocketAddr, packet: &[u8], now: Instant) {
         let len = INDEX_LEN + HEADER_LEN + packet.len() + TAG_LEN;
         let joins = self.count > 0
             && self.to == Some(to)
@@ -277,7 +302,7 @@ impl Batch {
             && self.count < self.max_segments
             && self.buf.len() + len <= MAX_GSO_BYTES;
         if self.count > 0 && !joins {
-            self.flush().await;
+            self.flush();
         }
         let start = self.buf.len();
         if !link.seal_append(packet, &mut self.buf, now) {
@@ -299,8 +324,8 @@ impl Batch {
         }
     }
 
-    /// Sends the run.
-    pub(super) async fn flush(&mut self) {
+    /// Sends the run, waiting a moment for room when the socket's buffer is full.
+    pub(super) fn flush(&mut self) {
         let Some(to) = self.to.take() else {
             return;
         };
@@ -313,13 +338,13 @@ impl Batch {
                     segment_size: (self.count > 1).then_some(self.segment),
                     src_ip: None,
                 };
-                let socket = &*self.socket;
-                socket
-                    .async_io(Interest::WRITABLE, || {
-                        self.state.send(socket.into(), &transmit)
-                    })
-                    .await
-                    .is_ok()
+                let send = || self.state.send((&*self.socket).into(), &transmit);
+                match send() {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        data::wait_writable(self.socket.as_fd(), SEND_WAIT_MS) && send().is_ok()
+                    }
+                    sent => sent.is_ok(),
+                }
             }
             None => false,
         };
@@ -682,7 +707,7 @@ impl UdpLink {
         let mut buf = Vec::with_capacity(INDEX_LEN + HEADER_LEN + 2 + TAG_LEN);
         let sent = on_wire(to, self.dual).is_some_and(|to| {
             self.seal_append(&datagram::probe(hears_you), &mut buf, now)
-                && self.socket.try_send_to(&buf, to).is_ok()
+                && self.socket.send_to(&buf, to).is_ok()
         });
         if !sent {
             self.send_failed.fetch_add(1, Ordering::Relaxed);
@@ -700,8 +725,8 @@ impl UdpLink {
     }
 
     /// Writes `batch` into this link's device.
-    async fn write(&self, batch: &mut WriteBatch) {
-        if let Err(e) = self.device.send_batch(batch).await {
+    fn write(&self, batch: &mut WriteBatch) {
+        if let Err(e) = self.device.send_batch(batch) {
             tracing::debug!("tunnel: cannot write packets into the TUN device: {e}");
         }
     }
