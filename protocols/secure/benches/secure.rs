@@ -38,12 +38,14 @@ fn pair() -> (Session, Session) {
 
 fn handshake(alice: &SigningKey, bob: &SigningKey) -> (Session, Session) {
     let label = b"/p2pnode/bench/1".to_vec();
+    // ChaCha20-Poly1305 sessions, whatever the CPU: the framing is measured against the
+    // bare ChaCha20-Poly1305 below.
     let (initiator, msg1) = Initiator::start(
-        HandshakeConfig::new(alice.clone(), bob.verifying_key(), label.clone()),
+        HandshakeConfig::new(alice.clone(), bob.verifying_key(), label.clone()).with_aes(false),
         &mut OsRng,
     );
     let (responder, msg2) = Responder::accept(
-        HandshakeConfig::new(bob.clone(), alice.verifying_key(), label),
+        HandshakeConfig::new(bob.clone(), alice.verifying_key(), label).with_aes(false),
         &msg1,
         &mut OsRng,
     )

@@ -47,6 +47,9 @@ pub enum HandshakeError {
     /// The remote's transcript signature does not verify: tampering, replay or wrong context.
     #[error("bad transcript signature")]
     BadSignature,
+    /// No cipher in common, or the responder chose one we did not offer (a bit set).
+    #[error("no common cipher (the peer named {0:#04b})")]
+    Cipher(u8),
     /// The initiator's SAS opening does not match the commitment it sent first.
     #[error("SAS commitment does not match its opening")]
     CommitmentMismatch,

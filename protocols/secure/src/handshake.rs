@@ -21,6 +21,11 @@
 //! and ML-KEM-768. There is no classical-only path: without a valid ML-KEM share the
 //! message does not parse.
 //!
+//! The AEAD: msg1 lists the ciphers the initiator takes (ChaCha20-Poly1305 always,
+//! AES-256-GCM where its CPU runs AES in hardware) and msg2 names the one the responder
+//! chose (AES-256-GCM when both have it). Both fields are in the signed transcript, so a
+//! man in the middle cannot strike AES from the list, and either choice is a strong AEAD.
+//!
 //! The SAS is derived from h2 and the opening `o` of a commitment the initiator sent in
 //! msg1. The responder has fixed msg2 before learning `o`, and the initiator committed to
 //! `o` before seeing msg2, so a man in the middle cannot grind either of its two sessions
@@ -37,10 +42,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::HandshakeError;
 use crate::sas::Sas;
-use crate::session::{Role, Session, SessionConfig, SessionKeys};
-use crate::wire::{self, Msg1, Msg2, Msg3, NONCE_LEN};
+use crate::session::{Cipher, Role, Session, SessionConfig, SessionKeys};
+use crate::wire::{
+    self, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305, Msg1, Msg2, Msg3, NONCE_LEN,
+};
 
-const PROTOCOL_NAME: &[u8] = b"p2pnode-secure/1 X25519+MLKEM768 Ed25519 ChaCha20Poly1305";
+const PROTOCOL_NAME: &[u8] = b"p2pnode-secure/2 X25519+MLKEM768 Ed25519 ChaCha20Poly1305|AES256GCM";
 const RESPONDER_SIG_CONTEXT: &[u8] = b"p2pnode-secure/1 responder signature";
 const INITIATOR_SIG_CONTEXT: &[u8] = b"p2pnode-secure/1 initiator signature";
 const SAS_COMMIT_CONTEXT: &[u8] = b"p2pnode-secure/1 sas commitment";
@@ -58,6 +65,8 @@ pub struct HandshakeConfig {
     remote_key: VerifyingKey,
     context: Vec<u8>,
     session: SessionConfig,
+    /// Offer (initiator) or choose (responder) AES-256-GCM.
+    aes: bool,
 }
 
 impl HandshakeConfig {
@@ -75,7 +84,16 @@ impl HandshakeConfig {
             remote_key,
             context: context.into(),
             session: SessionConfig::default(),
+            aes: Cipher::aes_in_hardware(),
         }
+    }
+
+    /// Whether this side offers or chooses AES-256-GCM; by default where the CPU runs AES
+    /// in hardware ([`Cipher::aes_in_hardware`]). Off, the session uses ChaCha20-Poly1305
+    /// (for tests, and to measure one cipher against the other).
+    pub fn with_aes(mut self, aes: bool) -> Self {
+        self.aes = aes;
+        self
     }
 
     /// Sets framing parameters for the session that results.
@@ -97,6 +115,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("remote_key", &self.remote_key)
             .field("context", &String::from_utf8_lossy(&self.context))
             .field("session", &self.session)
+            .field("aes", &self.aes)
             .finish()
     }
 }
@@ -217,9 +236,12 @@ impl KeyMaterial {
         Self(ikm)
     }
 
-    fn session_keys(&self, transcript_hash: &[u8; 32]) -> SessionKeys {
+    fn session_keys(&self, transcript_hash: &[u8; 32], cipher: Cipher) -> SessionKeys {
         let hk = Hkdf::<Sha256>::new(Some(transcript_hash), &self.0);
-        let mut keys = SessionKeys::default();
+        let mut keys = SessionKeys {
+            cipher,
+            ..SessionKeys::default()
+        };
         // Expanding 32 bytes from HKDF-SHA256 cannot fail (limit is 255 * 32).
         let ok = hk
             .expand(KEY_I2R_INFO, &mut keys.initiator_to_responder[..])
@@ -234,6 +256,8 @@ impl KeyMaterial {
 
 /// Initiator side, waiting for msg2.
 pub struct Initiator {
+    /// The `CIPHER_*` bits we offered.
+    ciphers: u8,
     local_key: SigningKey,
     remote_key: VerifyingKey,
     session: SessionConfig,
@@ -252,7 +276,13 @@ impl Initiator {
             remote_key,
             context,
             session,
+            aes,
         } = config;
+        let ciphers = if aes {
+            CIPHER_CHACHA20_POLY1305 | CIPHER_AES_256_GCM
+        } else {
+            CIPHER_CHACHA20_POLY1305
+        };
         let x25519_secret = EphemeralSecret::random_from_rng(&mut *rng);
         let x25519_public = X25519Public::from(&x25519_secret).to_bytes();
         let (mlkem_dk, mlkem_ek) = MlKem768::generate(rng);
@@ -262,6 +292,7 @@ impl Initiator {
         rng.fill_bytes(&mut sas_opening[..]);
 
         let msg1 = Msg1 {
+            ciphers,
             nonce,
             sas_commitment: sas_commitment(&sas_opening),
             identity: local_key.verifying_key().to_bytes(),
@@ -273,6 +304,7 @@ impl Initiator {
         transcript.append(&msg1);
         tracing::debug!(remote = ?remote_key, "secure handshake: sent msg1");
         let state = Self {
+            ciphers,
             local_key,
             remote_key,
             session,
@@ -289,6 +321,7 @@ impl Initiator {
     /// be used right away: the responder only accepts our frames after checking msg3.
     pub fn finish(self, msg2: &[u8]) -> Result<(Session, Vec<u8>), HandshakeError> {
         let Self {
+            ciphers,
             local_key,
             remote_key,
             session,
@@ -302,6 +335,13 @@ impl Initiator {
         if msg2.identity != remote_key.to_bytes() {
             return Err(HandshakeError::RemoteKeyMismatch);
         }
+        // One cipher, and one we offered.
+        let cipher = match msg2.cipher {
+            c if c & ciphers != c => return Err(HandshakeError::Cipher(c)),
+            CIPHER_CHACHA20_POLY1305 => Cipher::ChaCha20Poly1305,
+            CIPHER_AES_256_GCM => Cipher::Aes256Gcm,
+            c => return Err(HandshakeError::Cipher(c)),
+        };
         transcript.append(&msg2.encode_unsigned());
         verify(
             &remote_key,
@@ -337,7 +377,7 @@ impl Initiator {
             &msg2.x25519,
             &msg2.mlkem_ct[..],
         );
-        let keys = ikm.session_keys(&transcript_hash);
+        let keys = ikm.session_keys(&transcript_hash, cipher);
         let sas = derive_sas(&h2, &sas_opening);
         tracing::debug!(remote = ?remote_key, "secure handshake: initiator done");
         let session = Session::new(
@@ -354,6 +394,7 @@ impl Initiator {
 
 /// Responder side, waiting for msg3.
 pub struct Responder {
+    cipher: Cipher,
     remote_key: VerifyingKey,
     session: SessionConfig,
     transcript: Transcript,
@@ -374,12 +415,20 @@ impl Responder {
             remote_key,
             context,
             session,
+            aes,
         } = config;
         let msg1 = Msg1::decode(msg1)?;
         // Cheap checks first, so a wrong peer costs us no KEM work.
         if msg1.identity != remote_key.to_bytes() {
             return Err(HandshakeError::RemoteKeyMismatch);
         }
+        let cipher = if aes && msg1.ciphers & CIPHER_AES_256_GCM != 0 {
+            Cipher::Aes256Gcm
+        } else if msg1.ciphers & CIPHER_CHACHA20_POLY1305 != 0 {
+            Cipher::ChaCha20Poly1305
+        } else {
+            return Err(HandshakeError::Cipher(msg1.ciphers));
+        };
         check_encapsulation_key(&msg1.mlkem_ek)?;
         let mut transcript = Transcript::new(&context, &remote_key, &local_key.verifying_key());
         transcript.append(&msg1.encode());
@@ -396,6 +445,10 @@ impl Responder {
         rng.fill_bytes(&mut nonce);
 
         let mut msg2 = Msg2 {
+            cipher: match cipher {
+                Cipher::ChaCha20Poly1305 => CIPHER_CHACHA20_POLY1305,
+                Cipher::Aes256Gcm => CIPHER_AES_256_GCM,
+            },
             nonce,
             identity: local_key.verifying_key().to_bytes(),
             x25519: x25519_public,
@@ -417,6 +470,7 @@ impl Responder {
         );
         tracing::debug!(remote = ?remote_key, "secure handshake: sent msg2");
         let state = Self {
+            cipher,
             remote_key,
             session,
             transcript,
@@ -430,6 +484,7 @@ impl Responder {
     /// Processes msg3 and returns the session.
     pub fn finish(self, msg3: &[u8]) -> Result<Session, HandshakeError> {
         let Self {
+            cipher,
             remote_key,
             session,
             mut transcript,
@@ -444,7 +499,7 @@ impl Responder {
         }
         transcript.append(&msg3.encode());
         let transcript_hash = transcript.hash();
-        let keys = key_material.session_keys(&transcript_hash);
+        let keys = key_material.session_keys(&transcript_hash, cipher);
         let sas = derive_sas(&h2, &msg3.sas_opening);
         tracing::debug!(remote = ?remote_key, "secure handshake: responder done");
         Ok(Session::new(

@@ -6,7 +6,8 @@
 //! 1. [`handshake`]: a three-message hybrid handshake (X25519 + ML-KEM-768, transcript
 //!    signed by both Ed25519 identity keys) as a sans-IO state machine
 //!    ([`Initiator`], [`Responder`]) producing a [`Session`].
-//! 2. [`session`]: ChaCha20-Poly1305 frames with counter nonces, per-direction keys,
+//! 2. [`session`]: AEAD frames (AES-256-GCM where both ends have AES in hardware, else
+//!    ChaCha20-Poly1305) with counter nonces, per-direction keys,
 //!    strict or windowed replay protection, deterministic rekeying, optional padding.
 //! 3. [`stream`]: async wrappers ([`initiate`], [`respond`], [`SecureStream`]) that run
 //!    both over any `futures::io` stream with length-prefixed messages.
@@ -67,6 +68,6 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{DecodeError, HandshakeError, OpenError, ReadError, SealError, StreamError};
 pub use handshake::{HandshakeConfig, Initiator, Responder};
 pub use sas::Sas;
-pub use session::{MAX_PAYLOAD_LEN, ReceiveMode, Session, SessionConfig, Traffic};
+pub use session::{Cipher, MAX_PAYLOAD_LEN, ReceiveMode, Session, SessionConfig, Traffic};
 pub use stream::{SecureStream, initiate, respond};
 pub use trust::{MemoryTrustStore, PeerKey, TrustDecision, TrustEntry, TrustStore, decide};

@@ -7,8 +7,14 @@
 
 use crate::error::DecodeError;
 
-/// Protocol version carried in the first byte of every handshake message.
-pub const VERSION: u8 = 1;
+/// Protocol version carried in the first byte of every handshake message. Version 2
+/// added the cipher fields ([`Msg1::ciphers`], [`Msg2::cipher`]).
+pub const VERSION: u8 = 2;
+
+/// [`Msg1::ciphers`] and [`Msg2::cipher`]: ChaCha20-Poly1305 (every node offers it).
+pub const CIPHER_CHACHA20_POLY1305: u8 = 0b01;
+/// [`Msg1::ciphers`] and [`Msg2::cipher`]: AES-256-GCM.
+pub const CIPHER_AES_256_GCM: u8 = 0b10;
 
 /// Length of an X25519 public key.
 pub const X25519_LEN: usize = 32;
@@ -16,6 +22,8 @@ pub const X25519_LEN: usize = 32;
 pub const ED25519_KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
+/// Length of the cipher fields.
+pub const CIPHER_LEN: usize = 1;
 /// Length of the random nonces and of the SAS commitment and its opening.
 pub const NONCE_LEN: usize = 32;
 /// Length of an ML-KEM-768 encapsulation (public) key (FIPS 203, table 3).
@@ -30,16 +38,23 @@ const PREFIX_LEN: usize = 2;
 
 /// Encoded length of [`Msg1`].
 pub const MSG1_LEN: usize =
-    PREFIX_LEN + NONCE_LEN + NONCE_LEN + ED25519_KEY_LEN + X25519_LEN + MLKEM_EK_LEN;
+    PREFIX_LEN + CIPHER_LEN + NONCE_LEN + NONCE_LEN + ED25519_KEY_LEN + X25519_LEN + MLKEM_EK_LEN;
 /// Encoded length of [`Msg2`].
-pub const MSG2_LEN: usize =
-    PREFIX_LEN + NONCE_LEN + ED25519_KEY_LEN + X25519_LEN + MLKEM_CT_LEN + SIGNATURE_LEN;
+pub const MSG2_LEN: usize = PREFIX_LEN
+    + CIPHER_LEN
+    + NONCE_LEN
+    + ED25519_KEY_LEN
+    + X25519_LEN
+    + MLKEM_CT_LEN
+    + SIGNATURE_LEN;
 /// Encoded length of [`Msg3`].
 pub const MSG3_LEN: usize = PREFIX_LEN + NONCE_LEN + SIGNATURE_LEN;
 
 /// First message, initiator to responder: the initiator's key shares.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Msg1 {
+    /// The ciphers the initiator takes, a set of `CIPHER_*` bits (unknown bits ignored).
+    pub ciphers: u8,
     /// Fresh random bytes; makes every transcript unique even if keys were reused.
     pub nonce: [u8; NONCE_LEN],
     /// SHA-256 commitment to the secret the initiator opens in [`Msg3`]; it stops a
@@ -56,6 +71,8 @@ pub struct Msg1 {
 /// Second message, responder to initiator: the responder's shares and its signature.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Msg2 {
+    /// The cipher the responder chose from [`Msg1::ciphers`]: one `CIPHER_*` bit.
+    pub cipher: u8,
     /// Fresh random bytes from the responder.
     pub nonce: [u8; NONCE_LEN],
     /// The responder's Ed25519 identity key.
@@ -150,6 +167,7 @@ impl Msg1 {
     /// Serialises the message.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = header(MSG1_TYPE, MSG1_LEN);
+        out.push(self.ciphers);
         out.extend_from_slice(&self.nonce);
         out.extend_from_slice(&self.sas_commitment);
         out.extend_from_slice(&self.identity);
@@ -162,6 +180,7 @@ impl Msg1 {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut f = Fields::open(bytes, MSG1_LEN, MSG1_TYPE)?;
         Ok(Self {
+            ciphers: u8::from_be_bytes(f.take()?),
             nonce: f.take()?,
             sas_commitment: f.take()?,
             identity: f.take()?,
@@ -175,6 +194,7 @@ impl Msg2 {
     /// The encoded message without its trailing signature: the part the signature covers.
     pub(crate) fn encode_unsigned(&self) -> Vec<u8> {
         let mut out = header(MSG2_TYPE, MSG2_LEN);
+        out.push(self.cipher);
         out.extend_from_slice(&self.nonce);
         out.extend_from_slice(&self.identity);
         out.extend_from_slice(&self.x25519);
@@ -193,6 +213,7 @@ impl Msg2 {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut f = Fields::open(bytes, MSG2_LEN, MSG2_TYPE)?;
         Ok(Self {
+            cipher: u8::from_be_bytes(f.take()?),
             nonce: f.take()?,
             identity: f.take()?,
             x25519: f.take()?,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{LABEL, Peers, handshake, key, rng};
 use p2pnode_secure::wire::{MLKEM_CT_LEN, MLKEM_EK_LEN, MSG1_LEN, MSG2_LEN, MSG3_LEN};
 use p2pnode_secure::{
-    DecodeError, HandshakeConfig, HandshakeError, Initiator, Responder, SessionConfig,
+    Cipher, DecodeError, HandshakeConfig, HandshakeError, Initiator, Responder, SessionConfig,
 };
 
 #[test]
@@ -44,6 +44,61 @@ fn runs_differ() {
     assert_ne!(t1.msg1, t2.msg1);
     assert_ne!(a1.transcript_hash(), a2.transcript_hash());
     assert_ne!(a1.sas(), a2.sas());
+}
+
+/// AES-256-GCM when both ends take it, ChaCha20-Poly1305 when either does not; frames pass
+/// both ways in each case.
+#[test]
+fn the_cipher_is_aes_only_when_both_ends_take_it() {
+    let peers = Peers::default();
+    let cases = [
+        (true, true, Cipher::Aes256Gcm),
+        (true, false, Cipher::ChaCha20Poly1305),
+        (false, true, Cipher::ChaCha20Poly1305),
+        (false, false, Cipher::ChaCha20Poly1305),
+    ];
+    for (alice_aes, bob_aes, expected) in cases {
+        let alice = peers
+            .alice_config(SessionConfig::default())
+            .with_aes(alice_aes);
+        let bob = peers.bob_config(SessionConfig::default()).with_aes(bob_aes);
+        let (initiator, msg1) = Initiator::start(alice, &mut rng(1));
+        let (responder, msg2) = Responder::accept(bob, &msg1, &mut rng(2)).unwrap();
+        let (mut a, msg3) = initiator.finish(&msg2).unwrap();
+        let mut b = responder.finish(&msg3).unwrap();
+        assert_eq!((a.cipher(), b.cipher()), (expected, expected));
+        let now = Instant::now();
+        let mut frame = Vec::new();
+        a.seal(b"ping", now, &mut frame).unwrap();
+        assert_eq!(b.open(&mut frame).unwrap(), b"ping");
+        frame.clear();
+        b.seal(b"pong", now, &mut frame).unwrap();
+        assert_eq!(a.open(&mut frame).unwrap(), b"pong");
+    }
+}
+
+/// A responder naming a cipher the initiator did not offer is refused before anything
+/// else is checked; a msg1 offering no cipher we know is refused by the responder.
+#[test]
+fn a_cipher_not_offered_is_refused() {
+    let peers = Peers::default();
+    let aes = peers.alice_config(SessionConfig::default()).with_aes(true);
+    let (_, msg1) = Initiator::start(aes, &mut rng(1));
+    let bob = peers.bob_config(SessionConfig::default()).with_aes(true);
+    let (_, msg2) = Responder::accept(bob, &msg1, &mut rng(2)).unwrap();
+    let chacha_only = peers.alice_config(SessionConfig::default()).with_aes(false);
+    let (initiator, _) = Initiator::start(chacha_only, &mut rng(1));
+    let err = initiator.finish(&msg2).err().unwrap();
+    assert!(matches!(err, HandshakeError::Cipher(0b10)), "{err:?}");
+
+    let mut none = msg1.clone();
+    none[2] = 0b1000_0100; // unknown bits only
+    let bob = peers.bob_config(SessionConfig::default());
+    let err = Responder::accept(bob, &none, &mut rng(2)).err().unwrap();
+    assert!(
+        matches!(err, HandshakeError::Cipher(0b1000_0100)),
+        "{err:?}"
+    );
 }
 
 fn flip(msg: &[u8], bit: usize) -> Vec<u8> {
@@ -216,7 +271,8 @@ fn substituted_identity_key_fails() {
         Initiator::start(peers.alice_config(SessionConfig::default()), &mut rng(1));
     let mallory_cfg = HandshakeConfig::new(key(99), peers.alice.verifying_key(), LABEL);
     let (_, mut msg2) = Responder::accept(mallory_cfg, &msg1, &mut rng(2)).unwrap();
-    msg2[2 + 32..2 + 64].copy_from_slice(peers.bob.verifying_key().as_bytes());
+    // After the version, type and cipher bytes and the nonce.
+    msg2[3 + 32..3 + 64].copy_from_slice(peers.bob.verifying_key().as_bytes());
     assert!(matches!(
         initiator.finish(&msg2),
         Err(HandshakeError::BadSignature)

@@ -16,30 +16,36 @@ fn bytes32() -> impl Strategy<Value = [u8; 32]> {
 
 fn msg1() -> impl Strategy<Value = Msg1> {
     (
+        any::<u8>(),
         bytes32(),
         bytes32(),
         bytes32(),
         bytes32(),
         proptest::collection::vec(any::<u8>(), MLKEM_EK_LEN),
     )
-        .prop_map(|(nonce, sas_commitment, identity, x25519, ek)| Msg1 {
-            nonce,
-            sas_commitment,
-            identity,
-            x25519,
-            mlkem_ek: Box::new(ek.try_into().unwrap()),
-        })
+        .prop_map(
+            |(ciphers, nonce, sas_commitment, identity, x25519, ek)| Msg1 {
+                ciphers,
+                nonce,
+                sas_commitment,
+                identity,
+                x25519,
+                mlkem_ek: Box::new(ek.try_into().unwrap()),
+            },
+        )
 }
 
 fn msg2() -> impl Strategy<Value = Msg2> {
     (
+        any::<u8>(),
         bytes32(),
         bytes32(),
         bytes32(),
         proptest::collection::vec(any::<u8>(), MLKEM_CT_LEN),
         proptest::collection::vec(any::<u8>(), 64),
     )
-        .prop_map(|(nonce, identity, x25519, ct, sig)| Msg2 {
+        .prop_map(|(cipher, nonce, identity, x25519, ct, sig)| Msg2 {
+            cipher,
             nonce,
             identity,
             x25519,
