@@ -118,6 +118,13 @@ struct Fields<'a>(&'a [u8]);
 impl<'a> Fields<'a> {
     /// Starts reading after checking the total length, version and message type.
     fn open(bytes: &'a [u8], expected_len: usize, msg_type: u8) -> Result<Self, DecodeError> {
+        // The version first: another version's messages have other lengths, and "version
+        // 1" says what is wrong where "expected 1,250 bytes" would not.
+        if let [v, ..] = bytes
+            && *v != VERSION
+        {
+            return Err(DecodeError::Version(*v));
+        }
         if bytes.len() != expected_len {
             return Err(DecodeError::Length {
                 expected: expected_len,

@@ -203,6 +203,27 @@ fn truncated_or_missing_mlkem_share_fails() {
     assert!(matches!(err, HandshakeError::InvalidKemKey), "{err:?}");
 }
 
+/// A node of the previous handshake version (one byte shorter messages, no cipher field)
+/// is told apart by its version, not by a length.
+#[test]
+fn a_message_of_the_previous_version_names_its_version() {
+    let peers = Peers::default();
+    let (_, msg1) = Initiator::start(peers.alice_config(SessionConfig::default()), &mut rng(1));
+    let mut old = msg1[..MSG1_LEN - 1].to_vec();
+    old[0] = 1;
+    let err = Responder::accept(
+        peers.bob_config(SessionConfig::default()),
+        &old,
+        &mut rng(2),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, HandshakeError::Decode(DecodeError::Version(1))),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn wrong_message_type_or_version_fails() {
     let peers = Peers::default();
