@@ -43,9 +43,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::HandshakeError;
 use crate::sas::Sas;
 use crate::session::{Cipher, Role, Session, SessionConfig, SessionKeys};
-use crate::wire::{
-    self, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305, Msg1, Msg2, Msg3, NONCE_LEN,
-};
+use crate::wire::{self, Msg1, Msg2, Msg3, NONCE_LEN};
 
 const PROTOCOL_NAME: &[u8] = b"p2pnode-secure/2 X25519+MLKEM768 Ed25519 ChaCha20Poly1305|AES256GCM";
 const RESPONDER_SIG_CONTEXT: &[u8] = b"p2pnode-secure/1 responder signature";
@@ -279,9 +277,9 @@ impl Initiator {
             aes,
         } = config;
         let ciphers = if aes {
-            CIPHER_CHACHA20_POLY1305 | CIPHER_AES_256_GCM
+            Cipher::ChaCha20Poly1305.wire_bit() | Cipher::Aes256Gcm.wire_bit()
         } else {
-            CIPHER_CHACHA20_POLY1305
+            Cipher::ChaCha20Poly1305.wire_bit()
         };
         let x25519_secret = EphemeralSecret::random_from_rng(&mut *rng);
         let x25519_public = X25519Public::from(&x25519_secret).to_bytes();
@@ -336,12 +334,9 @@ impl Initiator {
             return Err(HandshakeError::RemoteKeyMismatch);
         }
         // One cipher, and one we offered.
-        let cipher = match msg2.cipher {
-            c if c & ciphers != c => return Err(HandshakeError::Cipher(c)),
-            CIPHER_CHACHA20_POLY1305 => Cipher::ChaCha20Poly1305,
-            CIPHER_AES_256_GCM => Cipher::Aes256Gcm,
-            c => return Err(HandshakeError::Cipher(c)),
-        };
+        let cipher = Cipher::from_wire_bit(msg2.cipher)
+            .filter(|c| c.wire_bit() & ciphers != 0)
+            .ok_or(HandshakeError::Cipher(msg2.cipher))?;
         transcript.append(&msg2.encode_unsigned());
         verify(
             &remote_key,
@@ -422,9 +417,10 @@ impl Responder {
         if msg1.identity != remote_key.to_bytes() {
             return Err(HandshakeError::RemoteKeyMismatch);
         }
-        let cipher = if aes && msg1.ciphers & CIPHER_AES_256_GCM != 0 {
+        let offered = |c: Cipher| msg1.ciphers & c.wire_bit() != 0;
+        let cipher = if aes && offered(Cipher::Aes256Gcm) {
             Cipher::Aes256Gcm
-        } else if msg1.ciphers & CIPHER_CHACHA20_POLY1305 != 0 {
+        } else if offered(Cipher::ChaCha20Poly1305) {
             Cipher::ChaCha20Poly1305
         } else {
             return Err(HandshakeError::Cipher(msg1.ciphers));
@@ -445,10 +441,7 @@ impl Responder {
         rng.fill_bytes(&mut nonce);
 
         let mut msg2 = Msg2 {
-            cipher: match cipher {
-                Cipher::ChaCha20Poly1305 => CIPHER_CHACHA20_POLY1305,
-                Cipher::Aes256Gcm => CIPHER_AES_256_GCM,
-            },
+            cipher: cipher.wire_bit(),
             nonce,
             identity: local_key.verifying_key().to_bytes(),
             x25519: x25519_public,

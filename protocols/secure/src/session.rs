@@ -10,7 +10,8 @@
 //! The AEAD is ChaCha20-Poly1305 or AES-256-GCM, agreed in the handshake (see
 //! [`Cipher`]). The 12-byte header *is* the AEAD nonce, which authenticates it: both derive
 //! the tag's mask from the nonce (Poly1305's key, GCM's encrypted counter block 0), so a
-//! changed header bit fails the tag. There is no associated data on purpose: the `poly1305` crate's AVX2 path runs about 25% slower
+//! changed header bit fails the tag. There is no associated data on purpose: the
+//! `poly1305` crate's AVX2 path runs about 25% slower
 //! when the associated data is not a multiple of 64 bytes, and that alone would blow the
 //! framing budget. `seq` counts every frame of one direction from 0 and never resets, so
 //! the replay window works across rekeys; each epoch has its own key, so no (key, nonce)
@@ -189,6 +190,21 @@ impl Cipher {
         {
             false
         }
+    }
+
+    /// The cipher's bit in the handshake's cipher fields.
+    pub(crate) fn wire_bit(self) -> u8 {
+        match self {
+            Self::ChaCha20Poly1305 => crate::wire::CIPHER_CHACHA20_POLY1305,
+            Self::Aes256Gcm => crate::wire::CIPHER_AES_256_GCM,
+        }
+    }
+
+    /// The cipher a handshake field names with exactly one known bit.
+    pub(crate) fn from_wire_bit(bit: u8) -> Option<Self> {
+        [Self::ChaCha20Poly1305, Self::Aes256Gcm]
+            .into_iter()
+            .find(|c| c.wire_bit() == bit)
     }
 
     fn algorithm(self) -> &'static aws_lc_rs::aead::Algorithm {

@@ -55,7 +55,7 @@ pub struct TunDevice {
     name: String,
     device: tun_rs::SyncDevice,
     /// Offloads on: every read and write carries a virtio-net header, and a read may be
-    /// a TCP super-packet of up to 64 KiB that [`TunDevice::recv_batch`] splits.
+    /// a TCP super-packet of up to 64 KiB that [`TunDevice::try_recv_batch`] splits.
     offload: bool,
 }
 

@@ -1,4 +1,5 @@
-//! One network's data path, shared by the TUN device's reader and every stream reader: the engine (routing, checks, counts) and the queue of each member's stream.
+//! One network's data path, shared by the TUN device's reader and every stream reader:
+//! the engine (routing, checks, counts) and the queue of each member's stream.
 //! Each packet takes the lock once, briefly; nothing in it allocates per packet.
 
 use std::collections::{BTreeMap, HashMap};
