@@ -384,11 +384,16 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
 /// X, a relay that introduces nobody itself; A on `a_transport`, reserved on X (its
 /// bootstrap peer); C, which punches nothing, and C's own listen address (read before C
 /// meets the relay, after which it lists a circuit address too).
+///
+/// C dials nobody but X and takes no direct connection until `c_open` is set: on the
+/// memory transport every address is reachable, and a DHT lookup through X hands A C's
+/// address (or C A's), a direct dial that can beat the circuit (seen once in CI).
 struct Trio {
     x: Node,
     a: Node,
     c: Node,
     c_addr: Multiaddr,
+    c_open: Arc<AtomicBool>,
 }
 
 async fn relay_and_two(dirs: &[tempfile::TempDir], a_transport: TransportKind) -> Trio {
@@ -404,18 +409,37 @@ async fn relay_and_two(dirs: &[tempfile::TempDir], a_transport: TransportKind) -
         a_transport,
     )
     .await;
-    let c = memory_node(
+    let x_port = port_of(&addr_of(&x).await);
+    let c_open = Arc::new(AtomicBool::new(false));
+    let open = c_open.clone();
+    let c = start(
         dirs[2].path(),
         Config {
+            listen: memory(),
             hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
+        TransportKind::Custom(memory_with(move |endpoint| match endpoint {
+            ConnectedPoint::Dialer { address, .. } if port_of(address) != x_port => {
+                Err(std::io::Error::other("C dials only X"))
+            }
+            ConnectedPoint::Listener { .. } if !open.load(Ordering::SeqCst) => {
+                Err(std::io::Error::other("C takes no direct connection yet"))
+            }
+            _ => Ok(()),
+        })),
     )
     .await;
     reserved(&a).await;
     let mut c_addr = addr_of(&c).await;
     c_addr.pop();
-    Trio { x, a, c, c_addr }
+    Trio {
+        x,
+        a,
+        c,
+        c_addr,
+        c_open,
+    }
 }
 
 /// C connects to A through X's circuit: the circuit an introduction must name.
@@ -433,9 +457,16 @@ async fn c_reaches_a_through_x(c: &Node, x: &Node, a_id: p2pnode_node::PeerId) {
 #[tokio::test]
 async fn an_introduction_from_our_relay_makes_a_direct_dial() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Trio { x, a, c, c_addr } = relay_and_two(&dirs, TransportKind::Memory).await;
+    let Trio {
+        x,
+        a,
+        c,
+        c_addr,
+        c_open,
+    } = relay_and_two(&dirs, TransportKind::Memory).await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
     c_reaches_a_through_x(&c, &x, a_id).await;
+    c_open.store(true, Ordering::SeqCst);
 
     let intro = Introduction {
         peer: c_id,
@@ -475,7 +506,13 @@ async fn introductions_for_made_up_peers_make_no_dials() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let dialled = Arc::new(Mutex::new(Vec::<Multiaddr>::new()));
     let recording = TransportKind::Custom(recording_transport(dialled.clone()));
-    let Trio { x, a, c, c_addr } = relay_and_two(&dirs, recording).await;
+    let Trio {
+        x,
+        a,
+        c,
+        c_addr,
+        c_open,
+    } = relay_and_two(&dirs, recording).await;
     let (a_id, c_id) = (a.client().peer_id(), c.client().peer_id());
     let before = dialled.lock().unwrap().len();
     let junk = |i: usize| -> Vec<Multiaddr> {
@@ -533,6 +570,7 @@ async fn introductions_for_made_up_peers_make_no_dials() {
 
     // A real circuit: C reaches A through X, and X introduces C with 15 other addresses.
     c_reaches_a_through_x(&c, x, a_id).await;
+    c_open.store(true, Ordering::SeqCst);
     let mut addrs = junk(7);
     addrs.insert(6, c_addr.clone());
     let before = dialled.lock().unwrap().len();
