@@ -146,7 +146,7 @@ async fn conversation(nat: NatKind, expected: PathKind) {
         .await
         .unwrap();
     let path_settled = start.elapsed();
-    let gave_up = scenarios::dcutr_gave_up(&[&a, &b]).is_some();
+    let gave_up = scenarios::dcutr_gave_up(&a, &b).is_some();
     let peer = a.peer(b_id).await.unwrap().expect("A is connected to B");
     match expected {
         PathKind::Direct => assert!(

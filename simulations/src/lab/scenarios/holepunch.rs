@@ -234,7 +234,7 @@ impl HolePunchLab {
                 .into_iter()
                 .find(|c| c.relayed)
                 .map(|c| c.at);
-            match (dcutr_gave_up(&[&a, &b]), first_relayed) {
+            match (dcutr_gave_up(&a, &b), first_relayed) {
                 (Some(end), Some(begin)) => {
                     Some((((end - begin) * 1000.0).max(0.0) * 1000.0).round() / 1000.0)
                 }

@@ -164,22 +164,26 @@ pub fn direct_connection(peer: &PeerInfo, transport: Option<Transport>) -> Optio
     peer.connections.iter().find(|c| is_direct(c, transport))
 }
 
-/// When the first line in the logs of `nodes` saying that hole punching gave up was
-/// written (seconds since the epoch), if there is one: p2pnode's own protocol logs
-/// "hole punch failed: gave up after N attempts", libp2p's DCUtR "hole punch failed:
-/// Giving up after N dial attempts".
-pub fn dcutr_gave_up(nodes: &[&Node]) -> Option<f64> {
-    let lines: [&[&str]; 2] = [
-        &["hole punch failed", "gave up after"],
-        &["hole punch failed", "Giving up"],
-    ];
-    nodes.iter().find_map(|n| {
+/// When `a` or `b` first logged that hole punching to the other gave up (seconds since
+/// the epoch), if either did: p2pnode's own protocol logs "hole punch failed: gave up
+/// after N attempts", libp2p's DCUtR "hole punch failed: Giving up after N dial
+/// attempts", each with the peer's id. A give-up with a third node does not count: in a
+/// lab of three, it would end this pair's wait while its own punch may still succeed.
+pub fn dcutr_gave_up(a: &Node, b: &Node) -> Option<f64> {
+    let gave_up = |n: &Node, other: &Node| {
         let log = std::fs::read_to_string(n.log_path()).ok()?;
-        lines
-            .iter()
-            .filter_map(|needles| logscan::first_line_with(&log, needles))
-            .reduce(f64::min)
-    })
+        [
+            ["hole punch failed", "gave up after", other.peer_id()],
+            ["hole punch failed", "Giving up", other.peer_id()],
+        ]
+        .iter()
+        .filter_map(|needles| logscan::first_line_with(&log, needles))
+        .reduce(f64::min)
+    };
+    [gave_up(a, b), gave_up(b, a)]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min)
 }
 
 /// Polls `a`'s `peers` every `interval` until it holds a direct connection to `b` on
@@ -199,7 +203,7 @@ pub async fn wait_direct(
         match a.peer(b.peer_id()).await {
             Ok(Some(peer)) => match direct_connection(&peer, Some(transport)) {
                 Some(conn) => Poll::Ready(Some((conn.address.clone(), Instant::now()))),
-                None if dcutr_gave_up(&[a, b]).is_some() => Poll::Ready(None),
+                None if dcutr_gave_up(a, b).is_some() => Poll::Ready(None),
                 None => Poll::seen(format!(
                     "{} connections, none direct",
                     peer.connections.len()
