@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::core::ConnectedPoint;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionError, ConnectionId, DialError};
 use libp2p::{Multiaddr, PeerId, identify, relay};
@@ -57,6 +57,10 @@ pub(super) struct Conn {
     /// The relay a relayed connection goes through.
     pub(super) relay: Option<PeerId>,
     pub(super) rtt: Option<Duration>,
+    /// A hole punch's dial made it: its address is the peer's NAT mapping, which lets in
+    /// only a dial the peer answers with its own (see `keep_punched_out_of_dht`). Cleared
+    /// when the peer names the address as one it listens on.
+    pub(super) punched: bool,
 }
 
 impl Conn {
@@ -296,6 +300,18 @@ impl EventLoop {
             self.reconnects.connected(&peer);
         }
         let outbound = endpoint.is_dialer();
+        // Our punch dials and DCUtR's "as listener" one (its other side is marked on
+        // DCUtR's success event).
+        let punched = matches!(
+            endpoint,
+            ConnectedPoint::Dialer {
+                role_override: Endpoint::Listener,
+                ..
+            }
+        ) || self
+            .punch_dials
+            .get(&peer)
+            .is_some_and(|(dial, _)| *dial == id);
         let address = endpoint.get_remote_address().clone();
         let path = if endpoint.is_relayed() {
             Path::Relayed
@@ -323,6 +339,7 @@ impl EventLoop {
             outbound,
             relay,
             rtt: None,
+            punched: punched && path == Path::Direct,
         };
         self.metrics
             .connection(conn.path_label(), conn.transport_label(), 1);
@@ -415,6 +432,12 @@ impl EventLoop {
             })
             .cloned()
             .collect();
+        // A punched address the peer also listens on is an address like any other.
+        for c in self.conns.get_mut(&peer).into_iter().flatten() {
+            if c.punched && addrs.contains(&strip_p2p(&c.address)) {
+                c.punched = false;
+            }
+        }
         if info.protocols.contains(&KAD_PROTOCOL) {
             // Peers that dialled us are only routable once we know their listen addresses.
             for addr in &addrs {
@@ -430,6 +453,30 @@ impl EventLoop {
         let is_relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
         if is_relay && !self.cfg.relay_server {
             self.maybe_reserve(peer);
+        }
+    }
+
+    /// Takes `peer`'s punched addresses back out of Kademlia, which adds every address it
+    /// dialled out to once the peer speaks Kademlia there. A NAT mapping lets in only the
+    /// dial the peer answers with its own; handed to others in lookups, it makes their
+    /// lookups dial it plainly, from their listen port, so their own punch to the peer
+    /// finds that port pair taken (the kernel then dials from a fresh port the peer's NAT
+    /// does not expect) and fails for good. Seen in the NAT lab: of three members behind
+    /// cone NATs, the third's lookup dialled the first at the address the second had
+    /// punched, 6 ms before the relay's introduction arrived.
+    pub(super) fn keep_punched_out_of_dht(&mut self, peer: PeerId, addresses: &[Multiaddr]) {
+        let punched: Vec<Multiaddr> = self
+            .conns
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.punched && c.outbound)
+            .map(|c| c.address.clone())
+            .filter(|a| addresses.iter().any(|k| strip_p2p(k) == strip_p2p(a)))
+            .collect();
+        for addr in punched {
+            tracing::debug!(%peer, %addr, "keeping a punched address out of the DHT");
+            self.swarm.behaviour_mut().kad.remove_address(&peer, &addr);
         }
     }
 

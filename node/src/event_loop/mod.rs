@@ -367,8 +367,11 @@ impl EventLoop {
                 }
                 self.on_query_result(id, result, &stats)
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
                 tracing::trace!(%peer, "routing table updated");
+                self.keep_punched_out_of_dht(peer, &addresses.into_vec());
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
@@ -408,13 +411,16 @@ impl EventLoop {
                 result,
             }) => match result {
                 Ok(connection) => {
-                    let transport = self
+                    let conn = self
                         .conns
-                        .get(&remote_peer_id)
+                        .get_mut(&remote_peer_id)
                         .into_iter()
                         .flatten()
-                        .find(|c| c.id == connection)
-                        .map_or("unknown", |c| transport_of(&c.address));
+                        .find(|c| c.id == connection);
+                    let transport = conn.map_or("unknown", |c| {
+                        c.punched = c.path == crate::api::Path::Direct;
+                        transport_of(&c.address)
+                    });
                     self.metrics
                         .punch("dcutr", "success", transport, Some(remote_peer_id));
                     tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
