@@ -88,6 +88,26 @@ fn guarded_transport(guarded: u64, open: Arc<AtomicBool>) -> TransportFactory {
     })
 }
 
+/// The memory transport of a node that, until `open` is set, dials only `relay` (a
+/// memory port) and takes no direct connection. On the memory transport every address is
+/// reachable, and Kademlia's automatic bootstrap (which no setting turns off) looks the
+/// node up through the relay and dials whomever it hears of: a direct connection that can
+/// come before the circuit a test means to set up (seen in CI).
+fn via_relay(relay: Option<u64>, open: Arc<AtomicBool>) -> TransportFactory {
+    memory_with(move |endpoint| {
+        if open.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match endpoint {
+            ConnectedPoint::Dialer { address, .. } if port_of(address) == relay => Ok(()),
+            ConnectedPoint::Dialer { .. } => Err(std::io::Error::other("dials only its relay")),
+            ConnectedPoint::Listener { .. } => {
+                Err(std::io::Error::other("takes no direct connection yet"))
+            }
+        }
+    })
+}
+
 /// A listen list of one fresh memory port.
 fn memory() -> Vec<Multiaddr> {
     vec!["/memory/0".parse().unwrap()]
@@ -335,8 +355,10 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
         hole_punch: HolePunchMode::Off,
         ..Config::default()
     };
-    let a = start(dirs[1].path(), end(), TransportKind::Memory).await;
-    let b = start(dirs[2].path(), end(), TransportKind::Memory).await;
+    // Neither punches, and neither meets the other but through the relay.
+    let only_relay = || TransportKind::Custom(via_relay(port_of(&r), Arc::default()));
+    let a = start(dirs[1].path(), end(), only_relay()).await;
+    let b = start(dirs[2].path(), end(), only_relay()).await;
     let mut a_intros = a.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
     let mut b_intros = b.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
     let (a_id, b_id, r_id) = (
@@ -385,9 +407,8 @@ async fn the_relay_introduces_the_two_ends_of_a_circuit() {
 /// bootstrap peer); C, which punches nothing, and C's own listen address (read before C
 /// meets the relay, after which it lists a circuit address too).
 ///
-/// C dials nobody but X and takes no direct connection until `c_open` is set: on the
-/// memory transport every address is reachable, and a DHT lookup through X hands A C's
-/// address (or C A's), a direct dial that can beat the circuit (seen once in CI).
+/// C dials nobody but X and takes no direct connection until `c_open` is set (see
+/// [`via_relay`]).
 struct Trio {
     x: Node,
     a: Node,
@@ -411,7 +432,6 @@ async fn relay_and_two(dirs: &[tempfile::TempDir], a_transport: TransportKind) -
     .await;
     let x_port = port_of(&addr_of(&x).await);
     let c_open = Arc::new(AtomicBool::new(false));
-    let open = c_open.clone();
     let c = start(
         dirs[2].path(),
         Config {
@@ -419,15 +439,7 @@ async fn relay_and_two(dirs: &[tempfile::TempDir], a_transport: TransportKind) -
             hole_punch: HolePunchMode::Off,
             ..Config::default()
         },
-        TransportKind::Custom(memory_with(move |endpoint| match endpoint {
-            ConnectedPoint::Dialer { address, .. } if port_of(address) != x_port => {
-                Err(std::io::Error::other("C dials only X"))
-            }
-            ConnectedPoint::Listener { .. } if !open.load(Ordering::SeqCst) => {
-                Err(std::io::Error::other("C takes no direct connection yet"))
-            }
-            _ => Ok(()),
-        })),
+        TransportKind::Custom(via_relay(x_port, c_open.clone())),
     )
     .await;
     reserved(&a).await;
@@ -634,19 +646,11 @@ async fn a_peer_we_revoked_does_not_learn_our_address_from_the_relay() {
         hole_punch,
         ..Config::default()
     };
-    // A reads its introductions itself; B runs the real code.
-    let a = start(
-        dirs[1].path(),
-        end(HolePunchMode::Off),
-        TransportKind::Memory,
-    )
-    .await;
-    let b = start(
-        dirs[2].path(),
-        end(HolePunchMode::P2pnode),
-        TransportKind::Memory,
-    )
-    .await;
+    // A reads its introductions itself; B runs the real code. Neither meets the other
+    // but through the relay.
+    let only_relay = || TransportKind::Custom(via_relay(port_of(&r), Arc::default()));
+    let a = start(dirs[1].path(), end(HolePunchMode::Off), only_relay()).await;
+    let b = start(dirs[2].path(), end(HolePunchMode::P2pnode), only_relay()).await;
     let mut a_intros = a.client().streams().accept(INTRODUCE_PROTOCOL).unwrap();
     let (a_id, b_id) = (a.client().peer_id(), b.client().peer_id());
     reserved(&b).await;

@@ -183,9 +183,11 @@ async fn delay_link_adds_the_configured_round_trip_and_keeps_nat_behaviour() {
         .await
         .expect("ping runs");
     assert_eq!(ping.received, 10, "no loss configured: {ping:?}");
-    let (min, avg, _) = ping.rtt_ms.expect("rtt");
+    let (min, _, _) = ping.rtt_ms.expect("rtt");
     assert!(min >= 40.0, "rtt below the added 40 ms: {ping:?}");
-    assert!(avg <= 55.0, "rtt far above the added 40 ms: {ping:?}");
+    // On the minimum, not the average: one echo delayed by a busy machine would move the
+    // average, while a delay added twice (80 ms) moves every echo.
+    assert!(min <= 55.0, "rtt far above the added 40 ms: {ping:?}");
 
     // The detour through the TUN device must not change what the NAT does.
     let seen = probe_both(&mut lab).await;

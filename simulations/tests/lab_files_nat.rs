@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
+use common::{config, init_tracing, machine_for, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::NatKind;
 use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::scenarios::{self, CircuitLimits};
@@ -47,7 +47,7 @@ struct NatOutcome {
 async fn transfer(nat: NatKind, expected: PathKind) {
     init_tracing();
     require_nat_lab("files");
-    let _machine = MACHINE.read().await;
+    let _machine = machine_for(expected).await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
         relay_circuit: (expected == PathKind::Relayed).then_some(CIRCUIT),

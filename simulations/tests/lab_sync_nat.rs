@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::sync::wait_same;
-use common::{MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
+use common::{config, init_tracing, machine_for, nat_pair, report, require_nat_lab};
 use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::scenarios;
 use p2pnode_sim::lab::{NatKind, Node};
@@ -45,7 +45,7 @@ async fn write(name: &str, node: &Node) {
 async fn sync_across(nat: NatKind, expected: PathKind) {
     init_tracing();
     require_nat_lab("sync");
-    let _machine = MACHINE.read().await;
+    let _machine = machine_for(expected).await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
         ..config()

@@ -28,7 +28,9 @@ mod common;
 use std::time::Duration;
 
 use common::vpn::{first_echo, form_network, iperf3_server, iperf3_through};
-use common::{KeepLogsOnPanic, MACHINE, config, init_tracing, nat_pair, report, require_nat_lab};
+use common::{
+    KeepLogsOnPanic, MACHINE, config, init_tracing, machine_for, nat_pair, report, require_nat_lab,
+};
 use p2pnode_sim::lab::node::PathKind;
 use p2pnode_sim::lab::poll::{Poll, wait_for};
 use p2pnode_sim::lab::scenarios::{self, CircuitLimits};
@@ -178,7 +180,7 @@ async fn wait_transport(
 async fn tunnel_across(nat: NatKind, expected: PathKind) {
     init_tracing();
     require_nat_lab("tunnel");
-    let _machine = MACHINE.read().await;
+    let _machine = machine_for(expected).await;
     let cfg = scenarios::ScenarioConfig {
         direct_window: DCUTR_WINDOW,
         relay_circuit: Some(CircuitLimits {

@@ -24,6 +24,21 @@ const SIM_BIN: &str = env!("CARGO_BIN_EXE_p2pnode-sim");
 /// suite's wall time near the longest of them.
 pub static MACHINE: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
 
+/// The machine for a run expecting `path`: to itself when a hole punch must succeed
+/// (beside other labs' traffic a punch missed its window), shared when relayed.
+pub async fn machine_for(path: PathKind) -> MachineGuard {
+    match path {
+        PathKind::Direct => MachineGuard::Alone(MACHINE.write().await),
+        _ => MachineGuard::Shared(MACHINE.read().await),
+    }
+}
+
+/// Holds [`MACHINE`] as [`machine_for`] took it.
+pub enum MachineGuard {
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+}
+
 /// Whether the lab can run here (root and the `p2pnode` binary). Without them the test
 /// fails when env CI is set and otherwise says why and returns.
 pub fn lab_allowed() -> bool {
