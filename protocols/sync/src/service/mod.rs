@@ -12,32 +12,32 @@
 //! connection; the other opens only if no stream came after [`FALLBACK_OPEN`]. When both
 //! streams exist, the one opened by the smaller id wins on both ends.
 //!
-//! Files: `io` holds the stream tasks, `routes` the control routes, `handle` the
-//! [`SyncHandle`].
+//! Files: `links` opens and keeps the streams, `io` holds the stream tasks, `routes` the
+//! control routes, `handle` the [`SyncHandle`], `error` the [`SyncError`].
 
+mod error;
 mod handle;
 mod io;
+mod links;
 mod routes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
 use p2pnode_node::networks::{NetEvent, Networks};
 use p2pnode_node::secure::{Accepted, SecureListener};
-use p2pnode_node::{
-    Client, Context, NodeError, OwnerTask, Protocol, ProtocolError, ProtocolHandler,
-};
+use p2pnode_node::{Client, Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler};
 use p2pnode_secure::SecureStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{DocInfo, WatchEvent, Written};
 use crate::wire::{CHUNK_LEN, Frame, MAX_FRAME_LEN};
+pub use error::SyncError;
 pub use handle::{SyncHandle, SyncStats};
+use links::{Link, Seen};
 
 /// Commands queued for the owner.
 const COMMAND_QUEUE: usize = 256;
@@ -83,68 +83,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 const CHUNK_OVERHEAD: u64 = (p2pnode_secure::stream::LENGTH_PREFIX_LEN
     + p2pnode_secure::session::HEADER_LEN
     + p2pnode_secure::session::TAG_LEN) as u64;
-
-/// Why a sync operation failed. Each prints as one line a user can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// The input is not valid (a name, a network, a value).
-    #[error("{0}")]
-    Invalid(String),
-    /// No document of this name.
-    #[error("unknown document `{0}`")]
-    UnknownDocument(String),
-    /// The document refused the operation (path, JSON, conflict, storage).
-    #[error(transparent)]
-    Crdt(#[from] p2pnode_crdt::Error),
-    /// The change was made in memory but could not be saved: it is not acknowledged.
-    #[error("not saved: {0}")]
-    NotSaved(String),
-    /// The service stopped (the node is shutting down).
-    #[error("the sync service has stopped")]
-    Stopped,
-    /// A node operation failed.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-}
-
-impl SyncError {
-    /// The stable kind for the control socket.
-    pub fn kind(&self) -> &'static str {
-        use p2pnode_crdt::Error as E;
-        match self {
-            Self::Invalid(_) => "invalid_input",
-            Self::UnknownDocument(_) | Self::Crdt(E::UnknownDocument(_) | E::UnknownPath(_)) => {
-                "not_found"
-            }
-            Self::Crdt(E::Conflict { .. }) => "conflict",
-            Self::Crdt(E::Io { .. } | E::Corrupt { .. } | E::Automerge(_)) | Self::NotSaved(_) => {
-                "storage"
-            }
-            Self::Crdt(_) => "invalid_input",
-            Self::Stopped => "stopped",
-            Self::Node(e) => e.kind(),
-        }
-    }
-}
-
-impl p2pnode_node::control::ApiError for SyncError {
-    fn kind(&self) -> &str {
-        SyncError::kind(self)
-    }
-
-    fn status(&self) -> u16 {
-        match SyncError::kind(self) {
-            "invalid_input" => 400,
-            "not_found" => 404,
-            "conflict" => 409,
-            "stopped" => 503,
-            _ => match self {
-                Self::Node(e) => p2pnode_node::control::ApiError::status(e),
-                _ => 500,
-            },
-        }
-    }
-}
 
 /// A network name: what a document belongs to (the node's rule for network names).
 pub(crate) fn check_network(network: &str) -> Result<(), SyncError> {
@@ -253,32 +191,6 @@ struct Doc {
     network: String,
     /// Made on the first watch: an unwatched document holds no buffer.
     watch: Option<broadcast::Sender<WatchEvent>>,
-}
-
-struct Link {
-    id: u64,
-    /// Whether the smaller peer id opened it (the winner when both open at once).
-    preferred: bool,
-    writer: mpsc::Sender<Vec<u8>>,
-    /// Bytes queued for the writer, not yet written.
-    queued: Arc<std::sync::atomic::AtomicU64>,
-    reader: tokio::task::AbortHandle,
-    /// The documents exchanged with this peer, at most [`MAX_DOCS_PER_PEER`].
-    docs: HashSet<String>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The writer ends (and closes the stream) when its sender is dropped.
-        self.reader.abort();
-    }
-}
-
-/// A connected peer without a stream yet.
-struct Seen {
-    first: Instant,
-    last_attempt: Option<Instant>,
-    attempts: u32,
 }
 
 type Reply = Box<dyn FnOnce(Result<(), SyncError>) + Send>;
@@ -842,146 +754,6 @@ impl Service {
             tracing::warn!(%peer, "sync: stream stalled; dropping it");
             self.drop_link(peer);
         }
-    }
-
-    fn attach(
-        &mut self,
-        peer: PeerId,
-        stream: SecureStream<libp2p::Stream>,
-        preferred: bool,
-        batch: &mut Batch,
-    ) {
-        if let Some(old) = self.links.get(&peer) {
-            if old.preferred && !preferred {
-                return;
-            }
-            self.drop_link(peer);
-        }
-        if self.links.len() >= MAX_LINKS {
-            tracing::warn!(%peer, "sync: {MAX_LINKS} streams open; refusing another");
-            return;
-        }
-        self.seen.remove(&peer);
-        let (io, session) = stream.into_parts();
-        let session = Arc::new(Mutex::new(session));
-        let (read, write) = io.split();
-        let (writer, rx) = mpsc::channel(WRITER_QUEUE);
-        let id = self.next_link;
-        self.next_link += 1;
-        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        spawn(io::write_frames(
-            peer,
-            id,
-            write,
-            session.clone(),
-            rx,
-            queued.clone(),
-            self.inbound_tx.clone(),
-        ));
-        let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_PEER as usize));
-        let reader = spawn(io::read_frames(
-            peer,
-            id,
-            read,
-            session,
-            budget,
-            self.inbound_tx.clone(),
-        ))
-        .abort_handle();
-        self.links.insert(
-            peer,
-            Link {
-                id,
-                preferred,
-                writer,
-                queued,
-                reader,
-                docs: HashSet::new(),
-            },
-        );
-        tracing::debug!(%peer, "sync stream up");
-        // Catch up on connect: a first message for every document this peer may sync.
-        for doc in self.docs.keys() {
-            batch.sends.insert((doc.clone(), peer));
-        }
-    }
-
-    fn drop_link(&mut self, peer: PeerId) {
-        let Some(link) = self.links.remove(&peer) else {
-            return;
-        };
-        let peer_bytes = peer.to_bytes();
-        for doc in &link.docs {
-            if let Some(d) = self.docs.get_mut(doc) {
-                d.session.disconnected(&peer_bytes);
-            }
-        }
-    }
-
-    /// Opens streams to connected peers that share a network with us, and drops the
-    /// streams of peers that share none any more.
-    async fn tick(&mut self) {
-        let Ok(peers) = self.client.peers().await else {
-            return;
-        };
-        let connected: HashSet<PeerId> = peers
-            .iter()
-            .filter_map(|p| p.peer_id.parse().ok())
-            .take(MAX_LINKS)
-            .collect();
-        self.seen.retain(|p, _| connected.contains(p));
-        let now = Instant::now();
-        for peer in connected {
-            if self.links.contains_key(&peer) || self.opening.contains(&peer) {
-                continue;
-            }
-            let seen = self.seen.entry(peer).or_insert(Seen {
-                first: now,
-                last_attempt: None,
-                attempts: 0,
-            });
-            let our_turn = self.me < peer || now.duration_since(seen.first) >= FALLBACK_OPEN;
-            let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
-            let wait = RETRY_EVERY * 2u32.pow(doublings);
-            let retry = seen
-                .last_attempt
-                .is_none_or(|t| now.duration_since(t) >= wait);
-            if !our_turn || !retry {
-                continue;
-            }
-            seen.last_attempt = Some(now);
-            // Only real opens back off: a membership granted later is noticed within
-            // RETRY_EVERY.
-            if !self.shares_network(&peer) {
-                continue;
-            }
-            if let Some(seen) = self.seen.get_mut(&peer) {
-                seen.attempts += 1;
-            }
-            self.open(peer);
-        }
-        self.membership_changed(None);
-    }
-
-    fn open(&mut self, peer: PeerId) {
-        self.opening.insert(peer);
-        let client = self.client.clone();
-        let tx = self.opened_tx.clone();
-        spawn(async move {
-            let started = Instant::now();
-            let protocol = StreamProtocol::new(crate::STREAM_PROTOCOL);
-            let opened = tokio::time::timeout(
-                OPEN_TIMEOUT,
-                client.open_secure(peer, protocol, crate::PROTOCOL),
-            )
-            .await;
-            let result = match opened {
-                Ok(Ok(stream)) => Opened::Ok(peer, Box::new(stream)),
-                Ok(Err(e)) => Opened::Failed(peer, e.to_string(), started.elapsed()),
-                Err(_) => Opened::Failed(peer, "timed out".into(), started.elapsed()),
-            };
-            let _ = tx.send(result).await;
-        });
     }
 
     fn info(&self, name: &str, d: &Doc) -> DocInfo {

@@ -1,0 +1,187 @@
+//! The streams to peers: one per connected peer that shares a network with us, opened by
+//! the smaller peer id (the other after [`FALLBACK_OPEN`]), retried with a doubling pause,
+//! and dropped when the peer shares no network any more.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::AsyncReadExt;
+use libp2p::{PeerId, StreamProtocol};
+use p2pnode_secure::SecureStream;
+use tokio::sync::mpsc;
+
+use super::{
+    Batch, FALLBACK_OPEN, INBOUND_BYTES_PER_PEER, MAX_BACKOFF_DOUBLINGS, MAX_LINKS, OPEN_TIMEOUT,
+    Opened, RETRY_EVERY, Service, WRITER_QUEUE, io, spawn,
+};
+
+/// A peer's stream: its writer and reader tasks, and what it carries.
+pub(super) struct Link {
+    pub(super) id: u64,
+    /// Whether the smaller peer id opened it (the winner when both open at once).
+    pub(super) preferred: bool,
+    pub(super) writer: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued for the writer, not yet written.
+    pub(super) queued: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) reader: tokio::task::AbortHandle,
+    /// The documents exchanged with this peer, at most
+    /// [`MAX_DOCS_PER_PEER`](super::MAX_DOCS_PER_PEER).
+    pub(super) docs: HashSet<String>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The writer ends (and closes the stream) when its sender is dropped.
+        self.reader.abort();
+    }
+}
+
+/// A connected peer without a stream yet.
+pub(super) struct Seen {
+    pub(super) first: Instant,
+    pub(super) last_attempt: Option<Instant>,
+    pub(super) attempts: u32,
+}
+
+impl Service {
+    pub(super) fn attach(
+        &mut self,
+        peer: PeerId,
+        stream: SecureStream<libp2p::Stream>,
+        preferred: bool,
+        batch: &mut Batch,
+    ) {
+        if let Some(old) = self.links.get(&peer) {
+            if old.preferred && !preferred {
+                return;
+            }
+            self.drop_link(peer);
+        }
+        if self.links.len() >= MAX_LINKS {
+            tracing::warn!(%peer, "sync: {MAX_LINKS} streams open; refusing another");
+            return;
+        }
+        self.seen.remove(&peer);
+        let (io, session) = stream.into_parts();
+        let session = Arc::new(Mutex::new(session));
+        let (read, write) = io.split();
+        let (writer, rx) = mpsc::channel(WRITER_QUEUE);
+        let id = self.next_link;
+        self.next_link += 1;
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        spawn(io::write_frames(
+            peer,
+            id,
+            write,
+            session.clone(),
+            rx,
+            queued.clone(),
+            self.inbound_tx.clone(),
+        ));
+        let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_PEER as usize));
+        let reader = spawn(io::read_frames(
+            peer,
+            id,
+            read,
+            session,
+            budget,
+            self.inbound_tx.clone(),
+        ))
+        .abort_handle();
+        self.links.insert(
+            peer,
+            Link {
+                id,
+                preferred,
+                writer,
+                queued,
+                reader,
+                docs: HashSet::new(),
+            },
+        );
+        tracing::debug!(%peer, "sync stream up");
+        // Catch up on connect: a first message for every document this peer may sync.
+        for doc in self.docs.keys() {
+            batch.sends.insert((doc.clone(), peer));
+        }
+    }
+
+    pub(super) fn drop_link(&mut self, peer: PeerId) {
+        let Some(link) = self.links.remove(&peer) else {
+            return;
+        };
+        let peer_bytes = peer.to_bytes();
+        for doc in &link.docs {
+            if let Some(d) = self.docs.get_mut(doc) {
+                d.session.disconnected(&peer_bytes);
+            }
+        }
+    }
+
+    /// Opens streams to connected peers that share a network with us, and drops the
+    /// streams of peers that share none any more.
+    pub(super) async fn tick(&mut self) {
+        let Ok(peers) = self.client.peers().await else {
+            return;
+        };
+        let connected: HashSet<PeerId> = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse().ok())
+            .take(MAX_LINKS)
+            .collect();
+        self.seen.retain(|p, _| connected.contains(p));
+        let now = Instant::now();
+        for peer in connected {
+            if self.links.contains_key(&peer) || self.opening.contains(&peer) {
+                continue;
+            }
+            let seen = self.seen.entry(peer).or_insert(Seen {
+                first: now,
+                last_attempt: None,
+                attempts: 0,
+            });
+            let our_turn = self.me < peer || now.duration_since(seen.first) >= FALLBACK_OPEN;
+            let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
+            let wait = RETRY_EVERY * 2u32.pow(doublings);
+            let retry = seen
+                .last_attempt
+                .is_none_or(|t| now.duration_since(t) >= wait);
+            if !our_turn || !retry {
+                continue;
+            }
+            seen.last_attempt = Some(now);
+            // Only real opens back off: a membership granted later is noticed within
+            // RETRY_EVERY.
+            if !self.shares_network(&peer) {
+                continue;
+            }
+            if let Some(seen) = self.seen.get_mut(&peer) {
+                seen.attempts += 1;
+            }
+            self.open(peer);
+        }
+        self.membership_changed(None);
+    }
+
+    pub(super) fn open(&mut self, peer: PeerId) {
+        self.opening.insert(peer);
+        let client = self.client.clone();
+        let tx = self.opened_tx.clone();
+        spawn(async move {
+            let started = Instant::now();
+            let protocol = StreamProtocol::new(crate::STREAM_PROTOCOL);
+            let opened = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                client.open_secure(peer, protocol, crate::PROTOCOL),
+            )
+            .await;
+            let result = match opened {
+                Ok(Ok(stream)) => Opened::Ok(peer, Box::new(stream)),
+                Ok(Err(e)) => Opened::Failed(peer, e.to_string(), started.elapsed()),
+                Err(_) => Opened::Failed(peer, "timed out".into(), started.elapsed()),
+            };
+            let _ = tx.send(result).await;
+        });
+    }
+}
