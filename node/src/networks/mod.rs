@@ -23,26 +23,31 @@
 //! members it was connected to. Any member can admit the joiner, so the joiner asks the
 //! issuer first (at its addresses, or else found in the DHT by its peer id), then each of
 //! those members in turn, until one answers: a ticket works while its issuer is offline.
+//!
+//! Files: this one holds [`Networks`] and the commands a user runs (`create`, `invite`,
+//! `revoke`, `leave`, ...); `remote` what the exchange asks of the records; `api` the
+//! errors and JSON types; `ticket` the ticket text; `db`, `exchange` and `routes` as above.
 
+mod api;
 pub mod db;
 pub mod exchange;
+mod remote;
 pub mod routes;
+mod ticket;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::error::NodeError;
-use crate::network::{
-    Applied, InviteToken, JoinRequest, Lease, Member, Membership, NetworkId, Op, OpError, OpId,
-    Role, SignedOp,
-};
+use crate::network::{Lease, Member, Membership, NetworkId, Op, Role, SignedOp};
 use crate::store::StoreError;
+pub use api::{InviteInfo, MemberInfo, NetError, NetEvent, NetInfo, Roster};
 use db::NetworkDb;
+pub use ticket::parse_ticket;
+use ticket::ticket_text;
 
 /// Most networks one node is in.
 pub const MAX_NETWORKS: usize = 256;
@@ -59,166 +64,6 @@ const EVENT_QUEUE: usize = 256;
 /// Ops waiting to be pushed to connected members; past it a push is dropped (the members
 /// get the ops when they next connect).
 const PUSH_QUEUE: usize = 256;
-
-/// Why a network command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    /// No network of that name here.
-    #[error("no network named `{0}` here (see `p2pnode net list`)")]
-    UnknownNetwork(String),
-    /// A network of that name is already here.
-    #[error("a network named `{0}` is already here")]
-    Exists(String),
-    /// Bad input: a name, a duration, a peer.
-    #[error("{0}")]
-    Invalid(String),
-    /// The membership rules refused it (not an admin, a forged or used-up invite, ...).
-    #[error("{what}: {source}")]
-    Refused {
-        /// What was refused.
-        what: &'static str,
-        /// The rule.
-        #[source]
-        source: OpError,
-    },
-    /// The member we asked refused our join request.
-    #[error("join refused by {peer}: {reason}")]
-    JoinRefused {
-        /// The member.
-        peer: String,
-        /// Its reason.
-        reason: String,
-    },
-    /// The peer broke the exchange protocol.
-    #[error("network exchange with {peer} failed: {reason}")]
-    Exchange {
-        /// The peer.
-        peer: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The node failed (dial, stream, stopped).
-    #[error(transparent)]
-    Node(#[from] NodeError),
-}
-
-impl NetError {
-    /// A stable machine-readable name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::UnknownNetwork(_) => "unknown_network",
-            Self::Exists(_) => "exists",
-            Self::Invalid(_) => "invalid_input",
-            Self::Refused { .. } => "refused",
-            Self::JoinRefused { .. } => "join_refused",
-            Self::Exchange { .. } => "exchange",
-            Self::Store(_) => "store",
-            Self::Node(e) => e.kind(),
-        }
-    }
-
-    fn refused(what: &'static str) -> impl FnOnce(OpError) -> Self {
-        move |source| Self::Refused { what, source }
-    }
-}
-
-impl crate::route::ApiError for NetError {
-    fn kind(&self) -> &str {
-        NetError::kind(self)
-    }
-
-    fn status(&self) -> u16 {
-        match self {
-            Self::UnknownNetwork(_) => 404,
-            Self::Exists(_) => 409,
-            Self::Invalid(_) => 400,
-            Self::Refused { .. } | Self::JoinRefused { .. } => 403,
-            Self::Exchange { .. } => 502,
-            Self::Store(_) => 500,
-            Self::Node(e) => crate::route::ApiError::status(e),
-        }
-    }
-}
-
-/// A network as `net list` reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NetInfo {
-    /// Its name.
-    pub name: String,
-    /// Its id (hex): the hash of its creation.
-    pub id: String,
-    /// Our role, or `revoked`.
-    pub role: String,
-    /// Current members (not revoked).
-    pub members: usize,
-    /// Ops in its record.
-    pub ops: usize,
-}
-
-/// A member as `net members` reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MemberInfo {
-    /// Its peer id.
-    pub peer_id: String,
-    /// The name the record gives it, if any.
-    pub name: Option<String>,
-    /// `admin` or `member`.
-    pub role: String,
-    /// Who added it (the creator was added by nobody).
-    pub added_by: Option<String>,
-    /// When, by the adder's clock (ms since the Unix epoch).
-    pub added_at_ms: Option<u64>,
-    /// Who revoked it.
-    pub revoked_by: Option<String>,
-    /// Revoked for good.
-    pub revoked: bool,
-}
-
-/// What `net invite` returns.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InviteInfo {
-    /// The network.
-    pub network: String,
-    /// The ticket to give the joiner.
-    pub ticket: String,
-    /// When it expires (ms since the Unix epoch).
-    pub expires_at_ms: u64,
-    /// How many peers may join with it.
-    pub uses: u32,
-    /// The role it grants.
-    pub role: String,
-}
-
-/// A network as a protocol that hands out addresses sees it (the tunnel): its id and
-/// everyone its record names, revoked ones included, with the lease each recorded. The
-/// node does not read leases: they are the protocol's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roster {
-    /// The network's id.
-    pub id: NetworkId,
-    /// Its members, revoked ones included.
-    pub members: Vec<Member>,
-}
-
-/// A change to a record, for protocols that act on membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetEvent {
-    /// The record of the network named `name` changed: re-check its members.
-    Changed {
-        /// The network's id.
-        network: NetworkId,
-        /// Its name.
-        name: String,
-    },
-    /// We left the network (or were revoked from it).
-    Left {
-        /// Its name.
-        name: String,
-    },
-}
 
 /// New ops to push to the members of a network that are connected.
 #[derive(Debug)]
@@ -585,231 +430,4 @@ impl Networks {
             );
         }
     }
-
-    /// The networks in which our record names `peer` as a current member.
-    pub(crate) fn shared_with(&self, peer: &PeerId) -> Vec<NetworkId> {
-        self.state()
-            .values()
-            .filter(|m| m.is_member(peer) && m.is_member(&self.inner.me))
-            .map(|m| m.network())
-            .collect()
-    }
-
-    /// The current members of `network` other than us.
-    pub(crate) fn members_of(&self, network: &NetworkId) -> Vec<PeerId> {
-        self.state()
-            .get(network)
-            .map(|m| {
-                m.members()
-                    .filter(|x| !x.revoked() && x.peer != self.inner.me)
-                    .map(|x| x.peer)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn heads(&self, network: &NetworkId) -> Option<Vec<OpId>> {
-        self.state().get(network).map(|m| m.heads())
-    }
-
-    /// The ops a peer with `their_heads` lacks (all of them for `None`), one batch.
-    pub(crate) fn missing_for(&self, network: &NetworkId, their_heads: &[OpId]) -> Vec<SignedOp> {
-        self.state()
-            .get(network)
-            .map(|m| m.missing_for(their_heads))
-            .unwrap_or_default()
-    }
-
-    /// Takes in ops `from` sent for `network`. Ops are judged by their signatures and the
-    /// record's rules, not by who relayed them, so they are taken from anyone; unknown
-    /// networks are ignored. Returns how many ops were stored.
-    pub(crate) fn apply_remote(
-        &self,
-        from: PeerId,
-        network: &NetworkId,
-        ops: Vec<SignedOp>,
-    ) -> Result<usize, NetError> {
-        if ops.is_empty() {
-            return Ok(0);
-        }
-        let (name, stored) = {
-            let mut state = self.state();
-            let Some(m) = state.get_mut(network) else {
-                return Ok(0);
-            };
-            let stored: usize = m
-                .apply_all(ops.clone())
-                .into_iter()
-                .map(|r| match r {
-                    Ok(Applied::Stored { ids }) => ids.len(),
-                    Ok(_) => 0,
-                    Err(e) => {
-                        tracing::debug!(peer = %from, "network op refused: {e}");
-                        0
-                    }
-                })
-                .sum();
-            if stored == 0 {
-                return Ok(0);
-            }
-            self.save(m)?;
-            (m.name().to_string(), stored)
-        };
-        tracing::debug!(peer = %from, network = name, "network record changed");
-        self.changed(*network, &name, Some(from), ops);
-        Ok(stored)
-    }
-
-    /// Answers a join request from `joiner` (authenticated by its connection): admits it
-    /// and returns the first batch of the record. A joiner already in gets the record
-    /// again without a new op.
-    pub(crate) fn admit(
-        &self,
-        joiner: PeerId,
-        request: JoinRequest,
-        name: Option<String>,
-    ) -> Result<Vec<SignedOp>, NetError> {
-        let network = request.invite.network;
-        let (ops, name_of, add) = {
-            let mut state = self.state();
-            let m = state.get_mut(&network).ok_or_else(|| NetError::Refused {
-                what: "join",
-                source: OpError::WrongNetwork,
-            })?;
-            let mut add = Vec::new();
-            if !m.is_member(&joiner) {
-                add.push(
-                    m.admit(&self.inner.key, &joiner, request, name, now_ms())
-                        .map_err(NetError::refused("join"))?,
-                );
-                self.save(m)?;
-            }
-            (m.missing_for(&[]), m.name().to_string(), add)
-        };
-        tracing::info!(peer = %joiner, network = name_of, "admitted a member");
-        self.changed(network, &name_of, Some(joiner), add);
-        Ok(ops)
-    }
-
-    /// Stores the record a member sent us when we joined: it must be the invite's
-    /// network, and name us a member.
-    pub(crate) fn joined(
-        &self,
-        network: NetworkId,
-        ops: Vec<SignedOp>,
-    ) -> Result<Membership, NetError> {
-        let mut ops = ops.into_iter();
-        let bad =
-            |reason: &str| NetError::Invalid(format!("the member sent a bad record: {reason}"));
-        let genesis = ops.next().ok_or_else(|| bad("empty"))?;
-        let mut m = Membership::from_genesis(genesis).map_err(|e| bad(&e.to_string()))?;
-        if m.network() != network {
-            return Err(bad("another network"));
-        }
-        m.apply_all(ops);
-        Ok(m)
-    }
-
-    /// Keeps a joined record once it names us: saved, then announced.
-    pub(crate) fn keep_joined(&self, m: Membership) -> Result<NetInfo, NetError> {
-        if !m.is_member(&self.inner.me) {
-            return Err(NetError::Invalid(
-                "the member's record does not name us a member".into(),
-            ));
-        }
-        let (id, name) = (m.network(), m.name().to_string());
-        {
-            let mut state = self.state();
-            if state
-                .values()
-                .any(|o| o.name() == name && o.network() != id)
-            {
-                return Err(NetError::Exists(name));
-            }
-            if state.len() >= MAX_NETWORKS && !state.contains_key(&id) {
-                return Err(NetError::Invalid(format!(
-                    "this node is in {MAX_NETWORKS} networks, the most it may"
-                )));
-            }
-            self.inner.db.save(&m)?;
-            state.insert(id, m);
-        }
-        self.changed(id, &name, None, Vec::new());
-        self.list()
-            .into_iter()
-            .find(|n| n.name == name)
-            .ok_or(NetError::UnknownNetwork(name))
-    }
-
-    /// How many exchanges of a network we hold were answered with nothing because the
-    /// asker is no current member (a revoked or never-admitted peer).
-    pub fn refused_exchanges(&self) -> u64 {
-        self.inner
-            .refused
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_refused(&self) {
-        self.inner
-            .refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Our peer id.
-    pub(crate) fn me(&self) -> PeerId {
-        self.inner.me
-    }
-
-    /// Whether we hold `network`.
-    pub(crate) fn holds(&self, network: &NetworkId) -> bool {
-        self.state().contains_key(network)
-    }
-
-    /// Whether `peer` is a current member of `network` by id.
-    pub(crate) fn is_member_id(&self, network: &NetworkId, peer: &PeerId) -> bool {
-        self.state().get(network).is_some_and(|m| m.is_member(peer))
-    }
-}
-
-/// A ticket's text: the invite token, `.`, the base32 CBOR of the issuer's addresses.
-fn ticket_text(token: &InviteToken, addrs: &[Multiaddr]) -> String {
-    let addrs: Vec<String> = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .filter(|a| a.len() <= MAX_TICKET_ADDR_LEN)
-        .take(MAX_TICKET_ADDRS)
-        .collect();
-    format!(
-        "{}.{}",
-        token.to_text(),
-        crate::network::base32_encode(&crate::network::cbor(&addrs))
-    )
-}
-
-/// A ticket read back: the token (its invite's signature checked) and the addresses.
-pub fn parse_ticket(text: &str) -> Result<(InviteToken, Vec<Multiaddr>), NetError> {
-    let text = text.trim();
-    let invalid = |e: OpError| NetError::Refused {
-        what: "invalid invite",
-        source: e,
-    };
-    if text.len() > MAX_TICKET_TEXT {
-        return Err(invalid(OpError::TooLarge { len: text.len() }));
-    }
-    let (token, addrs) = text.split_once('.').unwrap_or((text, ""));
-    let token = InviteToken::from_text(token).map_err(invalid)?;
-    let addrs: Vec<String> = if addrs.is_empty() {
-        Vec::new()
-    } else {
-        let bytes = crate::network::base32_decode(addrs)
-            .ok_or(invalid(OpError::Malformed("ticket addresses")))?;
-        ciborium::from_reader(bytes.as_slice())
-            .map_err(|_| invalid(OpError::Malformed("ticket addresses")))?
-    };
-    let addrs = addrs
-        .iter()
-        .take(MAX_TICKET_ADDRS)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    Ok((token, addrs))
 }
