@@ -144,8 +144,8 @@ impl Latest {
 }
 
 /// A room's replay defence: the accepted window, the [`SeenSet`] of text ids and the
-/// latest Presence/Leave per member. Kept apart from [`Room`] so a node can run it where
-/// messages arrive, before deciding whether gossipsub forwards them.
+/// latest Presence/Leave per member. Kept apart from [`Room`](super::Room) so a node can
+/// run it where messages arrive, before deciding whether gossipsub forwards them.
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
     max_age_ms: u64,

@@ -1,6 +1,6 @@
 //! The streams to peers: one per connected peer that shares a network with us, opened by
-//! the smaller peer id (the other after [`FALLBACK_OPEN`]), retried with a doubling pause,
-//! and dropped when the peer shares no network any more.
+//! the smaller peer id (the other after [`FALLBACK_OPEN`](super::FALLBACK_OPEN)),
+//! retried with a doubling pause, and dropped when the peer shares no network any more.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
