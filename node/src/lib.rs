@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod behaviour;
+pub mod buffered;
 pub mod client;
 pub mod config;
 pub mod contacts;
@@ -49,6 +50,7 @@ pub mod secure;
 pub mod store;
 pub mod streams;
 pub mod swarm;
+pub mod tls;
 pub mod trust;
 
 pub use client::{Client, ask};
