@@ -4,7 +4,8 @@
 //! Without it a flood of fresh peer ids from a few hosts fills the relay's global
 //! connection limit (and, as each reservation lives on a connection, its reservations)
 //! and locks honest nodes out of even connecting. The check runs when the TCP or QUIC
-//! connection arrives, before Noise, so a refused connection costs no handshake.
+//! connection arrives, before its security handshake, so a refused connection costs no
+//! handshake.
 //! A reservation lives on its connection (libp2p's relay keeps at most one per
 //! connection), so the cap also bounds the reservations a network holds.
 //!

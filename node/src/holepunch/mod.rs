@@ -50,8 +50,8 @@
 //! and the addresses it names pass the same filter as an introduction's. When an introduction's dial is under way the exchange's dial takes its
 //! outcome instead of dialling again (one punch dial per peer at a time).
 //!
-//! Both carry only addresses, which the connections' Noise sessions already protect; they
-//! are not behind the post-quantum handshake, which would cost the round trips they exist
+//! Both carry only addresses, which the connections' own security (TLS or Noise) already
+//! protects; they are not behind the post-quantum handshake, which would cost the round trips they exist
 //! to save. The codecs and the address list are plain functions ([`encode`], [`decode`],
 //! [`Introduction`], [`Candidates`]); the async sides run as tasks that ask the event loop
 //! to dial.

@@ -1,6 +1,6 @@
 //! Chat latency between two nodes, beside the ping round trip of the same run.
 //!
-//! Two nodes in this process talk over loopback TCP (Noise, yamux, the hybrid secure
+//! Two nodes in this process talk over loopback TCP (TLS, yamux, the hybrid secure
 //! stream, the chat service and its database, as in the daemon). Latency is the time from
 //! A's `ChatHandle::send` call to B's chat service publishing the message; both ends are
 //! timed with one clock. The baseline is `Client::ping` between the same two nodes (an

@@ -1,7 +1,10 @@
 //! Post-quantum secure channels for p2pnode application protocols.
 //!
-//! libp2p's Noise and QUIC authenticate peer ids but are not post-quantum, so every
-//! application stream (chat, files, tunnel, sync) runs this crate on top:
+//! libp2p's transport security authenticates peer ids, but is post-quantum only in part:
+//! TLS 1.3 (TCP and QUIC) exchanges keys with X25519MLKEM768, while Noise (relayed
+//! connections, peers that speak only Noise) is classical, and neither reaches end to end
+//! through a relay. So every application stream (chat, files, tunnel, sync) runs this
+//! crate on top:
 //!
 //! 1. [`handshake`]: a three-message hybrid handshake (X25519 + ML-KEM-768, transcript
 //!    signed by both Ed25519 identity keys) as a sans-IO state machine
