@@ -121,69 +121,84 @@ fn secured_tcp(
     key: &Keypair,
     stall: Option<Duration>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, TransportError> {
+    secured_tcp_within(key, stall, INBOUND_SETUP_TIMEOUT)
+}
+
+/// How long an accepted connection may take to agree on security and the multiplexer: a
+/// stranger who connects and then stalls is dropped after it, not held for good.
+const INBOUND_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// [`secured_tcp`], with accepted connections set up within `inbound`.
+fn secured_tcp_within(
+    key: &Keypair,
+    stall: Option<Duration>,
+    inbound: Duration,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, TransportError> {
     use futures::future::Either;
     use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::core::{ConnectedPoint, Endpoint};
 
     let tls = crate::tls::Config::new(key)?;
     let noise = noise::Config::new(key)?;
-    Ok(tcp_transport(stall)
-        .and_then(move |conn, endpoint| {
-            let (tls, noise) = (tls.clone(), noise.clone());
-            async move {
-                let muxer = yamux::Config::default();
-                let dialer = matches!(
-                    endpoint,
-                    ConnectedPoint::Dialer {
-                        role_override: Endpoint::Dialer,
-                        ..
-                    }
-                );
-                if dialer {
-                    let (name, io) = multistream_select::dialer_select_proto(
-                        conn,
-                        [crate::tls::PROTOCOL],
-                        Version::V1Lazy,
-                    )
-                    .await
-                    .map_err(io::Error::other)?;
-                    let (peer, io) = tls
-                        .upgrade_outbound(io, name)
-                        .await
-                        .map_err(io::Error::other)?;
-                    let (name, io) =
-                        multistream_select::dialer_select_proto(io, [YAMUX], Version::V1Lazy)
-                            .await
-                            .map_err(io::Error::other)?;
-                    let muxer = muxer.upgrade_outbound(io, name).await?;
-                    return Ok::<_, io::Error>((peer, StreamMuxerBox::new(muxer)));
+    let upgraded = tcp_transport(stall).and_then(move |conn, endpoint| {
+        let (tls, noise) = (tls.clone(), noise.clone());
+        async move {
+            let muxer = yamux::Config::default();
+            let dialer = matches!(
+                endpoint,
+                ConnectedPoint::Dialer {
+                    role_override: Endpoint::Dialer,
+                    ..
                 }
-                let offered = [crate::tls::PROTOCOL, NOISE];
-                let (name, io) = multistream_select::listener_select_proto(conn, offered)
+            );
+            if dialer {
+                let (name, io) = multistream_select::dialer_select_proto(
+                    conn,
+                    [crate::tls::PROTOCOL],
+                    Version::V1Lazy,
+                )
+                .await
+                .map_err(io::Error::other)?;
+                let (peer, io) = tls
+                    .upgrade_outbound(io, name)
                     .await
                     .map_err(io::Error::other)?;
-                let (peer, io) = if name == NOISE {
-                    let (peer, io) = noise
-                        .upgrade_inbound(io, NOISE)
+                let (name, io) =
+                    multistream_select::dialer_select_proto(io, [YAMUX], Version::V1Lazy)
                         .await
                         .map_err(io::Error::other)?;
-                    (peer, Either::Right(io))
-                } else {
-                    let tls_name = crate::tls::PROTOCOL;
-                    let (peer, io) = tls
-                        .upgrade_inbound(io, tls_name)
-                        .await
-                        .map_err(io::Error::other)?;
-                    (peer, Either::Left(io))
-                };
-                let (name, io) = multistream_select::listener_select_proto(io, [YAMUX])
-                    .await
-                    .map_err(io::Error::other)?;
-                let muxer = muxer.upgrade_inbound(io, name).await?;
-                Ok((peer, StreamMuxerBox::new(muxer)))
+                let muxer = muxer.upgrade_outbound(io, name).await?;
+                return Ok::<_, io::Error>((peer, StreamMuxerBox::new(muxer)));
             }
-        })
-        .boxed())
+            let offered = [crate::tls::PROTOCOL, NOISE];
+            let (name, io) = multistream_select::listener_select_proto(conn, offered)
+                .await
+                .map_err(io::Error::other)?;
+            let (peer, io) = if name == NOISE {
+                let (peer, io) = noise
+                    .upgrade_inbound(io, NOISE)
+                    .await
+                    .map_err(io::Error::other)?;
+                (peer, Either::Right(io))
+            } else {
+                let tls_name = crate::tls::PROTOCOL;
+                let (peer, io) = tls
+                    .upgrade_inbound(io, tls_name)
+                    .await
+                    .map_err(io::Error::other)?;
+                (peer, Either::Left(io))
+            };
+            let (name, io) = multistream_select::listener_select_proto(io, [YAMUX])
+                .await
+                .map_err(io::Error::other)?;
+            let muxer = muxer.upgrade_inbound(io, name).await?;
+            Ok((peer, StreamMuxerBox::new(muxer)))
+        }
+    });
+    Ok(
+        libp2p::core::transport::timeout::TransportTimeout::with_ingoing_timeout(upgraded, inbound)
+            .boxed(),
+    )
 }
 
 /// Noise's and yamux's protocol names in multistream-select.
@@ -337,6 +352,37 @@ mod tests {
         let mut noise = noise_only(&a);
         let got = connect(&mut noise, &mut ours, addr).await.unwrap();
         assert_eq!(got, (idb, ida));
+    }
+
+    /// A stranger that connects and says nothing is dropped once the set-up time is up.
+    #[tokio::test]
+    async fn a_silent_inbound_connection_is_dropped_after_the_set_up_time() {
+        let key = Keypair::generate_ed25519();
+        let mut ours = secured_tcp_within(&key, None, Duration::from_millis(300)).unwrap();
+        let addr = listen(&mut ours).await;
+        let port = addr
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap();
+        let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let upgrade = async {
+            let mut ev = events(&mut ours);
+            loop {
+                if let Some(TransportEvent::Incoming { upgrade, .. }) = ev.next().await {
+                    return upgrade.await;
+                }
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), upgrade).await;
+        let Err(err) = ended.expect("the set-up was not cut off") else {
+            panic!("a silent peer got a connection");
+        };
+        assert!(err.to_string().contains("Timeout"), "{err}");
     }
 
     /// Our dialer proposes TLS alone, with its ClientHello in the same flight (lazy

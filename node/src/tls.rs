@@ -109,6 +109,11 @@ impl Config {
         // With AES hardware, follow the client (which lists ChaCha20 first when it has
         // none); without it, insist on our own order.
         server.ignore_client_order = !aes;
+        // No session resumption: every peer has the same placeholder server name, so a
+        // ticket from one peer would be offered to the next, and a connection to a peer
+        // is rare enough that a full handshake costs nothing worth keeping state for.
+        server.send_tls13_tickets = 0;
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -118,6 +123,7 @@ impl Config {
         client.alpn_protocols = vec![ALPN.to_vec()];
         // The spec: a client of this handshake version sends no server name.
         client.enable_sni = false;
+        client.resumption = rustls::client::Resumption::disabled();
 
         Ok(Self {
             server: Arc::new(server),
@@ -396,6 +402,12 @@ mod tests {
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
+        // An answer too, so the client also reads what the server sent after the
+        // handshake (where session tickets would be).
+        s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
         let suite = |t: &futures_rustls::TlsStream<TcpStream>| {
             t.get_ref().1.negotiated_cipher_suite().unwrap().suite()
         };
@@ -409,6 +421,9 @@ mod tests {
             .unwrap()
             .name();
         assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+        // Every handshake is a full one: no session is resumed (see `Config::with_aes`).
+        let kind = c.get_ref().1.handshake_kind();
+        assert_eq!(kind, Some(rustls::HandshakeKind::Full));
         ((server_id, cs), (client_id, ss))
     }
 
@@ -422,6 +437,12 @@ mod tests {
         assert_eq!(client_id, k1.public().to_peer_id());
         assert_eq!(cs, CipherSuite::TLS13_AES_256_GCM_SHA384);
         assert_eq!(ss, cs);
+        // Again between the same two: still a full handshake (checked in `handshake`).
+        let client = Config::with_aes(&k1, true).unwrap();
+        let server = Config::with_aes(&k2, true).unwrap();
+        let again = (client.clone(), server.clone());
+        handshake(client, server).await;
+        handshake(again.0, again.1).await;
     }
 
     #[tokio::test]
