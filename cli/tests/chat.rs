@@ -323,6 +323,11 @@ fn bad_input_gets_a_clear_error() {
     let e = err(run(&a.dir, &["chat", &stranger, "--line"]));
     assert!(e.contains("cannot chat with"), "{e}");
 
+    // B dials A at start; the oversized message needs that connection (on a loaded
+    // machine the commands above can finish before it is up).
+    wait_for("B connected to A", || {
+        a.is_connected_to(&b.peer_id).then_some(())
+    });
     let (mut c, _) = chat(&a.dir, &[&b.peer_id, "--line"]);
     feed(&mut c, vec!["x".repeat(20_000)], true);
     let status = wait_for("the oversized send to fail", || c.try_wait().unwrap());
