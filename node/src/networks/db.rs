@@ -23,6 +23,13 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(Box::new(e.into()))
 }
 
+/// A record encoded as its row, not yet written.
+#[derive(Debug)]
+pub struct Encoded {
+    key: String,
+    bytes: Vec<u8>,
+}
+
 /// The networks table. Cheap to clone; every write is one committed transaction.
 #[derive(Clone)]
 pub struct NetworkDb {
@@ -46,6 +53,12 @@ impl NetworkDb {
 
     /// Writes `m`'s whole record.
     pub fn save(&self, m: &Membership) -> Result<(), StoreError> {
+        self.put(&Self::encode(m)?)
+    }
+
+    /// `m`'s whole record as its row, ready for [`NetworkDb::put`]: encoding is cheap and
+    /// needs the record, the commit is slow (an fsync) and does not.
+    pub fn encode(m: &Membership) -> Result<Encoded, StoreError> {
         let key = m.network().to_string();
         let row = Row {
             ops: m
@@ -53,15 +66,20 @@ impl NetworkDb {
                 .map(|op| crate::network::Bin(op.encoded().to_vec()))
                 .collect(),
         };
-        let mut buf = Vec::new();
-        ciborium::into_writer(&row, &mut buf).map_err(|e| StoreError::Corrupt {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&row, &mut bytes).map_err(|e| StoreError::Corrupt {
             key: format!("network {key}"),
             reason: e.to_string(),
         })?;
+        Ok(Encoded { key, bytes })
+    }
+
+    /// Writes a row made by [`NetworkDb::encode`], in one committed transaction.
+    pub fn put(&self, row: &Encoded) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         txn.open_table(NETWORKS)
             .map_err(db_err)?
-            .insert(key.as_str(), buf.as_slice())
+            .insert(row.key.as_str(), row.bytes.as_slice())
             .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }

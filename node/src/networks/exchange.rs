@@ -474,8 +474,14 @@ async fn join_through(
         }
         _ => return Err(exchange_err(member, "unexpected answer")),
     };
-    let record = networks.joined(network, ops)?;
-    let info = networks.keep_joined(record)?;
+    // Every op's signature is checked and the record committed (an fsync): off the runtime.
+    let net = networks.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        let record = net.joined(network, ops)?;
+        net.keep_joined(record)
+    })
+    .await
+    .map_err(|_| NetError::Node(crate::error::NodeError::Stopped))??;
     // The rest of a record larger than one message.
     sync_rounds(networks, &mut stream, member, network, Vec::new()).await?;
     let _ = stream.close().await;

@@ -79,7 +79,13 @@ struct Inner {
     me: PeerId,
     key: ed25519_dalek::SigningKey,
     db: NetworkDb,
+    /// The records. Held only briefly: never across a disk write, so the async code
+    /// that asks it per packet or frame (is this peer a member?) never waits on an fsync.
     state: Mutex<BTreeMap<NetworkId, Membership>>,
+    /// Orders the writers: held from a change through its commit, so records reach the
+    /// disk in the order they changed in memory. Only blocking code (the routes' and the
+    /// exchange's `spawn_blocking`) takes it.
+    writer: Mutex<()>,
     events: broadcast::Sender<NetEvent>,
     push: mpsc::Sender<Push>,
     /// Exchanges of a network we hold answered with nothing: the asker is no member.
@@ -168,6 +174,7 @@ impl Networks {
                 key,
                 db,
                 state: Mutex::new(state),
+                writer: Mutex::new(()),
                 events: broadcast::channel(EVENT_QUEUE).0,
                 push,
                 refused: Default::default(),
@@ -178,6 +185,10 @@ impl Networks {
 
     fn state(&self) -> std::sync::MutexGuard<'_, BTreeMap<NetworkId, Membership>> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn by_name<'a>(
@@ -283,19 +294,22 @@ impl Networks {
     pub fn create(&self, name: &str) -> Result<NetInfo, NetError> {
         check_name(name)?;
         {
-            let mut state = self.state();
-            if state.values().any(|m| m.name() == name) {
-                return Err(NetError::Exists(name.to_string()));
-            }
-            if state.len() >= MAX_NETWORKS {
-                return Err(NetError::Invalid(format!(
-                    "this node is in {MAX_NETWORKS} networks, the most it may"
-                )));
+            let _order = self.writer();
+            {
+                let state = self.state();
+                if state.values().any(|m| m.name() == name) {
+                    return Err(NetError::Exists(name.to_string()));
+                }
+                if state.len() >= MAX_NETWORKS {
+                    return Err(NetError::Invalid(format!(
+                        "this node is in {MAX_NETWORKS} networks, the most it may"
+                    )));
+                }
             }
             let m = Membership::create(name, &self.inner.key, now_ms(), &mut rand::rngs::OsRng)
                 .map_err(NetError::refused("create"))?;
             self.inner.db.save(&m)?;
-            state.insert(m.network(), m);
+            self.state().insert(m.network(), m);
         }
         self.list()
             .into_iter()
@@ -336,16 +350,17 @@ impl Networks {
 
     /// Makes a local op in `network` (revoke, promote), stores it and pushes it.
     fn make(&self, network: &str, op: Op, what: &'static str) -> Result<(), NetError> {
-        let id = {
+        let _order = self.writer();
+        let (id, op, row) = {
             let mut state = self.state();
             let m = Self::by_name(&mut state, network)?;
             let op = m
                 .make(&self.inner.key, op, now_ms())
                 .map_err(NetError::refused(what))?;
-            self.save(m)?;
-            (m.network(), op)
+            (m.network(), op, NetworkDb::encode(m))
         };
-        self.changed(id.0, network, None, vec![id.1]);
+        self.commit(id, row)?;
+        self.changed(id, network, None, vec![op]);
         Ok(())
     }
 
@@ -381,11 +396,14 @@ impl Networks {
         if info.role != "revoked" {
             self.make(network, Op::Revoke { peer: me }, "leave")?;
         }
-        let id = Self::by_name(&mut self.state(), network)?.network();
-        // The revocation's push carries its own op and recipients: it goes out after the
-        // record is gone.
-        self.inner.db.remove(&id)?;
-        self.state().remove(&id);
+        {
+            let _order = self.writer();
+            let id = Self::by_name(&mut self.state(), network)?.network();
+            // The revocation's push carries its own op and recipients: it goes out after
+            // the record is gone.
+            self.inner.db.remove(&id)?;
+            self.state().remove(&id);
+        }
         let _ = self.inner.events.send(NetEvent::Left {
             name: network.to_string(),
         });
@@ -395,21 +413,23 @@ impl Networks {
         })
     }
 
-    /// Saves `m`; on failure reloads what is on disk so memory never runs ahead of it.
-    fn save(&self, m: &mut Membership) -> Result<(), NetError> {
-        if let Err(e) = self.inner.db.save(m) {
-            tracing::error!(network = m.name(), "cannot save the network record: {e}");
-            let id = m.network();
-            if let Ok(all) = self.inner.db.load_all()
-                && let Some(Ok(old)) = all
-                    .into_iter()
-                    .find(|r| r.as_ref().is_ok_and(|o| o.network() == id))
-            {
-                *m = old;
-            }
-            return Err(e.into());
+    /// Writes a changed record's row (made under the state lock, written outside it; the
+    /// caller holds the writer lock). On failure the record is read back from disk, so
+    /// memory runs ahead of the disk only while a commit is under way, and nothing is
+    /// pushed or answered before it returned.
+    fn commit(&self, id: NetworkId, row: Result<db::Encoded, StoreError>) -> Result<(), NetError> {
+        let Err(e) = row.and_then(|row| self.inner.db.put(&row)) else {
+            return Ok(());
+        };
+        tracing::error!(network = %id, "cannot save the network record: {e}");
+        if let Ok(all) = self.inner.db.load_all()
+            && let Some(Ok(old)) = all
+                .into_iter()
+                .find(|r| r.as_ref().is_ok_and(|o| o.network() == id))
+        {
+            self.state().insert(id, old);
         }
-        Ok(())
+        Err(e.into())
     }
 
     /// Tells subscribers and queues a push of `ops` to the members.

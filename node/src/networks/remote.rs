@@ -3,6 +3,7 @@
 
 use libp2p::PeerId;
 
+use super::db::NetworkDb;
 use super::{MAX_NETWORKS, NetError, NetInfo, Networks, now_ms};
 use crate::network::{Applied, JoinRequest, Membership, NetworkId, OpError, OpId, SignedOp};
 
@@ -53,7 +54,8 @@ impl Networks {
         if ops.is_empty() {
             return Ok(0);
         }
-        let (name, stored) = {
+        let _order = self.writer();
+        let (name, stored, row) = {
             let mut state = self.state();
             let Some(m) = state.get_mut(network) else {
                 return Ok(0);
@@ -73,9 +75,9 @@ impl Networks {
             if stored == 0 {
                 return Ok(0);
             }
-            self.save(m)?;
-            (m.name().to_string(), stored)
+            (m.name().to_string(), stored, NetworkDb::encode(m))
         };
+        self.commit(*network, row)?;
         tracing::debug!(peer = %from, network = name, "network record changed");
         self.changed(*network, &name, Some(from), ops);
         Ok(stored)
@@ -91,22 +93,27 @@ impl Networks {
         name: Option<String>,
     ) -> Result<Vec<SignedOp>, NetError> {
         let network = request.invite.network;
-        let (ops, name_of, add) = {
+        let _order = self.writer();
+        let (ops, name_of, add, row) = {
             let mut state = self.state();
             let m = state.get_mut(&network).ok_or_else(|| NetError::Refused {
                 what: "join",
                 source: OpError::WrongNetwork,
             })?;
             let mut add = Vec::new();
+            let mut row = None;
             if !m.is_member(&joiner) {
                 add.push(
                     m.admit(&self.inner.key, &joiner, request, name, now_ms())
                         .map_err(NetError::refused("join"))?,
                 );
-                self.save(m)?;
+                row = Some(NetworkDb::encode(m));
             }
-            (m.missing_for(&[]), m.name().to_string(), add)
+            (m.missing_for(&[]), m.name().to_string(), add, row)
         };
+        if let Some(row) = row {
+            self.commit(network, row)?;
+        }
         tracing::info!(peer = %joiner, network = name_of, "admitted a member");
         self.changed(network, &name_of, Some(joiner), add);
         Ok(ops)
@@ -140,20 +147,23 @@ impl Networks {
         }
         let (id, name) = (m.network(), m.name().to_string());
         {
-            let mut state = self.state();
-            if state
-                .values()
-                .any(|o| o.name() == name && o.network() != id)
+            let _order = self.writer();
             {
-                return Err(NetError::Exists(name));
-            }
-            if state.len() >= MAX_NETWORKS && !state.contains_key(&id) {
-                return Err(NetError::Invalid(format!(
-                    "this node is in {MAX_NETWORKS} networks, the most it may"
-                )));
+                let state = self.state();
+                if state
+                    .values()
+                    .any(|o| o.name() == name && o.network() != id)
+                {
+                    return Err(NetError::Exists(name));
+                }
+                if state.len() >= MAX_NETWORKS && !state.contains_key(&id) {
+                    return Err(NetError::Invalid(format!(
+                        "this node is in {MAX_NETWORKS} networks, the most it may"
+                    )));
+                }
             }
             self.inner.db.save(&m)?;
-            state.insert(id, m);
+            self.state().insert(id, m);
         }
         self.changed(id, &name, None, Vec::new());
         self.list()

@@ -291,11 +291,18 @@ pub(super) async fn unshare(inner: &Arc<Inner>, id: ContentId) -> Result<ShareIn
                 .collect()
         })
         .unwrap_or_default();
-    for (_, root) in &share.entries {
-        if !in_use.contains(root) {
-            let _ = std::fs::remove_file(inner.outboards.join(root.to_string()));
+    let unused: Vec<PathBuf> = share
+        .entries
+        .iter()
+        .filter(|(_, root)| !in_use.contains(root))
+        .map(|(_, root)| inner.outboards.join(root.to_string()))
+        .collect();
+    // One file per file of the share: a large tree's removal is no job for the runtime.
+    tokio::task::spawn_blocking(move || {
+        for path in unused {
+            let _ = std::fs::remove_file(path);
         }
-    }
+    });
     Ok(share.info.clone())
 }
 
@@ -431,7 +438,21 @@ impl Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A partial of a large tree holds an outboard per file: its last owner may be a
+        // task on the runtime, so the removal goes to the blocking pool when there is one.
+        // Renamed first (one quick call), so that a new partial of the same transfer (a
+        // resume) never sees its directory go; what a crash leaves is emptied at start.
+        static GONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = GONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gone = self.dir.with_extension(format!("gone{n}"));
+        let dir = match std::fs::rename(&self.dir, &gone) {
+            Ok(()) => gone,
+            Err(_) => std::mem::take(&mut self.dir),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || std::fs::remove_dir_all(dir))),
+            Err(_) => drop(std::fs::remove_dir_all(dir)),
+        }
     }
 }
 

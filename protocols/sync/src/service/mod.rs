@@ -130,6 +130,21 @@ where
     tokio::spawn(tracing::Instrument::in_current_span(task))
 }
 
+/// Runs `f`, which blocks (an fsync, a large merge), inside the owner without stalling
+/// the node's other tasks: on a multi-thread runtime (the daemon's has one worker) the
+/// worker first hands them to another thread (`block_in_place`); a current-thread runtime
+/// (a test's) runs `f` in place, as it has no other thread to hand them to.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Frames larger than this are merged through [`blocking`]: automerge's work grows with
+/// the frame, and a handoff costs more than merging a small one.
+const LARGE_FRAME: usize = 64 * 1024;
+
 /// A write on one document, run by the owner.
 type WriteOp =
     Box<dyn FnOnce(&mut Document) -> Result<Option<ChangeHash>, p2pnode_crdt::Error> + Send>;
@@ -583,7 +598,7 @@ impl Service {
         }
         let mut fresh = Document::new(&self.me_bytes)?;
         let change = op(&mut fresh)?;
-        write_network(self.store.dir(), doc, &network)
+        blocking(|| write_network(self.store.dir(), doc, &network))
             .map_err(|e| SyncError::NotSaved(format!("network of `{doc}`: {e}")))?;
         self.docs.insert(
             doc.to_string(),
@@ -638,7 +653,8 @@ impl Service {
             let Ok(fresh) = Document::new(&self.me_bytes) else {
                 return;
             };
-            if let Err(e) = write_network(self.store.dir(), &frame.doc, &frame.network) {
+            let dir = self.store.dir();
+            if let Err(e) = blocking(|| write_network(dir, &frame.doc, &frame.network)) {
                 tracing::warn!(doc = frame.doc, "sync: cannot store the network: {e}");
                 return;
             }
@@ -657,7 +673,13 @@ impl Service {
             return;
         };
         let peer_bytes = peer.to_bytes();
-        match d.session.receive_message(&peer_bytes, &frame.message) {
+        let mut merge = || d.session.receive_message(&peer_bytes, &frame.message);
+        let merged = if frame.message.len() > LARGE_FRAME {
+            blocking(merge)
+        } else {
+            merge()
+        };
+        match merged {
             Err(e) => {
                 tracing::warn!(%peer, doc = frame.doc, "sync: {e}; dropping the stream");
                 self.drop_link(peer);
@@ -687,17 +709,20 @@ impl Service {
     /// Saves what changed, then answers, tells watchers and sends the next messages.
     fn finish(&mut self, batch: Batch) {
         let mut failed: HashMap<String, String> = HashMap::new();
-        for name in &batch.dirty {
-            let Some(d) = self.docs.get_mut(name) else {
-                continue;
-            };
-            // Synchronous on purpose: the owner is the only writer, and nothing of this
-            // batch may be acknowledged or sent before the fsync returned.
-            if let Err(e) = self.store.save_session(name, &mut d.session) {
-                tracing::error!(doc = name, "sync: cannot save: {e}");
-                failed.insert(name.clone(), e.to_string());
+        // The owner waits on purpose: it is the only writer, and nothing of this batch may
+        // be acknowledged or sent before the fsync returned. `blocking` keeps the rest of
+        // the node running meanwhile.
+        blocking(|| {
+            for name in &batch.dirty {
+                let Some(d) = self.docs.get_mut(name) else {
+                    continue;
+                };
+                if let Err(e) = self.store.save_session(name, &mut d.session) {
+                    tracing::error!(doc = name, "sync: cannot save: {e}");
+                    failed.insert(name.clone(), e.to_string());
+                }
             }
-        }
+        });
         for (doc, reply) in batch.replies {
             reply(match failed.get(&doc) {
                 Some(e) => Err(SyncError::NotSaved(e.clone())),
