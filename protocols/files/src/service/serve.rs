@@ -418,7 +418,11 @@ fn open_files(
 fn read_group(f: &Opened, size: u64, group: u64) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
     use std::os::unix::fs::FileExt;
     let range = group_range(size, group).ok_or((Refusal::BadRequest, "no such group".into()))?;
-    let mut data = vec![0u8; (range.end - range.start) as usize];
+    // Not `vec![0; len]`: for a 64 KiB block jemalloc's calloc zeroes a recycled extent by
+    // dropping its pages (madvise), so the read below faulted every page back in and every
+    // other CPU flushed its TLB, 8 % of a push's sender CPU. Zeroing warm pages is cheaper.
+    let mut data = Vec::with_capacity((range.end - range.start) as usize);
+    data.resize((range.end - range.start) as usize, 0);
     f.data
         .read_exact_at(&mut data, range.start)
         .map_err(|e| (Refusal::Io, e.to_string()))?;
