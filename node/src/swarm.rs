@@ -134,71 +134,89 @@ fn secured_tcp_within(
     stall: Option<Duration>,
     inbound: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, TransportError> {
-    use futures::future::Either;
-    use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::core::{ConnectedPoint, Endpoint};
 
     let tls = crate::tls::Config::new(key)?;
     let noise = noise::Config::new(key)?;
     let upgraded = tcp_transport(stall).and_then(move |conn, endpoint| {
         let (tls, noise) = (tls.clone(), noise.clone());
-        async move {
-            let muxer = yamux::Config::default();
-            let dialer = matches!(
-                endpoint,
-                ConnectedPoint::Dialer {
-                    role_override: Endpoint::Dialer,
-                    ..
-                }
-            );
-            if dialer {
-                let (name, io) = multistream_select::dialer_select_proto(
-                    conn,
-                    [crate::tls::PROTOCOL],
-                    Version::V1Lazy,
-                )
-                .await
-                .map_err(io::Error::other)?;
-                let (peer, io) = tls
-                    .upgrade_outbound(io, name)
-                    .await
-                    .map_err(io::Error::other)?;
-                let (name, io) =
-                    multistream_select::dialer_select_proto(io, [YAMUX], Version::V1Lazy)
-                        .await
-                        .map_err(io::Error::other)?;
-                let muxer = muxer.upgrade_outbound(io, name).await?;
-                return Ok::<_, io::Error>((peer, StreamMuxerBox::new(muxer)));
+        let dialer = matches!(
+            endpoint,
+            ConnectedPoint::Dialer {
+                role_override: Endpoint::Dialer,
+                ..
             }
-            let offered = [crate::tls::PROTOCOL, NOISE];
-            let (name, io) = multistream_select::listener_select_proto(conn, offered)
-                .await
-                .map_err(io::Error::other)?;
-            let (peer, io) = if name == NOISE {
-                let (peer, io) = noise
-                    .upgrade_inbound(io, NOISE)
-                    .await
-                    .map_err(io::Error::other)?;
-                (peer, Either::Right(io))
+        );
+        async move {
+            if dialer {
+                dial_secured(conn, tls).await
             } else {
-                let tls_name = crate::tls::PROTOCOL;
-                let (peer, io) = tls
-                    .upgrade_inbound(io, tls_name)
-                    .await
-                    .map_err(io::Error::other)?;
-                (peer, Either::Left(io))
-            };
-            let (name, io) = multistream_select::listener_select_proto(io, [YAMUX])
-                .await
-                .map_err(io::Error::other)?;
-            let muxer = muxer.upgrade_inbound(io, name).await?;
-            Ok((peer, StreamMuxerBox::new(muxer)))
+                accept_secured(conn, tls, noise).await
+            }
         }
     });
     Ok(
         libp2p::core::transport::timeout::TransportTimeout::with_ingoing_timeout(upgraded, inbound)
             .boxed(),
     )
+}
+
+/// A TCP connection as [`tcp_transport`] makes it.
+type TcpConn = Buffered<tcp::tokio::TcpStream>;
+
+/// The dialer's side: proposes TLS alone, then yamux, both lazily.
+async fn dial_secured(
+    conn: TcpConn,
+    tls: crate::tls::Config,
+) -> io::Result<(PeerId, StreamMuxerBox)> {
+    use libp2p::core::upgrade::OutboundConnectionUpgrade;
+
+    let (name, io) =
+        multistream_select::dialer_select_proto(conn, [crate::tls::PROTOCOL], Version::V1Lazy)
+            .await
+            .map_err(io::Error::other)?;
+    let (peer, io) = tls
+        .upgrade_outbound(io, name)
+        .await
+        .map_err(io::Error::other)?;
+    let (name, io) = multistream_select::dialer_select_proto(io, [YAMUX], Version::V1Lazy)
+        .await
+        .map_err(io::Error::other)?;
+    let muxer = yamux::Config::default().upgrade_outbound(io, name).await?;
+    Ok((peer, StreamMuxerBox::new(muxer)))
+}
+
+/// The listener's side: takes TLS or Noise, whichever the dialer proposes, then yamux.
+async fn accept_secured(
+    conn: TcpConn,
+    tls: crate::tls::Config,
+    noise: noise::Config,
+) -> io::Result<(PeerId, StreamMuxerBox)> {
+    use futures::future::Either;
+    use libp2p::core::upgrade::InboundConnectionUpgrade;
+
+    let offered = [crate::tls::PROTOCOL, NOISE];
+    let (name, io) = multistream_select::listener_select_proto(conn, offered)
+        .await
+        .map_err(io::Error::other)?;
+    let (peer, io) = if name == NOISE {
+        let (peer, io) = noise
+            .upgrade_inbound(io, NOISE)
+            .await
+            .map_err(io::Error::other)?;
+        (peer, Either::Right(io))
+    } else {
+        let (peer, io) = tls
+            .upgrade_inbound(io, crate::tls::PROTOCOL)
+            .await
+            .map_err(io::Error::other)?;
+        (peer, Either::Left(io))
+    };
+    let (name, io) = multistream_select::listener_select_proto(io, [YAMUX])
+        .await
+        .map_err(io::Error::other)?;
+    let muxer = yamux::Config::default().upgrade_inbound(io, name).await?;
+    Ok((peer, StreamMuxerBox::new(muxer)))
 }
 
 /// Noise's and yamux's protocol names in multistream-select.
