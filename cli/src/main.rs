@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let json = cli.json;
     init_tracing(&cli);
-    let runtime = match runtime().build() {
+    let runtime = match runtime().and_then(|mut b| b.build().map_err(|e| e.to_string())) {
         Ok(rt) => rt,
         Err(e) => return output::fail(json, "runtime", &format!("cannot start the runtime: {e}")),
     };
@@ -40,13 +40,24 @@ fn main() -> ExitCode {
 /// is not on the worker: disk IO and database commits go to the blocking pool (or
 /// `block_in_place` where a task must wait for them), the tunnel's packets to its data
 /// thread. A relay on a larger machine can raise it with `TOKIO_WORKER_THREADS`.
-fn runtime() -> tokio::runtime::Builder {
+fn runtime() -> Result<tokio::runtime::Builder, String> {
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => 1,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "TOKIO_WORKER_THREADS={v:?} is not a thread count (1 or more)"
+                ));
+            }
+        },
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("TOKIO_WORKER_THREADS is not a thread count (1 or more)".into());
+        }
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
-    }
-    builder.enable_all();
-    builder
+    builder.worker_threads(workers).enable_all();
+    Ok(builder)
 }
 
 /// Logs go to stderr. The daemon logs at `info`; one-shot commands only warn, so their

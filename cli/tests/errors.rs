@@ -52,6 +52,35 @@ fn malformed_peer_id() {
 }
 
 #[test]
+fn bad_worker_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["", "abc", "0", "-1"] {
+        let out = std::process::Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .arg("id")
+            .env("TOKIO_WORKER_THREADS", bad)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_fails_with(&out, "is not a thread count");
+    }
+    // A good one is taken.
+    let out = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .arg("id")
+        .env("TOKIO_WORKER_THREADS", "3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn no_daemon_running() {
     let tmp = tempfile::tempdir().unwrap();
     assert_fails_with(

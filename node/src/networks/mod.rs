@@ -415,8 +415,10 @@ impl Networks {
 
     /// Writes a changed record's row (made under the state lock, written outside it; the
     /// caller holds the writer lock). On failure the record is read back from disk, so
-    /// memory runs ahead of the disk only while a commit is under way, and nothing is
-    /// pushed or answered before it returned.
+    /// memory runs ahead of the disk only while a commit is under way. The change is
+    /// pushed, and its caller answered, only after the commit; a peer's exchange that
+    /// runs meanwhile may already be sent the new op (signed, so it is as good as any: if
+    /// the commit fails, that peer gives it back on the next exchange).
     fn commit(&self, id: NetworkId, row: Result<db::Encoded, StoreError>) -> Result<(), NetError> {
         let Err(e) = row.and_then(|row| self.inner.db.put(&row)) else {
             return Ok(());

@@ -298,11 +298,13 @@ pub(super) async fn unshare(inner: &Arc<Inner>, id: ContentId) -> Result<ShareIn
         .map(|(_, root)| inner.outboards.join(root.to_string()))
         .collect();
     // One file per file of the share: a large tree's removal is no job for the runtime.
-    tokio::task::spawn_blocking(move || {
+    // Awaited, so that sharing the same content again cannot lose its new outboard to it.
+    let _ = tokio::task::spawn_blocking(move || {
         for path in unused {
             let _ = std::fs::remove_file(path);
         }
-    });
+    })
+    .await;
     Ok(share.info.clone())
 }
 
@@ -447,7 +449,11 @@ impl Drop for Partial {
         let gone = self.dir.with_extension(format!("gone{n}"));
         let dir = match std::fs::rename(&self.dir, &gone) {
             Ok(()) => gone,
-            Err(_) => std::mem::take(&mut self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(move || std::fs::remove_dir_all(dir))),

@@ -712,7 +712,10 @@ impl Service {
         // The owner waits on purpose: it is the only writer, and nothing of this batch may
         // be acknowledged or sent before the fsync returned. `blocking` keeps the rest of
         // the node running meanwhile.
-        blocking(|| {
+        // Most batches (ticks, events, frames that changed nothing) save nothing, and a
+        // handoff of the worker costs a cross-CPU wake-up.
+        let save = !batch.dirty.is_empty();
+        let saves = || {
             for name in &batch.dirty {
                 let Some(d) = self.docs.get_mut(name) else {
                     continue;
@@ -722,7 +725,10 @@ impl Service {
                     failed.insert(name.clone(), e.to_string());
                 }
             }
-        });
+        };
+        if save {
+            blocking(saves);
+        }
         for (doc, reply) in batch.replies {
             reply(match failed.get(&doc) {
                 Some(e) => Err(SyncError::NotSaved(e.clone())),
