@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{Daemon, LOOPBACK, run};
+use common::{Daemon, LOOPBACK, run, run_with};
 
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -55,24 +55,11 @@ fn malformed_peer_id() {
 fn bad_worker_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
     for bad in ["", "abc", "0", "-1"] {
-        let out = std::process::Command::new(common::BIN)
-            .arg("--data-dir")
-            .arg(tmp.path())
-            .arg("id")
-            .env("TOKIO_WORKER_THREADS", bad)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
+        let out = run_with(tmp.path(), &["id"], &[("TOKIO_WORKER_THREADS", bad)]);
         assert_fails_with(&out, "is not a thread count");
     }
     // A good one is taken.
-    let out = std::process::Command::new(common::BIN)
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .arg("id")
-        .env("TOKIO_WORKER_THREADS", "3")
-        .output()
-        .unwrap();
+    let out = run_with(tmp.path(), &["id"], &[("TOKIO_WORKER_THREADS", "3")]);
     assert!(
         out.status.success(),
         "{}",

@@ -12,11 +12,17 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `p2pnode --data-dir <dir> <args>` to completion.
 pub fn run(dir: &Path, args: &[&str]) -> Output {
+    run_with(dir, args, &[])
+}
+
+/// [`run`], with `env` set in the process's environment.
+pub fn run_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .arg("--data-dir")
         .arg(dir)
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("run p2pnode")
 }
