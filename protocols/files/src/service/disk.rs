@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::FilesError;
 use super::dirs::{Dir, Dirs, Found, split};
-use super::share::Partial;
+use super::partial::Partial;
 use crate::resume::MAX_STATE_BYTES;
 use crate::{
     ContentId, GroupRef, Manifest, PathError, TransferState, VerifiedGroup, check_path,

@@ -26,6 +26,7 @@ mod disk;
 mod fetch;
 #[cfg(feature = "test-util")]
 pub mod hostile;
+mod partial;
 mod routes;
 mod serve;
 mod share;
@@ -47,7 +48,8 @@ use tokio::sync::Semaphore;
 
 use crate::ContentId;
 use crate::api::{FilesEvent, OfferInfo, ShareInfo, TransferInfo, TransferStatus};
-use share::{Partial, Share};
+use partial::Partial;
+use share::Share;
 
 /// Shares held at most (each keeps its manifest in memory). Below the 1024 keys
 /// Kademlia's record store provides at once, leaving room for chat's topics.
@@ -506,7 +508,7 @@ impl Protocol for Files {
             .map_err(|e| err(FilesError::Io(format!("{}: {e}", outboards.display()))))?;
         let shares = share::load(ctx.database()).map_err(err)?;
         // Partial outboards of a previous run prove nothing known to be on disk now.
-        let partial = share::partial_root(&outboards);
+        let partial = partial::partial_root(&outboards);
         let _ = std::fs::remove_dir_all(&partial);
         let listener = ctx
             .listen(StreamProtocol::new(crate::STREAM_PROTOCOL))

@@ -21,7 +21,8 @@ use libp2p::{PeerId, StreamProtocol};
 use p2pnode_node::secure::{Accepted, SecureListener};
 use p2pnode_secure::TrustDecision;
 
-use super::share::{Partial, Share};
+use super::partial::Partial;
+use super::share::Share;
 use super::wire::{self, Blob, Refusal, Request, Response, Secure, WireError};
 use super::{
     ANSWER_TIMEOUT, FilesError, IDLE_TIMEOUT, Inner, MAX_GROUPS_PER_REQUEST, MAX_OFFERS,
@@ -169,7 +170,7 @@ fn find_source(inner: &Inner, content: &ContentId, peer: &PeerId) -> Option<Sour
     if !inner.config.serve_while_fetching {
         return None;
     }
-    super::share::find_partial(inner, content).map(Source::Partial)
+    super::partial::find_partial(inner, content).map(Source::Partial)
 }
 
 /// Bytes read from disk in one blocking call and sent before one flush (8 whole groups,

@@ -574,7 +574,7 @@ async fn a_forgotten_partial_withdraws_its_announcement() {
     let inner = files(&node).inner.clone();
     let provided = || async { node.client().status().await.unwrap().provided_keys };
     // One more `get` than partials are kept, each announced as its first group arrives.
-    let n = share::MAX_PARTIALS + 1;
+    let n = partial::MAX_PARTIALS + 1;
     let mut ids = Vec::new();
     for i in 0..n {
         let manifest = crate::Manifest::new(vec![crate::manifest::Entry {
@@ -586,7 +586,7 @@ async fn a_forgotten_partial_withdraws_its_announcement() {
         .unwrap();
         let part = dir.path().join(format!("f{i}.part"));
         let fin = dir.path().join(format!("f{i}"));
-        share::start_partial(&inner, i as u64, &manifest, vec![part], vec![fin]).unwrap();
+        partial::start_partial(&inner, i as u64, &manifest, vec![part], vec![fin]).unwrap();
         node.client()
             .provide(manifest.id().as_bytes().to_vec())
             .await
@@ -594,8 +594,8 @@ async fn a_forgotten_partial_withdraws_its_announcement() {
         ids.push(manifest.id());
     }
     // The first was forgotten, and its announcement with it; the others stay.
-    wait_for(|| async { (provided().await == share::MAX_PARTIALS).then_some(()) }).await;
-    assert!(share::find_partial(&inner, &ids[0]).is_none());
-    assert!(share::find_partial(&inner, &ids[n - 1]).is_some());
+    wait_for(|| async { (provided().await == partial::MAX_PARTIALS).then_some(()) }).await;
+    assert!(partial::find_partial(&inner, &ids[0]).is_none());
+    assert!(partial::find_partial(&inner, &ids[n - 1]).is_some());
     node.shutdown().await;
 }

@@ -205,7 +205,7 @@ async fn run(
     let swarm = dht && inner.config.serve_while_fetching;
     if swarm {
         let (parts, finals) = disk.paths();
-        let partial = super::share::start_partial(inner, id, &manifest, parts, finals)?;
+        let partial = super::partial::start_partial(inner, id, &manifest, parts, finals)?;
         disk.serve(partial.clone());
         let found = |peer| Event::Found { peer };
         inner.spawn(super::share::swarm(
