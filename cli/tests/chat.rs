@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, LOOPBACK, json, run, wait_for};
+use crate::common::{BIN, Daemon, LOOPBACK, json, run, wait_for};
 use serde_json::Value;
 
 /// Bulk transfers and restarts get longer than the default wait.

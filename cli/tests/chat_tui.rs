@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, LOOPBACK, json, wait_for};
+use crate::common::{BIN, Daemon, LOOPBACK, json, wait_for};
 
 /// How long the screen may take to show something.
 const SCREEN_WAIT: Duration = Duration::from_secs(30);

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
 
-use common::{BIN, Daemon, LOOPBACK, json, run, wait_for};
+use crate::common::{BIN, Daemon, LOOPBACK, json, run, wait_for};
 use serde_json::Value;
 
 fn fails_with(out: &Output, needle: &str) {

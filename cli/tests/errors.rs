@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::Output;
 
-use common::{Daemon, LOOPBACK, run, run_with};
+use crate::common::{Daemon, LOOPBACK, run, run_with};
 
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -108,7 +106,7 @@ fn default_port_in_use_falls_back_to_a_free_port() {
     // deterministic: the node must still start, on another port.
     let _holder = std::net::TcpListener::bind(("0.0.0.0", p2pnode_node::config::DEFAULT_PORT));
     let d = Daemon::start(&tmp.path().join("n"), &[]);
-    let status = common::json(&d.dir, &["status"]);
+    let status = crate::common::json(&d.dir, &["status"]);
     let tcp: Vec<&str> = status["listen_addrs"]
         .as_array()
         .unwrap()

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 
-use common::{Daemon, LOOPBACK, json, run};
+use crate::common::{Daemon, LOOPBACK, json, run};
 use serde_json::Value;
 
 /// Pseudo-random bytes (xorshift), enough to defeat any accidental sameness.

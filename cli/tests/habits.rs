@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::BIN;
+use crate::common::BIN;
 
 fn p2pnode(args: &[&str]) -> Output {
     let out = Command::new(BIN)

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::Output;
 
-use common::{Daemon, LOOPBACK, json, run, wait_for};
+use crate::common::{Daemon, LOOPBACK, json, run, wait_for};
 use serde_json::Value;
 
 fn fails_with(out: &Output, needle: &str) {

@@ -2,9 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Daemon, LOOPBACK, json, wait_for};
+use crate::common::{Daemon, LOOPBACK, json, wait_for};
 
 #[test]
 fn find_and_connect_by_peer_id_through_a_relay_then_reconnect_from_the_peer_store() {
@@ -27,7 +25,7 @@ fn find_and_connect_by_peer_id_through_a_relay_then_reconnect_from_the_peer_stor
     }
 
     let found = wait_for("B in the DHT", || {
-        let out = common::run(&a.dir, &["find", &b.peer_id, "--json"]);
+        let out = crate::common::run(&a.dir, &["find", &b.peer_id, "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
@@ -100,7 +98,7 @@ fn verify_codes_match_then_revoke_disconnects_and_survives_restart() {
     assert_eq!(list[0]["verified"], true);
 
     // A user who answers "no" leaves the peer unverified, with an error exit.
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(crate::common::BIN)
         .arg("--data-dir")
         .arg(&b.dir)
         .args(["verify", &a.peer_id])
@@ -131,8 +129,8 @@ fn verify_codes_match_then_revoke_disconnects_and_survives_restart() {
     let a_dir = a.dir.clone();
     a.stop();
     let a = Daemon::start(&a_dir, &LOOPBACK);
-    let out = common::run(&b.dir, &["connect", &a.tcp_addr()]);
-    let ping = common::run(&b.dir, &["ping", &a.peer_id, "--count", "1"]);
+    let out = crate::common::run(&b.dir, &["connect", &a.tcp_addr()]);
+    let ping = crate::common::run(&b.dir, &["ping", &a.peer_id, "--count", "1"]);
     assert!(!ping.status.success(), "revoked peer pinged: {out:?}");
     assert!(!a.is_connected_to(&b.peer_id));
 }

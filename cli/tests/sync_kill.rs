@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::{Daemon, LOOPBACK, json, run, wait_for};
+use crate::common::{Daemon, LOOPBACK, json, run, wait_for};
 
 #[test]
 fn a_daemon_killed_during_writes_keeps_every_acknowledged_one() {

@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::wait_for;
+use crate::common::wait_for;
 
 use p2pnode_node::api::Path;
 use p2pnode_node::{Config, Multiaddr, Node, NodeError, PeerId, TransportKind};
@@ -62,7 +60,7 @@ async fn start_config(config: Config, transport: TransportKind) -> TestNode {
 }
 
 async fn connected(a: &TestNode, b: PeerId) -> bool {
-    common::connected(&a.node, b).await
+    crate::common::connected(&a.node, b).await
 }
 
 #[tokio::test]
@@ -479,7 +477,7 @@ impl StallingProxy {
 /// bootstrap by itself half a second after a peer enters its table, with nothing to wait
 /// for in between; a test that must know the table is final waits it out this way.
 async fn dht_quiet(node: &TestNode) {
-    tokio::time::timeout(common::WAIT, async {
+    tokio::time::timeout(crate::common::WAIT, async {
         let mut quiet_since = std::time::Instant::now();
         loop {
             let busy = node.client().status().await.unwrap().dht_queries > 0;

@@ -13,14 +13,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use common::{addr_of, wait_for};
+use crate::common::{addr_of, wait_for};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::StreamMuxerBox;
@@ -219,7 +217,7 @@ async fn a_relayed_connection_becomes_direct_through_the_exchange() {
     reserved(&b).await;
     // A is not connected to B directly yet (its dials to B were refused so far), and
     // connects through the relay.
-    assert!(!common::connected(&a, b_id).await);
+    assert!(!crate::common::connected(&a, b_id).await);
     let circuit: Multiaddr = format!("{r}/p2p-circuit/p2p/{b_id}").parse().unwrap();
     a_may_dial_b.store(true, Ordering::SeqCst);
     let connected = a.client().connect_addr(circuit).await.unwrap();
@@ -296,7 +294,7 @@ async fn a_punch_request_over_a_direct_connection_dials_nobody() {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest).await;
     assert_eq!(reached_c.load(Ordering::SeqCst), 0);
-    assert!(!common::connected(&b, c.client().peer_id()).await);
+    assert!(!crate::common::connected(&b, c.client().peer_id()).await);
 
     for n in [a, b, c] {
         n.shutdown().await;
@@ -308,7 +306,7 @@ async fn next_stream(
     incoming: &mut libp2p_stream::IncomingStreams,
 ) -> (p2pnode_node::PeerId, libp2p::Stream) {
     use futures::StreamExt;
-    tokio::time::timeout(common::WAIT, incoming.next())
+    tokio::time::timeout(crate::common::WAIT, incoming.next())
         .await
         .expect("no stream in time")
         .unwrap()
@@ -702,7 +700,7 @@ async fn an_introduction_from_a_peer_that_is_not_our_relay_dials_nobody() {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest).await;
     assert_eq!(reached_c.load(Ordering::SeqCst), 0);
-    assert!(!common::connected(&a, c.client().peer_id()).await);
+    assert!(!crate::common::connected(&a, c.client().peer_id()).await);
 
     for n in [a, c, y] {
         n.shutdown().await;

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Instant;
 
-use common::{Named, WAIT, addr_of, start_memory_with};
+use crate::common::{Named, WAIT, addr_of, start_memory_with};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use p2pnode_node::holepunch::{HOLEPUNCH_PROTOCOL, MAX_ANSWERS};
 use p2pnode_node::{Node, StreamProtocol, streams::ECHO_PROTOCOL};
@@ -179,7 +177,7 @@ async fn a_data_directory_others_may_write_is_refused_with_how_to_fix_it() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = Node::start_with(
         dir.path(),
-        common::memory_config(),
+        crate::common::memory_config(),
         p2pnode_node::TransportKind::Memory,
     )
     .await
@@ -203,7 +201,7 @@ async fn a_database_others_may_read_is_refused_and_a_new_one_is_private() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Node::start_with(
         dir.path(),
-        common::memory_config(),
+        crate::common::memory_config(),
         p2pnode_node::TransportKind::Memory,
     )
     .await

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Named, addr_of, memory_config};
+use crate::common::{Named, addr_of, memory_config};
 use p2pnode_node::{Node, StreamProtocol, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,7 +18,7 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
         .await
         .unwrap();
     let mut all = String::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_string(&mut all))
+    tokio::time::timeout(crate::common::WAIT, tcp.read_to_string(&mut all))
         .await
         .unwrap()
         .unwrap();
@@ -41,7 +39,7 @@ async fn a_scrape_shows_connections_streams_and_libp2p_metrics() {
         .start()
         .await
         .unwrap();
-    let b = common::start_memory_with(dirs[1].path(), Named(APP)).await;
+    let b = crate::common::start_memory_with(dirs[1].path(), Named(APP)).await;
     let endpoint = a.metrics_addr().unwrap();
     assert_ne!(endpoint.port(), 0);
 
@@ -53,13 +51,13 @@ async fn a_scrape_shows_connections_streams_and_libp2p_metrics() {
         .await
         .unwrap();
     out.send(b"counted").await.unwrap();
-    let mut accepted = tokio::time::timeout(common::WAIT, listener.next())
+    let mut accepted = tokio::time::timeout(crate::common::WAIT, listener.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(accepted.stream.recv().await.unwrap(), b"counted");
 
-    let text = common::wait_for(|| async {
+    let text = crate::common::wait_for(|| async {
         let text = scrape(endpoint).await;
         text.contains(r#"p2pnode_streams_total{protocol="test-app",outcome="accepted"} 1"#)
             .then_some(text)

@@ -3,11 +3,9 @@
 //! back, records kept across restarts, bad invites refused with nothing stored.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Named, addr_of, start_memory_with, wait_for};
+use crate::common::{Named, addr_of, start_memory_with, wait_for};
 use p2pnode_node::networks::{NetError, NetInfo};
 use p2pnode_node::{Multiaddr, Node, PeerId};
 

@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{WAIT, addr_of, wait_for};
+use crate::common::{WAIT, addr_of, wait_for};
 
 use p2pnode_node::api::Path;
 use p2pnode_node::{Config, Multiaddr, Node, StreamProtocol, TransportKind};

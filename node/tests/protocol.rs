@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{WAIT, addr_of, memory_config, start_memory_with};
+use crate::common::{WAIT, addr_of, memory_config, start_memory_with};
 use futures::future::BoxFuture;
 use p2pnode_node::control::{self, ControlClient, ControlError, ControlReply, ControlRequest};
 use p2pnode_node::{

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{WAIT, addr_of, wait_for};
+use crate::common::{WAIT, addr_of, wait_for};
 use p2pnode_node::{Config, Multiaddr, Node, TransportKind};
 
 async fn start(bootstrap: Vec<Multiaddr>, dir: &std::path::Path) -> Node {
     let config = Config {
         bootstrap,
-        ..common::memory_config()
+        ..crate::common::memory_config()
     };
     Node::start_with(dir, config, TransportKind::Memory)
         .await

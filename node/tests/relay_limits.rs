@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,7 +18,7 @@ use libp2p::{Multiaddr, Swarm, Transport, noise, relay, yamux};
 use p2pnode_node::config::{HolePunchMode, RelayLimits};
 use p2pnode_node::{Config, Node, PeerId};
 
-use common::{WAIT, addr_of};
+use crate::common::{WAIT, addr_of};
 
 /// The reservations one /24 may make in the test; the refill is too slow to matter.
 const PER_PREFIX: u32 = 20;
@@ -416,7 +414,7 @@ async fn one_host_holds_only_its_prefixs_connections_and_reservations() {
 
     // Once the holders let go, the /24 is served again.
     drop(results);
-    common::wait_for(|| async {
+    crate::common::wait_for(|| async {
         (reserve(relay_addr.clone(), Ipv4Addr::LOCALHOST).await == Outcome::Accepted).then_some(())
     })
     .await;

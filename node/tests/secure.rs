@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Named, WAIT, addr_of, connected, start_memory_with};
+use crate::common::{Named, WAIT, addr_of, connected, start_memory_with};
 
 use p2pnode_node::{Node, NodeError, StreamProtocol};
 use p2pnode_secure::TrustDecision;

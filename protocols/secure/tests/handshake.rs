@@ -1,11 +1,9 @@
 //! Handshake: agreement, tampering, key substitution, missing ML-KEM shares, replay, MITM.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Instant;
 
-use common::{LABEL, Peers, handshake, key, rng};
+use crate::common::{LABEL, Peers, handshake, key, rng};
 use p2pnode_secure::wire::{MLKEM_CT_LEN, MLKEM_EK_LEN, MSG1_LEN, MSG2_LEN, MSG3_LEN};
 use p2pnode_secure::{
     Cipher, DecodeError, HandshakeConfig, HandshakeError, Initiator, Responder, Session,

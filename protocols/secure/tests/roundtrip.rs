@@ -2,8 +2,6 @@
 //! decoders never panic on arbitrary input.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Instant;
 
 use p2pnode_secure::wire::{MLKEM_CT_LEN, MLKEM_EK_LEN, Msg1, Msg2, Msg3};
@@ -101,7 +99,7 @@ proptest! {
             .with_padding(padding)
             .with_receive_mode(mode)
             .with_rekey_after_frames(rekey_every);
-        let (mut a, mut b) = common::pair(config);
+        let (mut a, mut b) = crate::common::pair(config);
         let now = Instant::now();
         for payload in &payloads {
             let mut frame = Vec::new();
@@ -112,7 +110,7 @@ proptest! {
 
     #[test]
     fn open_never_panics(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..50)) {
-        let (_, mut b) = common::pair(SessionConfig::default().with_receive_mode(ReceiveMode::Window));
+        let (_, mut b) = crate::common::pair(SessionConfig::default().with_receive_mode(ReceiveMode::Window));
         for mut frame in frames {
             prop_assert!(b.open(&mut frame).is_err());
         }

@@ -1,11 +1,9 @@
 //! Framing: replay protection, ordering modes, rekeying, size limits, padding.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::pair;
+use crate::common::pair;
 use p2pnode_secure::session::{HEADER_LEN, MAX_PAYLOAD_LEN, PAD_TRAILER_LEN, TAG_LEN};
 use p2pnode_secure::{OpenError, ReceiveMode, SealError, Session, SessionConfig};
 

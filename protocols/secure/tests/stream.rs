@@ -1,9 +1,7 @@
 //! Async wrappers over an in-memory duplex stream.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Peers, rng};
+use crate::common::{Peers, rng};
 use futures::io::{AsyncWriteExt, Cursor};
 use p2pnode_secure::stream::{
     MAX_HANDSHAKE_MESSAGE_LEN, read_length_prefixed, write_length_prefixed,
@@ -86,7 +84,7 @@ async fn fed_messages_arrive_whole_after_one_flush_and_append_in_order() {
 async fn wrong_peer_fails_on_both_sides() {
     let peers = Peers::default();
     let impostor = Peers {
-        alice: common::key(7),
+        alice: crate::common::key(7),
         bob: peers.bob.clone(),
     };
     let (a_io, b_io) = duplex();

@@ -1,0 +1,10 @@
+//! Chat's integration tests: one test binary, each file a module.
+//!
+//! One binary, not one per file: each test binary links all of libp2p, and one per
+//! file made the workspace's clean test build outgrow a CI machine's disk.
+
+mod conversation_sim;
+mod proptests;
+mod room_replay;
+mod rooms;
+mod service;
