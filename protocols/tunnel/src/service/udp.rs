@@ -1,6 +1,7 @@
 //! The datagram path (see [`crate::datagram`] for the why and the wire): the service's
-//! UDP socket, the negotiation over a new tunnel stream, each member's datagram link, the
-//! socket's reader (on the data thread) and the task that probes.
+//! UDP socket, each member's datagram link, the socket's reader (on the data thread) and
+//! the task that probes. The negotiation over a new tunnel stream is in `negotiate`, the
+//! sending in GSO runs in `batch`.
 //!
 //! One socket serves every network: the index in front of each frame finds the link,
 //! and the link knows its network's data path and device. A stranger's datagram costs a
@@ -16,22 +17,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use libp2p::multiaddr::Protocol as Proto;
-use libp2p::{Multiaddr, PeerId, Stream};
-use p2pnode_node::Client;
+use p2pnode_secure::Session;
 use p2pnode_secure::session::{HEADER_LEN, TAG_LEN};
-use p2pnode_secure::{
-    HandshakeConfig, Initiator, ReceiveMode, Responder, SecureStream, Session, SessionConfig,
-    SigningKey,
-};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 
 use crate::MemberId;
-use crate::datagram::{self, INDEX_LEN, MAX_OFFER_ADDRS, Offer, PathState, Payload};
+use crate::datagram::{self, INDEX_LEN, PathState, Payload};
 use crate::device::{TunDevice, WriteBatch};
 
-use super::data::{self, Reader};
+use super::data::Reader;
 use super::path::DataPath;
+
+mod batch;
+pub(super) use batch::Batch;
+mod negotiate;
+pub(super) use negotiate::{Local, Negotiated, answer, offer, push_ips};
 
 /// The datagram session's handshake label: not the stream's, so no message of one
 /// handshake can stand in for the other's.
@@ -250,113 +250,6 @@ impl Reader for UdpReader {
     }
 }
 
-/// Datagrams the TUN reader sealed and has not sent yet: a run to one address, all of one
-/// size but the last, sent with one GSO call (one syscall and one trip down the kernel's
-/// stack for the whole run). The buffer is allocated once.
-pub(super) struct Batch {
-    socket: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
-    buf: Vec<u8>,
-    to: Option<SocketAddr>,
-    segment: usize,
-    count: usize,
-    /// The last datagram was shorter than the segment: the run cannot grow.
-    closed: bool,
-    max_segments: usize,
-    /// Datagrams that failed (lost, as on any lossy link), counted for `vpn status`.
-    failed: Arc<AtomicU64>,
-    /// The socket is dual-stack (see [`on_wire`]).
-    dual: bool,
-}
-
-impl Batch {
-    fn new(
-        socket: Arc<UdpSocket>,
-        state: Arc<UdpSocketState>,
-        failed: Arc<AtomicU64>,
-        dual: bool,
-    ) -> Self {
-        let max_segments = state.max_gso_segments().max(1);
-        Self {
-            socket,
-            state,
-            buf: Vec::with_capacity(MAX_GSO_BYTES + RECV_BUF),
-            to: None,
-            segment: 0,
-            count: 0,
-            closed: false,
-            max_segments,
-            failed,
-            dual,
-        }
-    }
-
-    /// Seals `packet` for `link` at the end of the run, sending the run first when the
-    /// datagram cannot join it.
-    pub(super) fn push(&mut self, link: &UdpLink, to: SocketAddr, packet: &[u8], now: Instant) {
-        let len = INDEX_LEN + HEADER_LEN + packet.len() + TAG_LEN;
-        let joins = self.count > 0
-            && self.to == Some(to)
-            && !self.closed
-            && len <= self.segment
-            && self.count < self.max_segments
-            && self.buf.len() + len <= MAX_GSO_BYTES;
-        if self.count > 0 && !joins {
-            self.flush();
-        }
-        let start = self.buf.len();
-        if !link.seal_append(packet, &mut self.buf, now) {
-            self.buf.truncate(start);
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let sealed = self.buf.len() - start;
-        if self.count == 0 {
-            self.to = Some(to);
-            self.segment = sealed;
-        } else if sealed < self.segment {
-            self.closed = true;
-        }
-        self.count += 1;
-        // A size other than the one expected (padding, say) ends the run here.
-        if sealed != len {
-            self.closed = true;
-        }
-    }
-
-    /// Sends the run, waiting a moment for room when the socket's buffer is full.
-    pub(super) fn flush(&mut self) {
-        let Some(to) = self.to.take() else {
-            return;
-        };
-        let sent = match on_wire(to, self.dual) {
-            Some(to) => {
-                let transmit = Transmit {
-                    destination: to,
-                    ecn: None,
-                    contents: &self.buf,
-                    segment_size: (self.count > 1).then_some(self.segment),
-                    src_ip: None,
-                };
-                let send = || self.state.send((&*self.socket).into(), &transmit);
-                match send() {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        data::wait_writable(self.socket.as_fd(), SEND_WAIT_MS) && send().is_ok()
-                    }
-                    sent => sent.is_ok(),
-                }
-            }
-            None => false,
-        };
-        if !sent {
-            self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
-        }
-        self.buf.clear();
-        self.count = 0;
-        self.closed = false;
-    }
-}
-
 /// Socket buffers for bursts at link speed: the default (about 200 KiB, much of it
 /// per-datagram overhead) drops a burst of a few hundred datagrams while the reader is
 /// busy. Forced past the sysctl limit where we may (CAP_NET_ADMIN), else as large as the
@@ -393,172 +286,6 @@ fn on_wire(to: SocketAddr, dual: bool) -> Option<SocketAddr> {
         (IpAddr::V6(_), false) => None,
         _ => Some(to),
     }
-}
-
-/// What one side brings to the negotiation.
-pub(super) struct Local {
-    pub(super) signing: SigningKey,
-    /// Our UDP port; 0 when we have no socket.
-    pub(super) port: u16,
-    /// Our addresses, as the node knows them.
-    pub(super) addrs: Vec<IpAddr>,
-    /// The member's addresses as our direct connections to it see them.
-    pub(super) observed: Vec<IpAddr>,
-}
-
-impl Local {
-    /// Gathers our addresses and the member's observed ones from the node.
-    pub(super) async fn gather(
-        client: &Client,
-        signing: SigningKey,
-        port: u16,
-        peer: PeerId,
-    ) -> Self {
-        let mut addrs = Vec::new();
-        let mut observed = Vec::new();
-        if port != 0 {
-            if let Ok(status) = client.status().await {
-                // Confirmed external addresses first: they matter most behind a NAT.
-                let all = status.external_addrs.iter().chain(&status.listen_addrs);
-                push_ips(&mut addrs, all);
-            }
-            if let Ok(peers) = client.peers().await
-                && let Some(p) = peers.iter().find(|p| p.peer_id == peer.to_string())
-            {
-                let direct = p
-                    .connections
-                    .iter()
-                    .filter(|c| c.path == p2pnode_node::api::Path::Direct)
-                    .map(|c| &c.address);
-                push_ips(&mut observed, direct);
-            }
-        }
-        Self {
-            signing,
-            port,
-            addrs,
-            observed,
-        }
-    }
-}
-
-/// The IP addresses of direct (not relayed) multiaddrs, at most [`MAX_OFFER_ADDRS`].
-pub(super) fn push_ips<'a>(out: &mut Vec<IpAddr>, addrs: impl Iterator<Item = &'a String>) {
-    for a in addrs {
-        let Ok(ma) = a.parse::<Multiaddr>() else {
-            continue;
-        };
-        if ma.iter().any(|p| matches!(p, Proto::P2pCircuit)) {
-            continue;
-        }
-        let ip = ma.iter().find_map(|p| match p {
-            Proto::Ip4(ip) => Some(IpAddr::V4(ip)),
-            Proto::Ip6(ip) => Some(IpAddr::V6(ip)),
-            _ => None,
-        });
-        // A link-local IPv6 address needs its interface, which an offer cannot name.
-        let usable = match ip {
-            Some(IpAddr::V4(v4)) => !v4.is_unspecified(),
-            Some(IpAddr::V6(v6)) => {
-                !v6.is_unspecified() && !v6.is_unicast_link_local() && v6.to_ipv4_mapped().is_none()
-            }
-            None => false,
-        };
-        if let Some(ip) = ip.filter(|_| usable)
-            && !out.contains(&ip)
-            && out.len() < MAX_OFFER_ADDRS
-        {
-            out.push(ip);
-        }
-    }
-}
-
-/// A datagram session agreed over a tunnel stream.
-pub(super) struct Negotiated {
-    session: Session,
-    index: u32,
-    peer_index: u32,
-    peer_port: u16,
-    candidates: Vec<SocketAddr>,
-}
-
-fn config(local: &Local, stream: &SecureStream<Stream>) -> HandshakeConfig {
-    HandshakeConfig::new(local.signing.clone(), *stream.remote_key(), LABEL)
-        .with_session(SessionConfig::default().with_receive_mode(ReceiveMode::Window))
-}
-
-fn our_offer(local: &Local, handshake: Vec<u8>) -> Offer {
-    // Never 0, so a zeroed header never finds a link.
-    let index = rand::random::<u32>().max(1);
-    Offer {
-        index,
-        port: local.port,
-        addrs: local.addrs.clone(),
-        handshake,
-    }
-}
-
-fn negotiated(session: Session, ours: &Offer, theirs: &Offer, local: &Local) -> Option<Negotiated> {
-    if ours.port == 0 || theirs.port == 0 {
-        return None;
-    }
-    let observed = local
-        .observed
-        .iter()
-        .map(|ip| SocketAddr::new(*ip, theirs.port));
-    Some(Negotiated {
-        session,
-        index: ours.index,
-        peer_index: theirs.index,
-        peer_port: theirs.port,
-        candidates: observed.chain(theirs.candidates()).collect(),
-    })
-}
-
-/// The opener's side, after its hello: offer, read the answer, finish the handshake.
-/// `None`: one side has no socket. An error ends the stream.
-pub(super) async fn offer(
-    stream: &mut SecureStream<Stream>,
-    local: &Local,
-) -> Result<Option<Negotiated>, String> {
-    let (initiator, msg1) = Initiator::start(config(local, stream), &mut rand::rngs::OsRng);
-    let ours = our_offer(local, msg1);
-    stream
-        .send(&ours.encode())
-        .await
-        .map_err(|e| e.to_string())?;
-    let reply = stream.recv().await.map_err(|e| e.to_string())?;
-    let theirs = Offer::decode(&reply).map_err(|e| e.to_string())?;
-    let (session, msg3) = initiator
-        .finish(&theirs.handshake)
-        .map_err(|e| format!("datagram handshake: {e}"))?;
-    stream.send(&msg3).await.map_err(|e| e.to_string())?;
-    Ok(negotiated(session, &ours, &theirs, local))
-}
-
-/// The other side, after reading the hello: answer the offer, finish the handshake.
-pub(super) async fn answer(
-    stream: &mut SecureStream<Stream>,
-    local: &Local,
-) -> Result<Option<Negotiated>, String> {
-    let bytes = stream.recv().await.map_err(|e| e.to_string())?;
-    let theirs = Offer::decode(&bytes).map_err(|e| e.to_string())?;
-    let (responder, msg2) = Responder::accept(
-        config(local, stream),
-        &theirs.handshake,
-        &mut rand::rngs::OsRng,
-    )
-    .map_err(|e| format!("datagram handshake: {e}"))?;
-    let ours = our_offer(local, msg2);
-    stream
-        .send(&ours.encode())
-        .await
-        .map_err(|e| e.to_string())?;
-    let msg3 = stream.recv().await.map_err(|e| e.to_string())?;
-    let session = responder
-        .finish(&msg3)
-        .map_err(|e| format!("datagram handshake: {e}"))?;
-    Ok(negotiated(session, &ours, &theirs, local))
 }
 
 /// One member's datagram link in one network.
@@ -773,70 +500,4 @@ impl UdpLink {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    use super::*;
-
-    #[test]
-    fn addresses_go_on_the_wire_in_the_sockets_family() {
-        let v4: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        let v6: SocketAddr = "[fd00:7e57::2]:4000".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:198.51.100.7]:4000".parse().unwrap();
-        assert_eq!(on_wire(v4, true), Some(mapped));
-        assert_eq!(on_wire(v6, true), Some(v6));
-        assert_eq!(on_wire(v4, false), Some(v4));
-        assert_eq!(on_wire(v6, false), None, "IPv6 cannot leave an IPv4 socket");
-    }
-
-    #[test]
-    fn offers_name_ipv4_and_routable_ipv6_addresses() {
-        let addrs = [
-            "/ip4/198.51.100.7/tcp/4001",
-            "/ip6/fd00:7e57::2/tcp/4001",
-            "/ip6/fe80::1/tcp/4001",
-            "/ip4/0.0.0.0/tcp/4001",
-            "/ip6/::/tcp/4001",
-            "/ip6/2001:db8::9/udp/4001/quic-v1",
-            "/ip4/198.51.100.7/udp/4001/quic-v1",
-            "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWCw4MSvkcY9n3s5NEAv5UBUCDjBREC5qzpgpjCQ9RQBob/p2p-circuit",
-        ]
-        .map(String::from);
-        let mut out = Vec::new();
-        push_ips(&mut out, addrs.iter());
-        let want: Vec<IpAddr> = vec![
-            Ipv4Addr::new(198, 51, 100, 7).into(),
-            "fd00:7e57::2".parse::<Ipv6Addr>().unwrap().into(),
-            "2001:db8::9".parse::<Ipv6Addr>().unwrap().into(),
-        ];
-        assert_eq!(
-            out, want,
-            "no link-local, unspecified, repeated or relayed address"
-        );
-    }
-
-    #[test]
-    fn the_dual_stack_socket_hears_ipv4_and_ipv6() {
-        let socket = bind_dual_stack(0).unwrap();
-        let port = socket.local_addr().unwrap().port();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 8];
-        for from in ["127.0.0.1:0", "[::1]:0"] {
-            let peer = std::net::UdpSocket::bind(from).unwrap();
-            let to = SocketAddr::new(peer.local_addr().unwrap().ip(), port);
-            peer.send_to(b"hi", to).unwrap();
-            let (n, seen) = socket.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"hi");
-            // What the receive path compares with candidates: the sender's own address.
-            assert_eq!(seen.ip().to_canonical(), peer.local_addr().unwrap().ip());
-            let back = on_wire(peer.local_addr().unwrap(), true).unwrap();
-            socket.send_to(b"ok", back).unwrap();
-            peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-                .unwrap();
-            let (n, _) = peer.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"ok");
-        }
-    }
-}
+mod tests;
