@@ -258,17 +258,17 @@ pub(crate) struct ScenarioArgs {
     /// One-way delay each router adds per crossing, ms (a path between two NATed peers
     /// crosses two routers: its round trip grows by 4 x this).
     #[arg(long, default_value_t = 0.0)]
-    pub(crate) delay_ms: f64,
+    delay_ms: f64,
     /// Longest wait for a direct connection, seconds.
     #[arg(long, default_value_t = 30)]
-    pub(crate) direct_window_s: u64,
+    direct_window_s: u64,
     /// Keep the lab's logs and data directories (their path is logged).
     #[arg(long)]
-    pub(crate) keep_logs: bool,
+    keep_logs: bool,
     /// Peers listen on 0.0.0.0 instead of their LAN address (reproduces the daemon
     /// dialling other peers' 127.0.0.1 addresses and reaching itself).
     #[arg(long)]
-    pub(crate) listen_any: bool,
+    listen_any: bool,
 }
 
 impl ScenarioArgs {
@@ -292,13 +292,13 @@ impl ScenarioArgs {
 pub(crate) struct FaultArgs {
     /// One-way delay per router crossing, ms (fractions allowed).
     #[arg(long, default_value_t = 0.0)]
-    pub(crate) delay_ms: f64,
+    delay_ms: f64,
     /// Loss per router crossing, percent.
     #[arg(long, default_value_t = 0)]
-    pub(crate) loss: u8,
+    loss: u8,
     /// WAN rate limit, kbit/s.
     #[arg(long)]
-    pub(crate) rate_kbit: Option<u32>,
+    rate_kbit: Option<u32>,
 }
 
 impl FaultArgs {

@@ -537,7 +537,6 @@ impl Disk {
     }
 }
 
-/// What one write job gives back: the disk, when it last checkpointed, and how it went.
 #[cfg(test)]
 mod tests {
     use super::*;

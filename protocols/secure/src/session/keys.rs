@@ -59,7 +59,7 @@ impl Cipher {
             .find(|c| c.wire_bit() == bit)
     }
 
-    pub(super) fn algorithm(self) -> &'static aws_lc_rs::aead::Algorithm {
+    fn algorithm(self) -> &'static aws_lc_rs::aead::Algorithm {
         match self {
             Self::ChaCha20Poly1305 => &CHACHA20_POLY1305,
             Self::Aes256Gcm => &AES_256_GCM,
@@ -82,7 +82,7 @@ pub(crate) struct SessionKeys {
 /// wire. Its key schedule lives in memory aws-lc allocates and wipes when it frees it
 /// (`OPENSSL_free` cleanses), so dropping an epoch key leaves no copy, as with `raw`.
 pub(super) struct EpochKey {
-    pub(super) raw: Zeroizing<[u8; 32]>,
+    raw: Zeroizing<[u8; 32]>,
     pub(super) cipher: Cipher,
     pub(super) aead: LessSafeKey,
 }

@@ -13,7 +13,8 @@
 //! streams exist, the one opened by the smaller id wins on both ends.
 //!
 //! Files: `exchange` runs writes, merges received frames and ends a batch, `links` opens
-//! and keeps the streams, `io` holds the stream tasks, `routes` the control routes, `handle` the [`SyncHandle`], `error` the [`SyncError`].
+//! and keeps the streams, `io` holds the stream tasks, `routes` the control routes,
+//! `handle` the [`SyncHandle`], `error` the [`SyncError`].
 
 mod error;
 mod exchange;

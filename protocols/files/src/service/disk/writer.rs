@@ -9,6 +9,7 @@ use super::super::FilesError;
 use super::{CHECKPOINT_EVERY, Checked, Disk};
 use crate::GroupRef;
 
+/// What one write job gives back: the disk, when it last checkpointed, and how it went.
 type Step = (Box<Disk>, Instant, Result<(), FilesError>);
 
 /// A transfer's writes: one batch at a time as a short job on the blocking pool, while
