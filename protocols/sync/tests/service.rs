@@ -264,6 +264,94 @@ async fn a_revoked_member_receives_no_change_after_its_revocation() {
     }
 }
 
+/// A link the service drops is cut at once. Here c, a member that stopped reading, has a
+/// document's whole content queued for it when it is revoked: a resets the stream and
+/// sends nothing more, where it used to drain the backlog first (and, over a lossy link,
+/// keep a half-dead stream alive meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_link_is_cut_without_sending_its_backlog() {
+    const VALUES: usize = 24;
+    const VALUE_LEN: usize = 128 * 1024;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_memory_with(da.path(), Sync).await;
+    // c runs no sync service: the test speaks for it, and reads only at the end.
+    let c = start_memory_with(dc.path(), common::Named("none")).await;
+    let (pa, pc) = (a.client().peer_id(), c.client().peer_id());
+    a.client().networks().create("home").unwrap();
+    join(&a, &c, "home").await;
+    db(&a).create("plan", "home").await.unwrap();
+    // Incompressible values, so the backlog is as large on the wire as in the document.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..VALUES {
+        let value: String = (0..VALUE_LEN)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        db(&a)
+            .put("plan", &format!("k{i}"), json!(value))
+            .await
+            .unwrap();
+    }
+    let total = (VALUES * VALUE_LEN) as u64;
+
+    // c asks for the document as a fresh peer would: a answers with all of it, which
+    // waits in a's writer once c's stream window is full.
+    let protocol = StreamProtocol::new(p2pnode_sync::STREAM_PROTOCOL);
+    let mut stream = c
+        .client()
+        .open_secure(pa, protocol, p2pnode_sync::PROTOCOL)
+        .await
+        .unwrap();
+    let empty = p2pnode_crdt::Document::new(&pc.to_bytes()).unwrap();
+    let ask = p2pnode_crdt::SyncSession::new(empty)
+        .generate_message(&pa.to_bytes())
+        .unwrap();
+    let frame = p2pnode_sync::Frame {
+        doc: "plan".into(),
+        network: "home".into(),
+        message: ask,
+    };
+    stream.send(&frame.encode()).await.unwrap();
+    // automerge compresses the changes, to about 60 % of these letters.
+    let da_ = db(&a);
+    let backlog = wait_for(|| {
+        let h = da_.clone();
+        async move {
+            let out = h.stats().await.ok()?.bytes_out;
+            (out > total / 2).then_some(out)
+        }
+    })
+    .await;
+
+    a.client().networks().revoke("home", pc).unwrap();
+    wait_for(|| {
+        let h = da_.clone();
+        async move { (!h.linked_peers().await.ok()?.contains(&pc)).then_some(()) }
+    })
+    .await;
+    // What c can still read: what was in flight when the link was dropped (one stream
+    // window, 256 KiB), then the reset.
+    let mut received = 0usize;
+    let ended = tokio::time::timeout(common::WAIT, async {
+        while let Ok(chunk) = stream.recv().await {
+            received += chunk.len();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+    assert!(
+        (received as u64) < backlog / 4,
+        "c still got {received} bytes of a {backlog}-byte backlog after its link was dropped"
+    );
+    for n in [a, c] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_revoked_while_offline_gets_nothing_when_it_comes_back() {
     let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

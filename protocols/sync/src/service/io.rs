@@ -82,7 +82,8 @@ pub(super) async fn write_frames(
     let mut buf = Vec::new();
     let reason = 'outer: loop {
         let Some(frame) = rx.recv().await else {
-            // Dropped by the owner: close our side politely.
+            // The sender is gone but this task was not aborted yet (a dropped link aborts
+            // it, see `Link`'s `Drop`): close our side politely.
             let _ = io.close().await;
             return;
         };

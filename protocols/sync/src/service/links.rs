@@ -25,15 +25,23 @@ pub(super) struct Link {
     /// Bytes queued for the writer, not yet written.
     pub(super) queued: Arc<std::sync::atomic::AtomicU64>,
     pub(super) reader: tokio::task::AbortHandle,
+    pub(super) writer_task: tokio::task::AbortHandle,
     /// The documents exchanged with this peer, at most
     /// [`MAX_DOCS_PER_PEER`](super::MAX_DOCS_PER_PEER).
     pub(super) docs: HashSet<String>,
 }
 
 impl Drop for Link {
+    /// Both tasks end at once, so the stream is dropped and the peer gets a reset. The
+    /// writer does not drain what is queued: a dropped link's backlog is stale (its sync
+    /// state was reset), goes to a peer we stopped reading or no longer trust, and could
+    /// be up to [`OUTBOUND_BYTES_PER_PEER`](super::OUTBOUND_BYTES_PER_PEER). While it
+    /// drained over a lossy link, the peer kept the stream as its live link: it refused our
+    /// next stream and sent frames nobody read, so a dropped link healed only after the
+    /// whole backlog went out.
     fn drop(&mut self) {
-        // The writer ends (and closes the stream) when its sender is dropped.
         self.reader.abort();
+        self.writer_task.abort();
     }
 }
 
@@ -70,7 +78,7 @@ impl Service {
         let id = self.next_link;
         self.next_link += 1;
         let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        spawn(io::write_frames(
+        let writer_task = spawn(io::write_frames(
             peer,
             id,
             write,
@@ -78,7 +86,8 @@ impl Service {
             rx,
             queued.clone(),
             self.inbound_tx.clone(),
-        ));
+        ))
+        .abort_handle();
         let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_PEER as usize));
         let reader = spawn(io::read_frames(
             peer,
@@ -97,6 +106,7 @@ impl Service {
                 writer,
                 queued,
                 reader,
+                writer_task,
                 docs: HashSet::new(),
             },
         );
