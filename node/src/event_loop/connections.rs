@@ -19,8 +19,12 @@ use crate::error::NodeError;
 const REDIAL_MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// Whether a connection ended because it stalled: its socket timed out (TCP's user
-/// timeout, see `crate::swarm`), as opposed to an orderly close, the idle timeout or a
-/// refusal by the peer.
+/// timeout, see `crate::swarm`), or the peer's kernel reset it (a reset, a broken pipe),
+/// as opposed to an orderly close, the idle timeout or a refusal by the peer. A reset
+/// counts because of how splits end: the side with data in flight times out first and
+/// drops its socket, and the other side's next write after the heal meets the reset. If
+/// that other side dialled the connection, it is the only one that can dial it again; the
+/// lab saw pairs of members left unconnected after a heal when it did not.
 /// The socket's error comes wrapped (yamux's, inside an `Other` I/O error): the chain of
 /// sources is searched.
 pub(super) fn stalled(cause: Option<&ConnectionError>) -> bool {
@@ -29,10 +33,13 @@ pub(super) fn stalled(cause: Option<&ConnectionError>) -> bool {
     };
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, TimedOut};
+            matches!(
+                io.kind(),
+                TimedOut | ConnectionReset | ConnectionAborted | BrokenPipe
+            )
+        }) {
             return true;
         }
         next = err
@@ -546,12 +553,25 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_reset_by_the_peer_counts_as_stalled() {
+        // What the lab showed after a heal: `Other(yamux Error(Io(BrokenPipe)))`.
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            let wrapped = io::Error::other(Wrapped(io::Error::from(kind)));
+            assert!(stalled(Some(&ConnectionError::IO(wrapped))), "{kind:?}");
+        }
+    }
+
+    #[test]
     fn other_endings_do_not_count_as_stalled() {
         assert!(!stalled(None));
         assert!(!stalled(Some(&ConnectionError::KeepAliveTimeout)));
-        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        assert!(!stalled(Some(&ConnectionError::IO(reset))));
         let eof = io::Error::other(Wrapped(io::Error::from(io::ErrorKind::UnexpectedEof)));
         assert!(!stalled(Some(&ConnectionError::IO(eof))));
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(!stalled(Some(&ConnectionError::IO(refused))));
     }
 }

@@ -1,8 +1,8 @@
 //! Redialling peers whose connection stalled.
 //!
 //! A TCP connection that carried data while the network was down is closed by its user
-//! timeout (see `crate::swarm`); the side that dialled it dials again until a connection
-//! is back, as a client reconnects to its server (the side that accepted may have nothing
+//! timeout (see `crate::swarm`), and the other side's next write meets the reset; the side
+//! that dialled it dials again until a connection is back, as a client reconnects to its server (the side that accepted may have nothing
 //! to dial: a peer behind NAT). Nothing here knows why the connection mattered: a
 //! connection that stalls had data in flight, so something was using it.
 //!
