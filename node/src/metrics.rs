@@ -64,7 +64,7 @@ pub struct StreamLabels {
 /// Labels of a refusal by one of the node's limits.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    /// Which limit: see [`Metrics::refused`].
+    /// Which limit: see `Metrics::refused`.
     pub limit: &'static str,
 }
 

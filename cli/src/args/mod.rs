@@ -1,4 +1,6 @@
 //! What the user typed: clap types only, no logic.
+// The doc comments here are `--help` text, where `<data-dir>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -93,7 +93,7 @@ pub const MAX_ADDRS: usize = 16;
 /// each dial is a connection attempt to whatever the sender named.
 pub const MAX_PUNCH_ADDRS: usize = 4;
 /// What the introduced end writes back to say it agrees to the circuit; the relay tells
-/// the other end where it is only then (see [`Puncher::introduce`]).
+/// the other end where it is only then (see `Puncher::introduce`).
 pub const AGREED: u8 = 1;
 /// Largest message accepted.
 const MAX_MESSAGE: usize = 4096;

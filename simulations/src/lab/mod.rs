@@ -19,7 +19,7 @@
 //! - [`delay`]: the userspace delay link run inside router namespaces.
 //! - [`udp`]: a tiny UDP echo and probe used to check NAT behaviour.
 //! - [`node`]: starting `p2pnode` daemons and reading their JSON.
-//! - [`scenarios`] and [`bench`]: the hole-punching scenarios and benchmark.
+//! - [`scenarios`] and [`bench`](mod@bench): the hole-punching scenarios and benchmark.
 
 pub mod bench;
 pub mod cleanup;

@@ -148,7 +148,7 @@ impl Lab {
     }
 }
 
-/// Asks `server` for `name` of type `qtype` (resent every [`RETRY_AFTER`] until
+/// Asks `server` for `name` of type `qtype` (resent every 200 ms, `RETRY_AFTER`, until
 /// `timeout`): the answer as JSON, `{"rcode": .., "addrs": [..]}`.
 pub async fn dns_query(
     server: SocketAddr,

@@ -2,7 +2,7 @@
 //! at once. Run twice on the same plan: with serve-while-fetching (each fetcher serves the
 //! groups it has verified, announces itself, and looks for providers again as it goes) and
 //! without (only the seed serves). Real nodes with the files service, in one process on
-//! the simulator's delayed memory transport ([`link`](super::link)), each node's uplink
+//! the simulator's delayed memory transport ([`link`]), each node's uplink
 //! limited to the same rate, so the seed's uplink is what one seed alone is held to.
 //!
 //! Time is virtual (tokio's paused clock), so the figures are what the links allow, not

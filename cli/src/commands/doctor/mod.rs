@@ -1,7 +1,7 @@
 //! `p2pnode doctor`: checks this node and explains each finding with what to do about it.
 //!
 //! It gathers facts (the data directory as this user sees it, who answers on the control
-//! socket, the daemon's status and diagnostics) and then judges them in [`judge`], which is
+//! socket, the daemon's status and diagnostics) and then judges them in [`judge`](mod@judge), which is
 //! pure so that every verdict is tested without a network. Exit status 1 when a check fails.
 
 mod judge;

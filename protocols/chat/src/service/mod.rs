@@ -83,7 +83,7 @@ const INBOUND_QUEUE: usize = 4096;
 const WRITER_QUEUE: usize = 4096;
 /// Chat events buffered for slow subscribers (they get a `lagged` event past it, and
 /// the history has everything). tokio allocates every slot up front (~1.2 MiB), so the
-/// channel is only made once somebody subscribes ([`Events`]).
+/// channel is only made once somebody subscribes (`Events`).
 pub const EVENT_QUEUE: usize = 8192;
 
 /// The chat event channel, made on the first subscription: a node nobody watches (a

@@ -9,7 +9,7 @@
 //! and many received changes share one save.
 //!
 //! Streams: one per peer. The peer with the smaller id opens it as soon as it sees the
-//! connection; the other opens only if no stream came after [`FALLBACK_OPEN`]. When both
+//! connection; the other opens only if no stream came after `FALLBACK_OPEN` (3 s). When both
 //! streams exist, the one opened by the smaller id wins on both ends.
 //!
 //! Files: `exchange` runs writes, merges received frames and ends a batch, `links` opens

@@ -12,7 +12,7 @@
 //! member's packets are refused from that moment, and its streams are closed.
 //!
 //! Streams: per network and member, one. The member with the smaller peer id opens it as
-//! soon as both are up; the other opens only if none came after [`FALLBACK_OPEN`]. When
+//! soon as both are up; the other opens only if none came after `FALLBACK_OPEN` (3 s). When
 //! both exist, the one the smaller id opened wins on both ends (as sync does).
 //!
 //! Packets go as UDP datagrams where the two members reach each other's socket (`udp`),

@@ -76,7 +76,7 @@ pub struct PeerOptions {
     pub listen_any: bool,
     /// Its hole-punching protocol.
     pub hole_punch: HolePunchMode,
-    /// Serve metrics on [`METRICS_ADDR`] in its namespace.
+    /// Serve metrics on `METRICS_ADDR` in its namespace.
     pub metrics: bool,
 }
 
