@@ -170,8 +170,18 @@ impl Reader for TunReader {
 
 impl TunReader {
     /// Up to [`BURST`] reads, until the device has nothing more.
+    ///
+    /// The first read's datagrams are sent before the next read: a lone packet (an echo, a
+    /// keystroke) goes out at once, not after the read that finds the device empty, as
+    /// boringtun orders it (traced warm, that read cost our round trip 2 to 4 µs a side).
+    /// The reads after it, a busy device's queue, are batched into GSO runs.
     fn burst(&mut self) -> Result<(), String> {
-        for _ in 0..BURST {
+        for read in 0..BURST {
+            if read == 1
+                && let Some(b) = &mut self.batch
+            {
+                b.flush();
+            }
             let n = match self.device.try_recv_batch(&mut self.reads) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
