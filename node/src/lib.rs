@@ -35,6 +35,7 @@ pub mod gate;
 pub mod gossip_idle;
 pub mod holepunch;
 pub mod identity;
+mod listeners;
 pub mod metrics;
 pub mod network;
 pub mod networks;

@@ -5,12 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use libp2p::multiaddr::Protocol as AddrPart;
-use libp2p::{Multiaddr, Swarm};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::behaviour::Behaviour;
 use crate::client::Client;
 use crate::config::{Config, HolePunchMode};
 use crate::diagnostics::{TIME_PROTOCOL, serve_time};
@@ -18,6 +15,7 @@ use crate::error::NodeError;
 use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
 use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
 use crate::identity::{self, IdentityError};
+use crate::listeners;
 use crate::metrics::Metrics;
 use crate::peer::{short_id, signing_key_of};
 use crate::protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols, Registered};
@@ -242,7 +240,7 @@ impl NodeBuilder {
                 TransportKind::Memory => swarm::build_memory(keypair, &config)?,
                 TransportKind::Custom(factory) => swarm::build_custom(keypair, &config, factory)?,
             };
-            listen(&mut swarm, &config)?;
+            listeners::open(&mut swarm, &config)?;
             swarm
         };
         for addr in &config.external_addresses {
@@ -553,51 +551,4 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
-}
-
-/// Opens the configured listeners. Default addresses fall back to a free port when the
-/// default port is taken and are skipped when their address family is unavailable;
-/// explicit addresses must work.
-fn listen(swarm: &mut Swarm<Behaviour>, config: &Config) -> Result<(), StartError> {
-    let (addrs, defaults) = config.listen_addrs();
-    let mut opened = 0;
-    for addr in addrs {
-        match swarm.listen_on(addr.clone()) {
-            Ok(_) => opened += 1,
-            Err(e) if defaults => {
-                let reason = crate::error::transport_reason(&e);
-                let fallback = with_port_zero(&addr);
-                match swarm.listen_on(fallback.clone()) {
-                    Ok(_) => {
-                        tracing::info!(%addr, %reason, "default port unavailable; listening on a free port");
-                        opened += 1;
-                    }
-                    Err(e) => tracing::warn!(
-                        %addr, "skipping default listener: {}",
-                        crate::error::transport_reason(&e)
-                    ),
-                }
-            }
-            Err(e) => {
-                return Err(StartError::Listen(NodeError::Listen {
-                    addr: addr.to_string(),
-                    reason: crate::error::transport_reason(&e),
-                }));
-            }
-        }
-    }
-    if opened == 0 {
-        return Err(StartError::NoListener);
-    }
-    Ok(())
-}
-
-fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
-    addr.iter()
-        .map(|p| match p {
-            AddrPart::Tcp(_) => AddrPart::Tcp(0),
-            AddrPart::Udp(_) => AddrPart::Udp(0),
-            other => other,
-        })
-        .collect()
 }
