@@ -26,7 +26,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::aead::{Aad, Nonce};
 use ed25519_dalek::VerifyingKey;
 
 use crate::error::{OpenError, SealError};
@@ -82,6 +81,7 @@ pub struct SessionConfig {
     rekey_after: Duration,
     receive_mode: ReceiveMode,
     padding: bool,
+    packet_frames: bool,
 }
 
 impl Default for SessionConfig {
@@ -92,6 +92,7 @@ impl Default for SessionConfig {
             rekey_after: Duration::from_secs(10 * 60),
             receive_mode: ReceiveMode::Ordered,
             padding: false,
+            packet_frames: false,
         }
     }
 }
@@ -125,6 +126,15 @@ impl SessionConfig {
     /// Pads outgoing plaintexts to [`PADDING_BUCKETS`] to hide their exact sizes.
     pub fn with_padding(mut self, padding: bool) -> Self {
         self.padding = padding;
+        self
+    }
+
+    /// Frames of one packet each (a tunnel's datagrams), often one after an idle moment:
+    /// sealed and opened by ring's code, which is as fast as aws-lc's at packet sizes and
+    /// takes about half the time when the caches are cold. Streams' large frames keep
+    /// aws-lc's, the faster there. The cipher and the bytes on the wire are the same.
+    pub fn with_packet_frames(mut self) -> Self {
+        self.packet_frames = true;
         self
     }
 
@@ -243,14 +253,14 @@ impl Session {
         };
         Self {
             send: SendState {
-                key: EpochKey::new(send_key, cipher),
+                key: EpochKey::new(send_key, cipher, config.packet_frames),
                 epoch: 0,
                 next_seq: 0,
                 frames_in_epoch: 0,
                 epoch_started: None,
             },
             recv: RecvState {
-                key: EpochKey::new(recv_key, cipher),
+                key: EpochKey::new(recv_key, cipher, config.packet_frames),
                 epoch: 0,
                 previous: None,
                 order,
@@ -406,14 +416,9 @@ impl Session {
         }
         let tag = send
             .key
-            .aead
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(header),
-                Aad::empty(),
-                &mut buf[payload_start..],
-            )
-            .map_err(|_| SealError::Encrypt)?;
-        buf.extend_from_slice(tag.as_ref());
+            .seal(header, &mut buf[payload_start..])
+            .ok_or(SealError::Encrypt)?;
+        buf.extend_from_slice(&tag);
         send.next_seq += 1;
         send.frames_in_epoch += 1;
         Ok(())
@@ -491,14 +496,9 @@ impl Session {
                 actual: header.epoch,
             });
         };
-        key.aead
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(*header_bytes),
-                Aad::empty(),
-                &tag[..],
-                body,
-            )
-            .map_err(|_| OpenError::Decrypt)?;
+        if !key.open(*header_bytes, body, tag) {
+            return Err(OpenError::Decrypt);
+        }
 
         // Authenticated: now the state may move.
         if let Some(mut chain) = newer {

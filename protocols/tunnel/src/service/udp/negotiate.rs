@@ -106,8 +106,11 @@ pub(in crate::service) struct Negotiated {
 }
 
 fn config(local: &Local, stream: &SecureStream<Stream>) -> HandshakeConfig {
-    HandshakeConfig::new(local.signing.clone(), *stream.remote_key(), LABEL)
-        .with_session(SessionConfig::default().with_receive_mode(ReceiveMode::Window))
+    HandshakeConfig::new(local.signing.clone(), *stream.remote_key(), LABEL).with_session(
+        SessionConfig::default()
+            .with_receive_mode(ReceiveMode::Window)
+            .with_packet_frames(),
+    )
 }
 
 fn our_offer(local: &Local, handshake: Vec<u8>) -> Offer {
