@@ -88,11 +88,10 @@ impl Engine {
     pub fn from_tun(&mut self, packet: &[u8]) -> Outbound<'_> {
         let out = route_outbound(&self.table, &self.me, packet, self.mtu);
         match &out {
-            Outbound::Send(member) => {
-                let c = counts_of(&mut self.peers, member);
+            Outbound::Send(member) => count(&mut self.peers, member, |c| {
                 c.packets_out += 1;
                 c.bytes_out += packet.len() as u64;
-            }
+            }),
             Outbound::TooBig(_) => self.drops.record(DropReason::TooBig),
             Outbound::Drop(reason) => self.drops.record(*reason),
         }
@@ -103,15 +102,16 @@ impl Engine {
     /// counted against the sender and in all.
     pub fn from_peer(&mut self, sender: &MemberId, packet: &[u8]) -> bool {
         let verdict = check_inbound(&self.table, &self.revoked, &self.me, sender, packet);
-        let c = counts_of(&mut self.peers, sender);
-        match verdict {
+        count(&mut self.peers, sender, |c| match verdict {
             Ok(_) => {
                 c.packets_in += 1;
                 c.bytes_in += packet.len() as u64;
-                true
             }
+            Err(reason) => c.dropped[reason as usize] += 1,
+        });
+        match verdict {
+            Ok(_) => true,
             Err(reason) => {
-                c.dropped[reason as usize] += 1;
                 self.drops.record(reason);
                 false
             }
@@ -129,18 +129,20 @@ impl Engine {
     }
 }
 
-/// `member`'s counts, made on its first packet only: the id is copied once, not per packet.
-fn counts_of<'a>(
-    peers: &'a mut BTreeMap<MemberId, PeerCounts>,
+/// Adds to `member`'s counts: one search of the map for every packet but a member's
+/// first (the id is copied then only).
+fn count(
+    peers: &mut BTreeMap<MemberId, PeerCounts>,
     member: &MemberId,
-) -> &'a mut PeerCounts {
-    if !peers.contains_key(member) {
-        peers.insert(member.clone(), PeerCounts::default());
+    add: impl FnOnce(&mut PeerCounts),
+) {
+    if let Some(counts) = peers.get_mut(member) {
+        add(counts);
+        return;
     }
-    match peers.get_mut(member) {
-        Some(counts) => counts,
-        None => unreachable!("inserted above"),
-    }
+    let mut counts = PeerCounts::default();
+    add(&mut counts);
+    peers.insert(member.clone(), counts);
 }
 
 #[cfg(test)]

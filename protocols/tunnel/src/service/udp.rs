@@ -210,6 +210,16 @@ impl UdpReader {
         if len == 0 {
             return true;
         }
+        if len <= stride {
+            // One datagram (an echo, a keystroke): its packet goes into the device as it
+            // lies in the buffer, with no batch to copy it into and no coalescing to try.
+            if let Some((link, packet)) = udp.on_datagram(&mut self.buf[..len], from)
+                && let Err(e) = link.device.try_send(packet)
+            {
+                tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}");
+            }
+            return true;
+        }
         // The packets that pass go to their device in one batch (coalesced there with
         // offloads on); a packet for another device sends the batch first.
         let mut to: Option<Arc<UdpLink>> = None;
