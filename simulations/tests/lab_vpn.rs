@@ -295,6 +295,23 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "v2's device took {packets_per_mb:.0} packets per MB: the segments were not coalesced"
     );
 
+    // A flow with a tiny MSS (88 bytes; the kernel allows 48) makes super-packets of many
+    // segments. The device is told to build none larger than a read splits, so the tunnel
+    // carries the flow and stays up: before, one such read ended the device's reader and
+    // the network's tunnel with it.
+    let segs = lab
+        .exec_output("v1", "ip", &["-d", "link", "show", &iface])
+        .await
+        .unwrap();
+    // 128: the tunnel's `device::MAX_SEGMENTS`, the buffers a read splits into.
+    assert!(
+        String::from_utf8_lossy(&segs.stdout).contains("gso_max_segs 128"),
+        "{}",
+        String::from_utf8_lossy(&segs.stdout)
+    );
+    let (tiny_mss_mbit_s, _) = iperf3_through(&lab, "v1", "v2", &v4(1), "2", &["-M", "88"]).await;
+    ping_through(&lab, "v1", &v4(1), 3).await;
+
     let s1 = status(&nodes[0], NET).await;
     let s2 = status(&nodes[1], NET).await;
     for node in &nodes {
@@ -313,6 +330,7 @@ async fn members_ping_through_the_tunnel_and_forged_sources_are_dropped() {
         "test": "lab_vpn",
         "iperf3_tcp_mbit_s": mbit_s,
         "iperf3_retransmits": retransmits,
+        "iperf3_tiny_mss_mbit_s": tiny_mss_mbit_s,
         "device_packets_per_mb": packets_per_mb,
         "forged_dropped": spoofed["drops"]["spoofed_source"],
         "revocation_acted_on_ms": revoked_ms,

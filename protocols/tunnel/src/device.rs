@@ -75,6 +75,12 @@ const PLAIN_HEADER: [u8; tun_rs::VIRTIO_NET_HDR_LEN] = [0; tun_rs::VIRTIO_NET_HD
 /// with the header room the coalescing asks for on both sides of it.
 const SUPER_PACKET_ROOM: usize = u16::MAX as usize + 2 * tun_rs::VIRTIO_NET_HDR_LEN;
 
+/// Most segments of one super-packet a read splits (the buffers a [`ReadBatch`] holds).
+/// The device is told to build none larger (`gso_max_segs`, see the service): a read the
+/// split refuses is lost whole, and a TCP flow with a tiny MSS (48 bytes is allowed)
+/// would otherwise make super-packets of over a thousand segments.
+pub const MAX_SEGMENTS: usize = tun_rs::IDEAL_BATCH_SIZE;
+
 /// Buffers for reading a batch: the raw read (a super-packet with its header) and the
 /// packets it splits into. Allocated once per reader.
 pub struct ReadBatch {
@@ -89,8 +95,8 @@ impl ReadBatch {
         let packet = usize::from(mtu).max(1500) + 64;
         Self {
             raw: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65_535],
-            bufs: vec![vec![0; packet]; tun_rs::IDEAL_BATCH_SIZE],
-            sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
+            bufs: vec![vec![0; packet]; MAX_SEGMENTS],
+            sizes: vec![0; MAX_SEGMENTS],
         }
     }
 

@@ -118,6 +118,12 @@ impl Engine {
         }
     }
 
+    /// A read from our TUN device that could not be split into packets (a malformed
+    /// super-packet): counted as malformed.
+    pub fn unreadable_from_tun(&mut self) {
+        self.drops.record(DropReason::Malformed);
+    }
+
     /// Drops in all, by reason.
     pub fn drops(&self) -> &Drops {
         &self.drops

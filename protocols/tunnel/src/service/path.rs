@@ -185,6 +185,17 @@ impl TunReader {
             let n = match self.device.try_recv_batch(&mut self.reads) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                // Not the device failing but a super-packet the split refused (malformed,
+                // or more segments than the buffers hold): it is dropped and counted, and
+                // the device is read on. Ending here would stop the network's tunnel.
+                Err(e) if e.raw_os_error().is_none() => {
+                    tracing::debug!("tunnel: an unreadable super-packet from the TUN device: {e}");
+                    match self.path.lock() {
+                        Ok(mut p) => p.engine.unreadable_from_tun(),
+                        Err(_) => return Err("data path lock poisoned".into()),
+                    }
+                    continue;
+                }
                 Err(e) => return Err(format!("cannot read the TUN device: {e}")),
             };
             for i in 0..n {

@@ -166,6 +166,27 @@ pub(super) async fn readdress(interface: &str, old: Lease, new: Lease) -> Result
     Ok(())
 }
 
+/// Tells the kernel to build no super-packet of more than `segments` segments for
+/// `interface` (TCP sizes its own by it; anything larger is split before the device):
+/// a read splits one into at most that many buffers (see [`crate::device::MAX_SEGMENTS`]).
+pub(super) async fn limit_segments(interface: &str, segments: usize) -> Result<(), String> {
+    let n = segments.to_string();
+    let args = ["link", "set", "dev", interface, "gso_max_segs", &n];
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`ip {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,15 @@ impl Service {
         let device = Arc::new(TunDevice::create_with(
             &interface, lease, &prefixes, mtu, offload,
         )?);
+        if device.offload()
+            && let Err(e) = sys::limit_segments(&interface, crate::device::MAX_SEGMENTS).await
+        {
+            // The reader still drops a super-packet it cannot split, and reads on.
+            tracing::warn!(
+                interface,
+                "tunnel: cannot bound the device's super-packets: {e}"
+            );
+        }
         self.bind_udp().await;
         let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
         let dns = self.start_dns(network, &interface, lease.v4, &names).await;
