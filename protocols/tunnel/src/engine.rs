@@ -185,6 +185,22 @@ mod tests {
         assert!(b.from_peer(&member(0), &p));
         assert_eq!(a.counts(&member(1)).packets_out, 1);
         assert_eq!(b.counts(&member(0)).bytes_in, p.len() as u64);
+        // The second packet adds to the counts the first one made.
+        assert_eq!(a.from_tun(&p), Outbound::Send(&member(1)));
+        assert!(b.from_peer(&member(0), &p));
+        assert_eq!(a.counts(&member(1)).bytes_out, 2 * p.len() as u64);
+        assert_eq!(b.counts(&member(0)).packets_in, 2);
+    }
+
+    /// A read from the device that could not be split counts as malformed, in all (it has
+    /// no member to count against).
+    #[test]
+    fn an_unreadable_read_counts_as_malformed() {
+        let mut a = Engine::new(NET, member(0), 1280, &members(2), BTreeSet::new()).unwrap();
+        a.unreadable_from_tun();
+        a.unreadable_from_tun();
+        assert_eq!(a.drops().get(DropReason::Malformed), 2);
+        assert_eq!(a.counts(&member(1)), PeerCounts::default());
     }
 
     /// A member revoked while packets flow: its packets are refused from the update on,
