@@ -161,17 +161,16 @@ proptest! {
         // In sync: nothing more to say in either direction.
         prop_assert!(sa.generate_message(b"peer-b").is_none());
         prop_assert!(sb.generate_message(b"peer-a").is_none());
-        // A later edit: one message there, at most one back, then quiet.
+        // A later edit: carried over in a round or two, then quiet. Not always one message
+        // each way: the sync's Bloom filter can report a change as held when it is not (a
+        // false positive), which costs a further round; proptest found such a case.
         let before = sa.document().heads();
         apply(sa.document_mut(), &extra);
         if sa.document().heads() == before {
             return Ok(()); // the edits did not apply (a missing key)
         }
-        let m = sa.generate_message(b"peer-b").unwrap();
-        sb.receive_message(b"peer-a", &m).unwrap();
-        if let Some(ack) = sb.generate_message(b"peer-a") {
-            sa.receive_message(b"peer-b", &ack).unwrap();
-        }
+        let rounds = run(&mut sa, &mut sb);
+        prop_assert!((1..=3).contains(&rounds), "{} rounds after one edit", rounds);
         prop_assert!(sa.generate_message(b"peer-b").is_none());
         prop_assert!(sb.generate_message(b"peer-a").is_none());
         prop_assert_eq!(state(sa.document()), state(sb.document()));
