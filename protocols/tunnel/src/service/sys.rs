@@ -151,17 +151,7 @@ pub(super) async fn readdress(interface: &str, old: Lease, new: Lease) -> Result
             continue;
         }
         let cidr = format!("{addr}/{len}");
-        let out = tokio::process::Command::new("ip")
-            .args(["addr", verb, &cidr, "dev", interface])
-            .output()
-            .await
-            .map_err(|e| format!("cannot run `ip addr {verb} {cidr} dev {interface}`: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`ip addr {verb} {cidr} dev {interface}`: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        ip(&["addr", verb, &cidr, "dev", interface]).await?;
     }
     Ok(())
 }
@@ -171,7 +161,11 @@ pub(super) async fn readdress(interface: &str, old: Lease, new: Lease) -> Result
 /// a read splits one into at most that many buffers (see [`crate::device::MAX_SEGMENTS`]).
 pub(super) async fn limit_segments(interface: &str, segments: usize) -> Result<(), String> {
     let n = segments.to_string();
-    let args = ["link", "set", "dev", interface, "gso_max_segs", &n];
+    ip(&["link", "set", "dev", interface, "gso_max_segs", &n]).await
+}
+
+/// Runs `ip` with `args`; an error names the command and says what `ip` said.
+async fn ip(args: &[&str]) -> Result<(), String> {
     let out = tokio::process::Command::new("ip")
         .args(args)
         .output()
