@@ -28,9 +28,6 @@ use libp2p::identity::Keypair;
 use libp2p::tls::certificate;
 use p2pnode_secure::Cipher;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::aws_lc_rs::cipher_suite::{
-    TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
-};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -76,20 +73,35 @@ impl Config {
     /// The upgrade with AES-GCM preferred (`aes`) or ChaCha20-Poly1305 first (as on a CPU
     /// without AES hardware).
     pub fn with_aes(key: &Keypair, aes: bool) -> Result<Self, TlsError> {
+        Self::with_suites(key, aes, Cipher::aes_gcm_faster_in_ring())
+    }
+
+    /// [`Config::with_aes`], with the cipher suites run by ring's code (`ring`) or
+    /// aws-lc's. The suites and the bytes on the wire are the same; where ring's AES-GCM is
+    /// the faster (see [`Cipher::aes_gcm_faster_in_ring`]) it halves the record layer's
+    /// share of a bulk transfer's CPU. The key exchange (with the hybrid X25519MLKEM768)
+    /// and signatures stay aws-lc's either way.
+    fn with_suites(key: &Keypair, aes: bool, ring: bool) -> Result<Self, TlsError> {
+        use rustls::crypto::{aws_lc_rs::cipher_suite as aws_lc, ring::cipher_suite as ring_suite};
         let (cert, private) = certificate::generate(key)?;
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.cipher_suites = if aes {
-            vec![
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_AES_128_GCM_SHA256,
-                TLS13_CHACHA20_POLY1305_SHA256,
+        let [aes256, aes128, chacha] = if ring {
+            [
+                ring_suite::TLS13_AES_256_GCM_SHA384,
+                ring_suite::TLS13_AES_128_GCM_SHA256,
+                ring_suite::TLS13_CHACHA20_POLY1305_SHA256,
             ]
         } else {
-            vec![
-                TLS13_CHACHA20_POLY1305_SHA256,
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_AES_128_GCM_SHA256,
+            [
+                aws_lc::TLS13_AES_256_GCM_SHA384,
+                aws_lc::TLS13_AES_128_GCM_SHA256,
+                aws_lc::TLS13_CHACHA20_POLY1305_SHA256,
             ]
+        };
+        provider.cipher_suites = if aes {
+            vec![aes256, aes128, chacha]
+        } else {
+            vec![chacha, aes256, aes128]
         };
         let provider = Arc::new(provider);
         let verifier = Arc::new(PeerCertificate);
@@ -443,6 +455,31 @@ mod tests {
         let again = (client.clone(), server.clone());
         handshake(client, server).await;
         handshake(again.0, again.1).await;
+    }
+
+    /// Either library may run the suites at either end: the choice is local to each CPU.
+    #[tokio::test]
+    async fn ring_and_aws_lc_suites_talk_to_each_other() {
+        let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        for (client_ring, server_ring) in [(true, true), (true, false), (false, true)] {
+            for aes in [true, false] {
+                let client = Config::with_suites(&k1, aes, client_ring).unwrap();
+                let server = Config::with_suites(&k2, aes, server_ring).unwrap();
+                let ((server_id, cs), (client_id, ss)) = handshake(client, server).await;
+                assert_eq!(server_id, k2.public().to_peer_id());
+                assert_eq!(client_id, k1.public().to_peer_id());
+                let expected = if aes {
+                    CipherSuite::TLS13_AES_256_GCM_SHA384
+                } else {
+                    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                };
+                assert_eq!(
+                    (cs, ss),
+                    (expected, expected),
+                    "{client_ring} {server_ring}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
