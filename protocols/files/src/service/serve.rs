@@ -186,10 +186,23 @@ struct Asked {
 }
 
 /// What a served stream reads with: the file it read last, kept open (a large file is
-/// asked for in many requests), and which content that is from.
+/// asked for in many requests), which content that is from, and the buffers of groups
+/// already sent, read into again.
 struct Reader {
     content: ContentId,
     file: Option<(u32, Opened)>,
+    spare: Vec<Vec<u8>>,
+}
+
+/// Spare buffers a reader keeps at most: two batches' worth of whole groups.
+const MAX_SPARE: usize = 2 * (READ_BYTES / crate::GROUP_SIZE) as usize;
+
+impl Reader {
+    /// Takes back the buffers of groups sent, up to [`MAX_SPARE`] kept.
+    fn give(&mut self, spent: &mut Vec<Vec<u8>>) {
+        let room = MAX_SPARE.saturating_sub(self.spare.len());
+        self.spare.extend(spent.drain(..).take(room));
+    }
 }
 
 /// One group read: its file, number, bytes and proof.
@@ -232,6 +245,7 @@ async fn serve_groups(
         _ => Reader {
             content,
             file: None,
+            spare: Vec::new(),
         },
     };
     let batches = read_batches(&share, groups);
@@ -248,8 +262,10 @@ async fn serve_groups(
     };
     let mut reading = Some(read(reader, first));
     let mut kept = None;
+    // Buffers of groups sent, for the reader to read into again.
+    let mut spent = Vec::new();
     while let Some(handle) = reading.take() {
-        let (reader, (batch, failed)) = match handle.await {
+        let (mut reader, (batch, failed)) = match handle.await {
             Ok(v) => v,
             Err(e) => {
                 let msg = refused(req, Refusal::Io, e.to_string());
@@ -257,6 +273,7 @@ async fn serve_groups(
             }
         };
         // The next batch is read while this one is sent; none after a failure.
+        reader.give(&mut spent);
         match (&failed, batches.next()) {
             (None, Some(next)) => reading = Some(read(reader, next)),
             (None, None) => kept = Some(reader),
@@ -287,7 +304,7 @@ async fn serve_groups(
             };
             wire::feed(stream, &header).await?;
             wire::feed_data(stream, &data).await?;
-            data.clear();
+            spent.push(data);
             inner.served_groups.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((refusal, message)) = failed {
@@ -298,6 +315,9 @@ async fn serve_groups(
                 .map(|()| None);
         }
         stream.flush().await?;
+    }
+    if let Some(reader) = kept.as_mut() {
+        reader.give(&mut spent);
     }
     Ok(kept)
 }
@@ -382,10 +402,11 @@ fn read_one(
         };
         reader.file = Some((file, opened));
     }
+    let buf = reader.spare.pop().unwrap_or_default();
     let Some((_, opened)) = &reader.file else {
         return Err((Refusal::Io, "no open file".into()));
     };
-    let (data, proof) = read_group(opened, size, group)?;
+    let (data, proof) = read_group(opened, size, group, buf)?;
     Ok((file, group, data, proof))
 }
 
@@ -415,19 +436,27 @@ fn open_files(
     Ok(Opened { data, outboard })
 }
 
-/// Reads one group at its offset, and its proof from the outboard.
-#[expect(
-    clippy::slow_vector_initialization,
-    reason = "calloc is the slow one here: see the buffer's comment"
-)]
-fn read_group(f: &Opened, size: u64, group: u64) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
+/// Reads one group at its offset into `data` (a spare buffer, or an empty one), and its
+/// proof from the outboard.
+fn read_group(
+    f: &Opened,
+    size: u64,
+    group: u64,
+    mut data: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), (Refusal, String)> {
     use std::os::unix::fs::FileExt;
     let range = group_range(size, group).ok_or((Refusal::BadRequest, "no such group".into()))?;
-    // Not `vec![0; len]`: for a 64 KiB block jemalloc's calloc zeroes a recycled extent by
-    // dropping its pages (madvise), so the read below faulted every page back in and every
-    // other CPU flushed its TLB, 8 % of a push's sender CPU. Zeroing warm pages is cheaper.
-    let mut data = Vec::with_capacity((range.end - range.start) as usize);
-    data.resize((range.end - range.start) as usize, 0);
+    // A spare buffer's bytes are initialised already, so a group no larger is read over
+    // them without zeroing them first (3 % of a push's sender CPU went to that). A new one
+    // is zeroed, not allocated with `vec![0; len]`: for a 64 KiB block jemalloc's calloc
+    // zeroes a recycled extent by dropping its pages (madvise), so the read below faulted
+    // every page back in and every other CPU flushed its TLB.
+    let len = (range.end - range.start) as usize;
+    if data.len() < len {
+        data.resize(len, 0);
+    } else {
+        data.truncate(len);
+    }
     f.data
         .read_exact_at(&mut data, range.start)
         .map_err(|e| (Refusal::Io, e.to_string()))?;
@@ -547,5 +576,50 @@ pub(super) async fn open(inner: &Inner, peer: PeerId) -> Result<Secure, FilesErr
             "{peer} did not answer within {} s",
             OPEN_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+
+    /// A group is read into a spare buffer whatever its size: one larger is cut to the
+    /// group (none of its old bytes left), one smaller grows.
+    #[test]
+    fn a_group_read_into_a_spare_buffer_is_exactly_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        let content: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let opened = Opened {
+            data: std::fs::File::open(&path).unwrap(),
+            outboard: None,
+        };
+        for spare in [
+            Vec::new(),
+            vec![0xAA; 10],
+            vec![0xAA; crate::GROUP_SIZE as usize],
+        ] {
+            let (data, proof) = read_group(&opened, 1000, 0, spare).unwrap();
+            assert_eq!(data, content);
+            assert!(proof.is_empty(), "a one-group file has no proof");
+        }
+    }
+
+    /// A reader keeps at most MAX_SPARE buffers, however many groups were sent.
+    #[test]
+    fn a_reader_keeps_a_bounded_number_of_spare_buffers() {
+        let mut reader = Reader {
+            content: ContentId::of(b"x"),
+            file: None,
+            spare: Vec::new(),
+        };
+        let mut spent: Vec<Vec<u8>> = (0..3 * MAX_SPARE).map(|_| vec![0; 16]).collect();
+        reader.give(&mut spent);
+        assert_eq!(reader.spare.len(), MAX_SPARE);
+        assert!(spent.is_empty());
+        let mut more = vec![vec![0; 16]];
+        reader.give(&mut more);
+        assert_eq!(reader.spare.len(), MAX_SPARE);
     }
 }
