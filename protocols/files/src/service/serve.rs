@@ -280,7 +280,7 @@ async fn serve_groups(
             (Some(_), _) => {}
         }
         for item in batch {
-            let (file, group, mut data, proof) = match item {
+            let (file, group, data, proof) = match item {
                 Item::Read(read) => read,
                 Item::NotYet(file, group) => {
                     #[cfg(test)]
@@ -290,11 +290,7 @@ async fn serve_groups(
                 }
             };
             #[cfg(test)]
-            if inner.config.corrupt
-                && let Some(b) = data.first_mut()
-            {
-                *b ^= 1;
-            }
+            let data = corrupted_if_asked(inner, data);
             let header = Response::Group {
                 req,
                 file,
@@ -320,6 +316,17 @@ async fn serve_groups(
         reader.give(&mut spent);
     }
     Ok(kept)
+}
+
+/// A test provider configured to lie serves every group with its first bit flipped.
+#[cfg(test)]
+fn corrupted_if_asked(inner: &Inner, mut data: Vec<u8>) -> Vec<u8> {
+    if inner.config.corrupt
+        && let Some(b) = data.first_mut()
+    {
+        *b ^= 1;
+    }
+    data
 }
 
 /// Splits the groups asked for into batches of about [`READ_BYTES`].
