@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use nix::errno::Errno;
@@ -73,40 +74,62 @@ impl Control {
 /// Started on first use, stopped when dropped (its readers are dropped then).
 #[derive(Default)]
 pub(super) struct DataThread {
-    running: Option<Arc<Control>>,
-    next: u64,
+    running: Option<Spawner>,
 }
 
 impl DataThread {
     /// Runs `reader` on the data thread (started now if it is not running) until the
     /// returned handle is stopped or dropped, or the reader ends.
     pub(super) fn add(&mut self, reader: Box<dyn Reader>) -> std::io::Result<ReaderHandle> {
-        let control = match &self.running {
-            Some(c) => c.clone(),
-            None => {
-                let c = start()?;
-                self.running = Some(c.clone());
-                c
-            }
-        };
-        self.next += 1;
-        let id = WAKER + self.next;
-        if !control.send(Command::Add(id, reader)) {
+        let added = self.spawner()?.add(reader);
+        if added.is_err() {
             self.running = None;
-            return Err(std::io::Error::other("the data thread has ended"));
         }
-        Ok(ReaderHandle {
-            id,
-            control: Some(control),
-        })
+        added
+    }
+
+    /// A way to add readers from elsewhere (a datagram link's task), starting the thread
+    /// if it is not running.
+    pub(super) fn spawner(&mut self) -> std::io::Result<Spawner> {
+        if let Some(s) = &self.running {
+            return Ok(s.clone());
+        }
+        let s = Spawner {
+            control: start()?,
+            next: Arc::new(AtomicU64::new(WAKER + 1)),
+        };
+        self.running = Some(s.clone());
+        Ok(s)
     }
 }
 
 impl Drop for DataThread {
     fn drop(&mut self) {
-        if let Some(c) = self.running.take() {
-            c.send(Command::Stop);
+        if let Some(s) = self.running.take() {
+            s.control.send(Command::Stop);
         }
+    }
+}
+
+/// Adds readers to a running data thread; once the thread has ended, every add fails.
+#[derive(Clone)]
+pub(super) struct Spawner {
+    control: Arc<Control>,
+    next: Arc<AtomicU64>,
+}
+
+impl Spawner {
+    /// Runs `reader` on the data thread until the returned handle is stopped or dropped,
+    /// or the reader ends.
+    pub(super) fn add(&self, reader: Box<dyn Reader>) -> std::io::Result<ReaderHandle> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if !self.control.send(Command::Add(id, reader)) {
+            return Err(std::io::Error::other("the data thread has ended"));
+        }
+        Ok(ReaderHandle {
+            id,
+            control: Some(self.control.clone()),
+        })
     }
 }
 

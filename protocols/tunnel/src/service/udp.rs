@@ -1,7 +1,7 @@
 //! The datagram path (see [`crate::datagram`] for the why and the wire): the service's
 //! UDP socket, each member's datagram link, the socket's reader (on the data thread) and
 //! the task that probes. The negotiation over a new tunnel stream is in `negotiate`, the
-//! sending in GSO runs in `batch`.
+//! sending in GSO runs in `batch`, each link's own connected socket in `connected`.
 //!
 //! One socket serves every network: the index in front of each frame finds the link,
 //! and the link knows its network's data path and device. A stranger's datagram costs a
@@ -25,11 +25,13 @@ use crate::MemberId;
 use crate::datagram::{self, INDEX_LEN, PathState, Payload};
 use crate::device::{TunDevice, WriteBatch};
 
-use super::data::Reader;
+use super::data::{Reader, Spawner};
 use super::path::DataPath;
 
 mod batch;
 pub(super) use batch::Batch;
+mod connected;
+use connected::Connected;
 mod negotiate;
 pub(super) use negotiate::{Local, Negotiated, answer, offer, push_ips};
 
@@ -68,18 +70,21 @@ pub(super) struct Udp {
     unknown: AtomicU64,
     /// Datagrams of the TUN readers' batches that could not be sealed or sent.
     send_failed: Arc<AtomicU64>,
+    /// Adds the readers of the links' connected sockets to the data thread.
+    spawner: Spawner,
 }
 
 impl Udp {
     /// Binds the socket on every address, IPv6 and IPv4 (IPv4 only where the host has no
-    /// IPv6), on `port` (0: any free one).
-    pub(super) fn bind(port: u16) -> std::io::Result<Arc<Self>> {
+    /// IPv6), on `port` (0: any free one). The links' connected sockets share the port
+    /// (`SO_REUSEPORT`) and readers on `spawner`'s thread.
+    pub(super) fn bind(port: u16, spawner: Spawner) -> std::io::Result<Arc<Self>> {
         let (socket, dual) = match bind_dual_stack(port) {
             Ok(socket) => (socket, true),
             Err(e) => {
                 tracing::debug!("tunnel: no IPv6 datagram socket, IPv4 only: {e}");
-                let v4 = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
-                (v4, false)
+                let any = SocketAddr::from(([0, 0, 0, 0], port));
+                (bind_shared(any)?, false)
             }
         };
         socket.set_nonblocking(true)?;
@@ -99,6 +104,7 @@ impl Udp {
             links: RwLock::new(HashMap::new()),
             unknown: AtomicU64::new(0),
             send_failed: Arc::new(AtomicU64::new(0)),
+            spawner,
         }))
     }
 
@@ -168,18 +174,30 @@ impl Udp {
     }
 }
 
-/// Reads the datagram socket on the data thread: each datagram (several per read, where
-/// the kernel coalesced them) to its link, and the packets that pass into their device.
+/// Reads a datagram socket on the data thread (the shared one, or a link's connected
+/// one): each datagram (several per read, where the kernel coalesced them) to its link,
+/// and the packets that pass into their device.
 pub(super) struct UdpReader {
     udp: Arc<Udp>,
+    socket: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
     buf: Vec<u8>,
     writes: WriteBatch,
 }
 
 impl UdpReader {
+    /// The reader of the shared socket.
     pub(super) fn new(udp: Arc<Udp>) -> Self {
+        let (socket, state) = (udp.socket.clone(), udp.state.clone());
+        Self::of(udp, socket, state)
+    }
+
+    /// The reader of `socket`, whose datagrams go to `udp`'s links like the shared one's.
+    fn of(udp: Arc<Udp>, socket: Arc<UdpSocket>, state: Arc<UdpSocketState>) -> Self {
         Self {
             udp,
+            socket,
+            state,
             buf: vec![0u8; RECV_BUF],
             writes: WriteBatch::new(WRITE_BATCH),
         }
@@ -191,7 +209,7 @@ impl UdpReader {
         let mut meta = [RecvMeta::default()];
         let read = {
             let mut iov = [IoSliceMut::new(&mut self.buf)];
-            udp.state.recv((&*udp.socket).into(), &mut iov, &mut meta)
+            self.state.recv((&*self.socket).into(), &mut iov, &mut meta)
         };
         match read {
             Ok(_) => {}
@@ -247,7 +265,7 @@ impl UdpReader {
 
 impl Reader for UdpReader {
     fn fd(&self) -> BorrowedFd<'_> {
-        self.udp.socket.as_fd()
+        self.socket.as_fd()
     }
 
     fn on_readable(&mut self) -> Result<(), String> {
@@ -281,11 +299,29 @@ fn grow_buffers(socket: &UdpSocket) {
 /// A UDP socket on `[::]:port` that IPv4 reaches too (`IPV6_V6ONLY` off, whatever the
 /// system's default), for members whose direct path is IPv6.
 fn bind_dual_stack(port: u16) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = shared_socket(socket2::Domain::IPV6)?;
     socket.set_only_v6(false)?;
     socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
     Ok(socket.into())
+}
+
+/// A UDP socket bound to `addr` whose port the links' connected sockets may share.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = shared_socket(socket2::Domain::for_address(addr))?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A UDP socket with `SO_REUSEPORT`, not bound yet. The kernel hands a datagram to the
+/// socket connected to its sender, if any, else to the one unconnected socket of the port
+/// (connected sockets never take another sender's datagrams); only sockets of our own
+/// user may join the port.
+fn shared_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use socket2::{Protocol, Socket, Type};
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    setsockopt(&socket, sockopt::ReusePort, &true)?;
+    Ok(socket)
 }
 
 /// `to` as the socket takes it: an IPv4 address mapped into IPv6 on a dual-stack socket;
@@ -318,6 +354,9 @@ pub(super) struct UdpLink {
     /// Frames that failed to open, payloads of no known kind, and sends that failed.
     rejected: AtomicU64,
     send_failed: AtomicU64,
+    /// The socket connected to the endpoint last seen usable (see [`connected`]), or the
+    /// endpoint that could not have one.
+    connected: Mutex<Option<(SocketAddr, Option<Connected>)>>,
 }
 
 /// A member's datagram link while its stream lives: registered with the socket and the
@@ -331,6 +370,11 @@ pub(super) struct Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.prober.abort();
+        // Its reader leaves the data thread; the member's datagrams reach the shared
+        // socket again.
+        if let Ok(mut c) = self.link.connected.lock() {
+            c.take();
+        }
         self.udp.forget(&self.link);
         if let Ok(mut p) = self.link.path.lock()
             && p.udp
@@ -365,6 +409,7 @@ pub(super) fn attach(
         mtu,
         rejected: AtomicU64::new(0),
         send_failed: AtomicU64::new(0),
+        connected: Mutex::new(None),
     });
     if !udp.register(link.clone()) {
         return None;
@@ -373,13 +418,15 @@ pub(super) fn attach(
         p.udp.insert(member, link.clone());
     }
     let prober = {
-        let link = link.clone();
+        let (link, udp) = (link.clone(), udp.clone());
         super::spawn(async move {
             let mut tick = tokio::time::interval(PROBE_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                link.probe_round(Instant::now());
+                let now = Instant::now();
+                link.probe_round(now);
+                link.keep_connected(&udp, now);
             }
         })
     };
@@ -394,6 +441,35 @@ impl UdpLink {
     /// Where packets to the member go now, if the datagram path is up.
     pub(super) fn usable(&self, now: Instant) -> Option<SocketAddr> {
         self.state.lock().ok()?.usable(now)
+    }
+
+    /// Gives the link a socket connected to its usable endpoint, once per endpoint (one
+    /// that fails is not tried again until the endpoint moves).
+    fn keep_connected(&self, udp: &Arc<Udp>, now: Instant) {
+        let Some(to) = self.usable(now) else {
+            return;
+        };
+        let current = |c: &Option<(SocketAddr, Option<Connected>)>| {
+            c.as_ref().is_some_and(|(at, _)| *at == to)
+        };
+        if self.connected.lock().map_or(true, |c| current(&c)) {
+            return;
+        }
+        // Opened outside the lock: the data thread takes it for every lone datagram.
+        let opened = Connected::open(udp, to)
+            .inspect_err(|e| tracing::debug!(%to, "tunnel: no connected datagram socket: {e}"))
+            .ok();
+        if let Ok(mut c) = self.connected.lock() {
+            *c = Some((to, opened));
+        }
+    }
+
+    /// The link's socket connected to `to`, if it has one.
+    fn connected_to(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
+        match &*self.connected.lock().ok()? {
+            Some((at, Some(c))) if *at == to => Some(c.socket()),
+            _ => None,
+        }
     }
 
     /// Adds the member's address `ip` (seen on a direct connection since the negotiation)

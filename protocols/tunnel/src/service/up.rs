@@ -161,8 +161,9 @@ impl Service {
         if self.udp.is_some() {
             return;
         }
-        let bound = udp::Udp::bind(0).and_then(|u| {
-            let reader = self.data.add(Box::new(udp::UdpReader::new(u.clone())))?;
+        let bound = self.data.spawner().and_then(|spawner| {
+            let u = udp::Udp::bind(0, spawner.clone())?;
+            let reader = spawner.add(Box::new(udp::UdpReader::new(u.clone())))?;
             Ok((u, reader))
         });
         match bound {

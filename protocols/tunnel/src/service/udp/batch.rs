@@ -12,16 +12,19 @@ use quinn_udp::{Transmit, UdpSocketState};
 use crate::datagram::INDEX_LEN;
 
 use super::super::data;
-use super::{MAX_GSO_BYTES, RECV_BUF, SEND_WAIT_MS, UdpLink, on_wire};
+use super::{MAX_GSO_BYTES, RECV_BUF, SEND_WAIT_MS, UdpLink, connected, on_wire};
 
 /// Datagrams the TUN reader sealed and has not sent yet: a run to one address, all of one
 /// size but the last, sent with one GSO call (one syscall and one trip down the kernel's
-/// stack for the whole run). The buffer is allocated once.
+/// stack for the whole run). A run of one goes out on the link's connected socket where
+/// it has one (see [`super::connected`]). The buffer is allocated once.
 pub(in crate::service) struct Batch {
     socket: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
     buf: Vec<u8>,
     to: Option<SocketAddr>,
+    /// The run's link's socket connected to `to`.
+    connected: Option<Arc<UdpSocket>>,
     segment: usize,
     count: usize,
     /// The last datagram was shorter than the segment: the run cannot grow.
@@ -46,6 +49,7 @@ impl Batch {
             state,
             buf: Vec::with_capacity(MAX_GSO_BYTES + RECV_BUF),
             to: None,
+            connected: None,
             segment: 0,
             count: 0,
             closed: false,
@@ -83,6 +87,7 @@ impl Batch {
         let sealed = self.buf.len() - start;
         if self.count == 0 {
             self.to = Some(to);
+            self.connected = link.connected_to(to);
             self.segment = sealed;
         } else if sealed < self.segment {
             self.closed = true;
@@ -99,8 +104,10 @@ impl Batch {
         let Some(to) = self.to.take() else {
             return;
         };
-        let sent = match on_wire(to, self.dual) {
-            Some(to) => {
+        let connected = self.connected.take();
+        let sent = match (on_wire(to, self.dual), connected) {
+            (Some(_), Some(socket)) if self.count == 1 => connected::send(&socket, &self.buf),
+            (Some(to), _) => {
                 let transmit = Transmit {
                     destination: to,
                     ecn: None,
@@ -116,7 +123,7 @@ impl Batch {
                     sent => sent.is_ok(),
                 }
             }
-            None => false,
+            (None, _) => false,
         };
         if !sent {
             self.failed.fetch_add(self.count as u64, Ordering::Relaxed);
