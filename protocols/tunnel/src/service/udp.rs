@@ -77,16 +77,17 @@ pub(super) struct Udp {
 impl Udp {
     /// Binds the socket on every address, IPv6 and IPv4 (IPv4 only where the host has no
     /// IPv6), on `port` (0: any free one). The links' connected sockets share the port
-    /// (`SO_REUSEPORT`) and readers on `spawner`'s thread.
+    /// (see [`share_port`]) and readers on `spawner`'s thread.
     pub(super) fn bind(port: u16, spawner: Spawner) -> std::io::Result<Arc<Self>> {
         let (socket, dual) = match bind_dual_stack(port) {
             Ok(socket) => (socket, true),
             Err(e) => {
                 tracing::debug!("tunnel: no IPv6 datagram socket, IPv4 only: {e}");
-                let any = SocketAddr::from(([0, 0, 0, 0], port));
-                (bind_shared(any)?, false)
+                let v4 = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+                (v4, false)
             }
         };
+        share_port(&socket)?;
         socket.set_nonblocking(true)?;
         let port = socket.local_addr()?.port();
         grow_buffers(&socket);
@@ -299,29 +300,24 @@ fn grow_buffers(socket: &UdpSocket) {
 /// A UDP socket on `[::]:port` that IPv4 reaches too (`IPV6_V6ONLY` off, whatever the
 /// system's default), for members whose direct path is IPv6.
 fn bind_dual_stack(port: u16) -> std::io::Result<std::net::UdpSocket> {
-    let socket = shared_socket(socket2::Domain::IPV6)?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
     socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
     Ok(socket.into())
 }
 
-/// A UDP socket bound to `addr` whose port the links' connected sockets may share.
-fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let socket = shared_socket(socket2::Domain::for_address(addr))?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// A UDP socket with `SO_REUSEPORT`, not bound yet. The kernel hands a datagram to the
-/// socket connected to its sender, if any, else to the one unconnected socket of the port
-/// (connected sockets never take another sender's datagrams); only sockets of our own
-/// user may join the port.
-fn shared_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+/// Opens the bound shared socket's port to the links' connected sockets (`SO_REUSEPORT`,
+/// set on them before their bind). The kernel hands a datagram to the socket connected to
+/// its sender, if any, else to the one unconnected socket of the port: connected sockets
+/// never take another sender's datagrams, and only sockets of our own user may join.
+/// Set after the bind, not before: a port-0 bind with the option may be given the port of
+/// another socket of ours that has it (another node's on this host), and share its
+/// datagrams.
+fn share_port(socket: &UdpSocket) -> std::io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
-    use socket2::{Protocol, Socket, Type};
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    setsockopt(&socket, sockopt::ReusePort, &true)?;
-    Ok(socket)
+    setsockopt(socket, sockopt::ReusePort, &true)?;
+    Ok(())
 }
 
 /// `to` as the socket takes it: an IPv4 address mapped into IPv6 on a dual-stack socket;

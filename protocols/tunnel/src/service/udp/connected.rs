@@ -19,7 +19,7 @@ use std::sync::Arc;
 use quinn_udp::UdpSocketState;
 
 use super::super::data::{self, ReaderHandle};
-use super::{SEND_WAIT_MS, Udp, UdpReader, grow_buffers, shared_socket};
+use super::{SEND_WAIT_MS, Udp, UdpReader, grow_buffers};
 
 /// The socket, and its reader on the data thread (dropped with it: the member's
 /// datagrams then reach the shared socket again).
@@ -35,7 +35,7 @@ impl Connected {
         if to.is_ipv6() && !udp.dual {
             return Err(io::Error::other("no IPv6 on this host's datagram socket"));
         }
-        let socket = shared_socket(socket2::Domain::for_address(to))?;
+        let socket = reuse_port_socket(to)?;
         if to.is_ipv6() {
             socket.set_only_v6(true)?;
         }
@@ -68,6 +68,16 @@ impl Connected {
     }
 }
 
+/// A UDP socket for `to`'s family that may join the shared socket's port (see
+/// [`super::share_port`]), not bound yet.
+fn reuse_port_socket(to: SocketAddr) -> io::Result<socket2::Socket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))?;
+    setsockopt(&socket, sockopt::ReusePort, &true)?;
+    Ok(socket)
+}
+
 /// Sends one sealed datagram on a connected socket, waiting a moment for room when its
 /// buffer is full; `false` when it is lost.
 pub(super) fn send(socket: &UdpSocket, datagram: &[u8]) -> bool {
@@ -85,7 +95,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::service::udp::bind_dual_stack;
+    use crate::service::udp::{bind_dual_stack, share_port};
 
     fn reader(port: u16) -> UdpSocket {
         let s = UdpSocket::bind(("127.0.0.1", port)).unwrap();
@@ -96,10 +106,11 @@ mod tests {
     #[test]
     fn the_member_reaches_the_connected_socket_and_everyone_else_the_shared_one() {
         let shared = bind_dual_stack(0).unwrap();
+        share_port(&shared).unwrap();
         let port = shared.local_addr().unwrap().port();
         let (member, stranger) = (reader(0), reader(0));
         let to = member.local_addr().unwrap();
-        let socket = shared_socket(socket2::Domain::IPV4).unwrap();
+        let socket = reuse_port_socket(to).unwrap();
         socket
             .bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
             .unwrap();
@@ -126,5 +137,15 @@ mod tests {
         // Nothing else came to the connected socket.
         connected.set_nonblocking(true).unwrap();
         assert!(connected.recv(&mut buf).is_err());
+    }
+
+    #[test]
+    fn another_node_cannot_take_the_shared_port() {
+        let shared = bind_dual_stack(0).unwrap();
+        share_port(&shared).unwrap();
+        let port = shared.local_addr().unwrap().port();
+        // Another node's shared socket: its bind comes before its option, so it fails.
+        let err = bind_dual_stack(port).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }
