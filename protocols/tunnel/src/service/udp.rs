@@ -31,7 +31,7 @@ use super::path::DataPath;
 mod batch;
 pub(super) use batch::Batch;
 mod connected;
-use connected::Connected;
+use connected::{Connected, MAX_CONNECTED, Slots};
 mod negotiate;
 pub(super) use negotiate::{Local, Negotiated, answer, offer, push_ips};
 
@@ -72,6 +72,8 @@ pub(super) struct Udp {
     send_failed: Arc<AtomicU64>,
     /// Adds the readers of the links' connected sockets to the data thread.
     spawner: Spawner,
+    /// The links' connected sockets open, against their bound.
+    slots: Slots,
 }
 
 impl Udp {
@@ -106,6 +108,7 @@ impl Udp {
             unknown: AtomicU64::new(0),
             send_failed: Arc::new(AtomicU64::new(0)),
             spawner,
+            slots: Slots::new(MAX_CONNECTED),
         }))
     }
 

@@ -15,17 +15,58 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quinn_udp::UdpSocketState;
 
 use super::super::data::{self, ReaderHandle};
 use super::{SEND_WAIT_MS, Udp, UdpReader, grow_buffers};
 
+/// Most connected sockets open at once, across networks. Each is a descriptor, and the
+/// daemon runs under the usual limit of 1,024 (the tunnel takes up to 1,024 links): a
+/// link past it sends from the shared socket, which costs a route lookup a datagram and
+/// nothing else.
+pub(super) const MAX_CONNECTED: usize = 128;
+
+/// Counts the connected sockets open, against a bound.
+pub(super) struct Slots {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Slots {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot, if fewer than the bound are taken; it is given back when dropped.
+    fn take(&self) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.open.clone()))
+    }
+}
+
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The socket, and its reader on the data thread (dropped with it: the member's
 /// datagrams then reach the shared socket again).
 pub(super) struct Connected {
     socket: Arc<UdpSocket>,
     _reader: ReaderHandle,
+    _slot: Slot,
 }
 
 impl Connected {
@@ -35,6 +76,10 @@ impl Connected {
         if to.is_ipv6() && !udp.dual {
             return Err(io::Error::other("no IPv6 on this host's datagram socket"));
         }
+        let slot = udp
+            .slots
+            .take()
+            .ok_or_else(|| io::Error::other("as many connected sockets as allowed are open"))?;
         let socket = reuse_port_socket(to)?;
         if to.is_ipv6() {
             socket.set_only_v6(true)?;
@@ -60,6 +105,7 @@ impl Connected {
         Ok(Self {
             socket,
             _reader: reader,
+            _slot: slot,
         })
     }
 
@@ -147,5 +193,16 @@ mod tests {
         // Another node's shared socket: its bind comes before its option, so it fails.
         let err = bind_dual_stack(port).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn connected_sockets_are_bounded_and_a_closed_one_frees_its_slot() {
+        let slots = Slots::new(3);
+        let taken: Vec<Slot> = (0..3).map(|_| slots.take().unwrap()).collect();
+        assert!(slots.take().is_none(), "a fourth socket past the bound");
+        drop(taken);
+        let again: Vec<Slot> = (0..3).map(|_| slots.take().unwrap()).collect();
+        assert_eq!(again.len(), 3);
+        assert!(slots.take().is_none());
     }
 }
