@@ -323,6 +323,18 @@ fn share_port(socket: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `send` on `socket`, and once more when its buffer was full, after waiting up to
+/// [`SEND_WAIT_MS`] for room (the data thread's back-pressure, as a blocking socket would
+/// give); whether it went. A datagram that did not is lost, as on any lossy link.
+fn send_waiting<T>(socket: &UdpSocket, send: impl Fn() -> std::io::Result<T>) -> bool {
+    match send() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            super::data::wait_writable(socket.as_fd(), SEND_WAIT_MS) && send().is_ok()
+        }
+        sent => sent.is_ok(),
+    }
+}
+
 /// `to` as the socket takes it: an IPv4 address mapped into IPv6 on a dual-stack socket;
 /// `None` for an IPv6 address on an IPv4-only one (it cannot be reached from there).
 fn on_wire(to: SocketAddr, dual: bool) -> Option<SocketAddr> {

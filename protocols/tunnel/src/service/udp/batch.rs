@@ -1,7 +1,6 @@
 //! The send side of the datagram socket: sealed datagrams gathered into GSO runs.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -11,8 +10,7 @@ use quinn_udp::{Transmit, UdpSocketState};
 
 use crate::datagram::INDEX_LEN;
 
-use super::super::data;
-use super::{MAX_GSO_BYTES, RECV_BUF, SEND_WAIT_MS, UdpLink, connected, on_wire};
+use super::{MAX_GSO_BYTES, RECV_BUF, UdpLink, on_wire, send_waiting};
 
 /// Datagrams the TUN reader sealed and has not sent yet: a run to one address, all of one
 /// size but the last, sent with one GSO call (one syscall and one trip down the kernel's
@@ -106,7 +104,11 @@ impl Batch {
         };
         let connected = self.connected.take();
         let sent = match (on_wire(to, self.dual), connected) {
-            (Some(_), Some(socket)) if self.count == 1 => connected::send(&socket, &self.buf),
+            // A plain `send`: no address and no control message, so the kernel keeps the
+            // connected socket's route.
+            (Some(_), Some(socket)) if self.count == 1 => {
+                send_waiting(&socket, || socket.send(&self.buf))
+            }
             (Some(to), _) => {
                 let transmit = Transmit {
                     destination: to,
@@ -115,13 +117,9 @@ impl Batch {
                     segment_size: (self.count > 1).then_some(self.segment),
                     src_ip: None,
                 };
-                let send = || self.state.send((&*self.socket).into(), &transmit);
-                match send() {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        data::wait_writable(self.socket.as_fd(), SEND_WAIT_MS) && send().is_ok()
-                    }
-                    sent => sent.is_ok(),
-                }
+                send_waiting(&self.socket, || {
+                    self.state.send((&*self.socket).into(), &transmit)
+                })
             }
             (None, _) => false,
         };

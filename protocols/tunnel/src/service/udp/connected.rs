@@ -13,14 +13,13 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quinn_udp::UdpSocketState;
 
-use super::super::data::{self, ReaderHandle};
-use super::{SEND_WAIT_MS, Udp, UdpReader, grow_buffers};
+use super::super::data::ReaderHandle;
+use super::{Udp, UdpReader, grow_buffers};
 
 /// Most connected sockets open at once, across networks. Each is a descriptor, and the
 /// daemon runs under the usual limit of 1,024 (the tunnel takes up to 1,024 links): a
@@ -124,24 +123,12 @@ fn reuse_port_socket(to: SocketAddr) -> io::Result<socket2::Socket> {
     Ok(socket)
 }
 
-/// Sends one sealed datagram on a connected socket, waiting a moment for room when its
-/// buffer is full; `false` when it is lost.
-pub(super) fn send(socket: &UdpSocket, datagram: &[u8]) -> bool {
-    match socket.send(datagram) {
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            data::wait_writable(socket.as_fd(), SEND_WAIT_MS) && socket.send(datagram).is_ok()
-        }
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::service::udp::{bind_dual_stack, share_port};
+    use crate::service::udp::{bind_dual_stack, send_waiting, share_port};
 
     fn reader(port: u16) -> UdpSocket {
         let s = UdpSocket::bind(("127.0.0.1", port)).unwrap();
@@ -167,7 +154,7 @@ mod tests {
         }
 
         // Ours goes out from the shared port, with a plain send.
-        assert!(send(&connected, b"lone"));
+        assert!(send_waiting(&connected, || connected.send(b"lone")));
         let mut buf = [0u8; 16];
         let (n, from) = member.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from.port()), (&b"lone"[..], port));
