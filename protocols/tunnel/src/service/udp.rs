@@ -31,7 +31,7 @@ use super::path::DataPath;
 mod batch;
 pub(super) use batch::Batch;
 mod connected;
-use connected::{Connected, MAX_CONNECTED, Slots};
+use connected::{MAX_CONNECTED, Slots, Tried};
 mod negotiate;
 pub(super) use negotiate::{Local, Negotiated, answer, offer, push_ips};
 
@@ -366,8 +366,8 @@ pub(super) struct UdpLink {
     rejected: AtomicU64,
     send_failed: AtomicU64,
     /// The socket connected to the endpoint last seen usable (see [`connected`]), or the
-    /// endpoint that could not have one.
-    connected: Mutex<Option<(SocketAddr, Option<Connected>)>>,
+    /// endpoint that could not have one and when that was tried.
+    connected: Mutex<Option<Tried>>,
 }
 
 /// A member's datagram link while its stream lives: registered with the socket and the
@@ -452,35 +452,6 @@ impl UdpLink {
     /// Where packets to the member go now, if the datagram path is up.
     pub(super) fn usable(&self, now: Instant) -> Option<SocketAddr> {
         self.state.lock().ok()?.usable(now)
-    }
-
-    /// Gives the link a socket connected to its usable endpoint, once per endpoint (one
-    /// that fails is not tried again until the endpoint moves).
-    fn keep_connected(&self, udp: &Arc<Udp>, now: Instant) {
-        let Some(to) = self.usable(now) else {
-            return;
-        };
-        let current = |c: &Option<(SocketAddr, Option<Connected>)>| {
-            c.as_ref().is_some_and(|(at, _)| *at == to)
-        };
-        if self.connected.lock().map_or(true, |c| current(&c)) {
-            return;
-        }
-        // Opened outside the lock: the data thread takes it for every lone datagram.
-        let opened = Connected::open(udp, to)
-            .inspect_err(|e| tracing::debug!(%to, "tunnel: no connected datagram socket: {e}"))
-            .ok();
-        if let Ok(mut c) = self.connected.lock() {
-            *c = Some((to, opened));
-        }
-    }
-
-    /// The link's socket connected to `to`, if it has one.
-    fn connected_to(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
-        match &*self.connected.lock().ok()? {
-            Some((at, Some(c))) if *at == to => Some(c.socket()),
-            _ => None,
-        }
     }
 
     /// Adds the member's address `ip` (seen on a direct connection since the negotiation)

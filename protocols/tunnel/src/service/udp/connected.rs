@@ -15,11 +15,12 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use quinn_udp::UdpSocketState;
 
 use super::super::data::ReaderHandle;
-use super::{Udp, UdpReader, grow_buffers};
+use super::{Udp, UdpLink, UdpReader, grow_buffers};
 
 /// Most connected sockets open at once, across networks. Each is a descriptor, and the
 /// daemon runs under the usual limit of 1,024 (the tunnel takes up to 1,024 links): a
@@ -113,6 +114,71 @@ impl Connected {
     }
 }
 
+/// How long after a connected socket failed to open (the bound reached, say) the link
+/// tries again for the same endpoint.
+pub(super) const CONNECT_RETRY: Duration = Duration::from_secs(10);
+
+/// A link's last try to open a connected socket.
+pub(super) struct Tried {
+    pub(super) to: SocketAddr,
+    pub(super) socket: Option<Connected>,
+    pub(super) at: Instant,
+}
+
+/// Whether to open a connected socket to `to` now: none was tried for it, or the last
+/// try failed [`CONNECT_RETRY`] ago or more (a slot may have freed since).
+pub(super) fn connect_due(
+    last: Option<(SocketAddr, bool, Instant)>,
+    to: SocketAddr,
+    now: Instant,
+) -> bool {
+    match last {
+        Some((at, opened, _)) if at == to && opened => false,
+        Some((at, _, tried)) if at == to => now.saturating_duration_since(tried) >= CONNECT_RETRY,
+        _ => true,
+    }
+}
+
+impl UdpLink {
+    /// Gives the link a socket connected to its usable endpoint, once per endpoint (one
+    /// that failed to open is tried again after [`CONNECT_RETRY`]).
+    pub(super) fn keep_connected(&self, udp: &Arc<Udp>, now: Instant) {
+        let Some(to) = self.usable(now) else {
+            return;
+        };
+        let due = self.connected.lock().is_ok_and(|c| {
+            let last = c.as_ref().map(|t| (t.to, t.socket.is_some(), t.at));
+            connect_due(last, to, now)
+        });
+        if !due {
+            return;
+        }
+        // Opened outside the lock: the data thread takes it for every lone datagram.
+        let socket = Connected::open(udp, to)
+            .inspect_err(|e| tracing::debug!(%to, "tunnel: no connected datagram socket: {e}"))
+            .ok();
+        if let Ok(mut c) = self.connected.lock() {
+            *c = Some(Tried {
+                to,
+                socket,
+                at: now,
+            });
+        }
+    }
+
+    /// The link's socket connected to `to`, if it has one.
+    pub(super) fn connected_to(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
+        match &*self.connected.lock().ok()? {
+            Some(Tried {
+                to: at,
+                socket: Some(c),
+                ..
+            }) if *at == to => Some(c.socket()),
+            _ => None,
+        }
+    }
+}
+
 /// A UDP socket for `to`'s family that may join the shared socket's port (see
 /// [`super::share_port`]), not bound yet.
 fn reuse_port_socket(to: SocketAddr) -> io::Result<socket2::Socket> {
@@ -125,8 +191,6 @@ fn reuse_port_socket(to: SocketAddr) -> io::Result<socket2::Socket> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::service::udp::{bind_dual_stack, send_waiting, share_port};
 
@@ -191,5 +255,28 @@ mod tests {
         let again: Vec<Slot> = (0..3).map(|_| slots.take().unwrap()).collect();
         assert_eq!(again.len(), 3);
         assert!(slots.take().is_none());
+    }
+
+    #[test]
+    fn a_connected_socket_that_failed_is_tried_again_later_and_one_that_opened_is_kept() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "198.51.100.7:4000".parse().unwrap(),
+            "198.51.100.8:4000".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        assert!(connect_due(None, a, t0), "never tried");
+        assert!(!connect_due(Some((a, true, t0)), a, t0 + CONNECT_RETRY * 5));
+        assert!(
+            connect_due(Some((a, true, t0)), b, t0),
+            "the endpoint moved"
+        );
+        // Failed (the bound reached): not again at once, again once the retry time passed.
+        assert!(!connect_due(
+            Some((a, false, t0)),
+            a,
+            t0 + CONNECT_RETRY / 2
+        ));
+        assert!(connect_due(Some((a, false, t0)), a, t0 + CONNECT_RETRY));
+        assert!(connect_due(Some((a, false, t0)), b, t0));
     }
 }
