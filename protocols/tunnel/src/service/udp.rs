@@ -184,51 +184,72 @@ impl Udp {
 pub(super) struct UdpReader {
     udp: Arc<Udp>,
     socket: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
+    recv: Recv,
     buf: Vec<u8>,
     writes: WriteBatch,
+}
+
+/// How a reader reads its socket.
+enum Recv {
+    /// The shared socket: quinn-udp's receive, which gives each read's sender.
+    Shared(Arc<UdpSocketState>),
+    /// A link's connected socket, whose every datagram is from this endpoint: a plain
+    /// `recvmsg` asking only for GRO's segment size (see [`connected::recv`]).
+    Connected(SocketAddr),
 }
 
 impl UdpReader {
     /// The reader of the shared socket.
     pub(super) fn new(udp: Arc<Udp>) -> Self {
         let (socket, state) = (udp.socket.clone(), udp.state.clone());
-        Self::of(udp, socket, state)
+        Self::of(udp, socket, Recv::Shared(state))
     }
 
     /// The reader of `socket`, whose datagrams go to `udp`'s links like the shared one's.
-    fn of(udp: Arc<Udp>, socket: Arc<UdpSocket>, state: Arc<UdpSocketState>) -> Self {
+    fn of(udp: Arc<Udp>, socket: Arc<UdpSocket>, recv: Recv) -> Self {
         Self {
             udp,
             socket,
-            state,
+            recv,
             buf: vec![0u8; RECV_BUF],
             writes: WriteBatch::new(WRITE_BATCH),
         }
     }
 
+    /// Reads into the buffer: the bytes read, the size of each datagram in them (where
+    /// the kernel coalesced several), and their sender.
+    fn recv(&mut self) -> std::io::Result<(usize, usize, SocketAddr)> {
+        let (len, stride, from) = match &self.recv {
+            Recv::Shared(state) => {
+                let mut meta = [RecvMeta::default()];
+                let mut iov = [IoSliceMut::new(&mut self.buf)];
+                state.recv((&*self.socket).into(), &mut iov, &mut meta)?;
+                let [m] = meta;
+                // An IPv4 sender reaches the dual-stack socket as `::ffff:a.b.c.d`.
+                let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+                (m.len, m.stride, from)
+            }
+            Recv::Connected(peer) => {
+                let (len, stride) = connected::recv(&self.socket, &mut self.buf)?;
+                (len, stride, *peer)
+            }
+        };
+        let len = len.min(self.buf.len());
+        Ok((len, if stride == 0 { len } else { stride }, from))
+    }
+
     /// One read; `false` when the socket had nothing more.
     fn read_one(&mut self) -> bool {
-        let udp = &*self.udp;
-        let mut meta = [RecvMeta::default()];
-        let read = {
-            let mut iov = [IoSliceMut::new(&mut self.buf)];
-            self.state.recv((&*self.socket).into(), &mut iov, &mut meta)
-        };
-        match read {
-            Ok(_) => {}
+        let (len, stride, from) = match self.recv() {
+            Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(e) => {
                 // An ICMP error from an earlier send, mostly: the socket still works.
                 tracing::debug!("tunnel: UDP receive: {e}");
                 return true;
             }
-        }
-        let [m] = meta;
-        // An IPv4 sender reaches the dual-stack socket as `::ffff:a.b.c.d`.
-        let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-        let len = m.len.min(self.buf.len());
-        let stride = if m.stride == 0 { len } else { m.stride };
+        };
+        let udp = &*self.udp;
         if len == 0 {
             return true;
         }
