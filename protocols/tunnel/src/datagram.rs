@@ -148,17 +148,33 @@ impl PathState {
         }
     }
 
-    /// The addresses to probe now, if a round is due: the endpoint only while the path is
-    /// up (a keepalive), else the endpoint and every candidate.
-    pub fn probes_due(&mut self, now: Instant) -> Vec<SocketAddr> {
-        let up = self.usable(now).is_some();
-        let every = if up {
+    /// The time between probe rounds now: keepalives while the path is up, fast probing
+    /// for a while after start (and while the member's datagrams come), slow after.
+    fn probe_interval(&self, now: Instant) -> Duration {
+        if self.usable(now).is_some() {
             KEEPALIVE
         } else if now.saturating_duration_since(self.started) < FAST_PROBING || self.hears(now) {
             PROBE_EVERY
         } else {
             SLOW_PROBE_EVERY
-        };
+        }
+    }
+
+    /// When the next probe round is due, as things stand at `now` (a round already due
+    /// gives a time at or before `now`). The path going down shortens the interval
+    /// without an event: waking at this time, the caller finds the shorter one then.
+    pub fn next_probe(&self, now: Instant) -> Instant {
+        match self.last_probe {
+            Some(at) => at + self.probe_interval(now),
+            None => now,
+        }
+    }
+
+    /// The addresses to probe now, if a round is due: the endpoint only while the path is
+    /// up (a keepalive), else the endpoint and every candidate.
+    pub fn probes_due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let up = self.usable(now).is_some();
+        let every = self.probe_interval(now);
         let due = self
             .last_probe
             .is_none_or(|at| now.saturating_duration_since(at) >= every);
@@ -402,6 +418,35 @@ mod tests {
         assert!(!s.add_candidate(addr("198.51.100.2:1"), late), "known");
         assert_eq!(s.probes_due(late).len(), 2, "at once, every candidate");
         assert_eq!(s.probes_due(late + PROBE_EVERY).len(), 2, "fast again");
+    }
+
+    #[test]
+    fn the_next_probe_time_is_when_probes_due_gives_the_next_round() {
+        let t0 = Instant::now();
+        let at = addr("198.51.100.9:1");
+        let mut s = PathState::new([at], t0);
+        assert_eq!(s.next_probe(t0), t0, "never probed: due now");
+        assert_eq!(s.probes_due(t0).len(), 1);
+        // Probing fast: due again PROBE_EVERY later, not a moment before.
+        let next = s.next_probe(t0);
+        assert_eq!(next, t0 + PROBE_EVERY);
+        assert!(s.probes_due(next - Duration::from_millis(1)).is_empty());
+        assert_eq!(s.probes_due(next).len(), 1);
+        // Up: keepalives, KEEPALIVE apart.
+        s.on_probe(at, true, next);
+        assert_eq!(s.next_probe(next), next + KEEPALIVE);
+        // The path went down unannounced: at the keepalive's time the shorter interval
+        // applies, so the round is due at once.
+        let silent = next + ALIVE + KEEPALIVE;
+        assert!(s.next_probe(silent) <= silent);
+        assert_eq!(s.probes_due(silent).len(), 1);
+        // Slow after fast probing gave up: SLOW_PROBE_EVERY apart.
+        let late = t0 + FAST_PROBING + ALIVE + KEEPALIVE;
+        assert_eq!(s.probes_due(late).len(), 1);
+        assert_eq!(s.next_probe(late), late + SLOW_PROBE_EVERY);
+        // A new candidate: due at once.
+        s.add_candidate(addr("198.51.100.10:1"), late);
+        assert_eq!(s.next_probe(late), late);
     }
 
     #[test]

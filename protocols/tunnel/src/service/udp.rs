@@ -15,10 +15,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use p2pnode_secure::Session;
-use p2pnode_secure::session::{HEADER_LEN, TAG_LEN};
+use p2pnode_secure::session::HEADER_LEN;
 use quinn_udp::{RecvMeta, UdpSocketState};
 
 use crate::MemberId;
@@ -33,13 +33,12 @@ pub(super) use batch::Batch;
 mod connected;
 use connected::{MAX_CONNECTED, Slots, Tried};
 mod negotiate;
+mod probe;
 pub(super) use negotiate::{Local, Negotiated, answer, offer, push_ips};
 
 /// The datagram session's handshake label: not the stream's, so no message of one
 /// handshake can stand in for the other's.
 const LABEL: &[u8] = b"/p2pnode/tunnel/1/datagram";
-/// How often a link's probe task looks whether a probe round is due.
-const PROBE_TICK: Duration = Duration::from_millis(100);
 /// The receive buffer: one GRO read (the kernel coalesces at most 64 KiB), or one
 /// datagram of any size.
 const RECV_BUF: usize = 65_535;
@@ -389,6 +388,8 @@ pub(super) struct UdpLink {
     /// The socket connected to the endpoint last seen usable (see [`connected`]), or the
     /// endpoint that could not have one and when that was tried.
     connected: Mutex<Option<Tried>>,
+    /// Wakes the probe task when the data thread sees the path change.
+    wake: tokio::sync::Notify,
 }
 
 /// A member's datagram link while its stream lives: registered with the socket and the
@@ -442,6 +443,7 @@ pub(super) fn attach(
         rejected: AtomicU64::new(0),
         send_failed: AtomicU64::new(0),
         connected: Mutex::new(None),
+        wake: tokio::sync::Notify::new(),
     });
     if !udp.register(link.clone()) {
         return None;
@@ -449,19 +451,7 @@ pub(super) fn attach(
     if let Ok(mut p) = path.lock() {
         p.udp.insert(member, link.clone());
     }
-    let prober = {
-        let (link, udp) = (link.clone(), udp.clone());
-        super::spawn(async move {
-            let mut tick = tokio::time::interval(PROBE_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let now = Instant::now();
-                link.probe_round(now);
-                link.keep_connected(&udp, now);
-            }
-        })
-    };
+    let prober = super::spawn(probe::run(link.clone(), udp.clone()));
     Some(Attached {
         udp: udp.clone(),
         link,
@@ -473,16 +463,6 @@ impl UdpLink {
     /// Where packets to the member go now, if the datagram path is up.
     pub(super) fn usable(&self, now: Instant) -> Option<SocketAddr> {
         self.state.lock().ok()?.usable(now)
-    }
-
-    /// Adds the member's address `ip` (seen on a direct connection since the negotiation)
-    /// as a candidate, with its UDP port.
-    pub(super) fn observed(&self, ip: IpAddr) {
-        if let Ok(mut s) = self.state.lock()
-            && s.add_candidate(SocketAddr::new(ip, self.peer_port), Instant::now())
-        {
-            tracing::debug!(%ip, "tunnel: a new datagram candidate");
-        }
     }
 
     /// The candidates tried.
@@ -519,27 +499,6 @@ impl UdpLink {
         sealed.is_ok()
     }
 
-    fn send_probe(&self, to: SocketAddr, hears_you: bool, now: Instant) {
-        let mut buf = Vec::with_capacity(INDEX_LEN + HEADER_LEN + 2 + TAG_LEN);
-        let sent = on_wire(to, self.dual).is_some_and(|to| {
-            self.seal_append(&datagram::probe(hears_you), &mut buf, now)
-                && self.socket.send_to(&buf, to).is_ok()
-        });
-        if !sent {
-            self.send_failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn probe_round(&self, now: Instant) {
-        let (to, hears) = match self.state.lock() {
-            Ok(mut s) => (s.probes_due(now), s.hears(now)),
-            Err(_) => return,
-        };
-        for addr in to {
-            self.send_probe(addr, hears, now);
-        }
-    }
-
     /// Writes `batch` into this link's device.
     fn write(&self, batch: &mut WriteBatch) {
         if let Err(e) = self.device.send_batch(batch) {
@@ -561,18 +520,30 @@ impl UdpLink {
         };
         match datagram::classify(payload) {
             Payload::Probe { hears_you } => {
-                let answer = match self.state.lock() {
-                    Ok(mut s) => s.on_probe(from, hears_you, now),
+                let (answer, changed) = match self.state.lock() {
+                    Ok(mut s) => {
+                        let before = s.usable(now);
+                        let answer = s.on_probe(from, hears_you, now);
+                        (answer, s.usable(now) != before)
+                    }
                     Err(_) => return None,
                 };
                 if answer {
                     self.send_probe(from, true, now);
                 }
+                if changed {
+                    self.path_changed();
+                }
                 None
             }
             Payload::Packet(packet) => {
-                if let Ok(mut s) = self.state.lock() {
+                let changed = self.state.lock().is_ok_and(|mut s| {
+                    let before = s.usable(now);
                     s.on_datagram(from, now);
+                    s.usable(now) != before
+                });
+                if changed {
+                    self.path_changed();
                 }
                 let pass = match self.path.lock() {
                     Ok(mut p) => p.on_peer_packet(&self.member, packet, self.mtu),
