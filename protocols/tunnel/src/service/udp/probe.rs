@@ -135,6 +135,9 @@ mod tests {
         let spammed = rounds(Duration::from_secs(1), true, 10).await;
         let most = (10 * 1000 / MIN_ROUND_GAP.as_millis()) as usize + 1;
         assert!(spammed <= most, "{spammed} rounds, at most {most}");
-        assert!(spammed >= most - 2, "woken, it still runs about every gap: {spammed}");
+        assert!(
+            spammed >= most - 2,
+            "woken, it still runs about every gap: {spammed}"
+        );
     }
 }
