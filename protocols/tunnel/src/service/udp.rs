@@ -1,7 +1,8 @@
 //! The datagram path (see [`crate::datagram`] for the why and the wire): the service's
 //! UDP socket, each member's datagram link, the socket's reader (on the data thread) and
 //! the task that probes. The negotiation over a new tunnel stream is in `negotiate`, the
-//! sending in GSO runs in `batch`, each link's own connected socket in `connected`.
+//! sending in GSO runs in `batch`, each link's own connected socket in `connected`, the
+//! probing in `probe`.
 //!
 //! One socket serves every network: the index in front of each frame finds the link,
 //! and the link knows its network's data path and device. A stranger's datagram costs a
