@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use p2pnode_secure::session::{HEADER_LEN, TAG_LEN};
+use tokio::sync::Notify;
 
 use super::{Udp, UdpLink, on_wire};
 use crate::datagram::{self, INDEX_LEN};
