@@ -521,31 +521,16 @@ impl UdpLink {
         };
         match datagram::classify(payload) {
             Payload::Probe { hears_you } => {
-                let (answer, changed) = match self.state.lock() {
-                    Ok(mut s) => {
-                        let before = s.usable(now);
-                        let answer = s.on_probe(from, hears_you, now);
-                        (answer, s.usable(now) != before)
-                    }
-                    Err(_) => return None,
-                };
+                let answer = self.update_path(now, |s| s.on_probe(from, hears_you, now))?;
                 if answer {
                     self.send_probe(from, true, now);
-                }
-                if changed {
-                    self.path_changed();
                 }
                 None
             }
             Payload::Packet(packet) => {
-                let changed = self.state.lock().is_ok_and(|mut s| {
-                    let before = s.usable(now);
-                    s.on_datagram(from, now);
-                    s.usable(now) != before
-                });
-                if changed {
-                    self.path_changed();
-                }
+                // A poisoned state lock only costs the endpoint's update: the packet's own
+                // checks come next.
+                let _ = self.update_path(now, |s| s.on_datagram(from, now));
                 let pass = match self.path.lock() {
                     Ok(mut p) => p.on_peer_packet(&self.member, packet, self.mtu),
                     Err(_) => return None,

@@ -10,7 +10,7 @@ use p2pnode_secure::session::{HEADER_LEN, TAG_LEN};
 use tokio::sync::Notify;
 
 use super::{Udp, UdpLink, on_wire};
-use crate::datagram::{self, INDEX_LEN};
+use crate::datagram::{self, INDEX_LEN, PathState};
 
 /// The least time between two rounds of a link's probe task, whatever wakes it: a member
 /// that keeps moving its endpoint (each move wakes the task) makes at most one new
@@ -57,10 +57,25 @@ impl UdpLink {
         }
     }
 
-    /// The path went up or down, or its endpoint moved: the probe task looks at once (a
-    /// keepalive's interval, a connected socket for the new endpoint).
-    pub(super) fn path_changed(&self) {
-        self.wake.notify_one();
+    /// Runs `update` on the path's state (`None` when its lock is poisoned). When that
+    /// changed where packets go (the path went up or down, or its endpoint moved), the
+    /// probe task looks at once: a keepalive's interval, a connected socket for the new
+    /// endpoint.
+    pub(super) fn update_path<R>(
+        &self,
+        now: Instant,
+        update: impl FnOnce(&mut PathState) -> R,
+    ) -> Option<R> {
+        let (r, changed) = {
+            let mut s = self.state.lock().ok()?;
+            let before = s.usable(now);
+            let r = update(&mut s);
+            (r, s.usable(now) != before)
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+        Some(r)
     }
 
     /// When the next probe round is due.
