@@ -106,6 +106,6 @@ pub const PROTOCOL: &str = "files";
 pub const STREAM_PROTOCOL: &str = "/p2pnode/files/1";
 
 pub use tree::{
-    GROUP_SIZE, OutboardBuilder, Proof, ReadAt, VerifiedGroup, compute_outboard, group_count,
-    group_range, outboard_size, proof, verify_group,
+    GROUP_SIZE, OutboardBuilder, Proof, ProofReader, ReadAt, VerifiedGroup, compute_outboard,
+    group_count, group_range, outboard_size, proof, verify_group,
 };

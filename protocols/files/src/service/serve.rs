@@ -29,7 +29,7 @@ use super::{
     MAX_OFFERS_PER_PEER, MAX_STREAMS_PER_PEER, OPEN_TIMEOUT, Offer, now_ms,
 };
 use crate::api::{OfferInfo, SendInfo};
-use crate::{ContentId, check_path, group_range, proof};
+use crate::{ContentId, ProofReader, check_path, group_range};
 
 /// Takes every accepted stream and serves it in its own task, within the bounds.
 pub(super) async fn accept_loop(inner: Weak<Inner>, mut listener: SecureListener) {
@@ -410,7 +410,7 @@ fn read_one(
         reader.file = Some((file, opened));
     }
     let buf = reader.spare.pop().unwrap_or_default();
-    let Some((_, opened)) = &reader.file else {
+    let Some((_, opened)) = &mut reader.file else {
         return Err((Refusal::Io, "no open file".into()));
     };
     let (data, proof) = read_group(opened, size, group, buf)?;
@@ -421,7 +421,7 @@ fn read_one(
 struct Opened {
     data: std::fs::File,
     /// `None` for content of one group, which has no outboard.
-    outboard: Option<std::fs::File>,
+    outboard: Option<(std::fs::File, ProofReader)>,
 }
 
 fn open_files(
@@ -438,7 +438,8 @@ fn open_files(
     let outboard = if crate::group_count(size) == 1 {
         None
     } else {
-        Some(std::fs::File::open(outboard).map_err(io)?)
+        let file = std::fs::File::open(outboard).map_err(io)?;
+        Some((file, ProofReader::new(size)))
     };
     Ok(Opened { data, outboard })
 }
@@ -446,7 +447,7 @@ fn open_files(
 /// Reads one group at its offset into `data` (a spare buffer, or an empty one), and its
 /// proof from the outboard.
 fn read_group(
-    f: &Opened,
+    f: &mut Opened,
     size: u64,
     group: u64,
     mut data: Vec<u8>,
@@ -467,9 +468,10 @@ fn read_group(
     f.data
         .read_exact_at(&mut data, range.start)
         .map_err(|e| (Refusal::Io, e.to_string()))?;
-    let proof = match &f.outboard {
+    let proof = match &mut f.outboard {
         None => Vec::new(),
-        Some(ob) => proof(ob, size, group)
+        Some((ob, proofs)) => proofs
+            .proof(ob, group)
             .map_err(|e| (Refusal::Io, e.to_string()))?
             .to_bytes(),
     };

@@ -304,6 +304,8 @@ fn a_receiver_builds_the_outboard_from_what_it_verified() {
     let mut partial = vec![0u8; outboard_size(size) as usize];
     // Groups arrive out of order; after each, the receiver can prove what it has.
     let order = [7u64, 0, 11, 3, 4, 10, 1, 2, 9, 5, 8, 6];
+    // A provider serving while it fetches keeps one reader as its outboard grows.
+    let mut served = ProofReader::new(size);
     for (n, &g) in order.iter().enumerate() {
         let p = proof(&outboard, size, g).unwrap();
         let verified = verify_group(&id, size, g, group_of(&data, g), &p).unwrap();
@@ -313,6 +315,7 @@ fn a_receiver_builds_the_outboard_from_what_it_verified() {
         for &have in &order[..=n] {
             let from_partial = proof(&partial, size, have).unwrap();
             verify_group(&id, size, have, group_of(&data, have), &from_partial).unwrap();
+            assert_eq!(served.proof(&partial, have).unwrap(), from_partial);
         }
     }
     assert_eq!(partial, outboard, "all groups: the whole outboard");
@@ -332,4 +335,81 @@ fn path_indices_cover_the_outboard_once() {
         }
         assert!(seen.iter().all(|&s| s), "groups {groups}");
     }
+}
+
+/// An outboard that counts its reads.
+struct Counted<'a> {
+    bytes: &'a [u8],
+    reads: std::cell::Cell<usize>,
+}
+
+impl ReadAt for Counted<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reads.set(self.reads.get() + 1);
+        self.bytes.read_exact_at(buf, offset)
+    }
+}
+
+#[test]
+fn a_proof_reader_gives_the_same_proofs_reading_each_parent_once_in_order() {
+    // The reader only reads, so any bytes of the right length stand in for an outboard.
+    for groups in [2u64, 3, 64, 100, 1000, 4097] {
+        let size = groups * GROUP_SIZE - 3;
+        let bytes = content(outboard_size(size) as usize, groups);
+        let outboard = Counted {
+            bytes: &bytes,
+            reads: std::cell::Cell::new(0),
+        };
+        let mut reader = ProofReader::new(size);
+        for g in 0..groups {
+            let p = reader.proof(&outboard, g).unwrap();
+            assert_eq!(
+                p,
+                proof(&bytes, size, g).unwrap(),
+                "{groups} groups, group {g}"
+            );
+        }
+        // Each parent is read once (a tree of n groups has n - 1), where `proof()` reads
+        // one per level of every group's path.
+        assert_eq!(outboard.reads.get() as u64, groups - 1, "{groups} groups");
+
+        // Out of order (a stride through the groups, then back to the start) the proofs
+        // are still the same.
+        let mut g = 0;
+        for _ in 0..groups {
+            g = (g + 37) % groups;
+            assert_eq!(
+                reader.proof(&outboard, g).unwrap(),
+                proof(&bytes, size, g).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_proof_reader_recovers_from_a_failed_read() {
+    // Eight groups: parents 0 to 2 under groups 0 to 3, 3 to 5 under 4 to 7, the root 6.
+    let size = 8 * GROUP_SIZE;
+    let whole = content(outboard_size(size) as usize, 9);
+    let short = &whole[..3 * 64];
+    let mut reader = ProofReader::new(size);
+    assert_eq!(
+        reader.proof(&whole[..], 2).unwrap(),
+        proof(&whole, size, 2).unwrap()
+    );
+    // Group 7 shares only the root with group 2, and its other parents are cut off.
+    assert!(matches!(reader.proof(short, 7), Err(ProofError::Io(_))));
+    for g in [7, 0, 5, 2] {
+        assert_eq!(
+            reader.proof(&whole[..], g).unwrap(),
+            proof(&whole, size, g).unwrap()
+        );
+    }
+    assert!(matches!(
+        reader.proof(&whole[..], 8),
+        Err(ProofError::NoSuchGroup {
+            group: 8,
+            groups: 8
+        })
+    ));
 }

@@ -10,7 +10,7 @@ fn a_group_read_into_a_spare_buffer_is_exactly_the_group() {
     let path = dir.path().join("small");
     let content: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &content).unwrap();
-    let opened = Opened {
+    let mut opened = Opened {
         data: std::fs::File::open(&path).unwrap(),
         outboard: None,
     };
@@ -19,7 +19,7 @@ fn a_group_read_into_a_spare_buffer_is_exactly_the_group() {
         vec![0xAA; 10],
         vec![0xAA; crate::GROUP_SIZE as usize],
     ] {
-        let (data, proof) = read_group(&opened, 1000, 0, spare).unwrap();
+        let (data, proof) = read_group(&mut opened, 1000, 0, spare).unwrap();
         assert_eq!(data, content);
         assert!(proof.is_empty(), "a one-group file has no proof");
     }
