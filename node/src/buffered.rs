@@ -13,6 +13,15 @@
 //! buffer is full or the stream is flushed; every user of a stream (multistream-select,
 //! rustls's handshake, yamux) flushes when it waits for an answer, as on any buffered
 //! stream.
+//!
+//! yamux flushes after every frame it sends (16 KiB at most), even when the streams have
+//! more frames queued, so a bulk transfer still made a socket write per frame. Once the
+//! connection carries yamux ([`Batching::on`]), a flush that follows new bytes therefore
+//! first yields: it wakes its task and returns `Pending`, yamux goes on to the frames
+//! queued behind, and the flush it makes once none is left writes them all in one call.
+//! What a flush waits for is one more poll of its task, not a timer. Not before: rustls's
+//! handshake does not ask again after a flush that returned `Pending` (it waits to read
+//! the answer to what it flushed), so its messages must go out at once.
 
 use std::io;
 use std::pin::Pin;
@@ -34,6 +43,24 @@ pub struct Buffered<T> {
     /// Accepted and not yet written: `write[written..]`.
     write: Vec<u8>,
     written: usize,
+    /// Bytes were accepted since the last flush (which then yields once first).
+    fresh: bool,
+    batching: Batching,
+}
+
+/// Turns on the yielding flush of one [`Buffered`] stream (see the module's text).
+#[derive(Debug, Clone, Default)]
+pub struct Batching(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Batching {
+    /// From now on a flush after new bytes yields once before it writes.
+    pub fn on(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl<T> Buffered<T> {
@@ -46,7 +73,14 @@ impl<T> Buffered<T> {
             end: 0,
             write: Vec::new(),
             written: 0,
+            fresh: false,
+            batching: Batching::default(),
         }
+    }
+
+    /// The switch of this stream's batching flush, off until turned on.
+    pub fn batching(&self) -> Batching {
+        self.batching.clone()
     }
 
     /// The wrapped stream.
@@ -137,11 +171,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Buffered<T> {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         this.write.extend_from_slice(buf);
+        this.fresh = true;
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.fresh) && this.batching.is_on() {
+            // The caller may have more to write before it waits (see the module's text).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
@@ -214,6 +254,62 @@ mod tests {
         s.write_all(&big).await.unwrap();
         assert_eq!(s.buffered().1, 0);
         assert_eq!(&s.inner.data[s.inner.data.len() - MAX..], &big[..]);
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn once_on_a_flush_after_new_bytes_yields_so_queued_frames_go_out_in_one_write() {
+        let wakes = std::sync::Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut s = Buffered::new(Counting {
+            chunk: usize::MAX,
+            ..Default::default()
+        });
+        // Off (during the handshakes), a flush writes at once.
+        let frame = vec![3u8; 16 * 1024 - 64];
+        assert!(Pin::new(&mut s).poll_write(&mut cx, &frame).is_ready());
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_ready());
+        assert_eq!((s.inner.writes, s.inner.flushes), (1, 1));
+        s.batching().on();
+        s.inner = Counting {
+            chunk: usize::MAX,
+            ..Default::default()
+        };
+        // As yamux sends: a frame, a flush, the next frame queued behind it, a flush...
+        for n in 1..=3 {
+            assert!(matches!(
+                Pin::new(&mut s).poll_write(&mut cx, &frame),
+                Poll::Ready(Ok(len)) if len == frame.len()
+            ));
+            assert!(Pin::new(&mut s).poll_flush(&mut cx).is_pending());
+            // Each yield wakes the task, so the flush is asked again.
+            assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), n);
+            assert_eq!(s.inner.writes, 0);
+        }
+        // ...and once nothing new came, the flush writes the three frames in one call.
+        assert!(matches!(
+            Pin::new(&mut s).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!((s.inner.writes, s.inner.flushes), (1, 1));
+        assert_eq!(s.inner.data.len(), 3 * frame.len());
+        // With nothing buffered a flush goes straight through.
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_ready());
+        assert_eq!(s.inner.flushes, 2);
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -171,6 +171,7 @@ async fn dial_secured(
 ) -> io::Result<(PeerId, StreamMuxerBox)> {
     use libp2p::core::upgrade::OutboundConnectionUpgrade;
 
+    let batching = conn.batching();
     let (name, io) =
         multistream_select::dialer_select_proto(conn, [crate::tls::PROTOCOL], Version::V1Lazy)
             .await
@@ -183,6 +184,7 @@ async fn dial_secured(
         .await
         .map_err(io::Error::other)?;
     let muxer = yamux::Config::default().upgrade_outbound(io, name).await?;
+    batching.on();
     Ok((peer, StreamMuxerBox::new(muxer)))
 }
 
@@ -195,6 +197,7 @@ async fn accept_secured(
     use futures::future::Either;
     use libp2p::core::upgrade::InboundConnectionUpgrade;
 
+    let batching = conn.batching();
     let offered = [crate::tls::PROTOCOL, NOISE];
     let (name, io) = multistream_select::listener_select_proto(conn, offered)
         .await
@@ -216,6 +219,7 @@ async fn accept_secured(
         .await
         .map_err(io::Error::other)?;
     let muxer = yamux::Config::default().upgrade_inbound(io, name).await?;
+    batching.on();
     Ok((peer, StreamMuxerBox::new(muxer)))
 }
 
