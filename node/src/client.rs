@@ -29,6 +29,7 @@ pub struct Client {
     security: Arc<Security>,
     networks: crate::networks::Networks,
     peer_id: PeerId,
+    peer_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -46,6 +47,7 @@ impl Client {
         security: Arc<Security>,
         networks: crate::networks::Networks,
         peer_id: PeerId,
+        peer_changes: tokio::sync::watch::Receiver<u64>,
     ) -> Self {
         Self {
             commands,
@@ -53,7 +55,15 @@ impl Client {
             security,
             networks,
             peer_id,
+            peer_changes,
         }
+    }
+
+    /// A counter that changes whenever a peer becomes connected (its first connection) or
+    /// disconnected (its last one closed): wait on it and read [`peers`](Self::peers)
+    /// instead of polling the list. Closed once the node stops.
+    pub fn peer_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.peer_changes.clone()
     }
 
     /// Opens an application stream to `peer`: connects when needed, checks the trust store

@@ -326,6 +326,7 @@ impl NodeBuilder {
 
         let stop = Arc::new(Notify::new());
         let loop_stop = stop.clone();
+        let peer_changes = event_loop.peer_changes();
         let event_loop = tokio::spawn(tracing::Instrument::instrument(
             event_loop.run(async move { loop_stop.notified().await }),
             span.clone(),
@@ -378,7 +379,14 @@ impl NodeBuilder {
             )
         });
         let net_listener = net_listener.map_err(StartError::Listen)?;
-        let client = Client::new(cmd_tx, streams, security, networks.clone(), peer_id);
+        let client = Client::new(
+            cmd_tx,
+            streams,
+            security,
+            networks.clone(),
+            peer_id,
+            peer_changes,
+        );
         let net_tasks = vec![
             tokio::spawn(tracing::Instrument::instrument(
                 crate::networks::exchange::serve(networks.clone(), net_listener),

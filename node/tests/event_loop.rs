@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use crate::common::wait_for;
 
 use p2pnode_node::api::Path;
@@ -88,6 +90,35 @@ async fn connect_by_address_then_peers_lists_both_sides() {
     wait_for(|| async { connected(&b, a.client().peer_id()).await.then_some(()) }).await;
     a.node.shutdown().await;
     b.node.shutdown().await;
+}
+
+/// What tasks wait on instead of polling the peer list: it changes when a peer connects
+/// for the first time and when its last connection closes, and not while it stays.
+#[tokio::test]
+async fn peer_changes_mark_a_first_connection_and_a_last_close() {
+    let a = start(vec![], false).await;
+    let b = start(vec![], false).await;
+    let mut changes = a.client().peer_changes();
+    assert!(!changes.has_changed().unwrap(), "no peer yet");
+    a.client().connect_addr(b.addr().await).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("a change when B connected")
+        .unwrap();
+    let connected_at = *changes.borrow_and_update();
+    // Traffic over the connection is no change.
+    a.client().ping(b.client().peer_id(), 2).await.unwrap();
+    assert_eq!(*changes.borrow(), connected_at);
+    b.node.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("a change when B's connection closed")
+        .unwrap();
+    assert!(a.client().peers().await.unwrap().is_empty());
+    a.node.shutdown().await;
+    // The node stopped: waiting ends with an error instead of never.
+    let ended = tokio::time::timeout(Duration::from_secs(10), changes.changed()).await;
+    assert!(matches!(ended, Ok(Err(_))), "{ended:?}");
 }
 
 #[tokio::test]

@@ -350,7 +350,11 @@ impl EventLoop {
         };
         self.metrics
             .connection(conn.path_label(), conn.transport_label(), 1);
-        self.conns.entry(peer).or_default().push(conn);
+        let list = self.conns.entry(peer).or_default();
+        list.push(conn);
+        if list.len() == 1 {
+            self.peers_changed();
+        }
         if path == Path::Direct {
             self.close_relayed(peer);
             if let Some(punch) = self.punches.remove(&peer) {

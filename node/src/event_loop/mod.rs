@@ -132,6 +132,9 @@ pub struct EventLoop {
     metrics: Arc<Metrics>,
     /// How peers see us, for the doctor.
     observations: Observations,
+    /// Counts the peers that became connected (a first connection) or disconnected (the
+    /// last one closed), for tasks that act on new peers without polling the list.
+    peer_changes: tokio::sync::watch::Sender<u64>,
 }
 
 type DialReply = oneshot::Sender<Result<Connected, NodeError>>;
@@ -175,7 +178,17 @@ impl EventLoop {
             intro_budget: IntroBudget::default(),
             metrics,
             observations: Observations::default(),
+            peer_changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever a peer becomes connected or disconnected (see [`crate::Client::peer_changes`]).
+    pub(crate) fn peer_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.peer_changes.subscribe()
+    }
+
+    fn peers_changed(&self) {
+        self.peer_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Runs until `shutdown` resolves or every [`crate::Client`] is dropped.
@@ -288,6 +301,7 @@ impl EventLoop {
                                 .lost(peer_id, addr, std::time::Instant::now());
                         }
                         self.conns.remove(&peer_id);
+                        self.peers_changed();
                         self.forget_circuits(peer_id);
                         if let Some(punch) = self.punches.remove(&peer_id) {
                             punch.abort();

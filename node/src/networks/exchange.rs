@@ -51,9 +51,7 @@ pub const MAX_SERVING_PER_PEER: usize = 2;
 pub const MAX_OPENING: usize = 32;
 /// A whole exchange (open, handshake, rounds) gives up after this long.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the connected peers are looked at for new connections.
-const PEERS_TICK: Duration = Duration::from_millis(250);
-/// Most connected peers looked at per tick.
+/// Most connected peers looked at per change.
 const MAX_PEERS: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
@@ -205,8 +203,10 @@ async fn exchange(
 pub(crate) async fn drive(client: Client, networks: Networks, mut pushes: mpsc::Receiver<Push>) {
     let mut known: HashSet<PeerId> = HashSet::new();
     let mut tasks = JoinSet::new();
-    let mut tick = tokio::time::interval(PEERS_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The peers are looked at when they change, not on a timer (an idle node then does
+    // nothing here), and once at the start for those connected already.
+    let mut changes = client.peer_changes();
+    changes.mark_changed();
     loop {
         let mut start: Vec<(PeerId, NetworkId, Vec<SignedOp>)> = Vec::new();
         tokio::select! {
@@ -219,7 +219,11 @@ pub(crate) async fn drive(client: Client, networks: Networks, mut pushes: mpsc::
                     start.push((peer, push.network, push.ops.clone()));
                 }
             }
-            _ = tick.tick() => {
+            changed = changes.changed() => {
+                // The event loop has ended.
+                if changed.is_err() {
+                    break;
+                }
                 let Ok(peers) = client.peers().await else { break };
                 let now: HashSet<PeerId> = peers
                     .iter()
