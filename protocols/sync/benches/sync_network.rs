@@ -5,8 +5,8 @@
 //! The document is built in memory and stored in node A's data directory before A starts;
 //! node B starts empty. "sync" is timed from the moment B's stream to A is up (its first
 //! messages go out in that same step) until B holds A's heads and has saved them;
-//! "connect" adds the time from `connect` until the stream is up (the service notices
-//! new connections on a 250 ms tick).
+//! "connect" adds the time from `connect` until the stream is up (the service looks at
+//! the peers when one connects, through `Client::peer_changes`).
 //!
 //! Run: `cargo bench -p p2pnode-sync --features service --bench sync_network [-- --changes N]`.
 //! Issue #20's goal: at most 1.5x the in-memory loop's time and 1.1x its bytes.

@@ -182,7 +182,7 @@ impl Service {
         // The owner waits on purpose: it is the only writer, and nothing of this batch may
         // be acknowledged or sent before the fsync returned. `blocking` keeps the rest of
         // the node running meanwhile.
-        // Most batches (ticks, events, frames that changed nothing) save nothing, and a
+        // Most batches (events, frames that changed nothing) save nothing, and a
         // handoff of the worker costs a cross-CPU wake-up.
         let save = !batch.dirty.is_empty();
         let saves = || {

@@ -45,7 +45,7 @@ impl Drop for Link {
     }
 }
 
-/// A connected peer without a stream yet.
+/// A connected peer without a working stream yet (none, or one no frame came over).
 pub(super) struct Seen {
     pub(super) first: Instant,
     pub(super) last_attempt: Option<Instant>,
@@ -70,7 +70,9 @@ impl Service {
             tracing::warn!(%peer, "sync: {MAX_LINKS} streams open; refusing another");
             return;
         }
-        self.seen.remove(&peer);
+        // The peer's attempts are kept until a frame comes over the stream: a peer that
+        // takes streams and closes them unread (one that revoked us) is asked again only
+        // after the doubling pause, not as soon as each stream ends.
         let (io, session) = stream.into_parts();
         let session = Arc::new(Mutex::new(session));
         let (read, write) = io.split();
@@ -130,10 +132,12 @@ impl Service {
     }
 
     /// Opens streams to connected peers that share a network with us, and drops the
-    /// streams of peers that share none any more.
-    pub(super) async fn tick(&mut self) {
+    /// streams of peers that share none any more. Gives when it next has something to do
+    /// with the peers connected now (an open that comes due), if ever: the owner runs it
+    /// again then, or sooner when peers or memberships change.
+    pub(super) async fn look_at_peers(&mut self) -> Option<Instant> {
         let Ok(peers) = self.client.peers().await else {
-            return;
+            return None;
         };
         let connected: HashSet<PeerId> = peers
             .iter()
@@ -142,8 +146,13 @@ impl Service {
             .collect();
         self.seen.retain(|p, _| connected.contains(p));
         let now = Instant::now();
+        let mut next: Option<Instant> = None;
         for peer in connected {
             if self.links.contains_key(&peer) || self.opening.contains(&peer) {
+                continue;
+            }
+            // A peer that shares no network is looked at again when a membership changes.
+            if !self.shares_network(&peer) {
                 continue;
             }
             let seen = self.seen.entry(peer).or_insert(Seen {
@@ -151,27 +160,28 @@ impl Service {
                 last_attempt: None,
                 attempts: 0,
             });
-            let our_turn = self.me < peer || now.duration_since(seen.first) >= FALLBACK_OPEN;
+            let turn = if self.me < peer {
+                now
+            } else {
+                seen.first + FALLBACK_OPEN
+            };
             let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
-            let wait = RETRY_EVERY * 2u32.pow(doublings);
             let retry = seen
                 .last_attempt
-                .is_none_or(|t| now.duration_since(t) >= wait);
-            if !our_turn || !retry {
+                .map_or(now, |t| t + RETRY_EVERY * 2u32.pow(doublings));
+            let due = turn.max(retry);
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
+            // An open that brings no stream is reported (`Opened::Failed`), and the peers
+            // are looked at again then: its pause counts from here.
             seen.last_attempt = Some(now);
-            // Only real opens back off: a membership granted later is noticed within
-            // RETRY_EVERY.
-            if !self.shares_network(&peer) {
-                continue;
-            }
-            if let Some(seen) = self.seen.get_mut(&peer) {
-                seen.attempts += 1;
-            }
+            seen.attempts += 1;
             self.open(peer);
         }
         self.membership_changed(None);
+        next
     }
 
     pub(super) fn open(&mut self, peer: PeerId) {

@@ -25,7 +25,7 @@ mod routes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
@@ -65,9 +65,6 @@ pub const MAX_LINKS: usize = 256;
 const WATCH_QUEUE: usize = 1024;
 /// Most inputs in one batch (one save per changed document).
 const MAX_BATCH: usize = 256;
-/// How often connected peers are looked at and membership is checked again (changes to
-/// membership are acted on at once; this catches a lagged event stream).
-const TICK: Duration = Duration::from_millis(250);
 /// The larger peer id opens a stream itself when none came after this long.
 const FALLBACK_OPEN: Duration = Duration::from_secs(3);
 /// Least time between two attempts to open a stream to one peer, doubled after each
@@ -181,7 +178,6 @@ enum Input {
     Opened(Opened),
     // Boxed: an accepted secure stream dwarfs the other inputs.
     Accepted(Box<Accepted>),
-    Tick,
     /// A network's membership changed (`None`: any network's).
     Membership(Option<String>),
 }
@@ -341,28 +337,51 @@ impl Service {
         mut opened_rx: mpsc::Receiver<Opened>,
         mut stop_rx: oneshot::Receiver<()>,
     ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut membership = self.networks.subscribe();
+        let mut membership_live = true;
+        // The peers are looked at when they connect or disconnect, when a membership
+        // changes, a stream ends or an open fails, and when an open comes due: not on a
+        // timer, so an idle node does nothing here. First for the peers connected already.
+        let mut peer_changes = self.client.peer_changes();
+        let mut peers_live = true;
+        let mut look = true;
+        let mut due: Option<Instant> = None;
         loop {
+            if look {
+                look = false;
+                due = self.look_at_peers().await;
+            }
+            let at = due.unwrap_or_else(Instant::now);
             let first = tokio::select! {
                 _ = &mut stop_rx => break,
-                event = membership.recv() => match event {
+                event = membership.recv(), if membership_live => match event {
                     Ok(NetEvent::Changed { name, .. } | NetEvent::Left { name }) => {
                         Input::Membership(Some(name))
                     }
                     // Lagged: re-check every network.
                     Err(broadcast::error::RecvError::Lagged(_)) => Input::Membership(None),
-                    Err(broadcast::error::RecvError::Closed) => Input::Tick,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        membership_live = false;
+                        continue;
+                    }
                 },
                 Some(c) = cmd_rx.recv() => Input::Command(c),
                 Some(i) = inbound_rx.recv() => Input::Inbound(i),
                 Some(a) = listener.next() => Input::Accepted(Box::new(a)),
                 Some(o) = opened_rx.recv() => Input::Opened(o),
-                _ = tick.tick() => Input::Tick,
+                changed = peer_changes.changed(), if peers_live => {
+                    // An error: the node's event loop has ended.
+                    peers_live = changed.is_ok();
+                    look = peers_live;
+                    continue;
+                }
+                () = tokio::time::sleep_until(at.into()), if due.is_some() => {
+                    look = true;
+                    continue;
+                }
             };
             let mut batch = Batch::default();
-            self.apply(first, &mut batch).await;
+            look |= self.apply(first, &mut batch);
             for _ in 0..MAX_BATCH {
                 let next = if let Ok(c) = cmd_rx.try_recv() {
                     Input::Command(c)
@@ -375,7 +394,7 @@ impl Service {
                 } else {
                     break;
                 };
-                self.apply(next, &mut batch).await;
+                look |= self.apply(next, &mut batch);
             }
             self.finish(batch);
         }
@@ -384,13 +403,17 @@ impl Service {
         tracing::debug!("sync service stopped");
     }
 
-    async fn apply(&mut self, input: Input, batch: &mut Batch) {
+    /// Applies one input; gives whether the peers need another look (a stream ended, an
+    /// open failed, a membership changed).
+    fn apply(&mut self, input: Input, batch: &mut Batch) -> bool {
         match input {
             Input::Command(c) => self.command(c, batch),
             Input::Inbound(Inbound::Frame {
                 peer, link, frame, ..
             }) => {
                 if self.links.get(&peer).is_some_and(|l| l.id == link) {
+                    // The stream works: should it end, the next opens start afresh.
+                    self.seen.remove(&peer);
                     self.receive(peer, frame, batch);
                 }
             }
@@ -398,6 +421,7 @@ impl Service {
                 if self.links.get(&peer).is_some_and(|l| l.id == link) {
                     tracing::debug!(%peer, "sync stream ended: {reason}");
                     self.drop_link(peer);
+                    return true;
                 }
             }
             Input::Accepted(a) => {
@@ -407,7 +431,7 @@ impl Service {
                 if !self.shares_network(&peer) {
                     tracing::debug!(%peer, "sync stream refused: no network in common");
                     self.stats.refused_streams += 1;
-                    return;
+                    return false;
                 }
                 self.attach(peer, stream, preferred(self.me, peer, false), batch);
             }
@@ -427,10 +451,14 @@ impl Service {
                 {
                     seen.attempts = seen.attempts.min(1);
                 }
+                return true;
             }
-            Input::Tick => self.tick().await,
-            Input::Membership(network) => self.membership_changed(network.as_deref()),
+            Input::Membership(network) => {
+                self.membership_changed(network.as_deref());
+                return true;
+            }
         }
+        false
     }
 
     /// Whether `peer` is a current member of a network we are in (the networks of our
