@@ -45,7 +45,8 @@ impl Service {
                     None => break,
                 },
                 Some((room, m)) = room_rx.recv() => Input::Room(room, m),
-                _ = tick.tick() => Input::Tick,
+                // Only while something waits on the clock: an idle node does nothing here.
+                _ = tick.tick(), if self.has_timed_work() => Input::Tick,
             };
             let mut inputs = vec![first];
             // Group commit: whatever else is ready shares this batch's transaction.

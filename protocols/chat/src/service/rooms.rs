@@ -104,6 +104,20 @@ impl Service {
         Ok(info)
     }
 
+    /// Whether [`Self::tick`] has anything to do, now or later: a conversation waiting on
+    /// its timer, a peer with queued messages and no stream, a room.
+    pub(super) fn has_timed_work(&self) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.conv.poll_timeout().is_some() || Self::waiting_for_a_stream(p))
+            || self.rooms.values().any(|r| r.room.poll_timeout().is_some())
+    }
+
+    /// A peer the tick tries to reach: messages queued, no stream, not blocked.
+    fn waiting_for_a_stream(p: &Peer) -> bool {
+        p.link.is_none() && p.conv.outbox().len() > 0 && p.admission != Admission::Block
+    }
+
     pub(super) fn tick(
         &mut self,
         now: u64,
@@ -129,9 +143,7 @@ impl Service {
         let waiting: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.link.is_none() && p.conv.outbox().len() > 0 && p.admission != Admission::Block
-            })
+            .filter(|(_, p)| Self::waiting_for_a_stream(p))
             .map(|(k, _)| *k)
             .collect();
         for peer in waiting {

@@ -69,7 +69,7 @@ const MAX_HELLOS: usize = 32;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opening a stream (dial, handshake, hello) gives up after this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often members without a stream are looked at.
+/// How often members without a stream are looked at, while a tunnel is up.
 const TICK: Duration = Duration::from_millis(500);
 /// The larger peer id opens a stream itself when none came after this long.
 const FALLBACK_OPEN: Duration = Duration::from_secs(3);
@@ -271,7 +271,8 @@ impl Service {
                 Some(c) = cmd_rx.recv() => self.command(c).await,
                 Some(a) = listener.next() => self.accepted(a),
                 Some(e) = events_rx.recv() => self.event(e),
-                _ = tick.tick() => self.tick(),
+                // Only while a tunnel is up: a node without one does nothing here.
+                _ = tick.tick(), if !self.nets.is_empty() => self.tick(),
             }
         }
         for (name, t) in std::mem::take(&mut self.nets) {
