@@ -52,7 +52,7 @@ use reconnect::Reconnects;
 use relays::Reservation;
 use topics::Joined;
 
-/// How often the redial schedule is checked.
+/// How often the redial schedule is checked (while it has anything to look at).
 const REDIAL_TICK: Duration = Duration::from_secs(1);
 
 /// Why a peer is kept connected: it decides when the peer is redialled.
@@ -191,6 +191,18 @@ impl EventLoop {
         self.peer_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether the redial tick has anything to look at: a peer kept or lost, a topic, or
+    /// a connection. With connections it also polls the swarm once a second, which some
+    /// behaviours' timers need: gossipsub 0.50 resets its heartbeat's `Delay` after it
+    /// fired without polling it again, so nothing wakes the swarm for the next heartbeat.
+    /// A node with none of these has nothing due, and sleeps.
+    fn has_timed_work(&self) -> bool {
+        !self.keep.is_empty()
+            || !self.reconnects.is_empty()
+            || !self.topics.is_empty()
+            || !self.conns.is_empty()
+    }
+
     /// Runs until `shutdown` resolves or every [`crate::Client`] is dropped.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut redial = tokio::time::interval(REDIAL_TICK);
@@ -204,7 +216,8 @@ impl EventLoop {
                     None => break,
                 },
                 Some(dial) = self.punching.dials.recv() => self.punch_dial(dial),
-                _ = redial.tick() => {
+                // Only while there is something to look at (see `has_timed_work`).
+                _ = redial.tick(), if self.has_timed_work() => {
                     self.redial();
                     self.reconnect();
                     self.lookup_topics();

@@ -41,6 +41,11 @@ pub(super) struct Reconnects {
 }
 
 impl Reconnects {
+    /// Whether no peer is being redialled.
+    pub(super) fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
     /// `peer`'s last connection, dialled by us at `addr`, stalled: redial it from now on.
     pub(super) fn lost(&mut self, peer: PeerId, addr: Multiaddr, now: Instant) {
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
