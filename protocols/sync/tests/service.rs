@@ -153,6 +153,13 @@ async fn a_non_member_receives_nothing_on_the_wire() {
     a.client().connect_addr(addr_of(&c).await).await.unwrap();
     // b, a member, gets the document: the service is running and syncing.
     converged(&a, &b, "secret").await;
+    // c's side of the connection may come up after a's: c dials nobody.
+    let pa = a.client().peer_id().to_string();
+    wait_for(|| async {
+        let peers = c.client().peers().await.ok()?;
+        peers.iter().any(|p| p.peer_id == pa).then_some(())
+    })
+    .await;
     // c opens a sync stream to a itself: it passes the secure gate (c is a stranger, not
     // revoked), and a closes it unread.
     let protocol = StreamProtocol::new(p2pnode_sync::STREAM_PROTOCOL);
