@@ -59,11 +59,11 @@ impl Client {
         }
     }
 
-    /// A counter that changes whenever a peer becomes connected (its first connection) or
-    /// disconnected (its last one closed): wait on it and read [`peers`](Self::peers)
-    /// instead of polling the list. Closed once the node stops.
-    pub fn peer_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.peer_changes.clone()
+    /// Changes of the peers connected: wait on it and read [`peers`](Self::peers) instead
+    /// of polling the list (see [`PeerChanges`](crate::PeerChanges)). Closed once the
+    /// node stops.
+    pub fn peer_changes(&self) -> crate::PeerChanges {
+        crate::PeerChanges::new(self.peer_changes.clone())
     }
 
     /// Opens an application stream to `peer`: connects when needed, checks the trust store

@@ -41,6 +41,7 @@ pub mod network;
 pub mod networks;
 mod node;
 pub mod peer;
+pub mod peer_changes;
 pub mod prefix_connections;
 pub mod privacy;
 pub mod protocol;
@@ -59,6 +60,7 @@ pub use config::Config;
 pub use error::NodeError;
 pub use node::{Node, NodeBuilder, StartError, TransportKind};
 pub use peer::{Target, parse_peer_id, parse_target, short_id};
+pub use peer_changes::PeerChanges;
 pub use protocol::{Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler, Protocols};
 
 pub use libp2p::identity::Keypair;
