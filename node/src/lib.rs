@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod network;
 pub mod networks;
 mod node;
+pub mod open_schedule;
 pub mod peer;
 pub mod peer_changes;
 pub mod prefix_connections;

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
+use p2pnode_node::open_schedule::OpenSchedule;
 use p2pnode_secure::SecureStream;
 use tokio::sync::mpsc;
 
 use super::{
-    Batch, FALLBACK_OPEN, INBOUND_BYTES_PER_PEER, MAX_BACKOFF_DOUBLINGS, MAX_LINKS, OPEN_TIMEOUT,
-    Opened, RETRY_EVERY, Service, WRITER_QUEUE, io, spawn,
+    Batch, INBOUND_BYTES_PER_PEER, MAX_LINKS, OPEN_TIMEOUT, Opened, PAUSES, Service, WRITER_QUEUE,
+    io, spawn,
 };
 
 /// A peer's stream: its writer and reader tasks, and what it carries.
@@ -43,13 +44,6 @@ impl Drop for Link {
         self.reader.abort();
         self.writer_task.abort();
     }
-}
-
-/// A connected peer without a working stream yet (none, or one no frame came over).
-pub(super) struct Seen {
-    pub(super) first: Instant,
-    pub(super) last_attempt: Option<Instant>,
-    pub(super) attempts: u32,
 }
 
 impl Service {
@@ -155,29 +149,18 @@ impl Service {
             if !self.shares_network(&peer) {
                 continue;
             }
-            let seen = self.seen.entry(peer).or_insert(Seen {
-                first: now,
-                last_attempt: None,
-                attempts: 0,
-            });
-            let turn = if self.me < peer {
-                now
-            } else {
-                seen.first + FALLBACK_OPEN
-            };
-            let doublings = seen.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
-            let retry = seen
-                .last_attempt
-                .map_or(now, |t| t + RETRY_EVERY * 2u32.pow(doublings));
-            let due = turn.max(retry);
+            let seen = self
+                .seen
+                .entry(peer)
+                .or_insert_with(|| OpenSchedule::new(now));
+            let due = seen.due(self.me < peer, &PAUSES);
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
             // An open that brings no stream is reported (`Opened::Failed`), and the peers
             // are looked at again then: its pause counts from here.
-            seen.last_attempt = Some(now);
-            seen.attempts += 1;
+            seen.attempted(now);
             self.open(peer);
         }
         self.membership_changed(None);

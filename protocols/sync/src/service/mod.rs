@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use libp2p::{PeerId, StreamProtocol};
 use p2pnode_crdt::{ChangeHash, Document, Store, SyncSession};
 use p2pnode_node::networks::{NetEvent, Networks};
+use p2pnode_node::open_schedule::{OpenSchedule, Pauses};
 use p2pnode_node::secure::{Accepted, SecureListener};
 use p2pnode_node::{Client, Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler};
 use p2pnode_secure::SecureStream;
@@ -39,7 +40,7 @@ use crate::api::{DocInfo, WatchEvent, Written};
 use crate::wire::{Frame, MAX_FRAME_LEN};
 pub use error::SyncError;
 pub use handle::{SyncHandle, SyncStats};
-use links::{Link, Seen};
+use links::Link;
 
 /// Commands queued for the owner.
 const COMMAND_QUEUE: usize = 256;
@@ -75,6 +76,12 @@ const RETRY_EVERY: Duration = Duration::from_secs(3);
 const SLOW_FAILURE: Duration = RETRY_EVERY;
 /// Most doublings of [`RETRY_EVERY`] (3 s x 2^6: about three minutes).
 const MAX_BACKOFF_DOUBLINGS: u32 = 6;
+/// The above, as the stream opens' schedule takes them.
+const PAUSES: Pauses = Pauses {
+    fallback: FALLBACK_OPEN,
+    retry: RETRY_EVERY,
+    max_doublings: MAX_BACKOFF_DOUBLINGS,
+};
 /// Opening a stream (dial, handshake) gives up after this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -209,7 +216,7 @@ struct Service {
     docs: BTreeMap<String, Doc>,
     links: HashMap<PeerId, Link>,
     opening: HashSet<PeerId>,
-    seen: HashMap<PeerId, Seen>,
+    seen: HashMap<PeerId, OpenSchedule>,
     stats: SyncStats,
     inbound_tx: mpsc::Sender<Inbound>,
     opened_tx: mpsc::Sender<Opened>,
@@ -449,7 +456,7 @@ impl Service {
                 if took >= SLOW_FAILURE
                     && let Some(seen) = self.seen.get_mut(&peer)
                 {
-                    seen.attempts = seen.attempts.min(1);
+                    seen.forget_backoff();
                 }
                 return true;
             }

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use libp2p::{PeerId, Stream, StreamProtocol};
 use p2pnode_node::networks::{NetEvent, Networks};
+use p2pnode_node::open_schedule::Pauses;
 use p2pnode_node::secure::SecureListener;
 use p2pnode_node::{Client, Context, OwnerTask, Protocol, ProtocolError, ProtocolHandler};
 use p2pnode_secure::SecureStream;
@@ -78,6 +79,12 @@ const FALLBACK_OPEN: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Most doublings of [`RETRY_EVERY`] (2 s x 2^5: about a minute).
 const MAX_BACKOFF_DOUBLINGS: u32 = 5;
+/// The above, as the stream opens' schedule takes them.
+const PAUSES: Pauses = Pauses {
+    fallback: FALLBACK_OPEN,
+    retry: RETRY_EVERY,
+    max_doublings: MAX_BACKOFF_DOUBLINGS,
+};
 /// A stream that lived this long was a working one: after it ends, opening starts over
 /// without the backoff.
 const HEALTHY_LINK: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use p2pnode_node::networks::Roster;
+use p2pnode_node::open_schedule::OpenSchedule;
 use tokio::task::JoinHandle;
 
 use crate::api::{MemberStatus, NetStatus};
@@ -79,13 +80,6 @@ impl Drop for Link {
     }
 }
 
-/// A member without a stream, and our attempts to open one.
-pub(super) struct Waiting {
-    pub(super) first: Instant,
-    pub(super) last_attempt: Option<Instant>,
-    pub(super) attempts: u32,
-}
-
 /// A network whose tunnel is up.
 pub(super) struct NetTunnel {
     pub(super) id: [u8; 32],
@@ -99,7 +93,8 @@ pub(super) struct NetTunnel {
     pub(super) members: BTreeMap<PeerId, Option<String>>,
     pub(super) links: HashMap<PeerId, Link>,
     pub(super) opening: BTreeSet<PeerId>,
-    pub(super) waiting: HashMap<PeerId, Waiting>,
+    /// Members without a stream, and our attempts to open one.
+    pub(super) waiting: HashMap<PeerId, OpenSchedule>,
     /// Names to leases, for the DNS responder.
     pub(super) names: Names,
     /// The DNS responder, when its socket could be bound.

@@ -6,17 +6,15 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncReadExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
+use p2pnode_node::open_schedule::OpenSchedule;
 use p2pnode_node::secure::Accepted;
 use p2pnode_secure::SecureStream;
 use tokio::sync::mpsc;
 
 use super::link::{self, Outgoing};
-use super::net::{Link, Waiting};
+use super::net::Link;
 use super::udp;
-use super::{
-    Event, FALLBACK_OPEN, HEALTHY_LINK, HELLO_TIMEOUT, MAX_BACKOFF_DOUBLINGS, MAX_LINKS,
-    OPEN_TIMEOUT, RETRY_EVERY, Service, spawn,
-};
+use super::{Event, HEALTHY_LINK, HELLO_TIMEOUT, MAX_LINKS, OPEN_TIMEOUT, PAUSES, Service, spawn};
 use crate::MemberId;
 
 /// How often members whose datagram path is not up are looked at for new addresses.
@@ -286,21 +284,14 @@ impl Service {
                 if t.links.contains_key(&peer) || t.opening.contains(&peer) {
                     continue;
                 }
-                let w = t.waiting.entry(peer).or_insert(Waiting {
-                    first: now,
-                    last_attempt: None,
-                    attempts: 0,
-                });
-                let our_turn = self.me < peer || now.duration_since(w.first) >= FALLBACK_OPEN;
-                let doublings = w.attempts.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
-                let due = w
-                    .last_attempt
-                    .is_none_or(|at| now.duration_since(at) >= RETRY_EVERY * 2u32.pow(doublings));
-                if !our_turn || !due {
+                let w = t
+                    .waiting
+                    .entry(peer)
+                    .or_insert_with(|| OpenSchedule::new(now));
+                if w.due(self.me < peer, &PAUSES) > now {
                     continue;
                 }
-                w.last_attempt = Some(now);
-                w.attempts += 1;
+                w.attempted(now);
                 t.opening.insert(peer);
                 let (client, events, network, id) = (
                     self.client.clone(),
