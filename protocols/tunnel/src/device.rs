@@ -245,6 +245,21 @@ impl TunDevice {
         Ok(n.saturating_sub(PLAIN_HEADER.len()))
     }
 
+    /// Writes the packet `buf[at..]` without waiting, as [`TunDevice::try_send`] does, but
+    /// with offloads on the header goes into the bytes before it (at least
+    /// [`tun_rs::VIRTIO_NET_HDR_LEN`] of them, which are overwritten): one buffer in one
+    /// plain write, where `try_send` gathers two (and tun-rs allocates to gather them).
+    pub fn try_send_in_place(&self, buf: &mut [u8], at: usize) -> io::Result<usize> {
+        let header = PLAIN_HEADER.len();
+        if !self.offload || at < header || at > buf.len() {
+            return self.try_send(buf.get(at..).unwrap_or_default());
+        }
+        let framed = &mut buf[at - header..];
+        framed[..header].copy_from_slice(&PLAIN_HEADER);
+        let n = self.device.send(framed)?;
+        Ok(n.saturating_sub(header))
+    }
+
     /// Waits (at most 100 ms) until the device has a packet to read. The wait polls a
     /// copy of the descriptor on a blocking thread: the device is never registered with
     /// a runtime, which would then hear every packet (see the struct). Only the rare

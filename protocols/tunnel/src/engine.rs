@@ -31,6 +31,8 @@ pub struct Engine {
     me: MemberId,
     mtu: u16,
     table: AddressTable,
+    /// Our lease in `table`, kept beside it: each packet's checks need it.
+    ours: Option<Lease>,
     revoked: BTreeSet<MemberId>,
     drops: Drops,
     peers: BTreeMap<MemberId, PeerCounts>,
@@ -45,8 +47,10 @@ impl Engine {
         members: &[Claim],
         revoked: BTreeSet<MemberId>,
     ) -> Result<Self, LeaseError> {
+        let table = AddressTable::settle(&net, members)?;
         Ok(Self {
-            table: AddressTable::settle(&net, members)?,
+            ours: table.lease(&me),
+            table,
             net,
             me,
             mtu,
@@ -65,13 +69,14 @@ impl Engine {
         revoked: BTreeSet<MemberId>,
     ) -> Result<(), LeaseError> {
         self.table = AddressTable::settle(&self.net, members)?;
+        self.ours = self.table.lease(&self.me);
         self.revoked = revoked;
         Ok(())
     }
 
     /// Our lease.
     pub fn our_lease(&self) -> Option<Lease> {
-        self.table.lease(&self.me)
+        self.ours
     }
 
     /// Whether our node must record the lease the tie-break gave us.
@@ -86,7 +91,7 @@ impl Engine {
 
     /// A packet read from our TUN device: where it goes. A packet sent is counted.
     pub fn from_tun(&mut self, packet: &[u8]) -> Outbound<'_> {
-        let out = route_outbound(&self.table, &self.me, packet, self.mtu);
+        let out = route_outbound(&self.table, self.ours, packet, self.mtu);
         match &out {
             Outbound::Send(member) => count(&mut self.peers, member, |c| {
                 c.packets_out += 1;
@@ -101,7 +106,7 @@ impl Engine {
     /// A packet `sender` sent us: whether it may be written to our TUN device. A drop is
     /// counted against the sender and in all.
     pub fn from_peer(&mut self, sender: &MemberId, packet: &[u8]) -> bool {
-        let verdict = check_inbound(&self.table, &self.revoked, &self.me, sender, packet);
+        let verdict = check_inbound(&self.table, &self.revoked, self.ours, sender, packet);
         count(&mut self.peers, sender, |c| match verdict {
             Ok(_) => {
                 c.packets_in += 1;

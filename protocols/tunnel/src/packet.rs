@@ -159,11 +159,12 @@ fn holds(lease: &Lease, ip: IpAddr) -> bool {
     }
 }
 
-/// Checks a packet `sender` sent us before it reaches our TUN device.
+/// Checks a packet `sender` sent us before it reaches our TUN device; `ours` is our own
+/// lease in `table` (kept beside it by the engine: no lookup per packet).
 pub fn check_inbound(
     table: &AddressTable,
     revoked: &BTreeSet<MemberId>,
-    me: &MemberId,
+    ours: Option<Lease>,
     sender: &MemberId,
     packet: &[u8],
 ) -> Result<IpHeader, DropReason> {
@@ -175,7 +176,7 @@ pub fn check_inbound(
     if !holds(&theirs, header.src) {
         return Err(DropReason::SpoofedSource);
     }
-    let ours = table.lease(me).ok_or(DropReason::NotForUs)?;
+    let ours = ours.ok_or(DropReason::NotForUs)?;
     if !holds(&ours, header.dst) {
         return Err(DropReason::NotForUs);
     }
@@ -193,10 +194,11 @@ pub enum Outbound<'a> {
     Drop(DropReason),
 }
 
-/// Routes a packet read from our TUN device, whose MTU is `mtu`.
+/// Routes a packet read from our TUN device, whose MTU is `mtu`; `ours` is our own lease
+/// in `table`, as for [`check_inbound`].
 pub fn route_outbound<'t>(
     table: &'t AddressTable,
-    me: &MemberId,
+    ours: Option<Lease>,
     packet: &[u8],
     mtu: u16,
 ) -> Outbound<'t> {
@@ -205,7 +207,6 @@ pub fn route_outbound<'t>(
         Err(reason) => return Outbound::Drop(reason),
     };
     if header.total_len > usize::from(mtu) {
-        let ours = table.lease(me);
         let from = match (header.src, ours) {
             (IpAddr::V4(_), Some(l)) => IpAddr::V4(l.v4),
             (IpAddr::V6(_), Some(l)) => IpAddr::V6(l.v6),
@@ -216,12 +217,16 @@ pub fn route_outbound<'t>(
             None => Outbound::Drop(DropReason::TooBig),
         };
     }
+    // Our own address, by our lease: no member id compared (each is a cache miss when a
+    // lone packet finds the caches cold).
+    if ours.is_some_and(|l| holds(&l, header.dst)) {
+        return Outbound::Drop(DropReason::NotForUs);
+    }
     let holder = match header.dst {
         IpAddr::V4(v4) => table.holder_v4(v4),
         IpAddr::V6(v6) => table.holder_v6(v6),
     };
     match holder {
-        Some(m) if m == me => Outbound::Drop(DropReason::NotForUs),
         Some(m) => Outbound::Send(m),
         None => Outbound::Drop(DropReason::NoRoute),
     }
@@ -297,7 +302,7 @@ mod tests {
         let none = BTreeSet::new();
         for (src, dst) in [(v4(&t, 1), v4(&t, 0)), (v6(&t, 1), v6(&t, 0))] {
             let p = build_packet(src, dst, b"hello");
-            let h = check_inbound(&t, &none, &member(0), &member(1), &p).unwrap();
+            let h = check_inbound(&t, &none, t.lease(&member(0)), &member(1), &p).unwrap();
             assert_eq!((h.src, h.dst), (src, dst));
         }
     }
@@ -338,7 +343,7 @@ mod tests {
         ];
         let mut drops = Drops::default();
         for (sender, packet, reason) in cases {
-            let got = check_inbound(&t, &revoked, &me, &sender, &packet);
+            let got = check_inbound(&t, &revoked, t.lease(&me), &sender, &packet);
             assert_eq!(got, Err(reason));
             drops.record(reason);
         }
@@ -349,14 +354,14 @@ mod tests {
     #[test]
     fn outbound_goes_to_the_holder_or_is_dropped() {
         let t = table(3);
-        let me = member(0);
+        let me = t.lease(&member(0));
         let to = |dst| build_packet(v4(&t, 0), dst, b"payload");
         assert_eq!(
-            route_outbound(&t, &me, &to(v4(&t, 2)), 1280),
+            route_outbound(&t, me, &to(v4(&t, 2)), 1280),
             Outbound::Send(&member(2))
         );
         assert_eq!(
-            route_outbound(&t, &me, &build_packet(v6(&t, 0), v6(&t, 1), b"p"), 1280),
+            route_outbound(&t, me, &build_packet(v6(&t, 0), v6(&t, 1), b"p"), 1280),
             Outbound::Send(&member(1))
         );
         let free = (1..u16::MAX)
@@ -364,18 +369,30 @@ mod tests {
             .find(|ip| t.holder_v4(*ip).is_none())
             .unwrap();
         assert_eq!(
-            route_outbound(&t, &me, &to(IpAddr::V4(free)), 1280),
+            route_outbound(&t, me, &to(IpAddr::V4(free)), 1280),
             Outbound::Drop(DropReason::NoRoute)
         );
         assert_eq!(
-            route_outbound(&t, &me, &to("8.8.8.8".parse().unwrap()), 1280),
+            route_outbound(&t, me, &to("8.8.8.8".parse().unwrap()), 1280),
             Outbound::Drop(DropReason::NoRoute)
         );
         let big = build_packet(v4(&t, 0), v4(&t, 1), &[0; 1400]);
         assert!(matches!(
-            route_outbound(&t, &me, &big, 1280),
+            route_outbound(&t, me, &big, 1280),
             Outbound::TooBig(_)
         ));
+        // To our own address, on both families: not for the tunnel.
+        for dst in [v4(&t, 0), v6(&t, 0)] {
+            assert_eq!(
+                route_outbound(&t, me, &build_packet(v4(&t, 1), dst, b"p"), 1280),
+                Outbound::Drop(DropReason::NotForUs)
+            );
+        }
+        // Without a lease of ours, a packet to a member still goes to it.
+        assert_eq!(
+            route_outbound(&t, None, &to(v4(&t, 2)), 1280),
+            Outbound::Send(&member(2))
+        );
     }
 
     proptest! {
@@ -384,7 +401,7 @@ mod tests {
             let t = table(4);
             let none = BTreeSet::new();
             let packet = build_packet(IpAddr::from(src), v4(&t, 0), &payload);
-            let verdict = check_inbound(&t, &none, &member(0), &member(sender), &packet);
+            let verdict = check_inbound(&t, &none, t.lease(&member(0)), &member(sender), &packet);
             if verdict.is_ok() {
                 prop_assert_eq!(IpAddr::from(src), v4(&t, sender));
             }

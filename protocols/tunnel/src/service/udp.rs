@@ -15,7 +15,7 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use p2pnode_secure::Session;
@@ -156,12 +156,14 @@ impl Udp {
         &self,
         datagram: &'a mut [u8],
         from: SocketAddr,
+        likely: Option<&Weak<UdpLink>>,
     ) -> Option<(Arc<UdpLink>, &'a [u8])> {
         let Some((index, frame)) = datagram::split(datagram) else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let Some(link) = self.link(index) else {
+        let likely = likely.and_then(Weak::upgrade).filter(|l| l.index == index);
+        let Some(link) = likely.or_else(|| self.link(index)) else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -195,7 +197,16 @@ enum Recv {
     Shared(Arc<UdpSocketState>),
     /// A link's connected socket, whose every datagram is from this endpoint: a plain
     /// `recvmsg` asking only for GRO's segment size (see [`connected::recv`]).
-    Connected(SocketAddr),
+    Connected {
+        peer: SocketAddr,
+        /// The control-message buffer.
+        space: Vec<u8>,
+        /// The link that opened the socket, whose datagrams come to it: found without the
+        /// links' map (its lock, hash and table are cache misses on an idle echo's path).
+        /// The member's links in other networks come over the same socket and are looked
+        /// up as on the shared one.
+        link: Weak<UdpLink>,
+    },
 }
 
 impl UdpReader {
@@ -219,7 +230,7 @@ impl UdpReader {
     /// Reads into the buffer: the bytes read, the size of each datagram in them (where
     /// the kernel coalesced several), and their sender.
     fn recv(&mut self) -> std::io::Result<(usize, usize, SocketAddr)> {
-        let (len, stride, from) = match &self.recv {
+        let (len, stride, from) = match &mut self.recv {
             Recv::Shared(state) => {
                 let mut meta = [RecvMeta::default()];
                 let mut iov = [IoSliceMut::new(&mut self.buf)];
@@ -229,8 +240,8 @@ impl UdpReader {
                 let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
                 (m.len, m.stride, from)
             }
-            Recv::Connected(peer) => {
-                let (len, stride) = connected::recv(&self.socket, &mut self.buf)?;
+            Recv::Connected { peer, space, .. } => {
+                let (len, stride) = connected::recv(&self.socket, &mut self.buf, space)?;
                 (len, stride, *peer)
             }
         };
@@ -250,15 +261,26 @@ impl UdpReader {
             }
         };
         let udp = &*self.udp;
+        let likely = match &self.recv {
+            Recv::Connected { link, .. } => Some(link),
+            Recv::Shared(_) => None,
+        };
         if len == 0 {
             return true;
         }
         if len <= stride {
             // One datagram (an echo, a keystroke): its packet goes into the device as it
-            // lies in the buffer, with no batch to copy it into and no coalescing to try.
-            if let Some((link, packet)) = udp.on_datagram(&mut self.buf[..len], from)
-                && let Err(e) = link.device.try_send(packet)
-            {
+            // lies in the buffer, with no batch to copy it into and no coalescing to try,
+            // the device's header written over the frame's (opened) header before it.
+            // Where the packet lies in the buffer (it is borrowed from it).
+            let base = self.buf.as_ptr() as usize;
+            let Some((link, at, n)) = udp
+                .on_datagram(&mut self.buf[..len], from, likely)
+                .map(|(link, packet)| (link, packet.as_ptr() as usize - base, packet.len()))
+            else {
+                return true;
+            };
+            if let Err(e) = link.device.try_send_in_place(&mut self.buf[..at + n], at) {
                 tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}");
             }
             return true;
@@ -267,7 +289,7 @@ impl UdpReader {
         // offloads on); a packet for another device sends the batch first.
         let mut to: Option<Arc<UdpLink>> = None;
         for datagram in self.buf[..len].chunks_mut(stride) {
-            let Some((link, packet)) = udp.on_datagram(datagram, from) else {
+            let Some((link, packet)) = udp.on_datagram(datagram, from, likely) else {
                 continue;
             };
             let other = to

@@ -73,7 +73,7 @@ pub(super) struct Connected {
 impl Connected {
     /// A socket on `udp`'s port connected to `to`, read on the data thread like the shared
     /// one (the member's datagrams come to it from now on).
-    pub(super) fn open(udp: &Arc<Udp>, to: SocketAddr) -> io::Result<Self> {
+    pub(super) fn open(udp: &Arc<Udp>, link: &Arc<UdpLink>, to: SocketAddr) -> io::Result<Self> {
         if to.is_ipv6() && !udp.dual {
             return Err(io::Error::other("no IPv6 on this host's datagram socket"));
         }
@@ -101,7 +101,12 @@ impl Connected {
         // member sends, and throughput halved when tried.
         setsockopt(&socket, sockopt::UdpGroSegment, &true)?;
         let socket = Arc::new(socket);
-        let reader = UdpReader::of(udp.clone(), socket.clone(), Recv::Connected(to));
+        let recv = Recv::Connected {
+            peer: to,
+            space: control_space(),
+            link: Arc::downgrade(link),
+        };
+        let reader = UdpReader::of(udp.clone(), socket.clone(), recv);
         let reader = udp.spawner.add(Box::new(reader))?;
         Ok(Self {
             socket,
@@ -123,15 +128,17 @@ impl Connected {
 /// parses them; a connected socket's sender is known, and only GRO's segment size is
 /// needed. Traced, quinn-udp's `recvmmsg` took 6 µs where boringtun's `recvfrom` took 4,
 /// on the echo path whose round trip we race.
-pub(super) fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+///
+/// `space` is the control-message buffer, made once by [`control_space`]: not allocated
+/// and zeroed per read (each read of an echo's datagram did, and so did the read that
+/// finds the socket empty).
+pub(super) fn recv(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    space: &mut [u8],
+) -> io::Result<(usize, usize)> {
     let mut iov = [io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(i32);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )?;
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(space), MsgFlags::empty())?;
     let mut stride = 0;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::UdpGroSegments(size) = c {
@@ -139,6 +146,11 @@ pub(super) fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, usi
         }
     }
     Ok((msg.bytes, stride))
+}
+
+/// The buffer [`recv`] needs for GRO's segment size.
+pub(super) fn control_space() -> Vec<u8> {
+    nix::cmsg_space!(i32)
 }
 
 /// How long after a connected socket failed to open (the bound reached, say) the link
@@ -169,7 +181,7 @@ pub(super) fn connect_due(
 impl UdpLink {
     /// Gives the link a socket connected to its usable endpoint, once per endpoint (one
     /// that failed to open is tried again after [`CONNECT_RETRY`]).
-    pub(super) fn keep_connected(&self, udp: &Arc<Udp>, now: Instant) {
+    pub(super) fn keep_connected(self: &Arc<Self>, udp: &Arc<Udp>, now: Instant) {
         let Some(to) = self.usable(now) else {
             return;
         };
@@ -181,7 +193,7 @@ impl UdpLink {
             return;
         }
         // Opened outside the lock: the data thread takes it for every lone datagram.
-        let socket = Connected::open(udp, to)
+        let socket = Connected::open(udp, self, to)
             .inspect_err(|e| tracing::debug!(%to, "tunnel: no connected datagram socket: {e}"))
             .ok();
         if let Ok(mut c) = self.connected.lock() {
@@ -322,6 +334,8 @@ mod tests {
             SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
         });
         let mut buf = vec![0u8; 65_535];
+        // One control buffer for every read, as a reader keeps it.
+        let mut space = control_space();
 
         // Three datagrams of 100 bytes sent as one GSO run arrive as one read of 300.
         let run: Vec<u8> = (0..300).map(|i| (i / 100) as u8).collect();
@@ -336,14 +350,14 @@ mod tests {
             Some(&to),
         )
         .unwrap();
-        assert_eq!(recv(&socket, &mut buf).unwrap(), (300, 100));
+        assert_eq!(recv(&socket, &mut buf, &mut space).unwrap(), (300, 100));
         assert_eq!(&buf[..300], &run[..]);
 
         // A lone datagram: no segment size.
         sender
             .send_to(b"lone", socket.local_addr().unwrap())
             .unwrap();
-        assert_eq!(recv(&socket, &mut buf).unwrap(), (4, 0));
+        assert_eq!(recv(&socket, &mut buf, &mut space).unwrap(), (4, 0));
         assert_eq!(&buf[..4], b"lone");
     }
 }
