@@ -20,6 +20,8 @@
 //! And, each with a lab of its own:
 //! - two networks on one node, each with its own device and prefix: within each, pings
 //!   pass; a packet from one network addressed into the other never arrives;
+//! - two members that share two networks: both networks' datagrams come from one endpoint
+//!   to one of two connected sockets, and pings pass in both;
 //! - a forced address collision (two members whose identities derive the same IPv4
 //!   address): every member settles the same table, the lower peer id keeping the address
 //!   and the other taking the next free one;
@@ -41,8 +43,8 @@ mod start;
 use std::time::Duration;
 
 use common::vpn::{
-    connect_all, count, form_network, iperf3_through, join_network, member, network_id,
-    ping_through, public_lab, start_member, status,
+    connect_all, connected_pair, count, form_network, iperf3_through, join_network, member,
+    network_id, ping_through, public_lab, start_member, status,
 };
 use common::{MACHINE, init_tracing, report, require_nat_lab};
 use p2pnode_sim::lab::poll::{Poll, wait_for};
@@ -572,4 +574,117 @@ async fn two_networks_on_one_node_and_no_packet_crosses() {
         "w3_into_red_dropped": w3_dropped,
         "w3_dropped_red_source": from_w1["drops"]["spoofed_source"],
     }));
+}
+
+/// Two members that share two networks: each link has a socket connected to the other
+/// member's one datagram endpoint, and the kernel hands that endpoint's datagrams to one of
+/// the two sockets whatever network they are for. The reader of that socket knows its own
+/// link and finds the other network's by its index; pings pass in both networks, both
+/// ways, over datagrams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_in_two_networks_share_one_datagram_endpoint() {
+    init_tracing();
+    require_nat_lab("tunnel");
+    let _machine = MACHINE.write().await;
+    let (lab, s1, s2) = connected_pair("s1", "s2").await;
+    s1.client_text(&["net", "create", RED]).await.unwrap();
+    let blue = network_beside(&s1, RED).await;
+    join_network(RED, &s1, &[(&s2, None)]).await;
+    join_network(&blue, &s1, &[(&s2, None)]).await;
+    let mut ip = std::collections::HashMap::new();
+    for (node, net) in [(&s1, RED), (&s1, &blue), (&s2, RED), (&s2, &blue)] {
+        let up = vpn_up(node, net).await;
+        ip.insert(
+            (node.name().to_string(), net.to_string()),
+            up["ipv4"].as_str().unwrap().to_string(),
+        );
+    }
+    // Both links of each side on datagrams, each with its connected socket: two sockets on
+    // s2 connected to s1's one endpoint.
+    for (node, other) in [(&s1, &s2), (&s2, &s1)] {
+        for net in [RED, blue.as_str()] {
+            wait_for(
+                "the datagram path in both networks",
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || async {
+                    let s = status(node, net).await;
+                    let m = member(&s, other);
+                    if m["transport"] == "udp" {
+                        Poll::Ready(())
+                    } else {
+                        Poll::seen(m.to_string())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let s1_endpoint = member(&status(&s2, RED).await, &s1)["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        member(&status(&s2, &blue).await, &s1)["endpoint"],
+        s1_endpoint.as_str(),
+        "one endpoint of s1's for both networks"
+    );
+    let connected = wait_for(
+        "s2's two sockets connected to s1's endpoint",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let out = lab
+                .exec_output("s2", "ss", &["-u", "-n", "-H", "state", "established"])
+                .await
+                .unwrap();
+            let listing = String::from_utf8_lossy(&out.stdout).to_string();
+            let n = listing
+                .lines()
+                .filter(|l| l.split_whitespace().last() == Some(s1_endpoint.as_str()))
+                .count();
+            if n >= 2 {
+                Poll::Ready(n)
+            } else {
+                Poll::seen(listing)
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let from = |net: &str| (s1.name().to_string(), net.to_string());
+    let to = |net: &str| (s2.name().to_string(), net.to_string());
+    let before: Vec<u64> = packets_in_from(&s2, &s1, &[RED, &blue]).await;
+    for net in [RED, blue.as_str()] {
+        ping_through(&lab, "s1", &ip[&to(net)], 3).await;
+        ping_through(&lab, "s2", &ip[&from(net)], 3).await;
+    }
+    let after = packets_in_from(&s2, &s1, &[RED, &blue]).await;
+    for (i, net) in [RED, blue.as_str()].into_iter().enumerate() {
+        assert!(
+            after[i] >= before[i] + 6,
+            "{net}: s2 took s1's packets: {before:?} {after:?}"
+        );
+        let m = member(&status(&s2, net).await, &s1).clone();
+        assert_eq!(m["transport"], "udp", "{net}: {m}");
+    }
+    for (node, net) in [(&s1, RED), (&s1, &blue), (&s2, RED), (&s2, &blue)] {
+        node.client_text(&["vpn", "down", net]).await.unwrap();
+    }
+    report(&json!({
+        "test": "lab_vpn_two_networks_one_endpoint",
+        "s2_sockets_connected_to_s1": connected,
+        "s2_packets_in_from_s1": after,
+    }));
+}
+
+/// `node`'s count of packets in from `from`, per network of `nets`.
+async fn packets_in_from(node: &Node, from: &Node, nets: &[&str]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for net in nets {
+        out.push(count(member(&status(node, net).await, from), "packets_in"));
+    }
+    out
 }

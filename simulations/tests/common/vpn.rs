@@ -44,6 +44,15 @@ pub async fn start_member(lab: &Lab, host: &str) -> Node {
         .unwrap_or_else(|e| panic!("{host} starts: {e}"))
 }
 
+/// A lab of two hosts `a` and `b` on the public segment, a member started on each and the
+/// two connected.
+pub async fn connected_pair(a: &str, b: &str) -> (Lab, Node, Node) {
+    let lab = public_lab(&[a, b]).await;
+    let (na, nb) = tokio::join!(start_member(&lab, a), start_member(&lab, b));
+    connect_all(&lab, &[&na, &nb]).await;
+    (lab, na, nb)
+}
+
 /// Connects each of `nodes` to every other.
 pub async fn connect_all(lab: &Lab, nodes: &[&Node]) {
     for (i, node) in nodes.iter().enumerate() {

@@ -13,9 +13,7 @@ async fn networks_named_in_the_config_come_up_at_start() {
     init_tracing();
     require_nat_lab("tunnel");
     let _machine = MACHINE.write().await;
-    let lab = public_lab(&["s1", "s2"]).await;
-    let (s1, s2) = tokio::join!(start_member(&lab, "s1"), start_member(&lab, "s2"));
-    connect_all(&lab, &[&s1, &s2]).await;
+    let (lab, s1, s2) = connected_pair("s1", "s2").await;
     form_network(NET, &s1, &[(&s2, None)]).await;
     let up1 = vpn_up(&s1, NET).await;
     assert!(try_status(&s2, NET).await.is_none());
