@@ -251,8 +251,14 @@ impl TunDevice {
     /// plain write, where `try_send` gathers two (and tun-rs allocates to gather them).
     pub fn try_send_in_place(&self, buf: &mut [u8], at: usize) -> io::Result<usize> {
         let header = PLAIN_HEADER.len();
-        if !self.offload || at < header || at > buf.len() {
-            return self.try_send(buf.get(at..).unwrap_or_default());
+        let Some(packet) = buf.get(at..) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the packet starts past the buffer's end",
+            ));
+        };
+        if !self.offload || at < header {
+            return self.try_send(packet);
         }
         let framed = &mut buf[at - header..];
         framed[..header].copy_from_slice(&PLAIN_HEADER);

@@ -201,5 +201,9 @@ fn a_reply_written_in_place_with_offloads_on_reaches_ping() {
             .expect("ping ends")
             .unwrap();
         assert!(status.success(), "ping got the reply written in place");
+        // A start past the buffer's end is refused, and nothing is written.
+        let past = buf.len() + 1;
+        let refused = device.try_send_in_place(&mut buf, past).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
     });
 }
