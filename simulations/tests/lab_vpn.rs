@@ -591,13 +591,8 @@ async fn two_members_in_two_networks_share_one_datagram_endpoint() {
     let blue = network_beside(&s1, RED).await;
     join_network(RED, &s1, &[(&s2, None)]).await;
     join_network(&blue, &s1, &[(&s2, None)]).await;
-    let mut ip = std::collections::HashMap::new();
     for (node, net) in [(&s1, RED), (&s1, &blue), (&s2, RED), (&s2, &blue)] {
-        let up = vpn_up(node, net).await;
-        ip.insert(
-            (node.name().to_string(), net.to_string()),
-            up["ipv4"].as_str().unwrap().to_string(),
-        );
+        vpn_up(node, net).await;
     }
     // Both links of each side on datagrams, each with its connected socket: two sockets on
     // s2 connected to s1's one endpoint.
@@ -654,12 +649,19 @@ async fn two_members_in_two_networks_share_one_datagram_endpoint() {
     .await
     .unwrap();
 
-    let from = |net: &str| (s1.name().to_string(), net.to_string());
-    let to = |net: &str| (s2.name().to_string(), net.to_string());
     let before: Vec<u64> = packets_in_from(&s2, &s1, &[RED, &blue]).await;
     for net in [RED, blue.as_str()] {
-        ping_through(&lab, "s1", &ip[&to(net)], 3).await;
-        ping_through(&lab, "s2", &ip[&from(net)], 3).await;
+        // Each member's tunnel address, as the other's status lists it.
+        let s2_ip = member(&status(&s1, net).await, &s2)["ipv4"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let s1_ip = member(&status(&s2, net).await, &s1)["ipv4"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ping_through(&lab, "s1", &s2_ip, 3).await;
+        ping_through(&lab, "s2", &s1_ip, 3).await;
     }
     let after = packets_in_from(&s2, &s1, &[RED, &blue]).await;
     for (i, net) in [RED, blue.as_str()].into_iter().enumerate() {
