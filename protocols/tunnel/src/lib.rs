@@ -35,9 +35,12 @@ pub mod queue;
 pub mod service;
 
 pub use addr::{MemberId, NetworkId, Prefixes};
-pub use engine::{Engine, PeerCounts};
+pub use engine::{Engine, PeerCounts, Slot};
 pub use lease::{AddressTable, Claim, LEASE_BYTES, Lease, LeaseError};
-pub use packet::{DropReason, Drops, IpHeader, Outbound, check_inbound, parse, route_outbound};
+pub use packet::{
+    DropReason, Drops, IpHeader, Outbound, check_from, check_inbound, parse, route_by,
+    route_outbound,
+};
 pub use queue::PacketQueue;
 
 /// The tunnel's default MTU: IPv6's minimum, which fits inside any path's MTU with the

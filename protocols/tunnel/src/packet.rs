@@ -168,10 +168,23 @@ pub fn check_inbound(
     sender: &MemberId,
     packet: &[u8],
 ) -> Result<IpHeader, DropReason> {
-    if revoked.contains(sender) {
-        return Err(DropReason::Revoked);
-    }
-    let theirs = table.lease(sender).ok_or(DropReason::NotMember)?;
+    let theirs = if revoked.contains(sender) {
+        Err(DropReason::Revoked)
+    } else {
+        table.lease(sender).ok_or(DropReason::NotMember)
+    };
+    check_from(theirs, ours, packet)
+}
+
+/// [`check_inbound`] once the sender is known: `theirs` is its lease, or why it has none
+/// that counts (revoked, not a member). The engine calls it with what it keeps per member,
+/// so a packet costs no search by member id.
+pub fn check_from(
+    theirs: Result<Lease, DropReason>,
+    ours: Option<Lease>,
+    packet: &[u8],
+) -> Result<IpHeader, DropReason> {
+    let theirs = theirs?;
     let header = parse(packet)?;
     if !holds(&theirs, header.src) {
         return Err(DropReason::SpoofedSource);
@@ -183,11 +196,12 @@ pub fn check_inbound(
     Ok(header)
 }
 
-/// What to do with a packet read from our TUN device.
+/// What to do with a packet read from our TUN device; `M` names the member it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound<'a> {
-    /// Send it to this member (borrowed from the table: nothing is copied per packet).
-    Send(&'a MemberId),
+pub enum Outbound<M> {
+    /// Send it to this member (borrowed from the table, or the engine's index of it:
+    /// nothing is copied per packet).
+    Send(M),
     /// Too big: drop it and write this ICMP error back into the TUN device, to the sender.
     TooBig(Vec<u8>),
     /// Drop it.
@@ -201,7 +215,21 @@ pub fn route_outbound<'t>(
     ours: Option<Lease>,
     packet: &[u8],
     mtu: u16,
-) -> Outbound<'t> {
+) -> Outbound<&'t MemberId> {
+    route_by(ours, packet, mtu, |dst| match dst {
+        IpAddr::V4(v4) => table.holder_v4(v4),
+        IpAddr::V6(v6) => table.holder_v6(v6),
+    })
+}
+
+/// [`route_outbound`] with the holder of a destination found by `holder`: the engine looks
+/// it up in its own index of the table.
+pub fn route_by<M>(
+    ours: Option<Lease>,
+    packet: &[u8],
+    mtu: u16,
+    holder: impl FnOnce(IpAddr) -> Option<M>,
+) -> Outbound<M> {
     let header = match parse(packet) {
         Ok(h) => h,
         Err(reason) => return Outbound::Drop(reason),
@@ -222,11 +250,7 @@ pub fn route_outbound<'t>(
     if ours.is_some_and(|l| holds(&l, header.dst)) {
         return Outbound::Drop(DropReason::NotForUs);
     }
-    let holder = match header.dst {
-        IpAddr::V4(v4) => table.holder_v4(v4),
-        IpAddr::V6(v6) => table.holder_v6(v6),
-    };
-    match holder {
+    match holder(header.dst) {
         Some(m) => Outbound::Send(m),
         None => Outbound::Drop(DropReason::NoRoute),
     }

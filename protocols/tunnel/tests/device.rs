@@ -119,11 +119,12 @@ fn a_ping_through_the_device_is_routed_and_answered() {
         let h = parse(&request).unwrap();
         assert_eq!(h.src, IpAddr::V4(ours.v4), "the kernel uses our lease");
         assert_eq!(h.dst, IpAddr::V4(theirs.v4));
-        assert_eq!(engine.from_tun(&request), Outbound::Send(&other));
+        let other_slot = engine.slot(&other);
+        assert_eq!(engine.from_tun(&request), Outbound::Send(other_slot));
 
         // The reply as the other member would send it: checked, then written back.
         let reply = echo_reply(&request);
-        assert!(engine.from_peer(&other, &reply));
+        assert!(engine.from_peer(other_slot, &reply));
         device.send(&reply).await.unwrap();
         let status = tokio::time::timeout(Duration::from_secs(10), ping.wait())
             .await
@@ -134,7 +135,7 @@ fn a_ping_through_the_device_is_routed_and_answered() {
         // The same reply claiming another source is refused before the device.
         let mut forged = reply.clone();
         forged[12..16].copy_from_slice(&Ipv4Addr::new(100, 64, 0, 9).octets());
-        assert!(!engine.from_peer(&other, &forged));
+        assert!(!engine.from_peer(other_slot, &forged));
     });
 }
 

@@ -38,7 +38,7 @@ pub(super) trait Reader: Send {
     fn on_readable(&mut self) -> Result<(), String>;
 }
 
-/// The waker's key in the epoll set; readers' ids start above it.
+/// The waker's key in the epoll set; readers' keys start above it.
 const WAKER: u64 = 0;
 /// Most events taken from one wait.
 const EVENTS: usize = 64;
@@ -175,9 +175,73 @@ fn start() -> std::io::Result<Arc<Control>> {
     Ok(control)
 }
 
+/// The readers on the thread. The epoll key of each is its place in a list (and that
+/// place's generation, so a key from before a removal never reaches the reader added in
+/// its place), not its id: a readiness costs an index, not a hash and a table's cold
+/// lines.
+#[derive(Default)]
+struct Readers {
+    places: Vec<Place>,
+    /// Free places, taken before the list grows.
+    free: Vec<usize>,
+    /// Each reader's place, by the id its handle knows.
+    by_id: HashMap<u64, usize>,
+}
+
+#[derive(Default)]
+struct Place {
+    generation: u32,
+    /// The reader here and its handle's id.
+    reader: Option<(u64, Box<dyn Reader>)>,
+}
+
+impl Readers {
+    /// Where `reader` goes, and its key in the epoll set.
+    fn add(&mut self, id: u64, reader: Box<dyn Reader>) -> (usize, u64) {
+        let at = self.free.pop().unwrap_or_else(|| {
+            self.places.push(Place::default());
+            self.places.len() - 1
+        });
+        let place = &mut self.places[at];
+        place.reader = Some((id, reader));
+        self.by_id.insert(id, at);
+        (at, key(at, place.generation))
+    }
+
+    /// The place of epoll key `key` and its reader, if it is still there.
+    fn get(&mut self, key: u64) -> Option<(usize, &mut Box<dyn Reader>)> {
+        let at = usize::try_from((key & u64::from(u32::MAX)).checked_sub(1)?).ok()?;
+        let place = self.places.get_mut(at)?;
+        if u64::from(place.generation) != key >> 32 {
+            return None;
+        }
+        place.reader.as_mut().map(|(_, r)| (at, r))
+    }
+
+    /// Takes the reader at `at` out, its place free for another.
+    fn take(&mut self, at: usize) -> Option<Box<dyn Reader>> {
+        let place = self.places.get_mut(at)?;
+        let (id, reader) = place.reader.take()?;
+        place.generation = place.generation.wrapping_add(1);
+        self.free.push(at);
+        self.by_id.remove(&id);
+        Some(reader)
+    }
+
+    /// Where the reader with handle id `id` is.
+    fn place_of(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+}
+
+/// The epoll key of place `at` in generation `generation` (above [`WAKER`]).
+fn key(at: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | (at as u64 + 1)
+}
+
 /// The loop: wait, then read what is ready; commands between reads.
 fn run(epoll: &Epoll, waker: &EventFd, inbox: &mpsc::Receiver<Command>) {
-    let mut readers: HashMap<u64, Box<dyn Reader>> = HashMap::new();
+    let mut readers = Readers::default();
     let mut events = [EpollEvent::empty(); EVENTS];
     loop {
         let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -189,8 +253,8 @@ fn run(epoll: &Epoll, waker: &EventFd, inbox: &mpsc::Receiver<Command>) {
             }
         };
         for event in &events[..n] {
-            let id = event.data();
-            if id == WAKER {
+            let key = event.data();
+            if key == WAKER {
                 // Nothing to read means another wake-up already took the count.
                 let _ = waker.read();
                 if !commands(epoll, inbox, &mut readers) {
@@ -199,36 +263,37 @@ fn run(epoll: &Epoll, waker: &EventFd, inbox: &mpsc::Receiver<Command>) {
                 continue;
             }
             // A reader removed earlier in this batch is simply not found.
-            let Some(reader) = readers.get_mut(&id) else {
+            let Some((at, reader)) = readers.get(key) else {
                 continue;
             };
             if let Err(reason) = reader.on_readable() {
                 tracing::warn!("tunnel: {reason}");
-                remove(epoll, &mut readers, id);
+                remove(epoll, &mut readers, at);
             }
         }
     }
 }
 
 /// Carries out the waiting commands; `false` on stop (or when every handle is gone).
-fn commands(
-    epoll: &Epoll,
-    inbox: &mpsc::Receiver<Command>,
-    readers: &mut HashMap<u64, Box<dyn Reader>>,
-) -> bool {
+fn commands(epoll: &Epoll, inbox: &mpsc::Receiver<Command>, readers: &mut Readers) -> bool {
     loop {
         match inbox.try_recv() {
             Ok(Command::Add(id, reader)) => {
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, id);
-                match epoll.add(reader.fd(), event) {
-                    Ok(()) => {
-                        readers.insert(id, reader);
-                    }
-                    Err(e) => tracing::warn!("tunnel: the data thread cannot watch a reader: {e}"),
+                let (at, key) = readers.add(id, reader);
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, key);
+                let watched = match &readers.places[at].reader {
+                    Some((_, r)) => epoll.add(r.fd(), event),
+                    None => Ok(()),
+                };
+                if let Err(e) = watched {
+                    tracing::warn!("tunnel: the data thread cannot watch a reader: {e}");
+                    readers.take(at);
                 }
             }
             Ok(Command::Remove(id, done)) => {
-                remove(epoll, readers, id);
+                if let Some(at) = readers.place_of(id) {
+                    remove(epoll, readers, at);
+                }
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -239,8 +304,8 @@ fn commands(
     }
 }
 
-fn remove(epoll: &Epoll, readers: &mut HashMap<u64, Box<dyn Reader>>, id: u64) {
-    if let Some(reader) = readers.remove(&id) {
+fn remove(epoll: &Epoll, readers: &mut Readers, at: usize) {
+    if let Some(reader) = readers.take(at) {
         // Closed descriptors leave the set by themselves; this covers shared ones.
         let _ = epoll.delete(reader.fd());
     }
@@ -346,5 +411,31 @@ mod tests {
         // The owner gone, the thread drops every reader and ends.
         drop(data);
         assert!(b_got.recv_timeout(Duration::from_secs(10)).is_err());
+    }
+
+    /// A place freed and taken again gets a new key: the old key (an event from before
+    /// the removal, in the same batch) finds nothing, and no id leads to a gone reader.
+    #[test]
+    fn a_removed_readers_key_never_reaches_the_reader_in_its_place() {
+        let mut readers = Readers::default();
+        let (a, _, _) = echo();
+        let (b, _, _) = echo();
+        let (c, _, _) = echo();
+        let (at_a, key_a) = readers.add(7, Box::new(a));
+        let (at_b, key_b) = readers.add(8, Box::new(b));
+        assert_ne!(at_a, at_b);
+        assert!(key_a != WAKER && key_b != WAKER);
+        assert_eq!(readers.get(key_a).map(|(at, _)| at), Some(at_a));
+
+        assert!(readers.take(readers.place_of(7).unwrap()).is_some());
+        assert!(readers.get(key_a).is_none());
+        assert_eq!(readers.place_of(7), None);
+        let (at_c, key_c) = readers.add(9, Box::new(c));
+        assert_eq!(at_c, at_a, "the free place is taken first");
+        assert_ne!(key_c, key_a);
+        assert!(readers.get(key_a).is_none());
+        assert_eq!(readers.get(key_c).map(|(at, _)| at), Some(at_c));
+        assert_eq!(readers.get(key_b).map(|(at, _)| at), Some(at_b));
+        assert!(readers.get(0).is_none() && readers.get(u64::MAX).is_none());
     }
 }

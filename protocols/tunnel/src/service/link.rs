@@ -173,6 +173,10 @@ where
         Ok(s) => s.config().max_frame_len(),
         Err(_) => return "session lock poisoned".into(),
     };
+    let sender = match path.lock() {
+        Ok(mut p) => p.engine.slot(&member),
+        Err(_) => return "data path lock poisoned".into(),
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(usize::from(mtu) + 64);
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX_LEN];
@@ -197,7 +201,7 @@ where
             }
         };
         let pass = match path.lock() {
-            Ok(mut p) => p.on_peer_packet(&member, packet, mtu),
+            Ok(mut p) => p.on_peer_packet(sender, packet, mtu),
             Err(_) => return "data path lock poisoned".into(),
         };
         if pass && let Err(e) = device.send(packet).await {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::device::{ReadBatch, TunDevice};
-use crate::{DropReason, Engine, MemberId, Outbound};
+use crate::{DropReason, Engine, MemberId, Outbound, Slot};
 
 use super::data::Reader;
 use super::link::Outgoing;
@@ -32,9 +32,10 @@ pub(super) struct Unsent {
 pub(super) struct DataPath {
     pub(super) engine: Engine,
     pub(super) out: HashMap<MemberId, Arc<Outgoing>>,
-    /// Members with a datagram link; packets take it while it is up.
-    pub(super) udp: HashMap<MemberId, Arc<UdpLink>>,
-    pub(super) unsent: BTreeMap<MemberId, Unsent>,
+    /// Members' datagram links by the engine's slot (a lone packet's route costs an index,
+    /// not a hash of the member's id); packets take a link while it is up.
+    udp: Vec<Option<Arc<UdpLink>>>,
+    pub(super) unsent: BTreeMap<Slot, Unsent>,
 }
 
 /// What the TUN reader does with a packet once the lock is let go.
@@ -52,8 +53,26 @@ impl DataPath {
         Self {
             engine,
             out: HashMap::new(),
-            udp: HashMap::new(),
+            udp: Vec::new(),
             unsent: BTreeMap::new(),
+        }
+    }
+
+    /// Packets to the member of `slot` take `link` while it is up.
+    pub(super) fn set_udp(&mut self, slot: Slot, link: Arc<UdpLink>) {
+        let i = slot.index();
+        if self.udp.len() <= i {
+            self.udp.resize(i + 1, None);
+        }
+        self.udp[i] = Some(link);
+    }
+
+    /// The member of `slot` no longer has `link` (one that replaced it stays).
+    pub(super) fn unset_udp(&mut self, slot: Slot, link: &Arc<UdpLink>) {
+        if let Some(entry) = self.udp.get_mut(slot.index())
+            && entry.as_ref().is_some_and(|l| Arc::ptr_eq(l, link))
+        {
+            *entry = None;
         }
     }
 
@@ -61,15 +80,19 @@ impl DataPath {
     /// its destination.
     pub(super) fn on_tun_packet(&mut self, packet: &[u8], now: Instant) -> FromTun {
         match self.engine.from_tun(packet) {
-            Outbound::Send(member) => {
-                if let Some(link) = self.udp.get(member)
+            Outbound::Send(slot) => {
+                if let Some(Some(link)) = self.udp.get(slot.index())
                     && let Some(to) = link.usable(now)
                 {
                     return FromTun::Udp(link.clone(), to);
                 }
-                let queued = self.out.get(member).is_some_and(|o| o.push(packet, now));
+                let queued = self
+                    .engine
+                    .member(slot)
+                    .and_then(|m| self.out.get(m))
+                    .is_some_and(|o| o.push(packet, now));
                 if !queued {
-                    unsent_of(&mut self.unsent, member).no_stream += 1;
+                    self.unsent.entry(slot).or_default().no_stream += 1;
                 }
                 FromTun::Done
             }
@@ -78,15 +101,16 @@ impl DataPath {
         }
     }
 
-    /// A packet `member` sent: whether it may be written into our TUN device.
-    pub(super) fn on_peer_packet(&mut self, member: &MemberId, packet: &[u8], mtu: u16) -> bool {
+    /// A packet the member of `sender` sent: whether it may be written into our TUN
+    /// device.
+    pub(super) fn on_peer_packet(&mut self, sender: Slot, packet: &[u8], mtu: u16) -> bool {
         if packet.len() > usize::from(mtu) {
             // Its sender's device has a larger MTU than ours: the kernel would take it,
             // but a member must not make us carry more than we set.
-            unsent_of(&mut self.unsent, member).too_big_in += 1;
+            self.unsent.entry(sender).or_default().too_big_in += 1;
             return false;
         }
-        self.engine.from_peer(member, packet)
+        self.engine.from_peer(sender, packet)
     }
 
     /// Drops by reason for `member` (or all members for `None`), zeros left out.
@@ -110,10 +134,11 @@ impl DataPath {
                 }
             }
         }
+        let slot = member.map(|m| self.engine.find(m));
         let unsent = self
             .unsent
             .iter()
-            .filter(|(m, _)| member.is_none_or(|x| x == *m));
+            .filter(|(s, _)| slot.is_none_or(|x| x == Some(**s)));
         for (_, u) in unsent {
             add("no_stream", u.no_stream);
             add("too_big_in", u.too_big_in);
@@ -128,17 +153,6 @@ impl DataPath {
             add("stale", stale);
         }
         out
-    }
-}
-
-/// `member`'s unsent counts; the id is copied on its first drop only, not per packet.
-fn unsent_of<'a>(unsent: &'a mut BTreeMap<MemberId, Unsent>, member: &MemberId) -> &'a mut Unsent {
-    if !unsent.contains_key(member) {
-        unsent.insert(member.clone(), Unsent::default());
-    }
-    match unsent.get_mut(member) {
-        Some(u) => u,
-        None => unreachable!("inserted above"),
     }
 }
 
@@ -264,11 +278,12 @@ mod tests {
         let (a, b) = (to(&p, 1, 10), to(&p, 2, 10));
         assert!(matches!(p.on_tun_packet(&a, now), FromTun::Done));
         assert!(matches!(p.on_tun_packet(&b, now), FromTun::Done));
-        assert_eq!(p.unsent[&member(1)].no_stream, 1);
-        assert_eq!(p.unsent[&member(2)].no_stream, 1);
+        let unsent = |p: &DataPath, i| p.drops(Some(&member(i))).get("no_stream").copied();
+        assert_eq!(unsent(&p, 1), Some(1));
+        assert_eq!(unsent(&p, 2), Some(1));
         out.set_link(1);
         p.on_tun_packet(&a, now);
-        assert_eq!(p.unsent[&member(1)].no_stream, 1, "queued this time");
+        assert_eq!(unsent(&p, 1), Some(1), "queued this time");
         let all = p.drops(None);
         assert_eq!(all.get("no_stream"), Some(&2));
         assert_eq!(p.drops(Some(&member(2))).get("no_stream"), Some(&1));
@@ -285,8 +300,9 @@ mod tests {
         let ours = p.engine.our_lease().unwrap();
         let ok = build_packet(IpAddr::V4(theirs.v4), IpAddr::V4(ours.v4), &[0; 100]);
         let big = build_packet(IpAddr::V4(theirs.v4), IpAddr::V4(ours.v4), &[0; 1300]);
-        assert!(p.on_peer_packet(&member(1), &ok, 1280));
-        assert!(!p.on_peer_packet(&member(1), &big, 1280));
+        let m1 = p.engine.slot(&member(1));
+        assert!(p.on_peer_packet(m1, &ok, 1280));
+        assert!(!p.on_peer_packet(m1, &big, 1280));
         assert_eq!(p.drops(Some(&member(1))).get("too_big_in"), Some(&1));
         assert_eq!(p.engine.counts(&member(1)).packets_in, 1);
     }

@@ -22,9 +22,9 @@ use p2pnode_secure::Session;
 use p2pnode_secure::session::HEADER_LEN;
 use quinn_udp::{RecvMeta, UdpSocketState};
 
-use crate::MemberId;
 use crate::datagram::{self, INDEX_LEN, PathState, Payload};
 use crate::device::{TunDevice, WriteBatch};
+use crate::{MemberId, Slot};
 
 use super::data::{Reader, Spawner};
 use super::path::DataPath;
@@ -396,7 +396,8 @@ pub(super) struct UdpLink {
     peer_index: u32,
     /// The member's UDP port, for addresses found later.
     peer_port: u16,
-    member: MemberId,
+    /// The member's slot in the data path's engine.
+    slot: Slot,
     socket: Arc<UdpSocket>,
     /// The socket is dual-stack (see [`on_wire`]).
     dual: bool,
@@ -432,12 +433,8 @@ impl Drop for Attached {
             c.take();
         }
         self.udp.forget(&self.link);
-        if let Ok(mut p) = self.link.path.lock()
-            && p.udp
-                .get(&self.link.member)
-                .is_some_and(|l| Arc::ptr_eq(l, &self.link))
-        {
-            p.udp.remove(&self.link.member);
+        if let Ok(mut p) = self.link.path.lock() {
+            p.unset_udp(self.link.slot, &self.link);
         }
     }
 }
@@ -451,11 +448,12 @@ pub(super) fn attach(
     device: Arc<TunDevice>,
     mtu: u16,
 ) -> Option<Attached> {
+    let slot = path.lock().ok()?.engine.slot(&member);
     let link = Arc::new(UdpLink {
         index: n.index,
         peer_index: n.peer_index,
         peer_port: n.peer_port,
-        member: member.clone(),
+        slot,
         socket: udp.socket.clone(),
         dual: udp.dual,
         session: Mutex::new(n.session),
@@ -472,7 +470,7 @@ pub(super) fn attach(
         return None;
     }
     if let Ok(mut p) = path.lock() {
-        p.udp.insert(member, link.clone());
+        p.set_udp(slot, link.clone());
     }
     let prober = super::spawn(probe::run(link.clone(), udp.clone()));
     Some(Attached {
@@ -554,7 +552,7 @@ impl UdpLink {
                 // checks come next.
                 let _ = self.update_path(now, |s| s.on_datagram(from, now));
                 let pass = match self.path.lock() {
-                    Ok(mut p) => p.on_peer_packet(&self.member, packet, self.mtu),
+                    Ok(mut p) => p.on_peer_packet(self.slot, packet, self.mtu),
                     Err(_) => return None,
                 };
                 pass.then_some(packet)
