@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::device::PacketDevice;
 use crate::queue::PacketQueue;
 
-use super::path::DataPath;
+use super::path::SharedPath;
 
 /// Packets waiting for one member's writer. Sized for a burst of a fast inner TCP flow
 /// (256 x 1280 B = 320 KiB per member, allocated once when the first stream comes up).
@@ -160,7 +160,7 @@ where
 pub(super) async fn read_packets<R, D>(
     mut io: R,
     session: Arc<Mutex<Session>>,
-    path: Arc<Mutex<DataPath>>,
+    path: SharedPath,
     device: Arc<D>,
     member: crate::MemberId,
     mtu: u16,
@@ -173,10 +173,7 @@ where
         Ok(s) => s.config().max_frame_len(),
         Err(_) => return "session lock poisoned".into(),
     };
-    let sender = match path.lock() {
-        Ok(mut p) => p.engine.slot(&member),
-        Err(_) => return "data path lock poisoned".into(),
-    };
+    let sender = path.lock().engine.slot(&member);
     let mut buf: Vec<u8> = Vec::with_capacity(usize::from(mtu) + 64);
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX_LEN];
@@ -200,10 +197,7 @@ where
                 Err(e) => return format!("bad secure frame: {e}"),
             }
         };
-        let pass = match path.lock() {
-            Ok(mut p) => p.on_peer_packet(sender, packet, mtu),
-            Err(_) => return "data path lock poisoned".into(),
-        };
+        let pass = path.lock().on_peer_packet(sender, packet, mtu);
         if pass && let Err(e) = device.send(packet).await {
             tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}");
         }
@@ -243,6 +237,7 @@ mod tests {
 
     use super::*;
     use crate::packet::build_packet;
+    use crate::service::path::DataPath;
     use crate::{Claim, Engine, MemberId};
 
     #[test]
@@ -318,7 +313,7 @@ mod tests {
             engine.table().lease(&ma).unwrap(),
             engine.our_lease().unwrap(),
         );
-        let path = Arc::new(Mutex::new(DataPath::new(engine)));
+        let path = DataPath::shared(engine);
         let sink = Arc::new(Sink::default());
 
         let now = Instant::now();
@@ -363,7 +358,7 @@ mod tests {
         .await
         .expect("the genuine packets reach the device");
         assert_eq!(*sink.written.lock().unwrap(), genuine, "whole, in order");
-        let p = path.lock().unwrap();
+        let p = path.lock();
         assert_eq!(p.drops(Some(&ma)).get("spoofed_source"), Some(&1));
         assert_eq!(p.engine.counts(&ma).packets_in, genuine.len() as u64);
         writer.abort();

@@ -366,9 +366,7 @@ impl Service {
         };
         let view = View::of(&roster, &self.me);
         let (lease, record) = {
-            let Ok(mut p) = t.path.lock() else {
-                return;
-            };
+            let mut p = t.path.lock();
             if let Err(e) = p.engine.update(&view.claims, view.revoked) {
                 tracing::warn!(network, "tunnel: cannot settle the addresses: {e}");
                 return;

@@ -2,7 +2,7 @@
 //! membership record becomes the engine's input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::PeerId;
@@ -16,7 +16,7 @@ use crate::{Claim, Lease, MemberId};
 
 use super::link::Outgoing;
 use super::names::{self, Names};
-use super::path::DataPath;
+use super::path::SharedPath;
 
 /// The engine's input from a roster: every current member's claim, the revoked ones, and
 /// the names of the members other than us.
@@ -86,7 +86,7 @@ pub(super) struct NetTunnel {
     pub(super) interface: String,
     pub(super) mtu: u16,
     pub(super) lease: Lease,
-    pub(super) path: Arc<Mutex<DataPath>>,
+    pub(super) path: SharedPath,
     pub(super) device: Arc<TunDevice>,
     pub(super) reader: super::data::ReaderHandle,
     /// Current members other than us, with their names.
@@ -120,9 +120,7 @@ impl NetTunnel {
 
     /// The status `vpn status` shows, without the paths (the caller asks the node).
     pub(super) fn status(&self, network: &str) -> NetStatus {
-        let Ok(p) = self.path.lock() else {
-            return self.empty_status(network);
-        };
+        let p = self.path.lock();
         let prefixes = p.engine.table().prefixes();
         let now = Instant::now();
         let mut all_drops = p.drops(None);
@@ -187,24 +185,6 @@ impl NetTunnel {
             offload: self.device.offload(),
             members,
             drops: all_drops,
-            dns: self.dns_addr(),
-            resolver: names::resolver_line(&self.interface, self.lease.v4),
-            udp_port: None,
-        }
-    }
-
-    fn empty_status(&self, network: &str) -> NetStatus {
-        NetStatus {
-            network: network.to_string(),
-            interface: self.interface.clone(),
-            ipv4: self.lease.v4.to_string(),
-            ipv6: self.lease.v6.to_string(),
-            prefix_v4: String::new(),
-            prefix_v6: String::new(),
-            mtu: self.mtu,
-            offload: self.device.offload(),
-            members: Vec::new(),
-            drops: BTreeMap::new(),
             dns: self.dns_addr(),
             resolver: names::resolver_line(&self.interface, self.lease.v4),
             udp_port: None,

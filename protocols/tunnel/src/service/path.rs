@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::device::{ReadBatch, TunDevice};
@@ -27,6 +27,11 @@ pub(super) struct Unsent {
     /// A member sent a packet larger than our MTU.
     pub(super) too_big_in: u64,
 }
+
+/// A network's data path as the readers, the streams and the service share it. Its lock
+/// does not poison: taking a std one reads the process's panic count, a cold cache line
+/// of its own on a lone packet's path.
+pub(super) type SharedPath = Arc<parking_lot::Mutex<DataPath>>;
 
 /// The engine, the members' queues and their datagram links.
 pub(super) struct DataPath {
@@ -56,6 +61,11 @@ impl DataPath {
             udp: Vec::new(),
             unsent: BTreeMap::new(),
         }
+    }
+
+    /// A data path to share.
+    pub(super) fn shared(engine: Engine) -> SharedPath {
+        Arc::new(parking_lot::Mutex::new(Self::new(engine)))
     }
 
     /// Packets to the member of `slot` take `link` while it is up.
@@ -163,7 +173,7 @@ impl DataPath {
 pub(super) struct TunReader {
     pub(super) network: String,
     pub(super) device: Arc<TunDevice>,
-    pub(super) path: Arc<Mutex<DataPath>>,
+    pub(super) path: SharedPath,
     pub(super) reads: ReadBatch,
     pub(super) batch: Option<Batch>,
 }
@@ -204,10 +214,7 @@ impl TunReader {
                 // the device is read on. Ending here would stop the network's tunnel.
                 Err(e) if e.raw_os_error().is_none() => {
                     tracing::debug!("tunnel: an unreadable super-packet from the TUN device: {e}");
-                    match self.path.lock() {
-                        Ok(mut p) => p.engine.unreadable_from_tun(),
-                        Err(_) => return Err("data path lock poisoned".into()),
-                    }
+                    self.path.lock().engine.unreadable_from_tun();
                     continue;
                 }
                 Err(e) => return Err(format!("cannot read the TUN device: {e}")),
@@ -215,10 +222,7 @@ impl TunReader {
             for i in 0..n {
                 let packet = self.reads.packet(i);
                 let now = Instant::now();
-                let action = match self.path.lock() {
-                    Ok(mut p) => p.on_tun_packet(packet, now),
-                    Err(_) => return Err("data path lock poisoned".into()),
-                };
+                let action = self.path.lock().on_tun_packet(packet, now);
                 match action {
                     FromTun::Done => {}
                     FromTun::Udp(link, to) => match &mut self.batch {

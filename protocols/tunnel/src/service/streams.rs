@@ -162,9 +162,7 @@ impl Service {
         let member = MemberId(peer.to_bytes());
         let now = Instant::now();
         let out = {
-            let Ok(mut p) = t.path.lock() else {
-                return;
-            };
+            let mut p = t.path.lock();
             p.out
                 .entry(member.clone())
                 .or_insert_with(|| Arc::new(Outgoing::new(t.mtu, now)))

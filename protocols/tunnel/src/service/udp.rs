@@ -15,11 +15,12 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
 
 use p2pnode_secure::Session;
 use p2pnode_secure::session::HEADER_LEN;
+use parking_lot::Mutex;
 use quinn_udp::{RecvMeta, UdpSocketState};
 
 use crate::datagram::{self, INDEX_LEN, PathState, Payload};
@@ -27,7 +28,7 @@ use crate::device::{TunDevice, WriteBatch};
 use crate::{MemberId, Slot};
 
 use super::data::{Reader, Spawner};
-use super::path::DataPath;
+use super::path::SharedPath;
 
 mod batch;
 pub(super) use batch::Batch;
@@ -403,7 +404,7 @@ pub(super) struct UdpLink {
     dual: bool,
     session: Mutex<Session>,
     state: Mutex<PathState>,
-    path: Arc<Mutex<DataPath>>,
+    path: SharedPath,
     device: Arc<TunDevice>,
     mtu: u16,
     /// Frames that failed to open, payloads of no known kind, and sends that failed.
@@ -429,13 +430,9 @@ impl Drop for Attached {
         self.prober.abort();
         // Its reader leaves the data thread; the member's datagrams reach the shared
         // socket again.
-        if let Ok(mut c) = self.link.connected.lock() {
-            c.take();
-        }
+        self.link.connected.lock().take();
         self.udp.forget(&self.link);
-        if let Ok(mut p) = self.link.path.lock() {
-            p.unset_udp(self.link.slot, &self.link);
-        }
+        self.link.path.lock().unset_udp(self.link.slot, &self.link);
     }
 }
 
@@ -444,11 +441,11 @@ pub(super) fn attach(
     udp: &Arc<Udp>,
     n: Negotiated,
     member: MemberId,
-    path: Arc<Mutex<DataPath>>,
+    path: SharedPath,
     device: Arc<TunDevice>,
     mtu: u16,
 ) -> Option<Attached> {
-    let slot = path.lock().ok()?.engine.slot(&member);
+    let slot = path.lock().engine.slot(&member);
     let link = Arc::new(UdpLink {
         index: n.index,
         peer_index: n.peer_index,
@@ -469,9 +466,7 @@ pub(super) fn attach(
     if !udp.register(link.clone()) {
         return None;
     }
-    if let Ok(mut p) = path.lock() {
-        p.set_udp(slot, link.clone());
-    }
+    path.lock().set_udp(slot, link.clone());
     let prober = super::spawn(probe::run(link.clone(), udp.clone()));
     Some(Attached {
         udp: udp.clone(),
@@ -483,20 +478,17 @@ pub(super) fn attach(
 impl UdpLink {
     /// Where packets to the member go now, if the datagram path is up.
     pub(super) fn usable(&self, now: Instant) -> Option<SocketAddr> {
-        self.state.lock().ok()?.usable(now)
+        self.state.lock().usable(now)
     }
 
     /// The candidates tried.
     pub(super) fn candidates(&self) -> Vec<SocketAddr> {
-        self.state
-            .lock()
-            .map(|s| s.candidates().to_vec())
-            .unwrap_or_default()
+        self.state.lock().candidates().to_vec()
     }
 
     /// The endpoint that last answered.
     pub(super) fn endpoint(&self) -> Option<SocketAddr> {
-        self.state.lock().ok()?.endpoint()
+        self.state.lock().endpoint()
     }
 
     /// (frames refused, sends failed).
@@ -513,11 +505,10 @@ impl UdpLink {
         buf.extend_from_slice(&self.peer_index.to_be_bytes());
         buf.resize(start + INDEX_LEN + HEADER_LEN, 0);
         buf.extend_from_slice(payload);
-        let sealed = match self.session.lock() {
-            Ok(mut s) => s.seal_in_place(buf, start + INDEX_LEN, now),
-            Err(_) => return false,
-        };
-        sealed.is_ok()
+        self.session
+            .lock()
+            .seal_in_place(buf, start + INDEX_LEN, now)
+            .is_ok()
     }
 
     /// Writes `batch` into this link's device.
@@ -531,30 +522,21 @@ impl UdpLink {
     /// the engine and returned for the device.
     fn receive<'a>(&self, frame: &'a mut [u8], from: SocketAddr) -> Option<&'a [u8]> {
         let now = Instant::now();
-        let opened = match self.session.lock() {
-            Ok(mut s) => s.open(frame),
-            Err(_) => return None,
-        };
-        let Ok(payload) = opened else {
+        let Ok(payload) = self.session.lock().open(frame) else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         match datagram::classify(payload) {
             Payload::Probe { hears_you } => {
-                let answer = self.update_path(now, |s| s.on_probe(from, hears_you, now))?;
+                let answer = self.update_path(now, |s| s.on_probe(from, hears_you, now));
                 if answer {
                     self.send_probe(from, true, now);
                 }
                 None
             }
             Payload::Packet(packet) => {
-                // A poisoned state lock only costs the endpoint's update: the packet's own
-                // checks come next.
-                let _ = self.update_path(now, |s| s.on_datagram(from, now));
-                let pass = match self.path.lock() {
-                    Ok(mut p) => p.on_peer_packet(self.slot, packet, self.mtu),
-                    Err(_) => return None,
-                };
+                self.update_path(now, |s| s.on_datagram(from, now));
+                let pass = self.path.lock().on_peer_packet(self.slot, packet, self.mtu);
                 pass.then_some(packet)
             }
             Payload::Unknown => {

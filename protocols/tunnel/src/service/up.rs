@@ -78,7 +78,7 @@ impl Service {
         self.bind_udp().await;
         let names: names::Names = Arc::new(Mutex::new(names::table_of(&roster, engine.table())));
         let dns = self.start_dns(network, &interface, lease.v4, &names).await;
-        let path = Arc::new(Mutex::new(DataPath::new(engine)));
+        let path = DataPath::shared(engine);
         let reader = self
             .data
             .add(Box::new(path::TunReader {

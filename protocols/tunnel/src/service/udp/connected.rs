@@ -185,10 +185,11 @@ impl UdpLink {
         let Some(to) = self.usable(now) else {
             return;
         };
-        let due = self.connected.lock().is_ok_and(|c| {
+        let due = {
+            let c = self.connected.lock();
             let last = c.as_ref().map(|t| (t.to, t.socket.is_some(), t.at));
             connect_due(last, to, now)
-        });
+        };
         if !due {
             return;
         }
@@ -196,23 +197,21 @@ impl UdpLink {
         let socket = Connected::open(udp, self, to)
             .inspect_err(|e| tracing::debug!(%to, "tunnel: no connected datagram socket: {e}"))
             .ok();
-        if let Ok(mut c) = self.connected.lock() {
-            *c = Some(Tried {
-                to,
-                socket,
-                at: now,
-            });
-        }
+        *self.connected.lock() = Some(Tried {
+            to,
+            socket,
+            at: now,
+        });
     }
 
     /// The link's socket connected to `to`, if it has one.
     pub(super) fn connected_to(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
-        match &*self.connected.lock().ok()? {
+        match &*self.connected.lock() {
             Some(Tried {
                 to: at,
                 socket: Some(c),
                 ..
-            }) if *at == to => Some(c.socket()),
+            }) if at == &to => Some(c.socket()),
             _ => None,
         }
     }

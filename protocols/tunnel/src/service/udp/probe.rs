@@ -48,16 +48,18 @@ impl UdpLink {
     /// Adds the member's address `ip` (seen on a direct connection since the negotiation)
     /// as a candidate, with its UDP port.
     pub(in crate::service) fn observed(&self, ip: IpAddr) {
-        if let Ok(mut s) = self.state.lock()
-            && s.add_candidate(SocketAddr::new(ip, self.peer_port), Instant::now())
-        {
+        let added = self
+            .state
+            .lock()
+            .add_candidate(SocketAddr::new(ip, self.peer_port), Instant::now());
+        if added {
             tracing::debug!(%ip, "tunnel: a new datagram candidate");
             // Probed at once, not at the next round.
             self.wake.notify_one();
         }
     }
 
-    /// Runs `update` on the path's state (`None` when its lock is poisoned). When that
+    /// Runs `update` on the path's state. When that
     /// changed where packets go (the path went up or down, or its endpoint moved), the
     /// probe task looks at once: a keepalive's interval, a connected socket for the new
     /// endpoint.
@@ -65,9 +67,9 @@ impl UdpLink {
         &self,
         now: Instant,
         update: impl FnOnce(&mut PathState) -> R,
-    ) -> Option<R> {
+    ) -> R {
         let (r, changed) = {
-            let mut s = self.state.lock().ok()?;
+            let mut s = self.state.lock();
             let before = s.usable(now);
             let r = update(&mut s);
             (r, s.usable(now) != before)
@@ -75,20 +77,18 @@ impl UdpLink {
         if changed {
             self.wake.notify_one();
         }
-        Some(r)
+        r
     }
 
     /// When the next probe round is due.
     fn next_probe(&self, now: Instant) -> Instant {
-        self.state
-            .lock()
-            .map_or(now + datagram::PROBE_EVERY, |s| s.next_probe(now))
+        self.state.lock().next_probe(now)
     }
 
     fn probe_round(&self, now: Instant) {
-        let (to, hears) = match self.state.lock() {
-            Ok(mut s) => (s.probes_due(now), s.hears(now)),
-            Err(_) => return,
+        let (to, hears) = {
+            let mut s = self.state.lock();
+            (s.probes_due(now), s.hears(now))
         };
         for addr in to {
             self.send_probe(addr, hears, now);
