@@ -219,9 +219,10 @@ impl TunReader {
                 }
                 Err(e) => return Err(format!("cannot read the TUN device: {e}")),
             };
+            // One clock read per read, not per packet of a super-packet.
+            let now = Instant::now();
             for i in 0..n {
                 let packet = self.reads.packet(i);
-                let now = Instant::now();
                 let action = self.path.lock().on_tun_packet(packet, now);
                 match action {
                     FromTun::Done => {}
