@@ -12,12 +12,19 @@
 //! from `epoll_wait`'s return to the TUN read where boringtun's loop took 5 µs. Here the
 //! thread goes from `epoll_wait` straight to the reader's `read`, as boringtun does.
 //!
+//! A reader that wrote one packet into a TUN device hands the thread to that device's
+//! reader at once, before the thread waits again: the kernel often answers a packet inside
+//! the write (an echo reply, a TCP acknowledgement), so the answer is read straight away
+//! instead of after an empty read of the socket and a wait that returns at once (see
+//! [`Done::Wrote`]). The wait is level-triggered, so what the first reader left unread
+//! is reported at the next one.
+//!
 //! Only this thread waits on these descriptors. Others (the stream path writing into a
 //! device, the probes) use them with non-blocking calls and never register them with a
 //! runtime: a registration would wake that runtime for every packet's write space.
 
-use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -35,7 +42,18 @@ pub(super) trait Reader: Send {
     /// Reads what is waiting, at most a bounded burst so that no reader starves another
     /// (the wait is level-triggered: what is left is reported again). `Err` ends the
     /// reader, with why.
-    fn on_readable(&mut self) -> Result<(), String>;
+    fn on_readable(&mut self) -> Result<Done, String>;
+}
+
+/// What a reader did at a readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Done {
+    /// It read what there was, or a bounded burst of it.
+    Read,
+    /// It wrote one packet into the device with this descriptor and stopped reading: that
+    /// device's reader runs next, then this reader again (to finish what it put off and
+    /// read on; it does not answer `Wrote` then).
+    Wrote(RawFd),
 }
 
 /// The waker's key in the epoll set; readers' keys start above it.
@@ -186,13 +204,15 @@ struct Readers {
     free: Vec<usize>,
     /// Each reader's place, by the id its handle knows.
     by_id: HashMap<u64, usize>,
+    /// And by its descriptor, for [`Done::Wrote`].
+    by_fd: BTreeMap<RawFd, usize>,
 }
 
 #[derive(Default)]
 struct Place {
     generation: u32,
-    /// The reader here and its handle's id.
-    reader: Option<(u64, Box<dyn Reader>)>,
+    /// The reader here, its handle's id and its descriptor.
+    reader: Option<(u64, RawFd, Box<dyn Reader>)>,
 }
 
 impl Readers {
@@ -202,9 +222,11 @@ impl Readers {
             self.places.push(Place::default());
             self.places.len() - 1
         });
+        let fd = reader.fd().as_raw_fd();
         let place = &mut self.places[at];
-        place.reader = Some((id, reader));
+        place.reader = Some((id, fd, reader));
         self.by_id.insert(id, at);
+        self.by_fd.insert(fd, at);
         (at, key(at, place.generation))
     }
 
@@ -215,16 +237,25 @@ impl Readers {
         if u64::from(place.generation) != key >> 32 {
             return None;
         }
-        place.reader.as_mut().map(|(_, r)| (at, r))
+        place.reader.as_mut().map(|(_, _, r)| (at, r))
+    }
+
+    /// The reader at place `at`.
+    fn at(&mut self, at: usize) -> Option<&mut Box<dyn Reader>> {
+        let (_, _, reader) = self.places.get_mut(at)?.reader.as_mut()?;
+        Some(reader)
     }
 
     /// Takes the reader at `at` out, its place free for another.
     fn take(&mut self, at: usize) -> Option<Box<dyn Reader>> {
         let place = self.places.get_mut(at)?;
-        let (id, reader) = place.reader.take()?;
+        let (id, fd, reader) = place.reader.take()?;
         place.generation = place.generation.wrapping_add(1);
         self.free.push(at);
         self.by_id.remove(&id);
+        if self.by_fd.get(&fd) == Some(&at) {
+            self.by_fd.remove(&fd);
+        }
         Some(reader)
     }
 
@@ -263,13 +294,31 @@ fn run(epoll: &Epoll, waker: &EventFd, inbox: &mpsc::Receiver<Command>) {
                 continue;
             }
             // A reader removed earlier in this batch is simply not found.
-            let Some((at, reader)) = readers.get(key) else {
+            let Some((at, _)) = readers.get(key) else {
                 continue;
             };
-            if let Err(reason) = reader.on_readable() {
-                tracing::warn!("tunnel: {reason}");
-                remove(epoll, &mut readers, at);
+            if let Some(Done::Wrote(fd)) = read(epoll, &mut readers, at) {
+                // The device's reader, unless it is the same one (it never is: a device's
+                // reader writes only ICMP errors into it, and says `Read`).
+                if let Some(&next) = readers.by_fd.get(&fd)
+                    && next != at
+                {
+                    read(epoll, &mut readers, next);
+                }
+                read(epoll, &mut readers, at);
             }
+        }
+    }
+}
+
+/// Runs the reader at `at`; one that fails is removed.
+fn read(epoll: &Epoll, readers: &mut Readers, at: usize) -> Option<Done> {
+    match readers.at(at)?.on_readable() {
+        Ok(done) => Some(done),
+        Err(reason) => {
+            tracing::warn!("tunnel: {reason}");
+            remove(epoll, readers, at);
+            None
         }
     }
 }
@@ -282,7 +331,7 @@ fn commands(epoll: &Epoll, inbox: &mpsc::Receiver<Command>, readers: &mut Reader
                 let (at, key) = readers.add(id, reader);
                 let event = EpollEvent::new(EpollFlags::EPOLLIN, key);
                 let watched = match &readers.places[at].reader {
-                    Some((_, r)) => epoll.add(r.fd(), event),
+                    Some((_, _, r)) => epoll.add(r.fd(), event),
                     None => Ok(()),
                 };
                 if let Err(e) = watched {
@@ -341,7 +390,7 @@ mod tests {
         fn fd(&self) -> BorrowedFd<'_> {
             self.socket.as_fd()
         }
-        fn on_readable(&mut self) -> Result<(), String> {
+        fn on_readable(&mut self) -> Result<Done, String> {
             let mut buf = [0u8; 64];
             loop {
                 match self.socket.recv(&mut buf) {
@@ -350,7 +399,7 @@ mod tests {
                         let name = std::thread::current().name().map(str::to_owned);
                         let _ = self.out.send((buf[..n].to_vec(), name));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Done::Read),
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -437,5 +486,77 @@ mod tests {
         assert_eq!(readers.get(key_c).map(|(at, _)| at), Some(at_c));
         assert_eq!(readers.get(key_b).map(|(at, _)| at), Some(at_b));
         assert!(readers.get(0).is_none() && readers.get(u64::MAX).is_none());
+    }
+
+    /// Logs each call; `socket`'s datagram `w` answers [`Done::Wrote`] with `to`'s descriptor.
+    struct Logged {
+        name: &'static str,
+        socket: UdpSocket,
+        to: Option<std::os::fd::RawFd>,
+        log: Sender<&'static str>,
+    }
+
+    impl Reader for Logged {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.socket.as_fd()
+        }
+        fn on_readable(&mut self) -> Result<Done, String> {
+            let _ = self.log.send(self.name);
+            let mut buf = [0u8; 8];
+            loop {
+                match self.socket.recv(&mut buf) {
+                    Ok(n) if &buf[..n] == b"w" && self.to.is_some() => {
+                        return Ok(Done::Wrote(self.to.take().unwrap_or(-1)));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Done::Read),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// A reader that wrote into a device hands the thread to that device's reader at once
+    /// (which runs though nothing woke it: its socket is empty), then runs again itself.
+    #[test]
+    fn a_write_hands_the_thread_to_the_devices_reader_then_back() {
+        use std::os::fd::AsRawFd;
+        let mut data = DataThread::default();
+        let (log, seen) = channel();
+        let bind = || {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        };
+        let (device, socket) = (bind(), bind());
+        let socket_addr = socket.local_addr().unwrap();
+        let device_fd = device.as_raw_fd();
+        let _device = data
+            .add(Box::new(Logged {
+                name: "device",
+                socket: device,
+                to: None,
+                log: log.clone(),
+            }))
+            .unwrap();
+        let _socket = data
+            .add(Box::new(Logged {
+                name: "socket",
+                socket,
+                to: Some(device_fd),
+                log,
+            }))
+            .unwrap();
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"w", socket_addr)
+            .unwrap();
+        let next = || {
+            seen.recv_timeout(Duration::from_secs(10))
+                .expect("a reader ran")
+        };
+        assert_eq!([next(), next(), next()], ["socket", "device", "socket"]);
+        // Nothing more: the device's socket never became readable.
+        assert!(seen.recv_timeout(Duration::from_millis(200)).is_err());
     }
 }

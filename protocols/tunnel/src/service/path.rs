@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::device::{ReadBatch, TunDevice};
 use crate::{DropReason, Engine, MemberId, Outbound, Slot};
 
-use super::data::Reader;
+use super::data::{Done, Reader};
 use super::link::Outgoing;
 use super::udp::{Batch, UdpLink};
 
@@ -183,12 +183,14 @@ impl Reader for TunReader {
         self.device.fd()
     }
 
-    fn on_readable(&mut self) -> Result<(), String> {
+    fn on_readable(&mut self) -> Result<Done, String> {
         let result = self.burst();
         if let Some(b) = &mut self.batch {
             b.flush();
         }
-        result.map_err(|e| format!("network {}: {e}", self.network))
+        result
+            .map(|()| Done::Read)
+            .map_err(|e| format!("network {}: {e}", self.network))
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
@@ -27,7 +27,7 @@ use crate::datagram::{self, INDEX_LEN, PathState, Payload};
 use crate::device::{TunDevice, WriteBatch};
 use crate::{MemberId, Slot};
 
-use super::data::{Reader, Spawner};
+use super::data::{Done, Reader, Spawner};
 use super::path::SharedPath;
 
 mod batch;
@@ -201,6 +201,21 @@ pub(super) struct UdpReader {
     recv: Recv,
     buf: Vec<u8>,
     writes: WriteBatch,
+    /// A lone packet's link and sender: the packet was written into the link's device and
+    /// the thread handed to that device's reader ([`Done::Wrote`]) before the link heard
+    /// of the sender, which the next call does first.
+    handed: Option<(Arc<UdpLink>, SocketAddr)>,
+}
+
+/// What one read did.
+enum Step {
+    /// The socket had nothing more.
+    Empty,
+    /// Read and handled.
+    More,
+    /// One datagram, whose packet was written into its link's device; the link has not
+    /// heard of the sender yet ([`UdpLink::heard`]).
+    Lone(Arc<UdpLink>, SocketAddr),
 }
 
 /// How a reader reads its socket.
@@ -236,6 +251,7 @@ impl UdpReader {
             recv,
             buf: vec![0u8; RECV_BUF],
             writes: WriteBatch::new(WRITE_BATCH),
+            handed: None,
         }
     }
 
@@ -261,15 +277,15 @@ impl UdpReader {
         Ok((len, if stride == 0 { len } else { stride }, from))
     }
 
-    /// One read; `false` when the socket had nothing more.
-    fn read_one(&mut self) -> bool {
+    /// One read.
+    fn read_one(&mut self) -> Step {
         let (len, stride, from) = match self.recv() {
             Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Empty,
             Err(e) => {
                 // An ICMP error from an earlier send, mostly: the socket still works.
                 tracing::debug!("tunnel: UDP receive: {e}");
-                return true;
+                return Step::More;
             }
         };
         let udp = &*self.udp;
@@ -278,7 +294,7 @@ impl UdpReader {
             Recv::Shared(_) => None,
         };
         if len == 0 {
-            return true;
+            return Step::More;
         }
         if len <= stride {
             // One datagram (an echo, a keystroke): its packet goes into the device as it
@@ -288,15 +304,20 @@ impl UdpReader {
             let base = self.buf.as_ptr() as usize;
             let Some(Opened { link, packet }) = udp.on_datagram(&mut self.buf[..len], from, likely)
             else {
-                return true;
+                return Step::More;
             };
-            if let Some((at, n)) = packet.map(|p| (p.as_ptr() as usize - base, p.len()))
-                && let Err(e) = link.device.try_send_in_place(&mut self.buf[..at + n], at)
-            {
-                tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}");
+            let written = packet
+                .map(|p| (p.as_ptr() as usize - base, p.len()))
+                .map(|(at, n)| link.device.try_send_in_place(&mut self.buf[..at + n], at));
+            match written {
+                Some(Ok(_)) => return Step::Lone(link, from),
+                Some(Err(e)) => {
+                    tracing::debug!("tunnel: cannot write a packet into the TUN device: {e}")
+                }
+                None => {}
             }
             link.heard(from);
-            return true;
+            return Step::More;
         }
         // The packets that pass go to their device in one batch (coalesced there with
         // offloads on); a packet for another device sends the batch first. Each link
@@ -331,7 +352,7 @@ impl UdpReader {
         if let Some(h) = heard {
             h.heard(from);
         }
-        true
+        Step::More
     }
 }
 
@@ -340,13 +361,30 @@ impl Reader for UdpReader {
         self.socket.as_fd()
     }
 
-    fn on_readable(&mut self) -> Result<(), String> {
-        for _ in 0..RECV_BURST {
-            if !self.read_one() {
-                break;
+    /// A lone packet read first and written into its device hands the thread to the
+    /// device's reader (see [`Done::Wrote`]); called again after it, this reader lets the
+    /// link hear of the sender and reads on, handing over no more.
+    fn on_readable(&mut self) -> Result<Done, String> {
+        let resumed = match self.handed.take() {
+            Some((link, from)) => {
+                link.heard(from);
+                true
+            }
+            None => false,
+        };
+        for read in 0..RECV_BURST {
+            match self.read_one() {
+                Step::Empty => break,
+                Step::More => {}
+                Step::Lone(link, from) if read == 0 && !resumed => {
+                    let device = link.device.fd().as_raw_fd();
+                    self.handed = Some((link, from));
+                    return Ok(Done::Wrote(device));
+                }
+                Step::Lone(link, from) => link.heard(from),
             }
         }
-        Ok(())
+        Ok(Done::Read)
     }
 }
 
