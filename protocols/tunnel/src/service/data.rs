@@ -230,14 +230,11 @@ impl Readers {
         (at, key(at, place.generation))
     }
 
-    /// The place of epoll key `key` and its reader, if it is still there.
-    fn get(&mut self, key: u64) -> Option<(usize, &mut Box<dyn Reader>)> {
+    /// The place of epoll key `key`, if its reader is still there.
+    fn place(&self, key: u64) -> Option<usize> {
         let at = usize::try_from((key & u64::from(u32::MAX)).checked_sub(1)?).ok()?;
-        let place = self.places.get_mut(at)?;
-        if u64::from(place.generation) != key >> 32 {
-            return None;
-        }
-        place.reader.as_mut().map(|(_, _, r)| (at, r))
+        let place = self.places.get(at)?;
+        (u64::from(place.generation) == key >> 32 && place.reader.is_some()).then_some(at)
     }
 
     /// The reader at place `at`.
@@ -294,7 +291,7 @@ fn run(epoll: &Epoll, waker: &EventFd, inbox: &mpsc::Receiver<Command>) {
                 continue;
             }
             // A reader removed earlier in this batch is simply not found.
-            let Some((at, _)) = readers.get(key) else {
+            let Some(at) = readers.place(key) else {
                 continue;
             };
             if let Some(Done::Wrote(fd)) = read(epoll, &mut readers, at) {
@@ -474,18 +471,18 @@ mod tests {
         let (at_b, key_b) = readers.add(8, Box::new(b));
         assert_ne!(at_a, at_b);
         assert!(key_a != WAKER && key_b != WAKER);
-        assert_eq!(readers.get(key_a).map(|(at, _)| at), Some(at_a));
+        assert_eq!(readers.place(key_a), Some(at_a));
 
         assert!(readers.take(readers.place_of(7).unwrap()).is_some());
-        assert!(readers.get(key_a).is_none());
+        assert!(readers.place(key_a).is_none());
         assert_eq!(readers.place_of(7), None);
         let (at_c, key_c) = readers.add(9, Box::new(c));
         assert_eq!(at_c, at_a, "the free place is taken first");
         assert_ne!(key_c, key_a);
-        assert!(readers.get(key_a).is_none());
-        assert_eq!(readers.get(key_c).map(|(at, _)| at), Some(at_c));
-        assert_eq!(readers.get(key_b).map(|(at, _)| at), Some(at_b));
-        assert!(readers.get(0).is_none() && readers.get(u64::MAX).is_none());
+        assert!(readers.place(key_a).is_none());
+        assert_eq!(readers.place(key_c), Some(at_c));
+        assert_eq!(readers.place(key_b), Some(at_b));
+        assert!(readers.place(0).is_none() && readers.place(u64::MAX).is_none());
     }
 
     /// Logs each call; `socket`'s datagram `w` answers [`Done::Wrote`] with `to`'s descriptor.
