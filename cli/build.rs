@@ -1,4 +1,5 @@
-//! Stamps the binary with its git revision and build date for `p2pnode --version`.
+//! Stamps the binary with its git revision and build date for `p2pnode --version`, and
+//! lays out a release binary's hot path (`hot-path.txt`) on adjacent pages.
 //!
 //! Without git (a tarball build) both still come out: the revision as "unknown". Reruns
 //! only when HEAD moves (its file, the branch ref it names, packed refs), not on every
@@ -15,6 +16,36 @@ fn main() {
     watch_head();
     println!("cargo:rustc-env=P2PNODE_GIT_REV={rev}");
     println!("cargo:rustc-env=P2PNODE_BUILD_DATE={}", build_date());
+    order_hot_path();
+}
+
+/// Asks the linker to place the functions in `hot-path.txt` (the tunnel's data thread,
+/// as profiled by `scripts/hot-path`) next to each other. A lone packet after a quiet
+/// spell runs that code cold, and spread over a 30 MB text it touched 27 pages; packed,
+/// about a dozen, so fewer misses in the instruction TLB and caches.
+///
+/// Only for a release build on x86_64 Linux with rustc's own linker (lld, the default
+/// there since Rust 1.90): the file names release symbols, and other linkers may not
+/// take the flag. A name the build no longer has is skipped without a word, so a stale
+/// file costs only the layout; `scripts/bench-vpn` says how many names still match.
+fn order_hot_path() {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    println!("cargo:rerun-if-changed=hot-path.txt");
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
+        || flags.contains("linker")
+        || flags.contains("link-self-contained");
+    if var("TARGET") != "x86_64-unknown-linux-gnu" || var("PROFILE") != "release" || own_linker {
+        return;
+    }
+    let file = PathBuf::from(var("CARGO_MANIFEST_DIR")).join("hot-path.txt");
+    if file.exists() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            file.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
 }
 
 /// Runs git in the package directory; `None` when git is missing or this is no checkout.
