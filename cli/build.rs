@@ -25,9 +25,10 @@ fn main() {
 /// about a dozen, so fewer misses in the instruction TLB and caches.
 ///
 /// Only for a release build on x86_64 Linux with rustc's own linker (lld, the default
-/// there since Rust 1.90): the file names release symbols, and other linkers may not
-/// take the flag. A name the build no longer has is skipped without a word, so a stale
-/// file costs only the layout; `scripts/bench-vpn` says how many names still match.
+/// there since Rust 1.90 where the toolchain ships it): the file names release symbols,
+/// and GNU ld does not take the flag. A name the build no longer has is skipped without a
+/// word, so a stale file costs only the layout; `scripts/bench-vpn` says how many names
+/// still match.
 fn order_hot_path() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     println!("cargo:rerun-if-changed=hot-path.txt");
@@ -35,7 +36,12 @@ fn order_hot_path() {
     let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
         || flags.contains("linker")
         || flags.contains("link-self-contained");
-    if var("TARGET") != "x86_64-unknown-linux-gnu" || var("PROFILE") != "release" || own_linker {
+    let target = var("TARGET");
+    if target != "x86_64-unknown-linux-gnu"
+        || var("PROFILE") != "release"
+        || own_linker
+        || !ships_lld(&target)
+    {
         return;
     }
     let file = PathBuf::from(var("CARGO_MANIFEST_DIR")).join("hot-path.txt");
@@ -105,4 +111,19 @@ fn build_date() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Whether the toolchain has its own lld for `target` (a distribution's rustc may not, and
+/// then links with the system's linker).
+fn ships_lld(target: &str) -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    sysroot
+        .join("lib/rustlib")
+        .join(target)
+        .join("bin/gcc-ld/ld.lld")
+        .exists()
 }
