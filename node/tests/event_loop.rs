@@ -20,11 +20,13 @@ impl TestNode {
         self.node.client()
     }
 
-    /// The node's first memory address, with its peer id.
+    /// The node's first memory address (not one through a relay), with its peer id.
     async fn addr(&self) -> Multiaddr {
         let status = wait_for(|| async {
             let s = self.client().status().await.ok()?;
-            s.listen_addrs.first().cloned()
+            s.listen_addrs
+                .into_iter()
+                .find(|a| !a.contains("/p2p-circuit"))
         })
         .await;
         format!("{status}/p2p/{}", self.client().peer_id())
@@ -236,6 +238,36 @@ async fn unknown_peer_is_not_found() {
     let err = a.client().connect_peer(missing).await.unwrap_err();
     assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
     assert_eq!(err.kind(), "not_found");
+    a.node.shutdown().await;
+    relay.node.shutdown().await;
+}
+
+/// A lookup asks only the peers our table held when it began, so a peer the table
+/// learned another way (mDNS, a connection) may be missing from its answer. Such a peer
+/// is dialled at the table's addresses instead of reported "not found in the DHT". Here
+/// the peer has gone, so the answer is that it is unreachable at the address we knew.
+#[tokio::test]
+async fn peer_only_our_table_knows_is_dialled_at_its_address() {
+    let relay = start(vec![], true).await;
+    let a = start(vec![relay.addr().await], false).await;
+    let relay_id = relay.client().peer_id();
+    wait_for(|| async { connected(&a, relay_id).await.then_some(()) }).await;
+    // b, unknown to the relay, connects to a: identify puts b's address in a's table.
+    let b = start(vec![], false).await;
+    let b_id = b.client().peer_id();
+    let b_addr = b.addr().await;
+    b.client().connect_addr(a.addr().await).await.unwrap();
+    wait_for(|| async {
+        let s = a.client().status().await.ok()?;
+        (s.dht_peers == 2).then_some(())
+    })
+    .await;
+    b.node.shutdown().await;
+    wait_for(|| async { (!connected(&a, b_id).await).then_some(()) }).await;
+    let err = a.client().connect_peer(b_id).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
+    let memory_port = b_addr.iter().next().unwrap().to_string();
+    assert!(err.to_string().contains(&memory_port), "{err}");
     a.node.shutdown().await;
     relay.node.shutdown().await;
 }

@@ -101,6 +101,19 @@ impl EventLoop {
         }
     }
 
+    /// `peer`'s addresses in our Kademlia routing table.
+    pub(super) fn table_addresses(&mut self, peer: PeerId) -> Vec<Multiaddr> {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.kbucket(peer)
+            .and_then(|bucket| {
+                bucket
+                    .iter()
+                    .find(|e| *e.node.key.preimage() == peer)
+                    .map(|e| e.node.value.iter().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+
     pub(super) fn on_query_result(
         &mut self,
         id: kad::QueryId,
@@ -145,6 +158,13 @@ impl EventLoop {
             if !addrs.contains(&c.address) && c.path == Path::Direct && c.outbound {
                 addrs.push(strip_p2p(&c.address));
             }
+        }
+        // A query asks only the peers our table held when it began. One that mDNS (or a
+        // connection) put there meanwhile is found by its addresses in our own table: two
+        // nodes just started on one LAN would otherwise be "not found" while the relay,
+        // the only peer asked, has not heard of the other yet.
+        if addrs.is_empty() {
+            addrs = self.table_addresses(target);
         }
         // Kademlia gives each peer 10 s and then ends the query without it, although its
         // answer may still come: on a slow or congested link the first lookup can end

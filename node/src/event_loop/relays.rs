@@ -51,16 +51,9 @@ impl EventLoop {
     /// Kademlia makes newcomers wait a minute for it) while nobody can reach it.
     pub(super) fn forget_circuits(&mut self, peer: PeerId) {
         let me = *self.swarm.local_peer_id();
+        let mut via_us = self.table_addresses(peer);
+        via_us.retain(|a| relay_of(a) == Some(me));
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let via_us: Vec<Multiaddr> = match kad.kbucket(peer) {
-            Some(bucket) => bucket
-                .iter()
-                .filter(|e| *e.node.key.preimage() == peer)
-                .flat_map(|e| e.node.value.iter().filter(|a| relay_of(a) == Some(me)))
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
         for addr in via_us {
             if kad.remove_address(&peer, &addr).is_some() {
                 tracing::debug!(%peer, "peer reachable only through us has gone; out of the DHT table");
