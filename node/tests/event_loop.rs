@@ -63,6 +63,15 @@ async fn start_config(config: Config, transport: TransportKind) -> TestNode {
     TestNode { node, _dir: dir }
 }
 
+/// A relay, and a node connected to it.
+async fn relay_and_node() -> (TestNode, TestNode) {
+    let relay = start(vec![], true).await;
+    let a = start(vec![relay.addr().await], false).await;
+    let relay_id = relay.client().peer_id();
+    wait_for(|| async { connected(&a, relay_id).await.then_some(()) }).await;
+    (relay, a)
+}
+
 async fn connected(a: &TestNode, b: PeerId) -> bool {
     crate::common::connected(&a.node, b).await
 }
@@ -230,10 +239,7 @@ async fn find_without_peers_says_to_bootstrap() {
 
 #[tokio::test]
 async fn unknown_peer_is_not_found() {
-    let relay = start(vec![], true).await;
-    let a = start(vec![relay.addr().await], false).await;
-    let relay_id = relay.client().peer_id();
-    wait_for(|| async { connected(&a, relay_id).await.then_some(()) }).await;
+    let (relay, a) = relay_and_node().await;
     let missing = PeerId::random();
     let err = a.client().connect_peer(missing).await.unwrap_err();
     assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
@@ -248,10 +254,7 @@ async fn unknown_peer_is_not_found() {
 /// the peer has gone, so the answer is that it is unreachable at the address we knew.
 #[tokio::test]
 async fn peer_only_our_table_knows_is_dialled_at_its_address() {
-    let relay = start(vec![], true).await;
-    let a = start(vec![relay.addr().await], false).await;
-    let relay_id = relay.client().peer_id();
-    wait_for(|| async { connected(&a, relay_id).await.then_some(()) }).await;
+    let (relay, a) = relay_and_node().await;
     // b, unknown to the relay, connects to a: identify puts b's address in a's table.
     let b = start(vec![], false).await;
     let b_id = b.client().peer_id();
