@@ -267,6 +267,9 @@ async fn peer_only_our_table_knows_is_dialled_at_its_address() {
     .await;
     b.node.shutdown().await;
     wait_for(|| async { (!connected(&a, b_id).await).then_some(()) }).await;
+    // `find` does not offer the table's address as where b is: only a dial can tell.
+    let err = a.client().find(b_id).await.unwrap_err();
+    assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
     let err = a.client().connect_peer(b_id).await.unwrap_err();
     assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
     let memory_port = b_addr.iter().next().unwrap().to_string();

@@ -159,13 +159,6 @@ impl EventLoop {
                 addrs.push(strip_p2p(&c.address));
             }
         }
-        // A query asks only the peers our table held when it began. One that mDNS (or a
-        // connection) put there meanwhile is found by its addresses in our own table: two
-        // nodes just started on one LAN would otherwise be "not found" while the relay,
-        // the only peer asked, has not heard of the other yet.
-        if addrs.is_empty() {
-            addrs = self.table_addresses(target);
-        }
         // Kademlia gives each peer 10 s and then ends the query without it, although its
         // answer may still come: on a slow or congested link the first lookup can end
         // before anyone answered, while a second one reuses the connections the first
@@ -208,6 +201,15 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Lookup::Connect(reply) => {
+                // A query asks only the peers our table held when it began. One that mDNS
+                // (or a connection) put there meanwhile is dialled at its addresses in our
+                // own table: two nodes just started on one LAN would otherwise be "not
+                // found" while the relay, the only peer asked, has not heard of the other
+                // yet. Not for `find`: a peer long gone can linger in the table, and only
+                // a dial tells.
+                if addrs.is_empty() {
+                    addrs = self.table_addresses(target);
+                }
                 if addrs.is_empty() {
                     let _ = reply.send(Err(not_found(target, no_peers)));
                 } else {
