@@ -22,7 +22,8 @@ fn main() {
 /// Asks the linker to place the functions in `hot-path.txt` (the tunnel's data thread,
 /// as profiled by `scripts/hot-path`) next to each other. A lone packet after a quiet
 /// spell runs that code cold, and spread over a 30 MB text it sat on 31 pages; packed, on
-/// 12, so fewer misses in the instruction TLB and caches.
+/// 12 or 13 (as the code around it moves), so fewer misses in the instruction TLB and
+/// caches.
 ///
 /// Only for a release build on x86_64 Linux with rustc's own linker (lld, the default
 /// there since Rust 1.90 where the toolchain ships it): the file names release symbols,
