@@ -51,8 +51,8 @@ pub(super) enum Done {
     /// It read what there was, or a bounded burst of it.
     Read,
     /// It wrote one packet into the device with this descriptor and stopped reading: that
-    /// device's reader runs next, then this reader again (to finish what it put off and
-    /// read on; it does not answer `Wrote` then).
+    /// device's reader runs next, then this reader again (to finish what it put off; it
+    /// does not answer `Wrote` then, and what it left unread the next wait reports).
     Wrote(RawFd),
 }
 

@@ -185,20 +185,19 @@ impl Reader for UdpReader {
 
     /// A lone packet read first and written into its device hands the thread to the
     /// device's reader (see [`Done::Wrote`]); called again after it, this reader lets the
-    /// link hear of the sender and reads on, handing over no more.
+    /// link hear of the sender and stops. It does not read on: the wait is
+    /// level-triggered and reports what is queued, and a read that finds the socket empty
+    /// would keep the CPU from the other side, which the kernel may have woken onto it.
     fn on_readable(&mut self) -> Result<Done, String> {
-        let resumed = match self.handed.take() {
-            Some((link, from)) => {
-                link.heard(from);
-                true
-            }
-            None => false,
-        };
+        if let Some((link, from)) = self.handed.take() {
+            link.heard(from);
+            return Ok(Done::Read);
+        }
         for read in 0..RECV_BURST {
             match self.read_one() {
                 Step::Empty => break,
                 Step::More => {}
-                Step::Lone(link, from) if read == 0 && !resumed => {
+                Step::Lone(link, from) if read == 0 => {
                     let device = link.device.fd().as_raw_fd();
                     self.handed = Some((link, from));
                     return Ok(Done::Wrote(device));
