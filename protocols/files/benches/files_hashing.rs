@@ -4,10 +4,12 @@
 //! - outboard (slices): `OutboardBuilder` fed 64 KiB groups straight from the buffer;
 //! - outboard (reader): `compute_outboard` over `io::Read`, copying each group into its
 //!   buffer as a file read would;
+//! - outboard (at): `compute_outboard_at` on every CPU, reading groups at offsets as a
+//!   file's offer or share does;
 //! - proofs: reading every group's proof from the in-memory outboard;
 //! - verify: `verify_group` of every group with its proof (what a receiver does).
 //!
-//! All single-threaded (blake3 without rayon), best and median of `--reps` runs.
+//! All on one thread but "at" (blake3 without rayon), best and median of `--reps` runs.
 //! Run: `cargo bench -p p2pnode-files --bench files_hashing [-- --mib 256 --reps 5]`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use p2pnode_files::{
-    GROUP_SIZE, OutboardBuilder, compute_outboard, group_count, group_range, outboard_size, proof,
+    GROUP_SIZE, OutboardBuilder, compute_outboard, compute_outboard_at, group_count, group_range, outboard_size, proof,
     verify_group,
 };
 
@@ -99,6 +101,16 @@ fn main() {
     let root = root.unwrap();
     assert_eq!(root.as_bytes(), blake3::hash(&data).as_bytes());
     assert_eq!(outboard, outboard2);
+
+    // What a file's offer or share runs: read at offsets, on every CPU.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut outboard3 = Vec::with_capacity(outboard_size(size) as usize);
+    let at = time(reps, || {
+        outboard3.clear();
+        black_box(compute_outboard_at(&data[..], size, threads, &mut outboard3).unwrap());
+    });
+    report(&format!("outboard (at, {threads} thr)"), size, at, base.0);
+    assert_eq!(outboard, outboard3);
 
     let mut proofs = Vec::with_capacity(groups as usize);
     let (pbest, _) = time(1, || {

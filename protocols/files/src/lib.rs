@@ -107,5 +107,5 @@ pub const STREAM_PROTOCOL: &str = "/p2pnode/files/1";
 
 pub use tree::{
     GROUP_SIZE, OutboardBuilder, Proof, ProofReader, ReadAt, VerifiedGroup, compute_outboard,
-    group_count, group_range, outboard_size, proof, verify_group,
+    compute_outboard_at, group_count, group_range, outboard_size, proof, verify_group,
 };

@@ -154,13 +154,22 @@ impl OutboardBuilder {
                 got: data.len() as u64,
             });
         }
-        let index = self.next;
-        self.next += 1;
         if self.groups == 1 {
+            self.next += 1;
             self.root = Some(blake3::hash(data));
             return Ok(());
         }
-        self.stack.push(group_cv(index, data));
+        self.push_cv(group_cv(self.next, data), outboard)
+    }
+
+    /// Takes the next group's chaining value, computed elsewhere (with [`group_cv`], of a
+    /// content of more than one group), and writes the parent pairs it completes.
+    fn push_cv(&mut self, cv: ChainingValue, outboard: &mut impl Write) -> Result<(), OutboardError> {
+        if self.next >= self.groups {
+            return Err(OutboardError::TooLong { size: self.size });
+        }
+        self.next += 1;
+        self.stack.push(cv);
         if self.next < self.groups {
             // Each complete, aligned power-of-two run of groups is a subtree of BLAKE3's
             // tree: merge as many as the count's trailing zeros say.
@@ -232,6 +241,129 @@ pub fn compute_outboard(
     }
     outboard.flush()?;
     builder.finish()
+}
+
+/// Groups hashed at a time by [`compute_outboard_at`] (64 MiB), split between threads:
+/// what it holds beside the outboard is one chaining value per group of a part.
+const PARALLEL_GROUPS: u64 = 1024;
+/// A part smaller than this many groups (2 MiB) is hashed on the calling thread: a
+/// thread's start would cost more than it saves.
+const MIN_PART_GROUPS: u64 = 32;
+
+/// Like [`compute_outboard`], for content read at offsets (a file), hashed on up to
+/// `threads` threads at once: the groups of each 64 MiB stretch are split among them, and
+/// the outboard is written in order from their chaining values. Memory stays flat in the
+/// size: one group buffer per thread and one chaining value per group of a stretch.
+/// Content that ends early or goes on past `size` is an error, as there.
+pub fn compute_outboard_at<C: ReadAt + Sync + ?Sized>(
+    content: &C,
+    size: u64,
+    threads: usize,
+    outboard: impl Write,
+) -> Result<ContentId, OutboardError> {
+    outboard_at(content, size, threads, PARALLEL_GROUPS, outboard)
+}
+
+fn outboard_at<C: ReadAt + Sync + ?Sized>(
+    content: &C,
+    size: u64,
+    threads: usize,
+    stretch: u64,
+    mut outboard: impl Write,
+) -> Result<ContentId, OutboardError> {
+    let mut builder = OutboardBuilder::new(size);
+    let groups = builder.groups;
+    if groups == 1 {
+        let mut buf = vec![0u8; size as usize];
+        read_at(content, &mut buf, 0, size)?;
+        builder.push(&buf, &mut outboard)?;
+    } else {
+        let mut first = 0;
+        while first < groups {
+            let end = (first + stretch).min(groups);
+            let parts = usize::try_from((end - first) / MIN_PART_GROUPS)
+                .unwrap_or(usize::MAX)
+                .clamp(1, threads.max(1));
+            for cv in stretch_cvs(content, size, first..end, parts)? {
+                builder.push_cv(cv, &mut outboard)?;
+            }
+            first = end;
+        }
+    }
+    // One byte at `size` means the content went on past it.
+    if content.read_exact_at(&mut [0u8], size).is_ok() {
+        return Err(OutboardError::TooLong { size });
+    }
+    outboard.flush()?;
+    builder.finish()
+}
+
+/// The chaining values of groups `range` of a content of `size` bytes (of more than one
+/// group), in order, hashed in `parts` parts: the first on this thread, each other on a
+/// thread of its own.
+fn stretch_cvs<C: ReadAt + Sync + ?Sized>(
+    content: &C,
+    size: u64,
+    range: Range<u64>,
+    parts: usize,
+) -> Result<Vec<ChainingValue>, OutboardError> {
+    let per = (range.end - range.start).div_ceil(parts as u64);
+    let cuts: Vec<Range<u64>> = (0..parts as u64)
+        .map(|i| range.start + i * per..(range.start + (i + 1) * per).min(range.end))
+        .filter(|r| !r.is_empty())
+        .collect();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = cuts[1..]
+            .iter()
+            .map(|r| {
+                let r = r.clone();
+                scope.spawn(move || part_cvs(content, size, r))
+            })
+            .collect();
+        let mut cvs = part_cvs(content, size, cuts[0].clone())?;
+        for other in others {
+            let part = other
+                .join()
+                .map_err(|_| io::Error::other("a hashing thread panicked"))??;
+            cvs.extend(part);
+        }
+        Ok(cvs)
+    })
+}
+
+/// The chaining values of groups `range`, read one group at a time.
+fn part_cvs<C: ReadAt + ?Sized>(
+    content: &C,
+    size: u64,
+    range: Range<u64>,
+) -> Result<Vec<ChainingValue>, OutboardError> {
+    let mut buf = vec![0u8; GROUP_SIZE as usize];
+    let mut cvs = Vec::with_capacity((range.end - range.start) as usize);
+    for group in range {
+        let Some(bytes) = group_range(size, group) else {
+            break;
+        };
+        let data = &mut buf[..(bytes.end - bytes.start) as usize];
+        read_at(content, data, bytes.start, size)?;
+        cvs.push(group_cv(group, data));
+    }
+    Ok(cvs)
+}
+
+/// Fills `buf` from `offset`; content that ends first is [`OutboardError::TooShort`].
+fn read_at<C: ReadAt + ?Sized>(
+    content: &C,
+    buf: &mut [u8],
+    offset: u64,
+    size: u64,
+) -> Result<(), OutboardError> {
+    content.read_exact_at(buf, offset).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            OutboardError::TooShort { size }
+        } else {
+            OutboardError::Io(e)
+        }
+    })
 }
 
 /// Reading at an offset, for outboards kept in memory or in a file.

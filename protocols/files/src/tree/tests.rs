@@ -252,6 +252,53 @@ fn streaming_refuses_content_that_changed_size() {
 }
 
 #[test]
+fn hashing_at_offsets_on_threads_gives_the_streamed_outboard() {
+    // Sizes with one part, two parts of one stretch, and several stretches (70 groups
+    // each, the last shorter), each with a partial last group; 1 to 3 threads.
+    for (size, stretch) in [
+        (3 * G + 1, 1024),
+        (64 * G + 5, 1024),
+        (65 * G, 1024),
+        (200 * G + 7, 70),
+        (140 * G, 70),
+    ] {
+        let data = content(size, size as u64);
+        let (id, outboard) = build(&data);
+        for threads in 1..=3 {
+            let mut got = Vec::new();
+            let got_id = outboard_at(&data[..], size as u64, threads, stretch, &mut got).unwrap();
+            assert_eq!(got_id, id, "size {size}, {threads} threads");
+            assert!(got == outboard, "size {size}, {threads} threads: outboards differ");
+        }
+    }
+    // One group, and empty content, through the public entry.
+    for size in [0, 1, G] {
+        let data = content(size, 3);
+        let mut got = Vec::new();
+        let got_id = compute_outboard_at(&data[..], size as u64, 2, &mut got).unwrap();
+        assert_eq!(got_id, build(&data).0);
+        assert!(got.is_empty());
+    }
+}
+
+#[test]
+fn hashing_at_offsets_refuses_content_that_changed_size() {
+    for size in [10, 2 * G + 5, 70 * G + 3] {
+        let data = content(size, 9);
+        let mut sink = Vec::new();
+        let longer = size as u64 + 1;
+        assert!(matches!(
+            compute_outboard_at(&data[..], longer, 2, &mut sink),
+            Err(OutboardError::TooShort { .. })
+        ));
+        assert!(matches!(
+            compute_outboard_at(&data[..], size as u64 - 1, 2, &mut sink),
+            Err(OutboardError::TooLong { .. })
+        ));
+    }
+}
+
+#[test]
 fn outboard_is_bao_trees_post_order_outboard() {
     // n0's bao-tree as an independent reference for the tree's shape and the order of
     // the parent pairs (its post-order outboard at 2^6-chunk blocks).
