@@ -18,8 +18,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use p2pnode_files::{
-    GROUP_SIZE, OutboardBuilder, compute_outboard, compute_outboard_at, group_count, group_range, outboard_size, proof,
-    verify_group,
+    GROUP_SIZE, OutboardBuilder, compute_outboard, compute_outboard_at, group_count, group_range,
+    outboard_size, proof, verify_group,
 };
 
 fn arg(name: &str, default: usize) -> usize {

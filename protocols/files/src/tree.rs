@@ -164,7 +164,11 @@ impl OutboardBuilder {
 
     /// Takes the next group's chaining value, computed elsewhere (with [`group_cv`], of a
     /// content of more than one group), and writes the parent pairs it completes.
-    fn push_cv(&mut self, cv: ChainingValue, outboard: &mut impl Write) -> Result<(), OutboardError> {
+    fn push_cv(
+        &mut self,
+        cv: ChainingValue,
+        outboard: &mut impl Write,
+    ) -> Result<(), OutboardError> {
         if self.next >= self.groups {
             return Err(OutboardError::TooLong { size: self.size });
         }

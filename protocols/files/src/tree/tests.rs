@@ -268,7 +268,10 @@ fn hashing_at_offsets_on_threads_gives_the_streamed_outboard() {
             let mut got = Vec::new();
             let got_id = outboard_at(&data[..], size as u64, threads, stretch, &mut got).unwrap();
             assert_eq!(got_id, id, "size {size}, {threads} threads");
-            assert!(got == outboard, "size {size}, {threads} threads: outboards differ");
+            assert!(
+                got == outboard,
+                "size {size}, {threads} threads: outboards differ"
+            );
         }
     }
     // One group, and empty content, through the public entry.
