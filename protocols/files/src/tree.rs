@@ -231,13 +231,9 @@ pub fn compute_outboard(
     let mut buf = vec![0u8; GROUP_SIZE as usize];
     while let Some(range) = builder.next_group() {
         let len = (range.end - range.start) as usize;
-        content.read_exact(&mut buf[..len]).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                OutboardError::TooShort { size }
-            } else {
-                OutboardError::Io(e)
-            }
-        })?;
+        content
+            .read_exact(&mut buf[..len])
+            .map_err(|e| read_error(e, size))?;
         builder.push(&buf[..len], &mut outboard)?;
     }
     if content.read(&mut buf[..1])? != 0 {
@@ -354,20 +350,26 @@ fn part_cvs<C: ReadAt + ?Sized>(
     Ok(cvs)
 }
 
-/// Fills `buf` from `offset`; content that ends first is [`OutboardError::TooShort`].
+/// Fills `buf` from `offset` of a content of `size` bytes.
 fn read_at<C: ReadAt + ?Sized>(
     content: &C,
     buf: &mut [u8],
     offset: u64,
     size: u64,
 ) -> Result<(), OutboardError> {
-    content.read_exact_at(buf, offset).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            OutboardError::TooShort { size }
-        } else {
-            OutboardError::Io(e)
-        }
-    })
+    content
+        .read_exact_at(buf, offset)
+        .map_err(|e| read_error(e, size))
+}
+
+/// A failed read of a content of `size` bytes: one that ended first means the content
+/// shrank.
+fn read_error(e: io::Error, size: u64) -> OutboardError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        OutboardError::TooShort { size }
+    } else {
+        OutboardError::Io(e)
+    }
 }
 
 /// Reading at an offset, for outboards kept in memory or in a file.
