@@ -105,7 +105,11 @@ pub fn hash_file(
     })?;
     #[cfg(unix)]
     let hashed = {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Asked once: std reads the process's cgroup files for it (mountinfo included),
+        // which cost a tree of 10,000 small files more than their hashing.
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads =
+            *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         compute_outboard_at(&file, size, threads, outboard)
     };
     #[cfg(not(unix))]
