@@ -73,9 +73,9 @@ impl Scan {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// Hashes every file (streaming, one group buffer at a time) and builds the manifest.
-    /// The outboards are thrown away; a sharing node keeps them with
-    /// [`hash_file`] into its own storage instead.
+    /// Hashes every file (with [`hash_file`]: a group buffer per thread) and builds the
+    /// manifest. The outboards are thrown away; a sharing node has [`hash_file`] write
+    /// them into its own storage instead.
     pub fn hash(&self) -> Result<Manifest, ScanError> {
         let mut entries = Vec::with_capacity(self.files.len());
         for file in &self.files {
