@@ -12,23 +12,22 @@ use crate::client::Client;
 use crate::config::{Config, HolePunchMode};
 use crate::diagnostics::{TIME_PROTOCOL, serve_time};
 use crate::error::NodeError;
-use crate::event_loop::{EventLoop, HolePunching, KeepFor, LoopConfig, StoreUpdate, peer_of};
+use crate::event_loop::{EventLoop, HolePunching, LoopConfig};
 use crate::holepunch::{self, HOLEPUNCH_PROTOCOL, INTRODUCE_PROTOCOL};
 use crate::identity::{self, IdentityError};
-use crate::listeners;
 use crate::metrics::Metrics;
 use crate::peer::{short_id, signing_key_of};
-use crate::protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols, Registered};
+use crate::protocol::{Context, Protocol, ProtocolError, ProtocolHandler, Protocols};
 use crate::secure::{SecureListener, Security, VERIFY_PROTOCOL, serve_verify};
-use crate::store::{MAX_REDIAL, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::streams::{ECHO_PROTOCOL, serve_echo};
 use crate::swarm::{self, BuildError};
 use crate::trust::TrustDb;
 
+mod steps;
+
 /// Bound of the command channel into the event loop.
 const COMMAND_QUEUE: usize = 64;
-/// Bound of the queue of peer-store writes; past it updates are dropped (they recur).
-const STORE_QUEUE: usize = 256;
 /// Echo streams served at once.
 const MAX_ECHO_STREAMS: usize = 32;
 
@@ -171,14 +170,7 @@ impl NodeBuilder {
             protocols,
         } = self;
         let data_dir = data_dir.as_path();
-        let names: Vec<&'static str> = protocols.iter().map(|(n, _)| *n).collect();
-        if let Some(dup) = names
-            .iter()
-            .enumerate()
-            .find_map(|(i, n)| names[..i].contains(n).then_some(*n))
-        {
-            return Err(StartError::DuplicateProtocol(dup.to_string()));
-        }
+        let names = steps::unique_names(&protocols)?;
         identity::ensure_data_dir(data_dir)?;
         let keypair = identity::load_or_create(data_dir)?;
         let peer_id = keypair.public().to_peer_id();
@@ -197,11 +189,12 @@ impl NodeBuilder {
         let metrics = Arc::new(Metrics::new());
         // Bound before anything runs: a taken port is a start error, not a log line.
         let metrics_listener = match config.metrics {
-            Some(addr) => Some(
+            Some(addr) => Some((
+                addr,
                 crate::metrics::bind(addr)
                     .await
                     .map_err(|e| StartError::Metrics(addr, e))?,
-            ),
+            )),
             None => None,
         };
         let security = Arc::new(Security::new(
@@ -211,41 +204,8 @@ impl NodeBuilder {
             names,
             metrics.clone(),
         ));
-
-        let mut bootstrap = Vec::new();
-        for addr in &config.bootstrap {
-            let peer = peer_of(addr).ok_or_else(|| StartError::Bootstrap(addr.to_string()))?;
-            let mut dial = addr.clone();
-            dial.pop();
-            bootstrap.push((peer, dial));
-        }
-
-        let mut swarm = if config.relay_only {
-            if bootstrap.is_empty() {
-                return Err(StartError::RelayOnlyWithoutRelay);
-            }
-            let base: swarm::TransportFactory = match transport {
-                TransportKind::Real => {
-                    let stall = config.tcp_user_timeout();
-                    Arc::new(move |key| swarm::tcp_quic_transport(key, stall))
-                }
-                TransportKind::Memory => Arc::new(swarm::memory_transport),
-                TransportKind::Custom(factory) => factory,
-            };
-            let relays = bootstrap.iter().map(|(_, a)| a.clone()).collect();
-            swarm::build_custom(keypair, &config, swarm::relay_only(base, relays))?
-        } else {
-            let mut swarm = match transport {
-                TransportKind::Real => swarm::build(keypair, &config)?,
-                TransportKind::Memory => swarm::build_memory(keypair, &config)?,
-                TransportKind::Custom(factory) => swarm::build_custom(keypair, &config, factory)?,
-            };
-            listeners::open(&mut swarm, &config)?;
-            swarm
-        };
-        for addr in &config.external_addresses {
-            swarm.add_external_address(addr.clone());
-        }
+        let bootstrap = steps::bootstrap_peers(&config)?;
+        let swarm = steps::build_swarm(keypair, &config, transport, &bootstrap)?;
 
         let mut streams = swarm.behaviour().stream.new_control();
         let hole_punch = config.hole_punch == HolePunchMode::P2pnode && !config.relay_only;
@@ -266,25 +226,8 @@ impl NodeBuilder {
         };
         let (puncher, our_addrs, punch_dials) =
             holepunch::channels(streams.clone(), metrics.clone());
-
-        let (store_tx, store_rx) = std::sync::mpsc::sync_channel::<StoreUpdate>(STORE_QUEUE);
-        let writer_store = store.clone();
-        let writer_span = span.clone();
-        let store_writer = std::thread::Builder::new()
-            .name("peer-store".into())
-            .spawn(move || {
-                let _span = writer_span.enter();
-                // Ends when the event loop drops its sender.
-                for (peer, addrs) in store_rx {
-                    if let Err(e) = writer_store.record_peer(&peer, &addrs) {
-                        tracing::warn!(%peer, "cannot record peer: {e}");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Open {
-                path: data_dir.to_path_buf(),
-                source: Box::new(redb::Error::Io(e)),
-            })?;
+        let (store_tx, store_writer) =
+            steps::spawn_store_writer(store.clone(), span.clone(), data_dir)?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let mut event_loop = EventLoop::new(
@@ -308,21 +251,7 @@ impl NodeBuilder {
             },
             metrics.clone(),
         );
-        // Revocations hold across restarts.
-        for peer in revoked {
-            event_loop.block(peer);
-        }
-        let bootstrap_peers: Vec<_> = bootstrap.iter().map(|(p, _)| *p).collect();
-        for (peer, addr) in bootstrap {
-            event_loop.keep_connected(peer, vec![addr], KeepFor::Bootstrap);
-        }
-        // Without a bootstrap list a restarted node finds its way back through the peers
-        // it knew: dial them once.
-        for (peer, addrs) in store.known_peers(MAX_REDIAL)? {
-            if !bootstrap_peers.contains(&peer) && peer != peer_id && !addrs.is_empty() {
-                event_loop.dial_known(peer, addrs);
-            }
-        }
+        steps::first_peers(&mut event_loop, revoked, bootstrap, &store, peer_id)?;
 
         let stop = Arc::new(Notify::new());
         let loop_stop = stop.clone();
@@ -356,20 +285,11 @@ impl NodeBuilder {
             ),
             span.clone(),
         ));
-        let metrics_server = match metrics_listener {
-            Some(listener) => {
-                let addr = listener.local_addr().map_err(|e| {
-                    StartError::Metrics(config.metrics.unwrap_or(([0, 0, 0, 0], 0).into()), e)
-                })?;
-                tracing::info!(%addr, "serving metrics");
-                let task = tokio::spawn(tracing::Instrument::instrument(
-                    crate::metrics::serve(listener, metrics.clone(), stop.clone()),
-                    span.clone(),
-                ));
-                Some((addr, task))
-            }
-            None => None,
-        };
+        let metrics_server = metrics_listener
+            .map(|(configured, listener)| {
+                steps::serve_metrics(listener, configured, &metrics, &stop, &span)
+            })
+            .transpose()?;
         let net_listener = span.in_scope(|| {
             SecureListener::new(
                 security.clone(),
@@ -397,7 +317,7 @@ impl NodeBuilder {
                 span.clone(),
             )),
         ];
-        let mut node = Node {
+        let node = Node {
             client,
             data_dir: data_dir.to_path_buf(),
             stop,
@@ -408,48 +328,16 @@ impl NodeBuilder {
             net_tasks,
             protocols: Protocols::default(),
             store_writer: Some(store_writer),
-            span: span.clone(),
+            span,
             metrics,
             metrics_server,
         };
-        let accepted = Arc::default();
-        let mut running = Vec::new();
-        for (name, start) in protocols {
-            let ctx = Context {
-                name,
-                client: node.client.clone(),
-                database: store.database().clone(),
-                signing_key: signing_key.clone(),
-                data_dir: data_dir.to_path_buf(),
-                span: span.clone(),
-                accepted: Arc::clone(&accepted),
-            };
-            // Tasks the protocol spawns while starting inherit the node's span.
-            let started = span
-                .in_scope(|| start(ctx))
-                .map_err(StartError::from)
-                .and_then(|handler| {
-                    let taken = handler.route_prefixes().iter().find(|p| {
-                        running
-                            .iter()
-                            .any(|r: &Registered| r.handler.route_prefixes().contains(p))
-                    });
-                    match taken {
-                        Some(p) => Err(StartError::DuplicateProtocol(p.to_string())),
-                        None => Ok(handler),
-                    }
-                });
-            match started {
-                Ok(handler) => running.push(Registered { name, handler }),
-                Err(e) => {
-                    // Stop what did start, so nothing is left running behind the error.
-                    node.protocols = Protocols::new(running, accepted);
-                    node.shutdown().await;
-                    return Err(e);
-                }
-            }
-        }
-        node.protocols = Protocols::new(running, accepted);
+        let shared = steps::Shared {
+            store: &store,
+            signing_key: &signing_key,
+            data_dir,
+        };
+        let node = steps::start_protocols(node, protocols, shared).await?;
         tracing::info!(peer = %peer_id, data_dir = %data_dir.display(), relay = config.relay, protocols = ?node.protocols, "node started");
         Ok(node)
     }

@@ -14,4 +14,5 @@ mod protocol;
 mod providers;
 mod relay_limits;
 mod secure;
+mod start;
 mod topics;

@@ -241,3 +241,87 @@ async fn a_node_without_protocols_grants_none_and_refuses_unknown_names() {
     assert!(node.protocol::<EchoService>().is_none());
     node.shutdown().await;
 }
+
+/// A protocol that cannot start.
+struct Broken;
+
+impl Protocol for Broken {
+    type Handler = EchoService;
+
+    fn name(&self) -> &'static str {
+        "broken-test"
+    }
+
+    fn start(self, _ctx: Context) -> Result<EchoService, ProtocolError> {
+        Err(ProtocolError::new("broken-test", "no room for it"))
+    }
+}
+
+/// A protocol of another name that claims the echo's control route prefix.
+struct Squatter;
+
+struct SquatterService;
+
+impl Protocol for Squatter {
+    type Handler = SquatterService;
+
+    fn name(&self) -> &'static str {
+        "squatter-test"
+    }
+
+    fn start(self, _ctx: Context) -> Result<SquatterService, ProtocolError> {
+        Ok(SquatterService)
+    }
+}
+
+impl ProtocolHandler for SquatterService {
+    fn route_prefixes(&self) -> &[&'static str] {
+        &[NAME]
+    }
+
+    fn handle(&self, request: ControlRequest) -> BoxFuture<'static, ControlReply> {
+        let route = request.route().to_string();
+        Box::pin(async move { ControlReply::unknown(&route) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Starts a node with the echo, then `then`: the refusal, and whether the echo was
+/// stopped behind it.
+async fn refused_after_echo<P: Protocol>(dir: &std::path::Path, then: P) -> (StartError, bool) {
+    let echo = Echo::default();
+    let stopped = echo.stopped.clone();
+    let err = Node::builder(dir, memory_config())
+        .transport(TransportKind::Memory)
+        .protocol(echo)
+        .protocol(then)
+        .start()
+        .await
+        .unwrap_err();
+    (err, stopped.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_refused_protocol_stops_those_started_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (err, stopped) = refused_after_echo(dir.path(), Broken).await;
+    assert!(matches!(err, StartError::Protocol(_)), "{err}");
+    assert!(err.to_string().contains("no room for it"), "{err}");
+    assert!(stopped, "the echo was left running");
+
+    let (err, stopped) = refused_after_echo(dir.path(), Squatter).await;
+    assert!(
+        matches!(&err, StartError::DuplicateProtocol(p) if p == NAME),
+        "{err}"
+    );
+    assert!(stopped, "the echo was left running");
+
+    // The node behind each refusal stopped too: its database is free for the next.
+    start_with_echo(dir.path(), Echo::default())
+        .await
+        .shutdown()
+        .await;
+}
