@@ -5,6 +5,7 @@
 //! verified groups in batches to the transfer's [`Writer`] (write, sync, save state, on its
 //! own thread) and drops a provider whose group failed.
 
+mod driver;
 mod manifest;
 mod providers;
 mod worker;
@@ -20,27 +21,13 @@ use super::disk::{Checked, Disk, Writer, checkpoint_groups};
 use super::wire::Secure;
 use super::{FilesError, Inner};
 use crate::api::{TransferInfo, TransferStatus};
-use crate::{Answer, ContentId, GROUP_SIZE, GroupRef, PlanConfig, Planner, group_count};
+use crate::{ContentId, GROUP_SIZE, GroupRef, PlanConfig, Planner, group_count};
+use driver::{Driver, LoopState};
 use manifest::fetch_manifest;
 use providers::Providers;
 
 /// Events from the workers, waiting for the driver (8 MiB of whole groups at most).
 const EVENT_QUEUE: usize = 128;
-/// Events handled (and groups written) in one batch at most.
-const MAX_BATCH: usize = 128;
-/// How often a transfer asks the node which providers are reached over a relay.
-const PATHS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Least time between two progress reports while groups come in: each is a copy of the
-/// transfer's info for every watcher, and a batch can be a single small file. Short
-/// enough that a watcher polling every 50 ms sees a transfer of a third of a second move.
-const PROGRESS_EVERY: Duration = Duration::from_millis(25);
-/// Verified groups gathered before they go to the writer, at most, or bytes (a batch of
-/// whole groups goes at once); fewer once the oldest has waited [`WRITE_AFTER`]. Each
-/// hand-off wakes the writer's thread: a tree of small files would otherwise pay a
-/// wake-up for every few files.
-const WRITE_BATCH: usize = 64;
-const WRITE_BATCH_BYTES: u64 = 1 << 20;
-const WRITE_AFTER: Duration = Duration::from_millis(2);
 /// Batches queued for one worker at most.
 const WORKER_QUEUE: usize = 4;
 /// Groups outstanding per provider at most, however small they are.
@@ -201,7 +188,7 @@ async fn run(
         ms = started.elapsed().as_millis(),
         "manifest fetched, files prepared"
     );
-    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let swarm = dht && inner.config.serve_while_fetching;
     if swarm {
         let (parts, finals) = disk.paths();
@@ -228,7 +215,7 @@ async fn run(
     let mut plan = Planner::new(config, disk.state.missing());
     let resumed = groups_total - plan.remaining();
     // Bytes of the groups on disk or handed to the writer.
-    let mut bytes_done = disk.bytes_done();
+    let bytes_done = disk.bytes_done();
     inner.update_transfer(id, |t| {
         t.files = manifest.entries().len() as u64;
         t.size = manifest.total_size();
@@ -239,7 +226,7 @@ async fn run(
     if plan.is_done() {
         return Ok(());
     }
-    let mut writer = Writer::start(disk, checkpoint_every, inner.writers.clone()).await?;
+    let writer = Writer::start(disk, checkpoint_every, inner.writers.clone()).await?;
     let entries = manifest
         .entries()
         .iter()
@@ -249,182 +236,21 @@ async fn run(
     for p in found {
         providers.start(&mut plan, p, None);
     }
-    let mut fetched = 0u64;
-    let mut paths_seen: Option<Instant> = None;
-    let mut reported: Option<Instant> = None;
-    let mut gathered = Gathered::default();
-    // The writer stopped: its error is the transfer's.
-    let mut stopped = false;
-    let mut alone_until: Option<Instant> = None;
-    let outcome: Result<(), FilesError> = loop {
-        if plan.is_done() {
-            break Ok(());
-        }
-        let now = Instant::now();
-        providers.hand_out(&mut plan, now);
-        // Serving while fetching, the swarm task may find providers again (one that
-        // left, others that got groups since): wait a few of its rounds before giving up.
-        if !providers.is_empty() {
-            alone_until = None;
-        } else if alone_until.is_none() {
-            let wait = if swarm {
-                3 * inner.config.rediscover_every
-            } else {
-                Duration::ZERO
-            };
-            alone_until = Some(now + wait);
-        }
-        if alone_until.is_some_and(|t| t <= now) {
-            break Err(FilesError::NoProvider(format!(
-                "no provider left with {} groups missing (last failure: {}); run the same command again to resume",
-                plan.remaining(),
-                providers.last_failure
-            )));
-        }
-        let wake = plan
-            .poll_timeout()
-            .into_iter()
-            .chain(alone_until)
-            .chain(gathered.write_at());
-        let first = match wake.min() {
-            Some(at) => match tokio::time::timeout_at(at.into(), ev_rx.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    // An endgame duplicate came due, the wait ended, or gathered groups
-                    // waited long enough.
-                    if gathered.waited() && writer.write(gathered.take()).await.is_err() {
-                        stopped = true;
-                        break Err(FilesError::Io("the writer stopped".into()));
-                    }
-                    continue;
-                }
-            },
-            None => ev_rx.recv().await,
-        };
-        let Some(first) = first else {
-            break Err(FilesError::Io("transfer workers ended".into()));
-        };
-        let mut events = vec![first];
-        while events.len() < MAX_BATCH {
-            match ev_rx.try_recv() {
-                Ok(e) => events.push(e),
-                Err(_) => break,
-            }
-        }
-        let mut writes: Vec<(PeerId, GroupRef, Checked)> = Vec::new();
-        for ev in events {
-            match ev {
-                Event::Verified { peer, group, data } => writes.push((peer, group, data)),
-                Event::Bad { peer, group } => providers.on_bad(&mut plan, peer, group),
-                Event::Failed { peer, group } => plan.on_failed(&peer, group),
-                Event::NotYet { peer, group } => plan.on_missing(&peer, group, Instant::now()),
-                Event::Found { peer } => providers.on_found(&mut plan, peer),
-                Event::Gone { peer, reason, busy } => {
-                    providers.on_gone(&mut plan, peer, &reason, busy)
-                }
-                Event::Back { peer, stream } => providers.on_back(&mut plan, peer, stream),
-            }
-        }
-        // The planner hears of every group first: an endgame duplicate, or an answer it no
-        // longer waited for, is not written.
-        for (peer, group, data) in writes {
-            if let Answer::Done { .. } = plan.on_verified(&peer, group) {
-                // Endgame copies still asked elsewhere are not cancelled on the wire: they
-                // are at most a window per provider, and their answers are discarded here.
-                bytes_done += data.bytes.len() as u64;
-                fetched += 1;
-                gathered.push(group, data);
-            }
-        }
-        if gathered.due(plan.is_done()) {
-            // Written on the writer's thread while the next groups come in.
-            if writer.write(gathered.take()).await.is_err() {
-                stopped = true;
-                break Err(FilesError::Io("the writer stopped".into()));
-            }
-        }
-        // Which providers are reached over a relay, asked of the node once a second.
-        if paths_seen.is_none_or(|t| t.elapsed() >= PATHS_EVERY) {
-            paths_seen = Some(Instant::now());
-            providers.see_paths().await;
-        }
-        if reported.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || plan.is_done() {
-            reported = Some(Instant::now());
-            let infos = providers.infos(&plan);
-            inner.update_transfer(id, |t| {
-                t.bytes_done = bytes_done;
-                t.groups_fetched = fetched;
-                t.providers = infos;
-            });
-        }
-        #[cfg(test)]
-        if inner.config.stop_after_groups.is_some_and(|n| fetched >= n) && !plan.is_done() {
-            break Err(FilesError::Io("stopped by the test hook".into()));
-        }
-    };
-    let infos = providers.infos(&plan);
-    inner.update_transfer(id, |t| {
-        t.bytes_done = bytes_done;
-        t.groups_fetched = fetched;
-        t.providers = infos;
-    });
-    // Whatever ended the loop, what was written and verified is kept for a resume.
-    if !gathered.is_empty() && writer.write(gathered.take()).await.is_err() {
-        stopped = true;
+    let fetched = Driver {
+        inner,
+        id,
+        plan,
+        providers,
+        writer,
+        events: ev_rx,
+        swarm,
+        bytes_done,
+        state: LoopState::default(),
     }
-    let written = writer.finish().await;
-    // A writer that stopped ended the loop: its error says why.
-    if stopped || outcome.is_ok() {
-        written?;
-    }
-    outcome?;
+    .run()
+    .await?;
     tracing::info!(transfer = id, content = %content, fetched, resumed, ms = started.elapsed().as_millis(), "transfer complete");
     Ok(())
-}
-
-/// Verified groups not yet handed to the writer: written in batches (see
-/// [`WRITE_BATCH`]), or once the first has waited [`WRITE_AFTER`].
-#[derive(Default)]
-struct Gathered {
-    groups: Vec<(GroupRef, Checked)>,
-    bytes: u64,
-    since: Option<Instant>,
-}
-
-impl Gathered {
-    fn push(&mut self, group: GroupRef, data: Checked) {
-        self.bytes += data.bytes.len() as u64;
-        self.groups.push((group, data));
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
-
-    /// When the first waiting group has waited long enough.
-    fn write_at(&self) -> Option<Instant> {
-        self.since.map(|t| t + WRITE_AFTER)
-    }
-
-    fn waited(&self) -> bool {
-        self.since.is_some_and(|t| t.elapsed() >= WRITE_AFTER)
-    }
-
-    /// Whether to write now (`done`: the transfer has every group).
-    fn due(&self, done: bool) -> bool {
-        !self.is_empty()
-            && (self.groups.len() >= WRITE_BATCH
-                || self.bytes >= WRITE_BATCH_BYTES
-                || self.waited()
-                || done)
-    }
-
-    fn take(&mut self) -> Vec<(GroupRef, Checked)> {
-        self.bytes = 0;
-        self.since = None;
-        std::mem::take(&mut self.groups)
-    }
 }
 
 /// The planner's window for a transfer: `window` whole groups' worth of bytes in flight
