@@ -166,7 +166,8 @@ pub(super) fn serve_metrics(
     Ok((addr, task))
 }
 
-/// What a protocol is given to start with, but for its name.
+/// The node's database, signing key and directory, which each protocol's [`Context`]
+/// carries beside the node's client and span.
 pub(super) struct Shared<'a> {
     pub(super) store: &'a Store,
     pub(super) signing_key: &'a p2pnode_secure::SigningKey,
