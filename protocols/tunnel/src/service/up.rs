@@ -87,6 +87,7 @@ impl Service {
                 path: path.clone(),
                 reads: ReadBatch::new(mtu),
                 batch: self.udp.as_ref().map(|(u, _)| u.batch()),
+                last_read: None,
             }))
             .map_err(|e| TunnelError::DataThread(e.to_string()))?;
         tracing::info!(
