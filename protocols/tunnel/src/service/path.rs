@@ -234,7 +234,8 @@ impl TunReader {
             };
             // One clock read per read, not per packet of a super-packet.
             let now = Instant::now();
-            let quiet = read == 0 && after_quiet(self.last_read.replace(now), now);
+            let last = self.last_read.replace(now);
+            let quiet = read == 0 && after_quiet(last, now);
             for i in 0..n {
                 let packet = self.reads.packet(i);
                 let action = self.path.lock().on_tun_packet(packet, now);
