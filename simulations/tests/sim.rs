@@ -23,10 +23,9 @@ fn scenarios_dir() -> PathBuf {
 /// libp2p's wall-clock timers shows a long wall time.
 fn failed_lookups(r: &Report) -> Vec<(f64, f64, Option<String>)> {
     r.lookups
-        .as_ref()
-        .map(|l| l.records.iter().filter(|rec| !rec.ok))
-        .into_iter()
-        .flatten()
+        .iter()
+        .flat_map(|l| &l.records)
+        .filter(|rec| !rec.ok)
         .map(|rec| (rec.latency_ms, rec.wall_ms, rec.error.clone()))
         .collect()
 }
